@@ -1,0 +1,208 @@
+"""2D prediction on cached embeddings and 3D propagation in both directions.
+
+Frames: masks are returned in slice pixels ``(H, W)`` / volume voxels ``(X, Y, Z)``; prompts come
+as `samri.prompts.SlicePrompt` in slice pixels; the decoder's low-res logits (``(1, 1, s, s)``) are
+kept for refinement clicks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from samri.embeddings import EmbeddingCache, get_embeddings
+from samri.errors import SamriInputError
+from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
+from samri.prompts import SlicePrompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SliceResult:
+    """One slice's prediction.
+
+    Attributes:
+        mask: ``(H, W)`` bool in slice pixels.
+        low_res_logits: ``(1, 1, s, s)`` decoder logits (feed back as ``SlicePrompt.mask_logits``).
+        iou: the decoder's predicted IoU of ``mask``.
+    """
+
+    mask: np.ndarray
+    low_res_logits: torch.Tensor
+    iou: float
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class VolumeResult:
+    """A 3D prediction on the image grid.
+
+    Attributes:
+        mask: ``(X, Y, Z)`` bool.
+        slices: ``{slice index: SliceResult}`` along ``axis`` for every predicted slice.
+        axis: the slicing axis.
+    """
+
+    mask: np.ndarray
+    slices: dict[int, SliceResult] = field(default_factory=dict)
+    axis: int = 2
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """When 3D propagation stops and how it prompts the next slice.
+
+    Attributes:
+        min_area: stop when a slice's mask has fewer pixels (object ended).
+        min_iou: stop when the decoder's predicted IoU falls below this.
+        max_growth: stop when the area grows by more than this factor (leak into neighbours).
+        min_overlap: stop when the new mask covers less than this fraction of the previous one's
+            box-overlap (jumped to another object).
+        box_margin: pixels added around the previous mask's box.
+    """
+
+    min_area: int = 10
+    min_iou: float = 0.5
+    max_growth: float = 2.0
+    min_overlap: float = 0.2
+    box_margin: int = 2
+
+
+def mask_box(mask: np.ndarray, margin: int = 0) -> np.ndarray | None:
+    """Tight ``(r0, c0, r1, c1)`` box of a ``(H, W)`` mask, grown by ``margin``; None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return np.array([max(rows[0] - margin, 0), max(cols[0] - margin, 0),
+                     min(rows[-1] + margin, h - 1), min(cols[-1] + margin, w - 1)], dtype=np.float64)
+
+
+def interior_point(mask: np.ndarray) -> np.ndarray | None:
+    """``(r, c)`` of the maximum of the distance transform (deepest inside point); None if empty."""
+    if not mask.any():
+        return None
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return np.array(np.unravel_index(int(np.argmax(dist)), mask.shape), dtype=np.float64)
+
+
+class Segmenter:
+    """SAMRI prediction over a `samri.volume.PreparedVolume` with cached embeddings.
+
+    Args:
+        model: a `samri.models.SamModel`.
+        cache: the shared `samri.embeddings.EmbeddingCache`.
+        propagation: 3D stopping rules.
+    """
+
+    def __init__(self, model, cache: EmbeddingCache, *, propagation: PropagationSettings = PropagationSettings()):
+        self.model = model
+        self.cache = cache
+        self.propagation = propagation
+
+    def embedding(self, volume, axis: int, index: int) -> torch.Tensor:
+        """``(C, h, w)`` embedding of one slice (encoded on a cache miss)."""
+        return get_embeddings(self.model, volume, self.cache, axis, [index])[int(index)]
+
+    def slice_geometry(self, volume, axis: int) -> SliceGeometry:
+        rows, cols = in_plane_axes(axis)
+        return SliceGeometry(volume.shape[rows], volume.shape[cols], self.model.input_size)
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+        """Prompt encoder + mask decoder on one embedding ``(C, h, w)``.
+
+        A single point without box or mask is ambiguous, so three masks are predicted and the
+        one with the best predicted IoU is kept (SAM's recommendation); otherwise one mask.
+        """
+        if prompt.is_empty and prompt.mask_logits is None:
+            raise SamriInputError("prompt", "empty", "give at least one point or a box")
+        prompt.check_inside((geom.height, geom.width))
+        model = self.model
+        device = model.device
+        sparse, dense = model.prompt_encoder(**prompt.to_model(geom, device))
+        multimask = len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
+        low_res, iou = model.mask_decoder(image_embeddings=embedding[None].to(device),
+                                          image_pe=model.prompt_encoder.get_dense_pe(),
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                          multimask_output=multimask)
+        best = int(torch.argmax(iou[0])) if multimask else 0
+        low_res = low_res[:, best:best + 1].float().cpu()
+        mask = geom.logits_to_slice(low_res)[0, 0].numpy() > 0.0
+        return SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best]))
+
+    def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt) -> SliceResult:
+        """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss)."""
+        axis = check_axis(axis)
+        return self.decode(self.embedding(volume, axis, index), self.slice_geometry(volume, axis), prompt)
+
+    def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,
+                  bounds: tuple[int, int] | None = None, roi_box: np.ndarray | None = None,
+                  progress: bool = False) -> VolumeResult:
+        """Segment prompted slices, then follow the object through the volume in both directions.
+
+        Each next slice is prompted with the box of the previous slice's mask (plus a margin,
+        clipped to ``roi_box``); propagation stops where the object ends (see
+        `PropagationSettings`), at ``bounds`` (inclusive slice range), or where another seed's
+        result already is.
+
+        Args:
+            seeds: ``{slice index: prompt}``; at least one.
+            bounds: inclusive slice range to stay within (e.g. the ROI's), default whole axis.
+            roi_box: ``(r0, c0, r1, c1)`` in-plane limit for propagated boxes.
+        """
+        axis = check_axis(axis)
+        if not seeds:
+            raise SamriInputError("seeds", {}, "3D propagation needs at least one prompted slice")
+        n = volume.shape[axis]
+        lo, hi = bounds if bounds is not None else (0, n - 1)
+        geom = self.slice_geometry(volume, axis)
+        result = VolumeResult(mask=np.zeros(volume.shape, dtype=bool), axis=axis)
+        for index, prompt in sorted(seeds.items()):
+            result.slices[index] = self.predict_slice(volume, axis, index, prompt)
+        for index in sorted(seeds):
+            for step in (1, -1):
+                self._follow(volume, axis, geom, index, step, (lo, hi), roi_box, seeds, result)
+        for index, res in result.slices.items():
+            put_slice(result.mask, axis, index, res.mask)
+        logger.info("3D propagation on axis %d: %d slices from %d seeds", axis, len(result.slices), len(seeds))
+        return result
+
+    def _follow(self, volume, axis: int, geom: SliceGeometry, start: int, step: int, bounds: tuple[int, int],
+                roi_box: np.ndarray | None, seeds: dict[int, SlicePrompt], result: VolumeResult) -> None:
+        rules = self.propagation
+        prev = result.slices[start]
+        index = start + step
+        while bounds[0] <= index <= bounds[1] and index not in seeds and index not in result.slices:
+            if prev.area < rules.min_area:
+                return
+            box = mask_box(prev.mask, rules.box_margin)
+            if roi_box is not None:
+                box = np.array([max(box[0], roi_box[0]), max(box[1], roi_box[1]),
+                                min(box[2], roi_box[2]), min(box[3], roi_box[3])])
+                if box[0] > box[2] or box[1] > box[3]:
+                    return
+            res = self.decode(self.embedding(volume, axis, index), geom, SlicePrompt(box=box))
+            if not self._continues(prev, res):
+                return
+            result.slices[index] = res
+            prev = res
+            index += step
+
+    def _continues(self, prev: SliceResult, res: SliceResult) -> bool:
+        rules = self.propagation
+        if res.area < rules.min_area or res.iou < rules.min_iou:
+            return False
+        if res.area > rules.max_growth * max(prev.area, 1):
+            return False
+        overlap = np.logical_and(res.mask, prev.mask).sum() / max(min(res.area, prev.area), 1)
+        return overlap >= rules.min_overlap
