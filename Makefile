@@ -1,0 +1,46 @@
+# SAMRI for MONAI Label. `make run` serves the app; `make test` runs the whole suite.
+# Both create .venv and install everything from requirements.txt on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.samri-installed
+STUDIES ?= data/studies
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL ?= litemedsam
+CONF ?=
+
+.PHONY: setup sysdeps sample-data run test bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Debian's mricron-data adds Colin27 + AAL labels to the sample studies (optional: MNI152 alone otherwise).
+sysdeps:
+	@if [ -d /usr/share/mricron/templates ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data) >/dev/null \
+		|| echo "mricron-data not installed: sample data falls back to MNI152 only"; \
+	else echo "no apt-get/root: sample data uses MNI152 only"; fi
+
+setup: sysdeps $(STAMP)
+
+sample-data: setup
+	$(VENV)/bin/samri sample-data $(STUDIES)
+
+run: sample-data
+	$(VENV)/bin/monailabel start_server --app apps/samri --studies $(STUDIES) \
+		--host $(HOST) --port $(PORT) --conf model $(MODEL) $(CONF)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: sample-data
+	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http
+
+clean:
+	rm -rf $(VENV) data

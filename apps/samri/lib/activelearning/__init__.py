@@ -1,0 +1,1 @@
+"""SAMRI active-learning strategies (later issue)."""

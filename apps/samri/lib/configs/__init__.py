@@ -1,0 +1,1 @@
+"""Task configurations (MONAI Label ``TaskConfig`` adapters) and the app's ``--conf`` settings."""

@@ -1,0 +1,188 @@
+"""The app's ``--conf`` keys, parsed once into `AppSettings` (cheap: no network is loaded here).
+
+``monailabel start_server ... --conf KEY VALUE`` keys (all values arrive as strings):
+
+========================  ==============================================================
+``model``                 registry name from ``configs/models.yaml`` (default: the registry's
+                          ``default_model``, LiteMedSAM)
+``checkpoint``            full SAM-family weights file overriding the registry's
+``decoder``               decoder-only checkpoint (`samri.checkpoints.save_decoder_checkpoint`);
+                          may not exist yet: it is picked up when it appears or changes
+``labels``                labels file (JSON/YAML): a list of names, ``{name: value}``, or the
+                          datastore's ``{study: {name: value}}``; default: the studies'
+                          ``label_names.json``
+``precompute``            ``true``/``false``: encode a study's slices in the background when it
+                          is first inferred or served by active learning (default ``true``)
+``cache_dir``             folder of the on-disk embedding cache (default
+                          ``<app>/model/embedding_cache``); ``none`` keeps embeddings in memory
+``cache_memory_mb``       bound of the in-memory embedding LRU (default 1024)
+``device``                torch device for the network (default ``cpu``)
+========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+CONF_KEYS = ("model", "checkpoint", "decoder", "labels", "precompute", "cache_dir", "cache_memory_mb", "device")
+#: label used when neither a labels file nor the studies name any.
+DEFAULT_LABEL = "object"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(value: Any, field_name: str) -> bool:
+    """``True``/``False`` from a bool or a string such as ``"true"``/``"0"``; raises naming the field."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise SamriInputError(field_name, value, "must be true or false")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Validated app configuration.
+
+    Attributes:
+        app_dir: the app folder (``apps/samri``).
+        studies: the datastore (a folder or a DICOMweb URL).
+        model: registry name of the model variant.
+        checkpoint: full checkpoint path overriding the registry's, or None.
+        decoder: decoder-only checkpoint path, or None.
+        labels: label names declared by the infer tasks, in client order.
+        precompute: background embedding precompute on/off.
+        cache_dir: embedding disk cache folder, or None for memory only.
+        cache_memory_bytes: in-memory embedding LRU bound.
+        device: torch device string.
+    """
+
+    app_dir: Path
+    studies: str
+    model: str
+    checkpoint: Path | None = None
+    decoder: Path | None = None
+    labels: tuple[str, ...] = (DEFAULT_LABEL,)
+    precompute: bool = True
+    cache_dir: Path | None = None
+    cache_memory_bytes: int = 1 << 30
+    device: str = "cpu"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, str] | None, *, app_dir: str | os.PathLike,
+                  studies: str) -> "AppSettings":
+        """Parse MONAI Label's ``conf`` dict; raises `SamriInputError` naming the bad key."""
+        from samri.config import load_registry
+
+        conf = dict(conf or {})
+        app_dir = Path(app_dir)
+        registry = load_registry()
+        model = str(conf.get("model") or registry.default_model)
+        registry.spec(model)  # raises on an unknown name, listing the known ones
+        checkpoint = _optional_path(conf.get("checkpoint"))
+        if checkpoint is not None and not checkpoint.is_file():
+            raise SamriInputError("checkpoint", str(checkpoint), "file not found")
+        decoder = _optional_path(conf.get("decoder"))
+        if decoder is not None and not decoder.is_file():
+            logger.warning("decoder %s does not exist yet; serving the base decoder until it appears", decoder)
+        cache_dir: Path | None = app_dir / "model" / "embedding_cache"
+        if "cache_dir" in conf:
+            raw = str(conf["cache_dir"]).strip()
+            cache_dir = None if raw.lower() in ("", "none", "off") else Path(raw).expanduser()
+        memory_mb = conf.get("cache_memory_mb", "1024")
+        try:
+            memory_bytes = int(float(memory_mb) * (1 << 20))
+        except (TypeError, ValueError):
+            raise SamriInputError("cache_memory_mb", memory_mb, "must be a number of MiB") from None
+        if memory_bytes <= 0:
+            raise SamriInputError("cache_memory_mb", memory_mb, "must be positive")
+        labels = load_labels(conf.get("labels"), studies)
+        unknown = sorted(set(conf) - set(CONF_KEYS))
+        if unknown:
+            logger.info("conf keys not used by SAMRI (left to MONAI Label): %s", unknown)
+        return cls(app_dir=app_dir, studies=str(studies), model=model, checkpoint=checkpoint, decoder=decoder,
+                   labels=labels, precompute=parse_bool(conf.get("precompute", "true"), "precompute"),
+                   cache_dir=cache_dir, cache_memory_bytes=memory_bytes, device=str(conf.get("device", "cpu")),
+                   extra={k: conf[k] for k in unknown})
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly view for ``/info/`` and logs."""
+        return {"model": self.model, "checkpoint": _str(self.checkpoint), "decoder": _str(self.decoder),
+                "precompute": self.precompute, "cache_dir": _str(self.cache_dir), "device": self.device,
+                "labels": len(self.labels)}
+
+
+def _optional_path(value: Any) -> Path | None:
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    return Path(str(value)).expanduser()
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def load_labels(path: str | os.PathLike | None, studies: str) -> tuple[str, ...]:
+    """Label names for the infer tasks.
+
+    Args:
+        path: a labels file (JSON or YAML): ``[name, ...]``, ``{name: value}`` (ordered by value)
+            or ``{study: {name: value}}``; None reads ``<studies>/label_names.json``.
+        studies: the datastore folder (ignored when it is a URL).
+
+    Returns:
+        Unique names in a stable order; ``(DEFAULT_LABEL,)`` when nothing names any.
+    """
+    if path is not None and str(path).strip():
+        from samri.config import read_yaml
+
+        names = _names_from(read_yaml(path, field="labels"), str(path))
+    elif studies and not studies.startswith(("http://", "https://")):
+        from samri.data import load_label_names
+
+        try:
+            names = _names_from(load_label_names(studies), "label_names.json")
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable %s/label_names.json (%s)", studies, exc)
+            names = []
+    else:
+        names = []
+    return tuple(names) if names else (DEFAULT_LABEL,)
+
+
+def _names_from(data: Any, source: str) -> list[str]:
+    """Flatten the three accepted label layouts into unique names."""
+    if data is None:
+        return []
+    if isinstance(data, (list, tuple)):
+        items = [(i, name) for i, name in enumerate(data)]
+    elif isinstance(data, Mapping) and all(isinstance(v, Mapping) for v in data.values()):
+        out: list[str] = []
+        for per_study in data.values():
+            out += [n for n in _names_from(dict(per_study), source) if n not in out]
+        return out
+    elif isinstance(data, Mapping):
+        items = []
+        for name, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SamriInputError(f"labels[{name!r}]", value, f"needs a numeric label value ({source})")
+            items.append((value, name))
+        items.sort(key=lambda item: item[0])
+    else:
+        raise SamriInputError("labels", source, "needs a list of names or a {name: value} mapping")
+    names: list[str] = []
+    for _, name in items:
+        if not isinstance(name, str) or not name.strip():
+            raise SamriInputError("labels", name, f"label names must be non-empty strings ({source})")
+        if name not in names and name != "background":
+            names.append(name)
+    return names

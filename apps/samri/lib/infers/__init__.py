@@ -1,0 +1,1 @@
+"""SAMRI infer tasks and the per-process serving runtime they share."""

@@ -1,0 +1,88 @@
+"""A bounded cache of windowed volumes, so a click does not re-read and re-window its NIfTI.
+
+Key: the file's real path, modification time (ns) and size; a rewritten file is read again.
+One lock per key makes concurrent first requests (or a request and the precompute worker) read a
+file once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from samri.errors import SamriInputError
+from samri.volume import PreparedVolume, load_image, prepare_volume
+
+logger = logging.getLogger(__name__)
+
+VolumeKey = tuple[str, int, int]
+
+
+def file_key(path: str | os.PathLike, field_name: str = "image") -> VolumeKey:
+    """``(real path, mtime_ns, size)`` of an image file; raises naming ``field_name`` if missing."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise SamriInputError(field_name, str(path), "image file not found") from None
+    if not Path(real).is_file():
+        raise SamriInputError(field_name, str(path), "is not an image file (DICOM folders are not supported)")
+    return real, st.st_mtime_ns, st.st_size
+
+
+class VolumeStore:
+    """LRU of `samri.volume.PreparedVolume` per image file version.
+
+    Args:
+        window: the registry's `samri.intensity.WindowSettings`.
+        max_items: volumes kept (a 181x217x181 volume is about 28 MB of float32).
+    """
+
+    def __init__(self, *, window, max_items: int = 4) -> None:
+        self.window = window
+        self.max_items = max(1, int(max_items))
+        self._items: OrderedDict[VolumeKey, PreparedVolume] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[VolumeKey, threading.Lock] = {}
+        self.stats = {"hits": 0, "loads": 0}
+
+    def get(self, path: str | os.PathLike, field_name: str = "image") -> PreparedVolume:
+        """The windowed volume of ``path`` (read and windowed on the first call for its version)."""
+        key = file_key(path, field_name)
+        hit = self._lookup(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            hit = self._lookup(key)
+            if hit is not None:
+                return hit
+            start = time.perf_counter()
+            try:
+                volume = prepare_volume(load_image(key[0], field_name), self.window, field_name)
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:
+                self._loading.pop(key, None)
+                self._items[key] = volume
+                self._items.move_to_end(key)
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
+                self.stats["loads"] += 1
+            logger.info("prepared %s %s in %.2f s", key[0], volume.shape, time.perf_counter() - start)
+            return volume
+
+    def _lookup(self, key: VolumeKey) -> PreparedVolume | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                self.stats["hits"] += 1
+            return hit

@@ -1,0 +1,1 @@
+"""SAMRI decoder trainer (later issue)."""

@@ -1,0 +1,192 @@
+"""``samri bench``: speed and memory figures measured in one run on this machine.
+
+Figures (all wall-clock, on the sample MRI; ratios are taken within the run):
+encoder seconds per slice, the first (uncached) click, cached clicks (box, box+point, points-only),
+3D propagation per slice with cached embeddings, peak resident memory, and optionally the HTTP
+round trip through a live MONAI Label server.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: (study id, label name) tried in order for the benchmark structure
+BENCH_STRUCTURES = (("colin27_t1", "Putamen_L"), ("mni152_t1", "white_matter"))
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    return {"p50": round(float(np.percentile(arr, 50)), 2), "p95": round(float(np.percentile(arr, 95)), 2),
+            "n": int(arr.size)}
+
+
+def timed_ms(fn: Callable[[], Any], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def bench_structure(studies: Path) -> tuple[str, Path, np.ndarray, str]:
+    """(study id, image path, ``(X, Y, Z)`` bool ground truth, label name) for the benchmark."""
+    import nibabel as nib
+
+    from samri.data import load_label_names, write_sample_studies
+
+    if not (studies / "label_names.json").is_file():
+        write_sample_studies(studies)
+    names = load_label_names(studies)
+    for study, label in BENCH_STRUCTURES:
+        image = studies / f"{study}.nii.gz"
+        if image.is_file() and label in names.get(study, {}):
+            gt = np.asarray(nib.load(str(studies / "labels" / "final" / f"{study}.nii.gz")).dataobj)
+            return study, image, gt == names[study][label], label
+    raise FileNotFoundError(f"no benchmark structure found in {studies}")
+
+
+def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = None, decoder: str | None = None,
+                   studies: str | Path = "data/studies", repeats: int = 30, http: bool = False) -> dict[str, Any]:
+    """Measure everything; returns a JSON-friendly report."""
+    from samri.config import load_registry
+    from samri.embeddings import EmbeddingCache, encode_slices
+    from samri.models import load_model
+    from samri.predict import Segmenter, interior_point, mask_box
+    from samri.prompts import SlicePrompt
+    from samri.volume import load_image, prepare_volume
+
+    studies = Path(studies)
+    study, image_path, gt, label = bench_structure(studies)
+    registry = load_registry()
+    start = time.perf_counter()
+    model = load_model(registry.spec(model_name), checkpoint=checkpoint, decoder=decoder)
+    load_s = time.perf_counter() - start
+    image = load_image(image_path)
+    volume = prepare_volume(image, registry.window)
+    axis = 2
+    ks = np.flatnonzero(gt.any(axis=(0, 1)))
+    mid = int(ks[len(ks) // 2])
+    plane = gt[:, :, mid]
+    box, point = mask_box(plane), interior_point(plane)
+
+    encoder_ms = [timed_ms(lambda i=i: encode_slices(model, volume, axis, [i]), 1)[0] for i in ks[:5]]
+
+    first_ms = []
+    for i in ks[-5:]:
+        fresh = Segmenter(model, EmbeddingCache())  # empty cache: encoder + decoder
+        first_ms += timed_ms(lambda i=i: fresh.predict_slice(volume, axis, int(i), SlicePrompt(box=box)), 1)
+
+    segmenter = Segmenter(model, EmbeddingCache())
+    segmenter.predict_slice(volume, axis, mid, SlicePrompt(box=box))
+    clicks = {
+        "box": SlicePrompt(box=box),
+        "box_point": SlicePrompt(box=box, points=[point], labels=[1]),
+        "points_only": SlicePrompt(points=[point], labels=[1]),
+    }
+    cached = {name: percentiles(timed_ms(lambda p=p: segmenter.predict_slice(volume, axis, mid, p), repeats))
+              for name, p in clicks.items()}
+    refine_prev = segmenter.predict_slice(volume, axis, mid, clicks["box"])
+    refine = SlicePrompt(box=box, points=[point], labels=[1], mask_logits=refine_prev.low_res_logits)
+    cached["refinement"] = percentiles(timed_ms(lambda: segmenter.predict_slice(volume, axis, mid, refine), repeats))
+
+    seeds = {mid: SlicePrompt(box=box)}
+    warm = segmenter.propagate(volume, axis, seeds)  # fills the cache for the slices it reaches
+    prop_ms = timed_ms(lambda: segmenter.propagate(volume, axis, seeds), 3)
+    n_slices = len(warm.slices)
+    gt_dice = float(2 * (warm.mask & gt).sum() / max(warm.mask.sum() + gt.sum(), 1))
+
+    first_p50 = percentiles(first_ms)["p50"]
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "device": str(model.device)},
+        "model": {"name": model.spec.name, "input_size": model.input_size, "decoder": model.decoder_info or None,
+                  "load_s": round(load_s, 2)},
+        "data": {"study": study, "label": label, "shape": list(volume.shape), "axis": axis, "slice": mid},
+        "encoder_s_per_slice": {k: (round(v / 1000.0, 3) if k != "n" else v)
+                                for k, v in percentiles(encoder_ms).items()},
+        "first_click_ms": percentiles(first_ms),
+        "cached_click_ms": cached,
+        "uncached_over_cached_box_click": round(first_p50 / cached["box"]["p50"], 1),
+        "propagation_3d": {"slices": n_slices, "ms_per_slice_cached": round(float(np.median(prop_ms)) / n_slices, 2),
+                           "dice_3d_vs_ground_truth": round(gt_dice, 3)},
+        "peak_rss_mb": peak_rss_mb(),
+        "targets": {"cached_click_p50_ms": 50, "uncached_over_cached": 15, "propagation_ms_per_slice": 80},
+    }
+    if http:
+        report["http"] = _http_figures(studies, study, image_path, mid, box, point, repeats)
+        report["peak_rss_mb"] = peak_rss_mb()
+    return report
+
+
+def _http_figures(studies: Path, study: str, image_path: Path, mid: int, box: np.ndarray, point: np.ndarray,
+                  repeats: int) -> dict[str, Any]:
+    """Round trips of samri_2d clicks through a real server (see apps/samri/lib/testing_server.py)."""
+    import sys
+
+    app_dir = Path(__file__).resolve().parents[2] / "apps" / "samri"
+    sys.path.insert(0, str(app_dir))
+    try:
+        from lib.testing_server import http_click_benchmark, running_server  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(app_dir))
+    params = {"roi": [int(box[0]), int(box[2]), int(box[1]), int(box[3]), mid, mid],
+              "foreground": [[int(point[0]), int(point[1]), mid]], "slice": mid}
+    with running_server(studies) as base_url:
+        return http_click_benchmark(base_url, study, params, repeats)
+
+
+def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
+    """Render docs/BENCHMARKS.md from a report (regenerate with the command it names)."""
+    c = report["cached_click_ms"]
+    lines = [
+        "# SAMRI benchmarks",
+        "",
+        "Generated by `make bench` (`samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http`).",
+        f"Machine: {report['machine']['platform']}, {report['machine']['torch_threads']} torch threads, "
+        f"device {report['machine']['device']}, torch {report['machine']['torch']}.",
+        f"Model: `{report['model']['name']}` ({report['model']['input_size']} px input). Data: "
+        f"`{report['data']['study']}` {report['data']['shape']}, structure {report['data']['label']}, "
+        f"axis {report['data']['axis']} slice {report['data']['slice']}.",
+        "",
+        "| figure | p50 | p95 | target |",
+        "|---|---|---|---|",
+        f"| encoder, s per slice | {report['encoder_s_per_slice']['p50']} | {report['encoder_s_per_slice']['p95']} | |",
+        f"| first (uncached) click, ms | {report['first_click_ms']['p50']} | {report['first_click_ms']['p95']} | |",
+        f"| cached click, box, ms | {c['box']['p50']} | {c['box']['p95']} | <= 50 |",
+        f"| cached click, box + point, ms | {c['box_point']['p50']} | {c['box_point']['p95']} | |",
+        f"| cached click, points only, ms | {c['points_only']['p50']} | {c['points_only']['p95']} | |",
+        f"| cached refinement click, ms | {c['refinement']['p50']} | {c['refinement']['p95']} | |",
+        f"| 3D propagation, ms per cached slice | {report['propagation_3d']['ms_per_slice_cached']} | | <= 80 |",
+        "",
+        f"Uncached / cached box click: **{report['uncached_over_cached_box_click']}x** (target >= 15x). "
+        f"3D propagation from one box reached {report['propagation_3d']['slices']} slices "
+        f"(3D Dice vs ground truth {report['propagation_3d']['dice_3d_vs_ground_truth']}). "
+        f"Peak RSS {report['peak_rss_mb']} MB. Model load {report['model']['load_s']} s.",
+    ]
+    if "http" in report:
+        h = report["http"]
+        lines += ["", "## HTTP round trip (samri_2d through `monailabel start_server`)", "",
+                  "| figure | p50 | p95 | target |", "|---|---|---|---|",
+                  f"| first click, ms | {h['first_click_ms']} | | |",
+                  f"| cached click, ms | {h['cached_click_ms']['p50']} | {h['cached_click_ms']['p95']} | <= 150 |"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,192 @@
+"""``samri`` command line: sample data, offline segmentation, embedding precompute, benchmarks.
+
+Requests use the same JSON schema as the MONAI Label app (``foreground``, ``background``, ``roi``,
+``slice``), so a request logged by the server can be replayed offline with ``samri segment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR_ENV = "SAMRI_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$SAMRI_CACHE_DIR``, else ``$XDG_CACHE_HOME/samri/embeddings`` (``~/.cache`` by default)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "samri" / "embeddings"
+
+
+def read_params(text: str) -> dict[str, Any]:
+    """``--params``: a JSON object, or the path of a file holding one."""
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise SamriInputError("params", text, "neither a JSON object nor an existing file")
+        source = path.read_text()
+    try:
+        params = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise SamriInputError("params", text, f"invalid JSON ({exc})") from exc
+    if not isinstance(params, dict):
+        raise SamriInputError("params", params, "must be a JSON object")
+    return params
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="registry name (see `samri models`); default: the registry's")
+    parser.add_argument("--checkpoint", default=None, help="full SAM/SAMRI checkpoint (.pth) for the model")
+    parser.add_argument("--decoder", default=None, help="decoder-only checkpoint published by the SAMRI trainer")
+    parser.add_argument("--cache-dir", default=None, type=Path,
+                        help=f"embedding cache folder (default ${CACHE_DIR_ENV} or ~/.cache/samri/embeddings)")
+    parser.add_argument("--no-disk-cache", action="store_true", help="keep embeddings in memory only")
+
+
+def build_segmenter(args: argparse.Namespace):
+    """(registry, Segmenter) from the common model options."""
+    from samri.config import load_registry
+    from samri.embeddings import EmbeddingCache
+    from samri.models import load_model
+    from samri.predict import Segmenter
+
+    registry = load_registry()
+    model = load_model(registry.spec(args.model), checkpoint=args.checkpoint, decoder=args.decoder)
+    cache_dir = None if args.no_disk_cache else (args.cache_dir or default_cache_dir())
+    return registry, Segmenter(model, EmbeddingCache(cache_dir=cache_dir))
+
+
+# --- commands -----------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from samri.config import load_registry
+
+    registry = load_registry()
+    for name, spec in registry.models.items():
+        mark = "*" if name == registry.default_model else " "
+        weights = spec.checkpoint or "(checkpoint path required)"
+        print(f"{mark} {name:12s} {spec.preprocessing.input_size:5d}px  {weights}\n    {spec.description}")
+    return 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from samri.data import write_sample_studies
+
+    sources = args.sources.split(",") if args.sources else None
+    studies = write_sample_studies(args.dir, sources=sources, overwrite=args.overwrite)
+    for study in studies:
+        print(f"{study.study_id}: {study.image} ({len(study.label_names)} labels) <- {study.source}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from samri.interactive import run_request
+    from samri.volume import load_image, prepare_volume, save_label
+
+    params = read_params(args.params)
+    registry, segmenter = build_segmenter(args)
+    image = load_image(args.image)
+    volume = prepare_volume(image, registry.window)
+    result = run_request(segmenter, volume, params, mode=args.mode, axis=args.axis)
+    save_label(args.output, result.mask, image.affine)
+    print(json.dumps({"output": str(args.output), **result.summary()}))
+    return 0
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from samri.embeddings import get_embeddings
+    from samri.volume import load_image, prepare_volume
+
+    registry, segmenter = build_segmenter(args)
+    axes = [0, 1, 2] if args.axis == "all" else [int(a) for a in args.axis.split(",")]
+    for path in args.images:
+        volume = prepare_volume(load_image(path), registry.window)
+        for axis in axes:
+            get_embeddings(segmenter.model, volume, segmenter.cache, axis, range(volume.shape[axis]),
+                           batch_size=args.batch_size, progress=True)
+        print(f"{path}: axes {axes} cached in {segmenter.cache.cache_dir} ({segmenter.cache.stats})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from samri.bench import run_benchmarks, write_markdown
+
+    report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
+                            studies=args.studies, repeats=args.repeats, http=args.http)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    if args.markdown:
+        write_markdown(report, args.markdown)
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samri", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sample-data", help="write MONAI Label studies (images + labels/final) from offline MRI")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--sources", default=None, help="comma list of mni152,colin27 (default: all installed)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("segment", help="run one request (MONAI Label schema) offline and write the label")
+    p.add_argument("image", type=Path)
+    p.add_argument("--params", required=True, help="JSON object or file: foreground, background, roi, slice")
+    p.add_argument("--mode", choices=["2d", "3d"], default="2d")
+    p.add_argument("--axis", type=int, choices=[0, 1, 2], default=2, help="slicing axis of the voxel grid")
+    p.add_argument("-o", "--output", type=Path, required=True, help="label file (.nii.gz, .nrrd)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("precompute", help="fill the embedding cache for whole volumes")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--axis", default="2", help="axis, comma list, or 'all' (default 2)")
+    p.add_argument("--batch-size", type=int, default=4)
+    add_model_args(p)
+    p.set_defaults(func=cmd_precompute)
+
+    p = sub.add_parser("bench", help="speed figures: encoder, cached/uncached click, 3D, memory")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--markdown", type=Path, default=None, help="also render docs/BENCHMARKS.md here")
+    p.add_argument("--studies", type=Path, default=Path("data/studies"), help="sample studies folder")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--http", action="store_true", help="also time clicks through a live monailabel server")
+    p.add_argument("--model", default=None)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--decoder", default=None)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SamriInputError as exc:
+        print(f"samri {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
