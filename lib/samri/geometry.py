@@ -165,8 +165,9 @@ class SliceGeometry:
         ``postprocess_masks`` does.
         """
         new_h, new_w = self.resized_shape
-        up = F.interpolate(low_res.float(), size=(self.input_size, self.input_size), mode="bilinear",
-                           align_corners=False)
+        up = low_res.float()
+        if up.shape[-1] != self.input_size:
+            up = F.interpolate(up, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         up = up[..., :new_h, :new_w]
         return F.interpolate(up, size=(self.height, self.width), mode="bilinear", align_corners=False)
 

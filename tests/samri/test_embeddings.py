@@ -209,14 +209,17 @@ def test_evicted_entry_comes_back_from_disk(tmp_path):
 
 
 # --- concurrency --------------------------------------------------------------------------------
-def test_two_threads_encode_each_slice_once(tiny_model, prepared_volume, tmp_path, monkeypatch):
+@pytest.mark.parametrize("second_order", ["same", "reversed"])
+def test_two_threads_encode_each_slice_once(tiny_model, prepared_volume, tmp_path, monkeypatch, second_order):
     calls: list[int] = []
+    workers: set[str] = set()
     lock = threading.Lock()
     original = emb_mod.encode_slices
 
     def slow(model, volume, axis, indices):
         with lock:
             calls.extend(int(i) for i in indices)
+            workers.add(threading.current_thread().name)
         time.sleep(0.05)
         return original(model, volume, axis, indices)
 
@@ -233,14 +236,16 @@ def test_two_threads_encode_each_slice_once(tiny_model, prepared_volume, tmp_pat
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(0, indices)),
-               threading.Thread(target=worker, args=(1, indices[::-1]))]
+    threads = [threading.Thread(target=worker, args=(0, indices), name="first"),
+               threading.Thread(target=worker, args=(1, indices if second_order == "same" else indices[::-1]),
+                                name="second")]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
     assert not errors and all(r is not None for r in results)
     assert sorted(calls) == indices, "every slice encoded exactly once in total"
+    assert workers == {"first", "second"}, "both threads took a share of the work (they really overlapped)"
     for i in indices:
         torch.testing.assert_close(results[0][i], results[1][i], atol=2e-2, rtol=1e-2)
     assert len(files(tmp_path, "*.npy")) == 12 and files(tmp_path, "*.tmp") == []
@@ -311,5 +316,5 @@ def test_content_key_includes_window(make_volume):
     b = make_volume(window=WindowSettings(lower_percentile=1.0))
     assert a.content_key != b.content_key
     assert a.content_key.split("-")[0] == b.content_key.split("-")[0]  # same raw content hash
-    assert make_volume(synthetic := a.windowed.copy()).content_key != a.content_key
-    assert synthetic.shape == a.shape
+    assert make_volume(a.windowed.copy()).content_key != a.content_key  # other content
+    assert make_volume(a.windowed.astype(np.float64)).content_key != make_volume(a.windowed).content_key  # dtype

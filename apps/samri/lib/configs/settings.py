@@ -87,10 +87,13 @@ class AppSettings:
         app_dir = Path(app_dir)
         registry = load_registry()
         model = str(conf.get("model") or registry.default_model)
-        registry.spec(model)  # raises on an unknown name, listing the known ones
+        spec = registry.spec(model)  # raises on an unknown name, listing the known ones
         checkpoint = _optional_path(conf.get("checkpoint"))
         if checkpoint is not None and not checkpoint.is_file():
             raise SamriInputError("checkpoint", str(checkpoint), "file not found")
+        if checkpoint is None and spec.checkpoint is None and not spec.random_init:
+            raise SamriInputError("checkpoint", None, f"model '{model}' has no bundled weights: "
+                                  "pass --conf checkpoint /path/to/weights.pth")
         decoder = _optional_path(conf.get("decoder"))
         if decoder is not None and not decoder.is_file():
             logger.warning("decoder %s does not exist yet; serving the base decoder until it appears", decoder)

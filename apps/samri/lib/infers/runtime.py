@@ -70,7 +70,10 @@ class ModelHolder:
 
     def segmenter(self):
         """The current segmenter; loads or reloads under a lock when the weight files changed."""
-        files = self._files()
+        try:
+            files = self._files()
+        except SamriInputError as exc:
+            raise ModelUnavailable(f"model '{self.settings.model}': {exc}") from exc
         current = self._segmenter
         if current is not None and files in (self._loaded, self._failed):
             return current

@@ -1,0 +1,95 @@
+"""The ``samri_2d`` and ``samri_3d`` infer tasks (MONAI Label type ``deepgrow``).
+
+Request (form field ``params`` merged into MONAI Label's request dict), in image voxel indices:
+``foreground`` / ``background`` ``[[i, j, k], ...]``, ``roi`` ``[i0, i1, j0, j1, k0, k1]``,
+``slice`` (2D), ``label``, ``client_id``, ``reset_state``, ``result_*`` (see `options`). Slices are
+taken along axis 2 (k), the axial plane of the sample studies and the one Slicer's 2D path uses.
+
+Response: a ``(X, Y, Z)`` uint8 file on the image grid (1 = the object; for ``samri_2d`` only the
+request's slice is filled) and JSON params with ``label_names``, ``samri`` (slices, predicted IoU,
+whether the client's previous logits were used) and ``latencies`` in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from samri.errors import SamriInputError
+from samri.interactive import run_request
+
+from .errors import http_errors
+from .options import parse_options
+from .result import write_result
+from .runtime import SamriRuntime
+
+logger = logging.getLogger(__name__)
+
+AXIS = 2
+#: request key the app sets when ``image`` was resolved from the datastore (not an upload).
+DATASTORE_IMAGE_KEY = "_samri_datastore_image"
+#: request key naming the field an image error is reported under ("file" for uploads).
+IMAGE_FIELD_KEY = "_samri_image_field"
+
+
+class SamriInfer(InferTask):
+    """Interactive SAMRI segmentation for Slicer's point panel and OHIF's PointPrompts.
+
+    Args:
+        name: task name (``samri_2d`` / ``samri_3d``); part of the refinement-state key.
+        runtime: the process's shared `SamriRuntime`.
+        mode: ``"2d"`` (one slice) or ``"3d"`` (propagated in both directions).
+        labels: label names shown by the clients.
+    """
+
+    def __init__(self, *, name: str, runtime: SamriRuntime, mode: str, labels: list[str]) -> None:
+        if mode not in ("2d", "3d"):
+            raise ValueError(f"mode={mode!r}: must be '2d' or '3d'")
+        what = ("one slice from points and/or an ROI box" if mode == "2d"
+                else "points and/or an ROI box, propagated through the volume in both directions")
+        super().__init__(type=InferType.DEEPGROW, labels=list(labels), dimension=2 if mode == "2d" else 3,
+                         description=f"SAMRI ({runtime.settings.model}): {what}")
+        self.name = name
+        self.runtime = runtime
+        self.mode = mode
+
+    def is_valid(self) -> bool:
+        return True
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Segment per ``request``; returns (result file path, result params)."""
+        start = time.perf_counter()
+        with http_errors(self.name), self.runtime.activity.active():
+            options = parse_options(request)
+            image = request.get("image")
+            field = str(request.get(IMAGE_FIELD_KEY) or "image")
+            if not isinstance(image, str) or not image:
+                raise SamriInputError("image", image, "unknown image (not in the datastore and no file uploaded)")
+            volume = self.runtime.volume(image, field)
+            segmenter = self.runtime.segmenter()
+            t_pre = time.perf_counter()
+
+            key = (self.name, options.client_id, image) if options.client_id else None
+            previous = self.runtime.states.previous(key, label=options.label, content_key=volume.content_key,
+                                                    reset=options.reset_state)
+            result = run_request(segmenter, volume, request, mode=self.mode, axis=AXIS, previous_logits=previous)
+            self.runtime.states.update(key, label=options.label, content_key=volume.content_key,
+                                       logits={i: s.low_res_logits for i, s in result.slices.items()})
+            t_infer = time.perf_counter()
+            if request.get(DATASTORE_IMAGE_KEY):
+                slices = sorted(result.slices)
+                self.runtime.schedule_precompute(image, around=slices[len(slices) // 2] if slices else None)
+            path = write_result(result.mask, volume.affine, extension=options.result_extension,
+                                compress=options.result_compress)
+        end = time.perf_counter()
+        summary = result.summary()
+        summary["refined_slices"] = sorted(int(i) for i in previous if i in result.slices)
+        params = {"label_names": {options.label: 1}, "samri": summary,
+                  "latencies": {"pre": round(t_pre - start, 4), "infer": round(t_infer - t_pre, 4),
+                                "post": round(end - t_infer, 4), "total": round(end - start, 4)}}
+        logger.info("%s %s label=%s client=%s slices=%s voxels=%d in %.3f s", self.name, image, options.label,
+                    options.client_id, summary["slices"][:8], summary["voxels"], end - start)
+        return str(path), params

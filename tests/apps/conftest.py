@@ -1,0 +1,106 @@
+"""Fixtures for the MONAI Label app tests: a real server over sample studies, and a tiny registry."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from apps.samri.lib.testing_server import ServerProcess, copy_app, start_server
+from samri import data
+
+REPO = Path(__file__).resolve().parents[2]
+APP_DIR = REPO / "apps" / "samri"
+COLIN = "colin27_t1"
+MNI = "mni152_t1"
+HAVE_COLIN = "colin27" in data.available_sources()
+needs_colin = pytest.mark.skipif(not HAVE_COLIN, reason="Colin27/AAL (Debian mricron-data) not installed")
+
+
+@dataclass
+class LiveServer:
+    """A running SAMRI server and what the tests know about its studies.
+
+    Attributes:
+        process: the server (base_url, log).
+        studies: its datastore folder (a temporary copy the tests may modify).
+        images: datastore ids written there.
+        truth: ``{image id: (X, Y, Z) ground-truth labels}``, read before any test ran.
+        label_names: ``{image id: {name: value}}``.
+        affines: ``{image id: (4, 4) voxel-to-RAS}``.
+    """
+
+    process: ServerProcess
+    studies: Path
+    images: list[str]
+    truth: dict[str, np.ndarray]
+    label_names: dict[str, dict[str, int]]
+    affines: dict[str, np.ndarray]
+
+    @property
+    def url(self) -> str:
+        return self.process.base_url
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory):
+    """One ``monailabel start_server`` per test module: a copy of apps/samri over fresh sample studies.
+
+    Precompute is off (tests time clicks, and background encoding would compete for the 2 cores);
+    the embedding cache lives in the temporary folder.
+    """
+    root = tmp_path_factory.mktemp("samri_server")
+    studies = root / "studies"
+    written = data.write_sample_studies(studies)
+    truth = {s.study_id: np.asarray(nib.load(str(s.label)).dataobj) for s in written}
+    affines = {s.study_id: nib.load(str(s.image)).affine for s in written}
+    app = copy_app(APP_DIR, root / "app")
+    process = start_server(app_dir=app, studies=studies, log_path=root / "server.log",
+                           conf={"precompute": "false", "cache_dir": str(root / "embedding_cache")})
+    try:
+        yield LiveServer(process=process, studies=studies, images=[s.study_id for s in written], truth=truth,
+                         label_names={s.study_id: s.label_names for s in written}, affines=affines)
+    finally:
+        process.stop()
+
+
+TINY_REGISTRY = textwrap.dedent("""\
+    default_model: tiny
+    window: {lower_percentile: 0.5, upper_percentile: 99.5, foreground_only: true}
+    models:
+      tiny:
+        description: random 64-px ViT for fast tests
+        architecture: {img_size: 64, patch_size: 16, embed_dim: 32, depth: 1, num_heads: 2,
+                       global_attn_indexes: [0], window_size: 0, prompt_dim: 32, decoder_mlp_dim: 64}
+        checkpoint: null
+        random_init: true
+        preprocessing: {input_size: 64, slice_minmax: true, value_scale: 1.0,
+                        pixel_mean: [0.0, 0.0, 0.0], pixel_std: [1.0, 1.0, 1.0]}
+    """)
+
+
+@pytest.fixture()
+def tiny_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``SAMRI_CONFIG_DIR`` pointing at a registry whose default is a tiny random ViT."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "models.yaml").write_text(TINY_REGISTRY)
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(folder))
+    return folder
+
+
+def write_tiny_studies(folder: Path, ids: tuple[str, ...] = ("tiny_a", "tiny_b")) -> Path:
+    """A datastore of small ``(40, 36, 8)`` MR-like volumes (a bright ellipsoid on noise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    x, y, z = np.meshgrid(np.arange(40), np.arange(36), np.arange(8), indexing="ij")
+    blob = ((x - 20) / 9.0) ** 2 + ((y - 18) / 7.0) ** 2 + ((z - 4) / 3.0) ** 2 < 1.0
+    affine = np.array([[-1.2, 0, 0, 30.0], [0, 1.1, 0, -20.0], [0, 0, 2.5, 5.0], [0, 0, 0, 1]])
+    for n, image_id in enumerate(ids):
+        vol = (100 + 20 * rng.standard_normal(blob.shape) + 300 * blob + 10 * n).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, affine), str(folder / f"{image_id}.nii.gz"))
+    return folder
