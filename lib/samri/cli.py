@@ -91,13 +91,16 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from samri.config import load_registry
     from samri.interactive import run_request
+    from samri.prompts import parse_request
     from samri.volume import load_image, prepare_volume, save_label
 
     params = read_params(args.params)
-    registry, segmenter = build_segmenter(args)
     image = load_image(args.image)
-    volume = prepare_volume(image, registry.window)
+    volume = prepare_volume(image, load_registry().window)
+    parse_request(params, volume.shape, args.axis)  # fail on a bad request before loading a model
+    registry, segmenter = build_segmenter(args)
     result = run_request(segmenter, volume, params, mode=args.mode, axis=args.axis)
     save_label(args.output, result.mask, image.affine)
     print(json.dumps({"output": str(args.output), **result.summary()}))
