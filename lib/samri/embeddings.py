@@ -108,7 +108,7 @@ class EmbeddingCache:
             return None
         try:
             return torch.from_numpy(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             logger.warning("dropping unreadable cache file %s (%s)", path, exc)
             path.unlink(missing_ok=True)
             return None
@@ -191,7 +191,7 @@ def get_embeddings(model, volume, cache: EmbeddingCache, axis: int, indices: Seq
             if todo:
                 for i, emb in zip(todo, encode_slices(model, volume, axis, todo)):
                     cache.put(keys[i], emb)
-                    out[i] = emb
+                    out[i] = emb.half().float()  # what every later (cached) read returns
                 cache.stats["encoded"] += len(todo)
         finally:
             for i in claimed:
@@ -204,6 +204,7 @@ def get_embeddings(model, volume, cache: EmbeddingCache, axis: int, indices: Seq
             if hit is None:
                 hit = encode_slices(model, volume, axis, [i])[0]
                 cache.put(keys[i], hit)
+                hit = hit.half().float()
                 cache.stats["encoded"] += 1
             out[i] = hit
     if bar is not None:

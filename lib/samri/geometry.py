@@ -50,8 +50,12 @@ def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 def put_slice(volume: np.ndarray, axis: int, index: int, plane: np.ndarray) -> None:
     """Write a ``(rows, cols)`` plane into ``volume`` in place (inverse of `take_slice`)."""
+    axis = check_axis(axis)
+    n = volume.shape[axis]
+    if not 0 <= int(index) < n:
+        raise SamriInputError("slice", index, f"out of range for axis {axis} with {n} slices (0..{n - 1})")
     sl = [slice(None)] * 3
-    sl[check_axis(axis)] = int(index)
+    sl[axis] = int(index)
     volume[tuple(sl)] = plane
 
 
@@ -95,7 +99,7 @@ class SliceGeometry:
     def resized_shape(self) -> tuple[int, int]:
         """``(new_h, new_w)`` after resizing the longest side to ``input_size`` (SAM's rounding)."""
         scale = self.input_size / max(self.height, self.width)
-        return int(self.height * scale + 0.5), int(self.width * scale + 0.5)
+        return max(1, int(self.height * scale + 0.5)), max(1, int(self.width * scale + 0.5))
 
     @property
     def row_scale(self) -> float:

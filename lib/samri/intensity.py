@@ -77,7 +77,7 @@ def window_volume(volume: np.ndarray, settings: WindowSettings = WindowSettings(
     Raises:
         SamriInputError: not 3D, no finite voxel, or constant intensities.
     """
-    arr = check_volume(volume, field).astype(np.float32, copy=False)
+    arr = check_volume(volume, field).astype(np.float64, copy=False)  # float64: no overflow, no lost offsets
     finite = np.isfinite(arr)
     n_finite = int(finite.sum())
     if n_finite == 0:

@@ -217,16 +217,20 @@ def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamMod
     base = envelope["base_model"]
     if base != model.spec.name:
         raise CheckpointError("decoder", str(path), f"trained for base model '{base}', not '{model.spec.name}'")
-    state = unwrap_state_dict(envelope["mask_decoder"], path, field="decoder")
-    load_strict(model.mask_decoder, state, path, field="decoder", prefix="mask_decoder.")
-    prep = Preprocessing.from_dict(dict(envelope["preprocessing"]))
+    # validate everything before touching the (possibly live) model
+    try:
+        prep = Preprocessing.from_dict(dict(envelope["preprocessing"]))
+    except (SamriInputError, TypeError) as exc:
+        raise CheckpointError("decoder", str(path), f"invalid preprocessing ({exc})") from exc
     if prep.input_size != model.input_size:
         raise CheckpointError("decoder", str(path), f"preprocessing.input_size {prep.input_size} does not match "
                               f"the model's {model.input_size}")
-    model.preprocessing = prep
     mode = envelope["metadata"].get("point_prompts", model.point_prompts)
     if mode not in POINT_PROMPT_MODES:
         raise CheckpointError("decoder", str(path), f"metadata point_prompts={mode!r} not in {list(POINT_PROMPT_MODES)}")
+    state = unwrap_state_dict(envelope["mask_decoder"], path, field="decoder")
+    load_strict(model.mask_decoder, state, path, field="decoder", prefix="mask_decoder.")
+    model.preprocessing = prep
     model.point_prompts = mode
     model.decoder_info = {"path": str(path), **dict(envelope["metadata"])}
     return model

@@ -337,7 +337,8 @@ def test_decoder_point_prompts_mode_is_adopted(tmp_path, fresh_tiny_model):
                                    metadata={"point_prompts": "box_search"})
     assert load_model(tiny_spec(), decoder=path).point_prompts == "box_search"
     plain = save_decoder_checkpoint(tmp_path / "plain.pt", mask_decoder=fresh_tiny_model.mask_decoder,
-                                    base_model="tiny", preprocessing=Preprocessing(input_size=64).to_dict(), metadata={})
+                                    base_model="tiny", preprocessing=Preprocessing(input_size=64).to_dict(),
+                                    metadata={})
     assert load_model(tiny_spec(), decoder=plain).point_prompts == "native"  # kept from the spec
 
 

@@ -14,7 +14,7 @@ import torch
 from samri import embeddings as emb_mod
 from samri.embeddings import EmbeddingCache, EmbeddingKey, encode_slices, get_embeddings, slice_keys
 from samri.errors import SamriInputError
-from samri.intensity import Preprocessing, WindowSettings
+from samri.intensity import WindowSettings
 
 EMB_BYTES = 32 * 8 * 8 * 2  # one tiny-model embedding in fp16
 

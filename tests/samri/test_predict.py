@@ -244,11 +244,11 @@ def test_propagation_stops_on_a_leak(monkeypatch, gt_mask, prepared_volume, tiny
     monkeypatch.setattr(Segmenter, "embedding", lambda self, v, a, i: fake.embedding(self, v, a, i))
 
     def decode_without_box(self, e, g, p):
-        res = fake.decode(self, e, g, SlicePrompt(points=[[0, 0]], labels=[1]))
-        return res
+        return fake.decode(self, e, g, SlicePrompt(points=[[0, 0]], labels=[1]))
 
     monkeypatch.setattr(Segmenter, "decode", decode_without_box)
-    res = Segmenter(tiny_model, EmbeddingCache()).propagate(prepared_volume, 2, {CENTER_K: SlicePrompt(box=[0, 0, 5, 5])})
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: SlicePrompt(box=[0, 0, 5, 5])})
     assert CENTER_K + 1 in res.slices and CENTER_K + 2 not in res.slices
     assert min(res.slices) < CENTER_K  # the other direction is unaffected
 
@@ -347,7 +347,8 @@ def test_run_request_mode_error(segmenter, prepared_volume, mode):
 
 
 @pytest.mark.parametrize("params,field", [({}, "foreground"), ({"foreground": [[1, 2, 30]]}, "foreground[0]"),
-                                          ({"roi": [0, 1, 2]}, "roi"), ({"foreground": [[1, 2, 3]], "slice": 99}, "slice")])
+                                          ({"roi": [0, 1, 2]}, "roi"),
+                                          ({"foreground": [[1, 2, 3]], "slice": 99}, "slice")])
 @pytest.mark.parametrize("mode", ["2d", "3d"])
 def test_run_request_bad_params(segmenter, prepared_volume, params, field, mode):
     with pytest.raises(SamriInputError) as err:
