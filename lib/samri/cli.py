@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.set_defaults(func=cmd_precompute)
 
+    p = sub.add_parser("train", help="two-stage decoder fine-tuning on annotated studies")
+    from samri.train.cli import add_train_arguments, train_from_args
+
+    add_train_arguments(p)
+    p.set_defaults(func=train_from_args)
+
     p = sub.add_parser("bench", help="speed figures: encoder, cached/uncached click, 3D, memory")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--markdown", type=Path, default=None, help="also render docs/BENCHMARKS.md here")

@@ -1,0 +1,63 @@
+"""Command line of a training run, shared by ``samri train`` and ``python -m samri.train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--studies", type=Path, required=True, help="MONAI Label studies folder (labels/final)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: decoder.pt, manifest.json")
+    p.add_argument("--config", type=Path, default=None, help="training YAML (default configs/training.yaml)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--labels", default=None, help="comma list of label names to train on (default all)")
+    p.add_argument("--publish", type=Path, default=None,
+                   help="model folder to publish into (gated on validation Dice vs the live decoder)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--decoder", default=None, help="start from this decoder-only checkpoint")
+    p.add_argument("--cache-dir", type=Path, default=None)
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    from samri.cli import default_cache_dir
+    from samri.config import config_dir, load_registry, read_yaml
+    from samri.embeddings import EmbeddingCache
+    from samri.models import load_model
+    from samri.train.data import find_studies
+    from samri.train.run import dist_info, init_distributed, run_training
+    from samri.train.stage2 import TrainSettings
+
+    init_distributed()
+    cfg = read_yaml(args.config or config_dir() / "training.yaml", field="config")
+    for key, value in (("epochs", args.epochs), ("max_steps_per_epoch", args.max_steps_per_epoch)):
+        if value is not None:
+            cfg[key] = value
+    if args.lr is not None:
+        cfg.setdefault("optimizer", {})["lr"] = args.lr
+    settings = TrainSettings.from_config(cfg)
+    registry = load_registry()
+    model = load_model(registry.spec(args.model), checkpoint=args.checkpoint, decoder=args.decoder)
+    cache = EmbeddingCache(cache_dir=args.cache_dir or default_cache_dir())
+    include = args.labels.split(",") if args.labels else cfg.get("include_labels")
+    result = run_training(find_studies(args.studies), model=model, out_dir=args.out, settings=settings,
+                          window=registry.window, cache=cache, min_pixels=int(cfg.get("min_pixels", 30)),
+                          axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)),
+                          include_labels=include)
+    rank, _ = dist_info()
+    if rank == 0:
+        summary = {"checkpoint": str(result.checkpoint), "best": result.best, "baseline": result.baseline}
+        if args.publish:
+            from samri.train.publish import DecoderStore
+
+            store = DecoderStore(args.publish, base_model=model.spec.name)
+            summary["publish"] = store.publish(result.checkpoint, margin=float(cfg.get("gate", {}).get("margin", 0.0)))
+        print(json.dumps(summary, indent=1, default=str))
+    return 0

@@ -1,0 +1,203 @@
+"""Training data: annotated studies, stage 1 (embeddings through the shared cache), slice samples.
+
+A `Study` is an image with a label volume and its label names. Stage 1 loads each study once,
+checks it, encodes the slices that contain labels (already-cached slices cost nothing; the cache
+is the resumable state) and returns a `StudyIndex` per usable study: what stage 2 needs to read
+embeddings back without touching the image again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from samri.embeddings import EmbeddingCache, get_embeddings
+from samri.errors import SamriInputError
+from samri.geometry import take_slice
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Study:
+    """An annotated study.
+
+    Attributes:
+        study_id: datastore id.
+        image: image path.
+        label: integer label volume path on the image's grid.
+        label_names: ``{name: voxel value}`` (from MONAI Label's ``label_info`` or label_names.json).
+    """
+
+    study_id: str
+    image: Path
+    label: Path
+    label_names: dict[str, int]
+
+
+@dataclass
+class SliceSample:
+    """One (slice, structure) training pair: axis, slice index, label value, object area (px)."""
+
+    study_id: str
+    axis: int
+    index: int
+    value: int
+    area: int
+
+
+@dataclass
+class StudyIndex:
+    """What stage 2 needs from a study: cache keys and the label volume path."""
+
+    study: Study
+    content_key: str
+    shape: tuple[int, int, int]
+    samples: list[SliceSample] = field(default_factory=list)
+
+
+@dataclass
+class DataStats:
+    """Counts and skip reasons of a run (also written into the checkpoint metadata)."""
+
+    studies_used: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    samples: int = 0
+    slices_encoded: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_studies(studies_dir: str | Path, tag: str = "final") -> list[Study]:
+    """Studies of a MONAI Label local datastore folder that have a ``labels/<tag>`` volume."""
+    from samri.data import load_label_names
+
+    root = Path(studies_dir)
+    if not root.is_dir():
+        raise SamriInputError("studies", str(root), "folder not found")
+    names = load_label_names(root)
+    out = []
+    for image in sorted(root.glob("*.nii*")):
+        study_id = image.name.split(".nii")[0]
+        label = root / "labels" / tag / image.name
+        if label.is_file():
+            out.append(Study(study_id, image, label, dict(names.get(study_id, {}))))
+    return out
+
+
+def _label_values(study: Study, include: Sequence[str] | None, stats: DataStats) -> dict[int, str]:
+    names = study.label_names
+    if include is not None:
+        unknown = [n for n in names if n not in include]
+        for n in unknown:
+            logger.info("%s: label %r not in include_labels: ignored", study.study_id, n)
+        names = {n: v for n, v in names.items() if n in include}
+    return {int(v): n for n, v in names.items()}
+
+
+def index_study(study: Study, *, window, min_pixels: int, axes: Sequence[int],
+                include_labels: Sequence[str] | None, stats: DataStats):
+    """Load and check one study; ``(PreparedVolume, StudyIndex)`` or None (skipped, reason logged)."""
+    from samri.volume import load_image, prepare_volume
+
+    try:
+        image = load_image(study.image)
+        label = load_image(study.label, field_name="label").array
+        if label.shape != image.array.shape:
+            raise SamriInputError("label", f"shape {label.shape}", f"does not match image shape {image.array.shape}")
+        volume = prepare_volume(image, window)
+    except (SamriInputError, OSError) as exc:
+        stats.skipped[study.study_id] = str(exc)
+        logger.warning("skipping study %s: %s", study.study_id, exc)
+        return None
+    label = np.asarray(label).astype(np.int64)
+    values = _label_values(study, include_labels, stats) if study.label_names else \
+        {int(v): str(v) for v in np.unique(label) if v != 0}
+    present = [v for v in values if (label == v).any()]
+    if not present:
+        stats.skipped[study.study_id] = "label volume has no (named) structure"
+        logger.warning("skipping study %s: label volume has no (named) structure", study.study_id)
+        return None
+    index = StudyIndex(study=study, content_key=volume.content_key, shape=volume.shape)
+    for axis in axes:
+        moved = np.moveaxis(label, axis, 0)
+        for v in present:
+            areas = (moved == v).reshape(moved.shape[0], -1).sum(axis=1)
+            index.samples += [SliceSample(study.study_id, axis, int(i), v, int(a))
+                              for i, a in enumerate(areas) if a >= min_pixels]
+    return volume, index
+
+
+def stage1(studies: Iterable[Study], model, cache: EmbeddingCache, *, window, min_pixels: int = 30,
+           axes: Sequence[int] = (2,), include_labels: Sequence[str] | None = None, shard: tuple[int, int] = (0, 1),
+           stats: DataStats | None = None, progress: bool = True) -> tuple[list[StudyIndex], DataStats]:
+    """Index every study and encode the slices that hold samples.
+
+    Args:
+        shard: ``(rank, world_size)``: this process encodes only every ``world_size``-th study;
+            all ranks index all studies (cheap) so they agree on the sample list.
+    """
+    stats = stats or DataStats()
+    rank, world = shard
+    indices = []
+    for n, study in enumerate(studies):
+        loaded = index_study(study, window=window, min_pixels=min_pixels, axes=axes,
+                             include_labels=include_labels, stats=stats)
+        if loaded is None:
+            continue
+        volume, index = loaded
+        if not index.samples:
+            stats.skipped[study.study_id] = f"no structure of at least {min_pixels} px in any slice"
+            logger.warning("skipping study %s: %s", study.study_id, stats.skipped[study.study_id])
+            continue
+        indices.append(index)
+        stats.studies_used.append(study.study_id)
+        stats.samples += len(index.samples)
+        if n % world != rank:
+            continue
+        for axis in axes:
+            slices = sorted({s.index for s in index.samples if s.axis == axis})
+            before = cache.stats["encoded"]
+            get_embeddings(model, volume, cache, axis, slices, progress=progress)
+            stats.slices_encoded += cache.stats["encoded"] - before
+    if not indices:
+        raise SamriInputError("studies", sorted(stats.skipped) or [], "no usable annotated study: "
+                              + "; ".join(f"{k}: {v}" for k, v in stats.skipped.items()) if stats.skipped
+                              else "no usable annotated study (no image has a final label)")
+    return indices, stats
+
+
+def split_by_study(indices: Sequence[StudyIndex], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Train/validation split by study (never by slice). With one study, it serves both."""
+    order = list(indices)
+    np.random.default_rng(seed).shuffle(order)
+    if len(order) < 2 or val_fraction <= 0:
+        return order, order
+    n_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))
+    return order[n_val:], order[:n_val]
+
+
+def label_slice(label: np.ndarray, sample: SliceSample) -> np.ndarray:
+    """``(H, W)`` bool target of ``sample`` from the study's ``(X, Y, Z)`` label volume."""
+    return take_slice(label, sample.axis, sample.index) == sample.value
+
+
+def write_manifest(path: Path, indices: Sequence[StudyIndex], stats: DataStats) -> None:
+    """A human-readable record of what stage 1 produced (atomic)."""
+    import os
+    import tempfile
+
+    data = {"stats": stats.to_dict(), "studies": [
+        {"study_id": i.study.study_id, "image": str(i.study.image), "label": str(i.study.label),
+         "content_key": i.content_key, "shape": list(i.shape), "samples": len(i.samples)} for i in indices]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)

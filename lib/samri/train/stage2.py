@@ -1,0 +1,207 @@
+"""Stage 2: train only SAM's mask decoder on cached embeddings with simulated prompts.
+
+Frames: embeddings ``(B, C, h, w)``; decoder logits and targets in the low-res decoder frame
+``(B, 1, s, s)`` (the model-input frame scaled by ``s / S``, padding included as background).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceFocalLoss
+
+from samri.embeddings import EmbeddingCache, EmbeddingKey
+from samri.geometry import SliceGeometry, in_plane_axes
+from samri.prompt_sim import SimSettings, correction_click, pick_mode, simulate_prompt
+from samri.prompts import SlicePrompt
+from samri.train.data import SliceSample, StudyIndex, label_slice
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Stage-2 settings; see ``configs/training.yaml`` for the meaning and defaults."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    lambda_dice: float = 1.0
+    lambda_focal: float = 10.0
+    focal_gamma: float = 2.0
+    iou_weight: float = 1.0
+    epochs: int = 4
+    batch_size: int = 8
+    max_steps_per_epoch: int | None = None
+    max_val_samples: int = 256
+    seed: int = 0
+    sim: SimSettings = field(default_factory=SimSettings)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "TrainSettings":
+        opt, loss, prompts = cfg.get("optimizer", {}), cfg.get("loss", {}), cfg.get("prompts", {})
+        return cls(lr=float(opt.get("lr", 1e-4)), weight_decay=float(opt.get("weight_decay", 0.1)),
+                   lambda_dice=float(loss.get("lambda_dice", 1.0)), lambda_focal=float(loss.get("lambda_focal", 10.0)),
+                   focal_gamma=float(loss.get("focal_gamma", 2.0)), iou_weight=float(loss.get("iou_weight", 1.0)),
+                   epochs=int(cfg.get("epochs", 4)), batch_size=int(cfg.get("batch_size", 8)),
+                   max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
+                   max_val_samples=int(cfg.get("max_val_samples", 256)), seed=int(cfg.get("seed", 0)),
+                   sim=SimSettings(**prompts))
+
+
+class SampleSource:
+    """Reads a sample's embedding (from the shared cache) and ground-truth slice."""
+
+    def __init__(self, indices: Sequence[StudyIndex], cache: EmbeddingCache, encoder_key: str, input_size: int):
+        self.by_study = {i.study.study_id: i for i in indices}
+        self.cache = cache
+        self.encoder_key = encoder_key
+        self.input_size = input_size
+        self._labels: dict[str, np.ndarray] = {}
+
+    def embedding(self, s: SliceSample) -> torch.Tensor:
+        key = EmbeddingKey(self.by_study[s.study_id].content_key, s.axis, s.index, self.encoder_key)
+        emb = self.cache.get(key)
+        if emb is None:
+            raise RuntimeError(f"embedding missing for {s} (stage 1 did not run for this study)")
+        return emb
+
+    def target(self, s: SliceSample) -> np.ndarray:
+        if s.study_id not in self._labels:
+            from samri.volume import load_image
+
+            self._labels[s.study_id] = np.asarray(load_image(self.by_study[s.study_id].study.label, "label").array)
+        return label_slice(self._labels[s.study_id], s)
+
+    def geometry(self, s: SliceSample) -> SliceGeometry:
+        rows, cols = in_plane_axes(s.axis)
+        shape = self.by_study[s.study_id].shape
+        return SliceGeometry(shape[rows], shape[cols], self.input_size)
+
+
+def low_res_target(geom: SliceGeometry, mask: np.ndarray, size: int) -> torch.Tensor:
+    """``(1, s, s)`` float target of a slice mask in the decoder's low-res frame."""
+    full = torch.as_tensor(geom.mask_to_input(mask), dtype=torch.float32)[None, None]
+    return F.interpolate(full, size=(size, size), mode="area")[0].round()
+
+
+def encode_prompts(model, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen prompt encoder per sample, padded to one batch: sparse ``(B, n, C)``, dense ``(B, C, h, w)``.
+
+    Sparse prompts are padded with SAM's not-a-point token, as SAM pads its own point prompts.
+    """
+    pe = model.prompt_encoder
+    sparse, dense = [], []
+    with torch.no_grad():
+        for geom, prompt in zip(geoms, prompts):
+            s, d = pe(**prompt.to_model(geom, model.device))
+            sparse.append(s[0])
+            dense.append(d[0])
+        n = max(s.shape[0] for s in sparse)
+        pad = pe.not_a_point_embed.weight
+        sparse = [torch.cat([s, pad.expand(n - s.shape[0], -1)]) if s.shape[0] < n else s for s in sparse]
+    return torch.stack(sparse), torch.stack(dense)
+
+
+def decoder_forward(model, decoder: torch.nn.Module, embeddings: torch.Tensor, sparse: torch.Tensor,
+                    dense: torch.Tensor, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask decoder on a batch of *different* images: ``(B, 1, s, s)`` logits, ``(B, 1)`` IoU.
+
+    segment_anything's decoder repeats one image embedding per prompt and then adds the dense
+    prompt embedding; passing a zero image and ``dense + embedding`` gives per-image inputs.
+    """
+    zero = torch.zeros_like(embeddings[:1])
+    return decoder(image_embeddings=zero, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                   dense_prompt_embeddings=dense + embeddings, multimask_output=False)
+
+
+class DecoderTrainer:
+    """Stage-2 optimisation of ``model.mask_decoder`` (optionally DDP-wrapped as ``decoder``)."""
+
+    def __init__(self, *, model, source: SampleSource, settings: TrainSettings, decoder: torch.nn.Module | None = None):
+        self.model = model
+        self.source = source
+        self.settings = settings
+        self.decoder = decoder or model.mask_decoder
+        self.loss_fn = DiceFocalLoss(sigmoid=True, lambda_dice=settings.lambda_dice,
+                                     lambda_focal=settings.lambda_focal, gamma=settings.focal_gamma)
+        params = [p for p in model.mask_decoder.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        with torch.no_grad():
+            self.image_pe = model.prompt_encoder.get_dense_pe()
+        self.low_res = model.low_res_size
+
+    def _forward(self, samples, prompts, geoms, targets, embeddings):
+        sparse, dense = encode_prompts(self.model, geoms, prompts)
+        logits, iou_pred = decoder_forward(self.model, self.decoder, embeddings, sparse, dense, self.image_pe)
+        seg_loss = self.loss_fn(logits, targets)
+        with torch.no_grad():
+            pred = logits > 0
+            inter = (pred & (targets > 0.5)).flatten(1).sum(1).float()
+            union = (pred | (targets > 0.5)).flatten(1).sum(1).float().clamp(min=1)
+            true_iou = inter / union
+        iou_loss = F.mse_loss(iou_pred[:, 0], true_iou)
+        return logits, seg_loss, iou_loss
+
+    def batch(self, samples: Sequence[SliceSample]):
+        embeddings = torch.stack([self.source.embedding(s) for s in samples]).to(self.model.device)
+        masks = [self.source.target(s) for s in samples]
+        geoms = [self.source.geometry(s) for s in samples]
+        targets = torch.stack([low_res_target(g, m, self.low_res) for g, m in zip(geoms, masks)]).to(self.model.device)
+        return embeddings, masks, geoms, targets
+
+    def step(self, samples: Sequence[SliceSample], rng: np.random.Generator) -> dict[str, float]:
+        """One optimiser step: a simulated prompt per sample, then for some a correction click."""
+        self.decoder.train()
+        embeddings, masks, geoms, targets = self.batch(samples)
+        prompts = [simulate_prompt(m, pick_mode(self.settings.sim, rng), self.settings.sim, rng) for m in masks]
+        logits, seg_loss, iou_loss = self._forward(samples, prompts, geoms, targets, embeddings)
+        loss = seg_loss + self.settings.iou_weight * iou_loss
+        corrected = [n for n in range(len(samples)) if rng.random() < self.settings.sim.correction_prob]
+        if corrected:
+            follow = []
+            for n in corrected:
+                pred = geoms[n].logits_to_slice(logits[n:n + 1].detach())[0, 0].cpu().numpy() > 0
+                click = correction_click(pred, masks[n], rng)
+                p = prompts[n]
+                pts, lbl = p.points, p.labels
+                if click is not None:
+                    pts, lbl = np.concatenate([pts, click[0][None]]), np.concatenate([lbl, [click[1]]])
+                follow.append(SlicePrompt(points=pts, labels=lbl, box=p.box, mask_logits=logits[n:n + 1].detach()))
+            idx = torch.as_tensor(corrected)
+            _, seg2, iou2 = self._forward([samples[n] for n in corrected], follow, [geoms[n] for n in corrected],
+                                          targets[idx], embeddings[idx])
+            loss = loss + seg2 + self.settings.iou_weight * iou2
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "seg_loss": float(seg_loss.detach()), "iou_loss": float(iou_loss.detach())}
+
+    @torch.no_grad()
+    def validate(self, samples: Sequence[SliceSample], modes: Sequence[str] = ("box", "box_point", "point")) -> dict:
+        """Fixed-seed prompts without jitter; Dice at slice resolution; loss in the low-res frame."""
+        self.decoder.eval()
+        rng = np.random.default_rng(1234)
+        sim = SimSettings(mode_weights={"box": 1.0}, box_jitter=0.0)
+        out: dict[str, Any] = {}
+        losses = []
+        for mode in modes:
+            dices = []
+            for start in range(0, len(samples), self.settings.batch_size):
+                chunk = samples[start:start + self.settings.batch_size]
+                embeddings, masks, geoms, targets = self.batch(chunk)
+                prompts = [simulate_prompt(m, mode, sim, rng) for m in masks]
+                logits, seg_loss, _ = self._forward(chunk, prompts, geoms, targets, embeddings)
+                if mode == "box":
+                    losses.append(float(seg_loss) * len(chunk))
+                for n, m in enumerate(masks):
+                    pred = geoms[n].logits_to_slice(logits[n:n + 1])[0, 0].cpu().numpy() > 0
+                    dices.append(2 * (pred & m).sum() / max(pred.sum() + m.sum(), 1))
+            out[f"dice_{mode}"] = float(np.mean(dices)) if dices else 0.0
+        out["loss"] = float(sum(losses) / max(len(samples), 1))
+        out["dice"] = out.get("dice_box", 0.0)
+        return out
