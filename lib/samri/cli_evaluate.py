@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Validate everything, load images and models, run, print the headline table; 0 on success."""
     from samri.config import load_registry
     from samri.embeddings import EmbeddingCache
-    from samri.evaluate import SegmenterRunner, evaluate, load_case
+    from samri.evaluate import SegmenterRunner, evaluate, load_case, plan
     from samri.models import load_model
     from samri.predict import Segmenter
     from samri.report import machine_info
@@ -174,6 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = read_label_names(args.label_names)
     cases = [load_case(image, label, names=_names_for(names, image), wanted=config.labels)
              for image, label in zip(args.image, args.label)]
+    plan(cases, config)  # every input error surfaces here, before a model is loaded
     cache = EmbeddingCache(cache_dir=args.cache_dir, max_memory_bytes=1 << 30)
     runners, described = {}, {}
     for m in models:

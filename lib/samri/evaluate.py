@@ -371,6 +371,16 @@ def evaluate_case(model: str, runner: Runner, case: Case, pairs: Sequence[Pair],
     return written
 
 
+def plan(cases: Sequence[Case], config: EvalConfig) -> list[Pair]:
+    """Check the config and cases and list the pairs; raises on bad input before any model work."""
+    config.validate()
+    check_cases(cases, config.labels)
+    pairs = enumerate_pairs(cases, config)
+    if not pairs:
+        raise SamriInputError("min-size", config.min_size, "no structure reaches this many pixels on any slice")
+    return pairs
+
+
 def evaluate(cases: Sequence[Case], runners: Mapping[str, Runner], config: EvalConfig, out_dir: str | Path, *,
              window: WindowSettings = WindowSettings(), resume: bool = False, progress: bool = True,
              meta: Mapping | None = None) -> dict:
@@ -390,13 +400,9 @@ def evaluate(cases: Sequence[Case], runners: Mapping[str, Runner], config: EvalC
     """
     from samri import report
 
-    config.validate()
     if not runners:
         raise SamriInputError("model", [], "give at least one --model")
-    check_cases(cases, config.labels)
-    pairs = enumerate_pairs(cases, config)
-    if not pairs:
-        raise SamriInputError("min-size", config.min_size, "no structure reaches this many pixels on any slice")
+    pairs = plan(cases, config)
     by_image: dict[str, list[Pair]] = {}
     for p in pairs:
         by_image.setdefault(p.image, []).append(p)

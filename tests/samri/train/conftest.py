@@ -1,0 +1,59 @@
+"""Fixtures for training tests: synthetic annotated studies and a config dir with a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.samri.conftest import TINY_ARCHITECTURE, ellipsoid_mask, synthetic_array, tiny_spec
+from samri.models import load_model
+
+
+def write_study(root: Path, study_id: str, seed: int, *, label: np.ndarray | None = None) -> None:
+    """A synthetic study: bright ellipsoid (label 1 'blob') and a box (label 2 'slab')."""
+    image = synthetic_array(seed)
+    if label is None:
+        label = ellipsoid_mask().astype(np.uint8)
+        label[2:12, 4:14, 5:25] = 2
+        image[2:12, 4:14, 5:25] += 250.0
+    (root / "labels" / "final").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / f"{study_id}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labels" / "final" / f"{study_id}.nii.gz"))
+    names_file = root / "label_names.json"
+    names = json.loads(names_file.read_text()) if names_file.exists() else {}
+    names[study_id] = {"blob": 1, "slab": 2}
+    names_file.write_text(json.dumps(names))
+
+
+@pytest.fixture()
+def studies_dir(tmp_path) -> Path:
+    root = tmp_path / "studies"
+    for n in range(3):
+        write_study(root, f"s{n}", seed=n)
+    return root
+
+
+@pytest.fixture()
+def tiny_config_dir(tmp_path) -> Path:
+    """SAMRI_CONFIG_DIR with models.yaml naming a tiny model whose checkpoint the test wrote."""
+    cfg = tmp_path / "configs"
+    cfg.mkdir()
+    torch.manual_seed(0)
+    model = load_model(tiny_spec())
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), ckpt)
+    models = {"default_model": "tiny", "window": {"lower_percentile": 0.5, "upper_percentile": 99.5},
+              "models": {"tiny": {"architecture": dict(TINY_ARCHITECTURE), "checkpoint": str(ckpt),
+                                  "preprocessing": {"input_size": 64}}}}
+    (cfg / "models.yaml").write_text(yaml.safe_dump(models))
+    training = {"optimizer": {"lr": 1e-3, "weight_decay": 0.1}, "epochs": 2, "batch_size": 4,
+                "max_steps_per_epoch": 3, "min_pixels": 5, "axes": [2], "val_fraction": 0.34, "seed": 0,
+                "max_val_samples": 16, "gate": {"margin": 0.0}}
+    (cfg / "training.yaml").write_text(yaml.safe_dump(training))
+    return cfg

@@ -1,0 +1,213 @@
+"""Stage 1, stage 2, the batched decoder trick, publishing, rollback and torchrun (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from samri.checkpoints import read_decoder_checkpoint
+from samri.config import load_registry
+from samri.embeddings import EmbeddingCache
+from samri.errors import SamriInputError
+from samri.geometry import SliceGeometry
+from samri.models import load_model
+from samri.prompts import SlicePrompt
+from samri.train.data import DataStats, find_studies, split_by_study, stage1
+from samri.train.publish import DecoderStore
+from samri.train.run import run_training
+from samri.train.stage2 import TrainSettings, decoder_forward, encode_prompts
+from tests.samri.conftest import tiny_spec
+from tests.samri.train.conftest import write_study
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _settings(**kw) -> TrainSettings:
+    base = dict(lr=1e-3, epochs=2, batch_size=4, max_steps_per_epoch=3, max_val_samples=16)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_batched_decoder_equals_per_image_calls(tiny_model):
+    """The zero-image trick gives exactly what one decoder call per image gives."""
+    torch.manual_seed(1)
+    c, h, w = tiny_model.embedding_shape
+    embeddings = torch.randn(3, c, h, w)
+    geom = SliceGeometry(40, 48, tiny_model.input_size)
+    prompts = [SlicePrompt(box=[5, 6, 20, 30]), SlicePrompt(box=[10, 2, 30, 40]), SlicePrompt(box=[0, 0, 39, 47])]
+    sparse, dense = encode_prompts(tiny_model, [geom] * 3, prompts)
+    pe = tiny_model.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        batched, iou = decoder_forward(tiny_model, tiny_model.mask_decoder, embeddings, sparse, dense, pe)
+        for n in range(3):
+            one, one_iou = tiny_model.mask_decoder(image_embeddings=embeddings[n:n + 1], image_pe=pe,
+                                                   sparse_prompt_embeddings=sparse[n:n + 1],
+                                                   dense_prompt_embeddings=dense[n:n + 1], multimask_output=False)
+            torch.testing.assert_close(batched[n:n + 1], one, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(iou[n:n + 1], one_iou, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_prompts_pads_mixed_prompt_types(tiny_model):
+    geom = SliceGeometry(40, 48, tiny_model.input_size)
+    prompts = [SlicePrompt(box=[5, 6, 20, 30]), SlicePrompt(points=[[3, 4], [8, 9], [10, 10]], labels=[1, 0, 1])]
+    sparse, dense = encode_prompts(tiny_model, [geom] * 2, prompts)
+    # 3 points + SAM's own not-a-point pad (no box) = 4 tokens; the box's 2 tokens are padded to 4
+    assert sparse.shape[:2] == (2, 4) and dense.shape[0] == 2
+    pad = tiny_model.prompt_encoder.not_a_point_embed.weight[0]
+    torch.testing.assert_close(sparse[0, 2], pad)
+    torch.testing.assert_close(sparse[0, 3], pad)
+
+
+def test_stage1_encodes_once_and_skips_bad_studies(studies_dir, tiny_model, tmp_path):
+    # a label on another grid, an empty label and a corrupt image are skipped with reasons
+    write_study(studies_dir, "mismatch", seed=5, label=np.zeros((10, 10, 10), np.uint8))
+    write_study(studies_dir, "empty", seed=6, label=np.zeros((40, 48, 30), np.uint8))
+    (studies_dir / "corrupt.nii.gz").write_bytes(b"not a nifti")
+    (studies_dir / "labels" / "final" / "corrupt.nii.gz").write_bytes(b"x")
+    cache = EmbeddingCache(cache_dir=tmp_path / "cache")
+    indices, stats = stage1(find_studies(studies_dir), tiny_model, cache, window=load_registry().window,
+                            min_pixels=5, progress=False)
+    assert sorted(i.study.study_id for i in indices) == ["s0", "s1", "s2"]
+    assert set(stats.skipped) == {"mismatch", "empty", "corrupt"}
+    assert "does not match image shape" in stats.skipped["mismatch"]
+    encoded = stats.slices_encoded
+    assert encoded == sum(len({s.index for s in i.samples}) for i in indices)
+    _, again = stage1(find_studies(studies_dir), tiny_model, cache, window=load_registry().window,
+                      min_pixels=5, progress=False)
+    assert again.slices_encoded == 0  # resumable: cached slices cost nothing
+
+
+def test_stage1_unknown_label_names_ignored_and_nothing_usable_errors(studies_dir, tiny_model):
+    indices, _ = stage1(find_studies(studies_dir), tiny_model, EmbeddingCache(), window=load_registry().window,
+                        min_pixels=5, include_labels=["blob"], progress=False)
+    assert {s.value for i in indices for s in i.samples} == {1}
+    with pytest.raises(SamriInputError, match="no usable annotated study"):
+        stage1(find_studies(studies_dir), tiny_model, EmbeddingCache(), window=load_registry().window,
+               min_pixels=5, include_labels=["nosuch"], progress=False)
+
+
+def test_split_is_by_study(studies_dir, tiny_model):
+    indices, _ = stage1(find_studies(studies_dir), tiny_model, EmbeddingCache(), window=load_registry().window,
+                        min_pixels=5, progress=False)
+    train, val = split_by_study(indices, 0.34, seed=0)
+    assert {i.study.study_id for i in train}.isdisjoint({i.study.study_id for i in val})
+    assert len(train) + len(val) == 3 and len(val) >= 1
+
+
+def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
+    model = fresh_tiny_model
+    frozen = {"image_encoder": _state(model.image_encoder), "prompt_encoder": _state(model.prompt_encoder)}
+    decoder_before = _state(model.mask_decoder)
+    result = run_training(find_studies(studies_dir), model=model, out_dir=tmp_path / "run", settings=_settings(),
+                          window=load_registry().window, cache=EmbeddingCache(), min_pixels=5, progress=False)
+    for name, before in frozen.items():
+        after = getattr(model, name).state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), f"{name} changed"
+    assert len(result.history) == 2 and all(h["train_loss"] is not None for h in result.history)
+    envelope = read_decoder_checkpoint(result.checkpoint)
+    meta = envelope["metadata"]
+    assert envelope["base_model"] == "tiny" and meta["point_prompts"] == "native"
+    assert set(meta["training_data"]["val_studies"]).isdisjoint(meta["training_data"]["train_studies"])
+    assert "val" in meta["metrics"] and "baseline_val" in meta["metrics"]
+    assert (tmp_path / "run" / "manifest.json").is_file()
+    changed = any(not torch.equal(decoder_before[k], envelope["mask_decoder"][k]) for k in decoder_before)
+    assert changed == (result.best["epoch"] > 0)
+
+
+def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh_tiny_model, tmp_path):
+    settings = _settings(lr=3e-3, epochs=3, max_steps_per_epoch=8, iou_weight=0.0)
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          progress=False)
+    assert min(h["loss"] for h in result.history) < result.baseline["loss"]
+
+
+def _fake_candidate(tmp_path, model, name: str, val: float, baseline: float, epoch: int = 1) -> Path:
+    from samri.checkpoints import save_decoder_checkpoint
+
+    return save_decoder_checkpoint(tmp_path / name, mask_decoder=model.mask_decoder, base_model=model.spec.name,
+                                   preprocessing=model.preprocessing.to_dict(),
+                                   metadata={"metrics": {"val": {"dice": val, "epoch": epoch},
+                                                         "baseline_val": {"dice": baseline}}})
+
+
+def test_publish_is_gated_and_rollback_restores(tiny_model, tmp_path):
+    store = DecoderStore(tmp_path / "decoders", base_model="tiny")
+    assert store.live() is None
+    first = store.publish(_fake_candidate(tmp_path, tiny_model, "a.pt", 0.7, 0.6))
+    assert first["published"] and store.live()["version"] == "v0001"
+    worse = store.publish(_fake_candidate(tmp_path, tiny_model, "b.pt", 0.5, 0.7), margin=0.05)
+    assert not worse["published"] and "margin" in worse["reason"] and store.live()["version"] == "v0001"
+    unchanged = store.publish(_fake_candidate(tmp_path, tiny_model, "c.pt", 0.7, 0.7, epoch=0))
+    assert not unchanged["published"]
+    assert store.publish(_fake_candidate(tmp_path, tiny_model, "d.pt", 0.8, 0.7))["version"] == "v0002"
+    assert store.live_path() == tmp_path / "decoders" / "versions" / "v0002.pt"
+    assert store.rollback()["version"] == "v0001"
+    assert store.rollback("v0002")["version"] == "v0002"
+    assert store.rollback("base") is None and store.live() is None
+    with pytest.raises(SamriInputError, match="version"):
+        store.rollback("v0099")
+    assert [e["version"] for e in store.index()] == ["v0001", "v0002"]
+    # a published file serves as a decoder on its base model
+    model = load_model(tiny_spec(), decoder=tmp_path / "decoders" / "versions" / "v0002.pt")
+    assert model.decoder_info["metrics"]["val"]["dice"] == 0.8
+
+
+def test_publish_killed_midway_leaves_live_state(tiny_model, tmp_path, monkeypatch):
+    store = DecoderStore(tmp_path / "decoders", base_model="tiny")
+    store.publish(_fake_candidate(tmp_path, tiny_model, "a.pt", 0.7, 0.6))
+    live_before = store.live_file.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr("samri.train.publish.shutil.copyfile", boom)
+    with pytest.raises(KeyboardInterrupt):
+        store.publish(_fake_candidate(tmp_path, tiny_model, "b.pt", 0.9, 0.7))
+    assert store.live_file.read_bytes() == live_before
+    assert [e["version"] for e in store.index()] == ["v0001"]
+    assert not [p for p in (tmp_path / "decoders").rglob("*") if p.name.startswith(".")]
+
+
+def test_publish_refuses_other_base_model(tiny_model, tmp_path):
+    store = DecoderStore(tmp_path / "decoders", base_model="litemedsam")
+    with pytest.raises(SamriInputError, match="base model"):
+        store.publish(_fake_candidate(tmp_path, tiny_model, "a.pt", 0.7, 0.6))
+
+
+def test_cli_train_and_publish(studies_dir, tiny_config_dir, tmp_path, monkeypatch, capsys):
+    from samri.cli import main
+
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(tiny_config_dir))
+    code = main(["train", "--studies", str(studies_dir), "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "cache"), "--publish", str(tmp_path / "decoders")])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert Path(summary["checkpoint"]).is_file() and "publish" in summary
+    assert main(["train", "--studies", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_torchrun_two_cpu_processes(studies_dir, tiny_config_dir, tmp_path):
+    env = {**os.environ, "SAMRI_CONFIG_DIR": str(tiny_config_dir), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "lib")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "samri.train", "--studies", str(studies_dir), "--out", str(tmp_path / "run"),
+           "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = read_decoder_checkpoint(tmp_path / "run" / "decoder.pt")["metadata"]
+    assert meta["settings"]["world_size"] == 2
+    # stage 1 was sharded: both ranks' slices are in the shared cache, each encoded once
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) > 0
