@@ -122,6 +122,15 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_default_decoder(args: argparse.Namespace) -> int:
+    from samri.train.recipe import train_default_decoder
+
+    summary = train_default_decoder(out=args.out, work_dir=args.work_dir, cache_dir=args.cache_dir or default_cache_dir(),
+                                    config=args.config)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from samri.bench import run_benchmarks, write_markdown
 
@@ -172,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(p)
     p.set_defaults(func=train_from_args)
+
+    p = sub.add_parser("default-decoder", help="train the shipped samri_lite decoder (reproducible recipe)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "samri_lite_decoder.pt")
+    p.add_argument("--work-dir", type=Path, default=Path("data/default-decoder"))
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.set_defaults(func=cmd_default_decoder)
 
     p = sub.add_parser("bench", help="speed figures: encoder, cached/uncached click, 3D, memory")
     p.add_argument("--json", type=Path, default=None, help="write the report here")

@@ -62,7 +62,8 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
                                 preprocessing=Preprocessing.from_dict(entry.get("preprocessing", {})),
                                 description=str(entry.get("description", "")).strip(),
                                 random_init=bool(entry.get("random_init", False)),
-                                point_prompts=str(entry.get("point_prompts", "native")))
+                                point_prompts=str(entry.get("point_prompts", "native")),
+                                decoder=entry.get("decoder"), base=entry.get("base"))
     window = WindowSettings(**(data.get("window") or {}))
     default = data.get("default_model", next(iter(specs)))
     if default not in specs:

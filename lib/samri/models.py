@@ -51,6 +51,9 @@ class ModelSpec:
         random_init: allow building without weights (tests, benchmarks of speed only).
         point_prompts: ``"native"`` (the decoder was trained with points) or ``"box_search"``
             (box-only training, e.g. LiteMedSAM: a points-only prompt searches boxes around them).
+        decoder: decoder-only checkpoint applied by default (a path, or ``package:NAME`` for a
+            file shipped in ``samri/assets``); ``load_model(decoder=...)`` overrides it.
+        base: for a variant that only adds a decoder, the entry whose encoder it shares.
     """
 
     name: str
@@ -60,6 +63,13 @@ class ModelSpec:
     description: str = ""
     random_init: bool = False
     point_prompts: str = "native"
+    decoder: str | None = None
+    base: str | None = None
+
+    @property
+    def base_name(self) -> str:
+        """The registry name decoders are trained for (its encoder and weights): ``base`` or ``name``."""
+        return self.base or self.name
 
     def __post_init__(self) -> None:
         if self.point_prompts not in POINT_PROMPT_MODES:
@@ -207,16 +217,24 @@ def state_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def resolve_decoder(decoder: str | os.PathLike) -> Path:
+    """Path of a decoder reference (``package:NAME`` = shipped in ``samri/assets``)."""
+    text = str(decoder)
+    if text.startswith("package:"):
+        return Path(__file__).resolve().parent / "assets" / text.split(":", 1)[1]
+    return Path(text).expanduser()
+
+
 def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamModel:
     """Load a decoder-only checkpoint into ``model.mask_decoder`` (in place) and adopt its metadata.
 
     Raises:
-        CheckpointError: wrong format, a base model other than ``model.spec.name``, or key mismatch.
+        CheckpointError: wrong format, a base model other than ``model.spec.base_name``, or key mismatch.
     """
     envelope = read_decoder_checkpoint(path)
     base = envelope["base_model"]
-    if base != model.spec.name:
-        raise CheckpointError("decoder", str(path), f"trained for base model '{base}', not '{model.spec.name}'")
+    if base != model.spec.base_name:
+        raise CheckpointError("decoder", str(path), f"trained for base model '{base}', not '{model.spec.base_name}'")
     # validate everything before touching the (possibly live) model
     try:
         prep = Preprocessing.from_dict(dict(envelope["preprocessing"]))
@@ -243,7 +261,8 @@ def load_model(spec: ModelSpec, *, checkpoint: str | os.PathLike | None = None,
     Args:
         spec: registry entry (see `samri.config.get_model_spec`).
         checkpoint: overrides ``spec.checkpoint``; a full SAM-family state dict.
-        decoder: a decoder-only checkpoint written by `samri.checkpoints.save_decoder_checkpoint`.
+        decoder: a decoder-only checkpoint written by `samri.checkpoints.save_decoder_checkpoint`
+            (default ``spec.decoder``).
         device: where the model runs.
     """
     spec = spec.with_checkpoint(checkpoint)
@@ -255,9 +274,10 @@ def load_model(spec: ModelSpec, *, checkpoint: str | os.PathLike | None = None,
         logger.info("loaded %s weights from %s", spec.name, path)
     else:
         logger.warning("model %s uses random weights (random_init)", spec.name)
-    model.encoder_id = f"{spec.name}-{state_fingerprint(model.image_encoder)}"
+    model.encoder_id = f"{spec.base_name}-{state_fingerprint(model.image_encoder)}"
+    decoder = decoder if decoder is not None else spec.decoder
     if decoder is not None:
-        apply_decoder_checkpoint(model, decoder)
+        apply_decoder_checkpoint(model, resolve_decoder(decoder))
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device).eval()

@@ -110,7 +110,7 @@ def prepare_volume(image: ImageVolume | np.ndarray, window: WindowSettings = Win
 
 
 def save_label(path: str | os.PathLike, label: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a ``(X, Y, Z)`` integer label volume atomically (temp file in the folder, then rename).
+    """Write a ``(X, Y, Z)`` volume (a label, or any image) atomically (temp file in the folder, then rename).
 
     The format follows the suffix: ``.nii``/``.nii.gz`` with nibabel, ``.nrrd``/``.mha``/others
     with ITK (via MONAI's ``ITKWriter``, which converts RAS affines to ITK's LPS).

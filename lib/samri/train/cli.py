@@ -57,7 +57,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         if args.publish:
             from samri.train.publish import DecoderStore
 
-            store = DecoderStore(args.publish, base_model=model.spec.name)
+            store = DecoderStore(args.publish, base_model=model.spec.base_name)
             summary["publish"] = store.publish(result.checkpoint, margin=float(cfg.get("gate", {}).get("margin", 0.0)))
         print(json.dumps(summary, indent=1, default=str))
     return 0

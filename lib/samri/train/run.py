@@ -130,7 +130,7 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
                                  "min_pixels": min_pixels, "axes": list(axes), "world_size": world},
                     "point_prompts": "native", "seconds": round(time.perf_counter() - start, 1)}
         path = save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
-                                       base_model=model.spec.name, preprocessing=model.preprocessing.to_dict(),
+                                       base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
                                        metadata=metadata)
     return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline)
 
