@@ -31,8 +31,9 @@ setup: sysdeps $(STAMP)
 sample-data: setup
 	$(VENV)/bin/samri sample-data $(STUDIES)
 
+# OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning against the request thread.
 run: sample-data
-	$(VENV)/bin/monailabel start_server --app apps/samri --studies $(STUDIES) \
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m monailabel.main start_server --app apps/samri --studies $(STUDIES) \
 		--host $(HOST) --port $(PORT) --conf model $(MODEL) $(CONF)
 
 test: setup

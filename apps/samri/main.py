@@ -40,6 +40,9 @@ class MyApp(MONAILabelApp):
         self.task_config = SamriConfig()
         self.task_config.init("samri", os.path.join(app_dir, "model"), conf, None, runtime=self.runtime)
         logger.info("SAMRI app: %s", self.settings.summary())
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+            logger.info("tip: start the server with OMP_WAIT_POLICY=PASSIVE; with busy cores, spinning OpenMP "
+                        "threads make a ~60 ms click take ~1 s")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="SAMRI",
                          description="Segment Anything for MRI: interactive 2D and 3D segmentation",
                          version=samri.__version__, labels=list(self.settings.labels))
@@ -52,7 +55,8 @@ class MyApp(MONAILabelApp):
         image = request.get("image")
         store = datastore or self.datastore()
         if isinstance(image, str) and image and not os.path.exists(image):
-            if isinstance(store, LocalDatastore) and not store.get_image_uri(image):
+            # exact type: DICOMweb/XNAT/DSA stores subclass it but would download the series here
+            if type(store) is LocalDatastore and not store.get_image_uri(image):
                 raise unknown_image(image)
             request = {**request, DATASTORE_IMAGE_KEY: True}
         elif isinstance(image, str) and os.path.dirname(os.path.realpath(image)) == os.path.realpath(gettempdir()):

@@ -1,11 +1,11 @@
 """Start and stop a real ``monailabel start_server`` in a subprocess (tests and ``samri bench``).
 
-Standard library only, so it imports from the repository root as
-``apps.samri.lib.testing_server`` without MONAI Label or torch::
+Standard library only, so it imports without MONAI Label or torch, as
+``apps.samri.lib.testing_server`` from the repository root or as ``lib.testing_server`` with
+``apps/samri`` on ``sys.path``::
 
-    with running_server(app_dir="apps/samri", studies="data/studies",
-                        conf={"precompute": "false"}) as server:
-        requests.get(server.base_url + "/info/")
+    with running_server("data/studies") as server:      # precompute off, throw-away cache
+        print(http_click_benchmark(server, "colin27_t1", params, 20))
 
 The server runs ``<python> -m monailabel.main start_server`` (what the ``monailabel`` script
 execs) in its own process group on a free loopback port; `ServerProcess.stop` ends that group.
@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,8 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from .bench_http import http_click_benchmark  # noqa: F401  (one import for `samri bench`)
+
 logger = logging.getLogger(__name__)
 
+#: Why servers here run with ``OMP_WAIT_POLICY=PASSIVE`` (unless the caller's env says otherwise):
+#: torch's OpenMP threads spin while waiting; when anything else wants the same cores (another
+#: process, a background encode) the ~60 ms decoder call then takes ~1 s. PASSIVE keeps it at
+#: ~60-110 ms and costs nothing on an idle machine (measured on the 2-core box).
+PASSIVE_OMP_NOTE = "OMP_WAIT_POLICY=PASSIVE"
+
+#: this app's folder (``apps/samri``).
+APP_DIR = Path(__file__).resolve().parents[1]
 #: folders ``start_server`` creates in the app dir, left out of `copy_app`.
 RUNTIME_DIRS = ("logs", "model", "bin", "__pycache__")
 
@@ -109,7 +120,7 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
         host, port: where to listen; ``port=None`` picks a free one.
         python: interpreter with monailabel installed (default: this one).
         timeout_s: how long to wait for ``/info/``.
-        log_path: server output file (default ``<app_dir>/logs/test_server_<port>.log``).
+        log_path: server output file (default ``<app_dir>/logs/test_server.log``, overwritten).
         env: extra environment variables.
 
     Raises:
@@ -117,13 +128,14 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
     """
     port = port or free_port(host)
     app_dir = Path(app_dir).resolve()
-    log_path = Path(log_path) if log_path else app_dir / "logs" / f"test_server_{port}.log"
+    log_path = Path(log_path) if log_path else app_dir / "logs" / "test_server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python or sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir),
            "--studies", str(Path(studies).resolve()), "--host", host, "--port", str(port)]
     for key, value in (conf or {}).items():
         cmd += ["--conf", str(key), str(value)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see PASSIVE_OMP_NOTE
     logger.info("starting %s", " ".join(cmd))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
@@ -142,10 +154,27 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
 
 
 @contextmanager
-def running_server(**kwargs) -> Iterator[ServerProcess]:
-    """`start_server` as a context manager that always stops the server."""
-    server = start_server(**kwargs)
+def running_server(studies: str | os.PathLike, *, app_dir: str | os.PathLike | None = None,
+                   conf: Mapping[str, str] | None = None, **kwargs) -> Iterator[ServerProcess]:
+    """`start_server` as a context manager that always stops the server.
+
+    Args:
+        studies: the datastore folder.
+        app_dir: default: this app (``apps/samri``).
+        conf: ``--conf`` pairs; None means a measurement server: ``precompute false`` and an embedding
+            cache in a temporary folder removed afterwards (so first clicks really encode).
+        kwargs: passed to `start_server` (``host``, ``port``, ``log_path``, ``env``, ...).
+    """
+    scratch = None
+    if conf is None:
+        scratch = tempfile.mkdtemp(prefix="samri_server_cache_")
+        conf = {"precompute": "false", "cache_dir": scratch}
     try:
-        yield server
+        server = start_server(app_dir=app_dir or APP_DIR, studies=studies, conf=conf, **kwargs)
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

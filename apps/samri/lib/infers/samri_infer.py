@@ -86,7 +86,8 @@ class SamriInfer(InferTask):
                                 compress=options.result_compress)
         end = time.perf_counter()
         summary = result.summary()
-        summary["refined_slices"] = sorted(int(i) for i in previous if i in result.slices)
+        prompted = set(result.slices) if self.mode == "2d" else set(result.request.prompted_slices())
+        summary["refined_slices"] = sorted(int(i) for i in previous if i in prompted)  # mask prompt used
         params = {"label_names": {options.label: 1}, "samri": summary,
                   "latencies": {"pre": round(t_pre - start, 4), "infer": round(t_infer - t_pre, 4),
                                 "post": round(end - t_infer, 4), "total": round(end - start, 4)}}

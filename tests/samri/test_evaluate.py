@@ -1,0 +1,255 @@
+"""The evaluation protocol (samri.evaluate + samri.report) on synthetic volumes with known answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from samri.embeddings import EmbeddingCache
+from samri.errors import SamriInputError
+from samri.evaluate import (Case, EvalConfig, SegmenterRunner, enumerate_pairs, evaluate, jitter_box, load_case,
+                            make_prompt, pair_rng)
+from samri.geometry import take_slice
+from samri.predict import Segmenter, interior_point, mask_box
+from samri.volume import ImageVolume
+
+from .conftest import ellipsoid_mask, synthetic_array
+
+AFFINE = np.diag([2.0, 0.5, 1.0, 1.0])  # anisotropic voxels: 2 x 0.5 x 1 mm
+
+
+def synthetic_label() -> np.ndarray:
+    """``(40, 48, 30)``: a big ellipsoid (1), a small one (2) and a thin sheet (3) normal to axis 0."""
+    label = ellipsoid_mask().astype(np.int32)
+    label[ellipsoid_mask(center=(8.0, 8.0, 15.0), radii=(4.0, 5.0, 5.0))] = 2
+    label[34, 8:44, 10:20] = 3
+    return label
+
+
+def synthetic_case(names=None) -> Case:
+    label = synthetic_label()
+    return Case("syn", ImageVolume(synthetic_array(), AFFINE.copy()), label,
+                names or {"big": 1, "small": 2, "sheet": 3})
+
+
+class OracleRunner:
+    """Returns the labelled structure under the prompt (shifted by ``shift`` slice pixels); records prompts."""
+
+    def __init__(self, label: np.ndarray, shift: tuple[int, int] = (0, 0), fail_after: int | None = None):
+        self.label, self.shift, self.fail_after = label, shift, fail_after
+        self.prompts: list[tuple] = []
+        self.prefetched: list[int] = []
+
+    def _structure(self, axis, index, prompt) -> int:
+        plane = take_slice(self.label, axis, index)
+        if len(prompt.points):
+            r, c = prompt.points[0]
+        else:
+            r, c = (prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2
+        return int(plane[int(round(r)), int(round(c))])
+
+    def _count(self, index, prompt):
+        self.prompts.append((index, None if prompt.box is None else prompt.box.tolist(), prompt.points.tolist()))
+        if self.fail_after is not None and len(self.prompts) > self.fail_after:
+            raise KeyboardInterrupt
+
+    def prefetch(self, volume, axis, indices):
+        self.prefetched += list(indices)
+
+    def predict_slice(self, volume, axis, index, prompt):
+        self._count(index, prompt)
+        mask = take_slice(self.label, axis, index) == self._structure(axis, index, prompt)
+        return np.roll(mask, self.shift, axis=(0, 1))
+
+    def propagate(self, volume, axis, seeds):
+        (index, prompt), = seeds.items()
+        self._count(index, prompt)
+        return self.label == self._structure(axis, index, prompt)
+
+
+def read_pairs(out: Path) -> list[dict]:
+    with open(out / "pairs.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_perfect_predictor_scores_dice_1_hd95_0_and_writes_outputs(tmp_path):
+    case = synthetic_case()
+    config = EvalConfig(prompts=("box", "point", "box+point"))
+    summary = evaluate([case], {"oracle": OracleRunner(case.label)}, config, tmp_path, progress=False)
+    n_pairs = len(enumerate_pairs([case], config))
+    for prompt in config.prompts:
+        s = summary["results"]["oracle"][prompt]
+        assert s["n"] == n_pairs and s["mean_dice"] == 1.0 and s["median_dice"] == 1.0
+        assert s["hd95_mm"] == 0.0 and s["nsd"] == 1.0
+        assert set(s["buckets"]) == {"small", "medium", "large"} == set(s["buckets_fixed"])
+        assert sum(b["n"] for b in s["buckets"].values()) == n_pairs
+        assert set(s["by_structure"]) == {"big", "small", "sheet"}
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["results"]["oracle"]["box"]["mean_dice"] == 1.0 and on_disk["complete"]
+    assert len(read_pairs(tmp_path)) == n_pairs * 3
+    report = (tmp_path / "report.md").read_text()
+    assert "| oracle | box |" in report
+    for name in ["dice_boxplot.png", "overlays_oracle.png"]:
+        assert f"]({name})" in report
+        assert 0 < (tmp_path / name).stat().st_size < 300_000
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "complete"
+
+
+def test_shifted_prediction_scores_expected_hd95_in_mm(tmp_path):
+    case = synthetic_case()
+    case.structures = {"sheet": 3}  # one voxel thick along axis 0 (2 mm voxels)
+    runner = OracleRunner(case.label, shift=(2, 0))  # 2 slice rows = 2 voxels along axis 0
+    summary = evaluate([case], {"shifted": runner}, EvalConfig(prompts=("box",), axis=2), tmp_path, progress=False)
+    s = summary["results"]["shifted"]["box"]
+    assert s["n"] == 10 and s["mean_dice"] == 0.0
+    assert s["hd95_mm"] == pytest.approx(4.0) and s["nsd"] == 0.0
+    # slicing along axis 1 puts axis 0 (2 mm) on the rows: the sheet is a 10-pixel line there
+    runner = OracleRunner(case.label, shift=(3, 0))
+    config = EvalConfig(prompts=("box",), axis=1, min_size=5)
+    summary = evaluate([case], {"shifted": runner}, config, tmp_path, progress=False)
+    assert summary["results"]["shifted"]["box"]["n"] == 36
+    assert summary["results"]["shifted"]["box"]["hd95_mm"] == pytest.approx(6.0)
+
+
+def test_3d_mode_prompts_middle_slice_and_scores_the_volume(tmp_path):
+    case = synthetic_case()
+    runner = OracleRunner(case.label)
+    summary = evaluate([case], {"oracle": runner}, EvalConfig(mode="3d", prompts=("box",)), tmp_path, progress=False)
+    s = summary["results"]["oracle"]["box"]
+    assert s["n"] == 3 and s["mean_dice"] == 1.0 and s["hd95_mm"] == 0.0
+    rows = {r["structure"]: r for r in read_pairs(tmp_path)}
+    assert int(rows["big"]["slice"]) == 15 and rows["big"]["mode"] == "3d"
+    assert int(rows["big"]["gt_px"]) == int(ellipsoid_mask().sum())
+    assert float(rows["big"]["gt_size_mm"]) == pytest.approx(ellipsoid_mask().sum() * 1.0)  # 2*0.5*1 mm3
+    assert set(range(6, 25)) <= set(runner.prefetched)  # extent of the big ellipsoid, +-2
+
+
+def test_models_side_by_side_see_identical_pairs_and_prompts(tmp_path):
+    case = synthetic_case()
+    a, b = OracleRunner(case.label), OracleRunner(case.label, shift=(1, 0))
+    config = EvalConfig(jitter=0.04, seed=3, variants=("noise",))
+    summary = evaluate([case], {"a": a, "b": b}, config, tmp_path, progress=False)
+    assert a.prompts == b.prompts and len(a.prompts) == 2 * 3 * summary["n_pairs"]  # original + variant
+    assert summary["results"]["a"]["box+point"]["mean_dice"] == 1.0 > summary["results"]["b"]["box+point"]["mean_dice"]
+    assert summary["variants"]["noise"]["a"]["box"]["n"] == summary["results"]["a"]["box"]["n"]
+    assert (tmp_path / "variants.png").is_file()
+
+
+def test_prompts_from_ground_truth():
+    gt = ellipsoid_mask()[:, :, 15]
+    np.testing.assert_array_equal(make_prompt(gt, "box").box, mask_box(gt))
+    point = make_prompt(gt, "point")
+    assert point.box is None and point.labels.tolist() == [1]
+    np.testing.assert_array_equal(point.points[0], interior_point(gt))
+    both = make_prompt(gt, "box+point")
+    assert both.box is not None and len(both.points) == 1
+
+
+def test_jitter_is_bounded_seeded_and_per_pair():
+    gt = ellipsoid_mask()[:, :, 15]
+    tight = mask_box(gt)
+    boxes = [make_prompt(gt, "box", 0.04, pair_rng(0, "syn", "big", k, "box")).box for k in range(20)]
+    limit = 0.04 * max(gt.shape)
+    assert all(np.abs(b - tight).max() <= limit + 1e-9 for b in boxes)
+    assert len({tuple(b) for b in boxes}) == 20
+    again = make_prompt(gt, "box", 0.04, pair_rng(0, "syn", "big", 0, "box")).box
+    np.testing.assert_array_equal(again, boxes[0])
+    clipped = jitter_box(np.array([0.0, 0.0, 3.0, 3.0]), (10, 10), 0.5, np.random.default_rng(0))
+    assert clipped.min() >= 0 and clipped[2] <= 9 and clipped[0] <= clipped[2]
+
+
+def test_enumerate_pairs_min_size_step_max_and_buckets():
+    case = synthetic_case()
+    pairs = enumerate_pairs([case], EvalConfig())
+    assert all(p.size_px >= 30 for p in pairs)
+    counts = {b: sum(p.bucket_samri == b for p in pairs) for b in ("small", "medium", "large")}
+    assert max(counts.values()) - min(counts.values()) <= 2
+    assert all(p.bucket_fixed in ("small", "medium", "large") for p in pairs)
+    assert all(p.slice % 4 == 0 for p in enumerate_pairs([case], EvalConfig(slice_step=4)))
+    capped = enumerate_pairs([case], EvalConfig(max_pairs=2))
+    assert max(sum(p.structure == s for p in capped) for s in ("big", "small", "sheet")) == 2
+    assert not enumerate_pairs([case], EvalConfig(min_size=10_000))
+
+
+def test_interrupted_run_leaves_no_summary_and_resumes(tmp_path):
+    case = synthetic_case()
+    config = EvalConfig(prompts=("box", "point"))
+    (tmp_path / "summary.json").write_text('{"stale": true}')
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([case], {"oracle": OracleRunner(case.label, fail_after=5)}, config, tmp_path, progress=False)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "report.md").exists()
+    assert len(read_pairs(tmp_path)) == 5
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
+    with open(tmp_path / "pairs.csv", "a") as f:
+        f.write("oracle,syn,,big,1,2d")  # a line cut short by the interruption
+    with pytest.raises(SamriInputError) as err:
+        evaluate([case], {"oracle": OracleRunner(case.label)}, EvalConfig(), tmp_path, resume=True, progress=False)
+    assert err.value.field == "resume"
+    runner = OracleRunner(case.label)
+    summary = evaluate([case], {"oracle": runner}, config, tmp_path, resume=True, progress=False)
+    total = 2 * summary["n_pairs"]
+    assert len(runner.prompts) == total - 5
+    assert len(read_pairs(tmp_path)) == total and summary["results"]["oracle"]["box"]["mean_dice"] == 1.0
+
+
+def test_tiny_sam_end_to_end(tiny_model, tmp_path):
+    case = synthetic_case()
+    runner = SegmenterRunner(Segmenter(tiny_model, EmbeddingCache()), progress=False)
+    config = EvalConfig(prompts=("box", "point"), slice_step=6, mode="2d")
+    summary = evaluate([case], {"tiny": runner}, config, tmp_path, progress=False)
+    s = summary["results"]["tiny"]["box"]
+    assert s["n"] == summary["n_pairs"] > 0 and 0.0 <= s["mean_dice"] <= 1.0
+    rows = read_pairs(tmp_path)
+    assert {r["prompt"] for r in rows} == {"box", "point"}
+
+
+def _write(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def test_load_case_checks_grids_and_names(tmp_path):
+    image = _write(tmp_path / "img.nii.gz", synthetic_array(), AFFINE)
+    label = _write(tmp_path / "lab.nii.gz", synthetic_label().astype(np.uint8), AFFINE)
+    (tmp_path / "label_names.json").write_text(json.dumps({"img": {"big": 1, "small": 2, "sheet": 3}}))
+    case = load_case(image, label)
+    assert case.name == "img" and case.structures == {"big": 1, "small": 2, "sheet": 3}
+    assert case.image.spacing == (2.0, 0.5, 1.0)
+    assert load_case(image, label, wanted=["small", "3"]).structures == {"small": 2, "sheet": 3}
+    assert load_case(image, label, names={}).structures == {"label_1": 1, "label_2": 2, "label_3": 3}
+    cases = {
+        "shape": _write(tmp_path / "s.nii.gz", synthetic_label()[:-1].astype(np.uint8), AFFINE),
+        "affine": _write(tmp_path / "a.nii.gz", synthetic_label().astype(np.uint8), np.diag([1.0, 0.5, 1.0, 1.0])),
+        "empty": _write(tmp_path / "e.nii.gz", np.zeros(synthetic_label().shape, np.uint8), AFFINE),
+    }
+    for what, path in cases.items():
+        with pytest.raises(SamriInputError) as err:
+            load_case(image, path)
+        assert err.value.field.startswith("label"), what
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"prompts": ()}, "prompts"), ({"prompts": ("box", "scribble")}, "prompts"), ({"mode": "4d"}, "mode"),
+    ({"axis": 3}, "axis"), ({"jitter": 0.9}, "jitter"), ({"slice_step": 0}, "slice-step"),
+    ({"max_pairs": 0}, "max-pairs"), ({"variants": ("blur",)}, "variant")])
+def test_config_validation_names_the_field(kwargs, field):
+    with pytest.raises(SamriInputError) as err:
+        EvalConfig(**kwargs).validate()
+    assert err.value.field == field
+
+
+def test_evaluate_refuses_no_models_and_unknown_structures(tmp_path):
+    case = synthetic_case()
+    with pytest.raises(SamriInputError) as err:
+        evaluate([case], {}, EvalConfig(), tmp_path / "a", progress=False)
+    assert err.value.field == "model"
+    with pytest.raises(SamriInputError) as err:
+        evaluate([case], {"o": OracleRunner(case.label)}, EvalConfig(labels=("big", "nope")), tmp_path / "b",
+                 progress=False)
+    assert err.value.field == "labels"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
