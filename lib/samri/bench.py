@@ -61,8 +61,62 @@ def bench_structure(studies: Path) -> tuple[str, Path, np.ndarray, str]:
     raise FileNotFoundError(f"no benchmark structure found in {studies}")
 
 
+def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int = 4, repeats: int = 3) -> dict[str, Any]:
+    """A stage-2 (decoder-only, cached embeddings) step vs a full-model step on the same batch.
+
+    Both use the same slices, box prompts, DiceFocal loss and AdamW; the full step also runs the
+    image encoder forward and backward, as end-to-end fine-tuning would.
+    """
+    import copy
+
+    from monai.losses import DiceFocalLoss
+
+    from samri.embeddings import encode_slices
+    from samri.intensity import slice_to_model_input
+    from samri.geometry import SliceGeometry, in_plane_axes, take_slice
+    from samri.predict import mask_box
+    from samri.prompts import SlicePrompt
+    from samri.train.stage2 import decoder_forward, encode_prompts, low_res_target
+
+    ks = np.flatnonzero(gt.any(axis=(0, 1)))
+    picks = [int(k) for k in np.linspace(ks[0], ks[-1], batch).round()]
+    rows, cols = in_plane_axes(axis)
+    geoms = [SliceGeometry(volume.shape[rows], volume.shape[cols], model.input_size)] * len(picks)
+    masks = [take_slice(gt, axis, k) for k in picks]
+    prompts = [SlicePrompt(box=mask_box(m)) for m in masks]
+    targets = torch.stack([low_res_target(g, m, model.low_res_size) for g, m in zip(geoms, masks)])
+    loss_fn = DiceFocalLoss(sigmoid=True, lambda_dice=1.0, lambda_focal=10.0, gamma=2.0)
+    cached = encode_slices(model, volume, axis, picks)
+    images = torch.stack([slice_to_model_input(take_slice(volume.windowed, axis, k), model.preprocessing) for k in picks])
+
+    def make_step(full: bool):
+        net = copy.deepcopy(model)  # the caller's model stays untouched
+        for p in net.parameters():
+            p.requires_grad_(full)
+        for p in net.mask_decoder.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
+        pe = net.prompt_encoder.get_dense_pe().detach()
+
+        def step():
+            emb = net.image_encoder(images) if full else cached
+            sparse, dense = encode_prompts(net, geoms, prompts)
+            logits, _ = decoder_forward(net, net.mask_decoder, emb, sparse, dense, pe)
+            loss = loss_fn(logits, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    decoder_ms = timed_ms(make_step(False), repeats + 1)[1:]
+    full_ms = timed_ms(make_step(True), repeats + 1)[1:]
+    return {"batch": batch, "decoder_step_ms": percentiles(decoder_ms), "full_step_ms": percentiles(full_ms),
+            "full_over_decoder": round(float(np.median(full_ms) / np.median(decoder_ms)), 1)}
+
+
 def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = None, decoder: str | None = None,
-                   studies: str | Path = "data/studies", repeats: int = 30, http: bool = False) -> dict[str, Any]:
+                   studies: str | Path = "data/studies", repeats: int = 30, http: bool = False,
+                   train: bool = True) -> dict[str, Any]:
     """Measure everything; returns a JSON-friendly report."""
     from samri.config import load_registry
     from samri.embeddings import EmbeddingCache, encode_slices
@@ -129,6 +183,9 @@ def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = No
         "peak_rss_mb": peak_rss_mb(),
         "targets": {"cached_click_p50_ms": 50, "uncached_over_cached": 15, "propagation_ms_per_slice": 80},
     }
+    if train:
+        report["training_step"] = training_step_figures(model, volume, gt, axis)
+        report["peak_rss_mb"] = peak_rss_mb()
     if http:
         report["http"] = _http_figures(studies, study, image_path, mid, box, point, repeats)
         report["peak_rss_mb"] = peak_rss_mb()
@@ -180,6 +237,13 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
         f"(3D Dice vs ground truth {report['propagation_3d']['dice_3d_vs_ground_truth']}). "
         f"Peak RSS {report['peak_rss_mb']} MB. Model load {report['model']['load_s']} s.",
     ]
+    if "training_step" in report:
+        t = report["training_step"]
+        lines += ["", f"## Training step (batch of {t['batch']} slices, box prompts, DiceFocal + AdamW)", "",
+                  "| step | p50 ms | p95 ms |", "|---|---|---|",
+                  f"| stage 2: mask decoder on cached embeddings | {t['decoder_step_ms']['p50']} | {t['decoder_step_ms']['p95']} |",
+                  f"| full model (encoder forward + backward too) | {t['full_step_ms']['p50']} | {t['full_step_ms']['p95']} |",
+                  "", f"A decoder step is **{t['full_over_decoder']}x** cheaper than a full-model step (target >= 15x)."]
     if "http" in report:
         h = report["http"]
         lines += ["", "## HTTP round trip (samri_2d through `monailabel start_server`)", "",

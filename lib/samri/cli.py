@@ -135,7 +135,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from samri.bench import run_benchmarks, write_markdown
 
     report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
-                            studies=args.studies, repeats=args.repeats, http=args.http)
+                            studies=args.studies, repeats=args.repeats, http=args.http,
+                            train=not args.no_train)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", type=Path, default=Path("data/studies"), help="sample studies folder")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--http", action="store_true", help="also time clicks through a live monailabel server")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
     p.add_argument("--model", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--decoder", default=None)
