@@ -21,6 +21,7 @@ import samri
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.configs.samri import SamriConfig
 from lib.configs.settings import AppSettings
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 class MyApp(MONAILabelApp):
-    """Wires `SamriConfig` (infer tasks ``samri_2d`` and ``samri_3d``) over one `SamriRuntime`."""
+    """Wires `SamriConfig` (infer tasks ``samri_2d``, ``samri_3d``; trainer ``samri``) over one `SamriRuntime`."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = AppSettings.from_conf(conf, app_dir=app_dir, studies=studies)
@@ -49,6 +50,9 @@ class MyApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         return self.task_config.infer()
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return {self.task_config.trainer_name: self.task_config.trainer()}
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Reject unknown image ids with 404 before MONAI Label turns them into an empty path."""

@@ -10,6 +10,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from ..infers.runtime import SamriRuntime
 from ..infers.samri_infer import SamriInfer
+from ..trainers.samri_trainer import TRAINER_NAME, SamriTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ INFER_TASKS = {"samri_2d": "2d", "samri_3d": "3d"}
 
 
 class SamriConfig(TaskConfig):
-    """Infer tasks ``samri_2d`` and ``samri_3d`` over one `SamriRuntime` (trainer: a later issue).
+    """Infer tasks ``samri_2d`` and ``samri_3d`` and the trainer ``samri``, over one `SamriRuntime`.
 
     Call ``init(name, model_dir, conf, planner, runtime=...)`` before ``infer()``.
     """
@@ -35,5 +36,10 @@ class SamriConfig(TaskConfig):
         return {name: SamriInfer(name=name, runtime=self.runtime, mode=mode, labels=self.labels)
                 for name, mode in INFER_TASKS.items()}
 
-    def trainer(self) -> None:
-        return None
+    def trainer(self) -> SamriTrainer:
+        """The decoder trainer (``POST /train/samri``); its name is `TRAINER_NAME`."""
+        return SamriTrainer(runtime=self.runtime)
+
+    @property
+    def trainer_name(self) -> str:
+        return TRAINER_NAME

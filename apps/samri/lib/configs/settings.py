@@ -7,7 +7,15 @@
                           ``default_model``, LiteMedSAM)
 ``checkpoint``            full SAM-family weights file overriding the registry's
 ``decoder``               decoder-only checkpoint (`samri.checkpoints.save_decoder_checkpoint`);
-                          may not exist yet: it is picked up when it appears or changes
+                          may not exist yet: it is picked up when it appears or changes. When
+                          given, it is served instead of the trainer's published decoders
+``decoder_version``       pin the served decoder to a version the ``samri`` trainer published
+                          into ``<app>/model/decoders`` (``v0001``, ...) or ``base`` (the model's
+                          own decoder); default: follow the store's ``live.json``, so a newly
+                          published or rolled-back decoder is served on the next request without a
+                          restart. A pin affects this server only; ``POST /train/samri`` with
+                          ``{"rollback": "v0001"}`` (or ``"base"``, ``"previous"``) moves the live
+                          version for every server sharing the app folder
 ``labels``                labels file (JSON/YAML): a list of names, ``{name: value}``, or the
                           datastore's ``{study: {name: value}}``; default: the studies'
                           ``label_names.json``
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +41,12 @@ from samri.errors import SamriInputError
 
 logger = logging.getLogger(__name__)
 
-CONF_KEYS = ("model", "checkpoint", "decoder", "labels", "precompute", "cache_dir", "cache_memory_mb", "device")
+CONF_KEYS = ("model", "checkpoint", "decoder", "decoder_version", "labels", "precompute", "cache_dir",
+             "cache_memory_mb", "device")
+#: folder of the trainer's published decoder versions, under ``<app>/model``.
+DECODER_STORE_DIR = "decoders"
+#: ``decoder_version`` values: ``vNNNN`` or ``base``.
+_VERSION_RE = re.compile(r"^(v\d{4,}|base)$")
 #: label used when neither a labels file nor the studies name any.
 DEFAULT_LABEL = "object"
 _TRUE = {"1", "true", "yes", "on"}
@@ -58,6 +72,8 @@ class AppSettings:
         model: registry name of the model variant.
         checkpoint: full checkpoint path overriding the registry's, or None.
         decoder: decoder-only checkpoint path, or None.
+        decoder_version: pinned published decoder (``vNNNN`` or ``base``), or None to follow the
+            store's live version.
         labels: label names declared by the infer tasks, in client order.
         precompute: background embedding precompute on/off.
         cache_dir: embedding disk cache folder, or None for memory only.
@@ -70,6 +86,7 @@ class AppSettings:
     model: str
     checkpoint: Path | None = None
     decoder: Path | None = None
+    decoder_version: str | None = None
     labels: tuple[str, ...] = (DEFAULT_LABEL,)
     precompute: bool = True
     cache_dir: Path | None = None
@@ -97,6 +114,11 @@ class AppSettings:
         decoder = _optional_path(conf.get("decoder"))
         if decoder is not None and not decoder.is_file():
             logger.warning("decoder %s does not exist yet; serving the base decoder until it appears", decoder)
+        decoder_version = conf.get("decoder_version")
+        if decoder_version is not None:
+            decoder_version = str(decoder_version).strip() or None
+        if decoder_version is not None and not _VERSION_RE.match(decoder_version):
+            raise SamriInputError("decoder_version", decoder_version, "must be vNNNN (e.g. v0001) or base")
         cache_dir: Path | None = app_dir / "model" / "embedding_cache"
         if "cache_dir" in conf:
             raw = str(conf["cache_dir"]).strip()
@@ -113,15 +135,21 @@ class AppSettings:
         if unknown:
             logger.info("conf keys not used by SAMRI (left to MONAI Label): %s", unknown)
         return cls(app_dir=app_dir, studies=str(studies), model=model, checkpoint=checkpoint, decoder=decoder,
-                   labels=labels, precompute=parse_bool(conf.get("precompute", "true"), "precompute"),
+                   decoder_version=decoder_version, labels=labels,
+                   precompute=parse_bool(conf.get("precompute", "true"), "precompute"),
                    cache_dir=cache_dir, cache_memory_bytes=memory_bytes, device=str(conf.get("device", "cpu")),
                    extra={k: conf[k] for k in unknown})
+
+    @property
+    def decoder_store(self) -> Path:
+        """Folder of the trainer's published decoders (`samri.train.publish.DecoderStore`)."""
+        return self.app_dir / "model" / DECODER_STORE_DIR
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly view for ``/info/`` and logs."""
         return {"model": self.model, "checkpoint": _str(self.checkpoint), "decoder": _str(self.decoder),
-                "precompute": self.precompute, "cache_dir": _str(self.cache_dir), "device": self.device,
-                "labels": len(self.labels)}
+                "decoder_version": self.decoder_version, "precompute": self.precompute,
+                "cache_dir": _str(self.cache_dir), "device": self.device, "labels": len(self.labels)}
 
 
 def _optional_path(value: Any) -> Path | None:

@@ -1,1 +1,1 @@
-"""SAMRI decoder trainer (later issue)."""
+"""The ``samri`` trainer task (`samri_trainer.SamriTrainer`) behind ``POST /train/samri``."""

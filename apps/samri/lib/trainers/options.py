@@ -1,0 +1,163 @@
+"""Request options of ``POST /train/samri`` and the training YAML they override.
+
+Body (JSON), every key optional; defaults come from ``configs/training.yaml`` (or
+``$SAMRI_CONFIG_DIR/training.yaml``) and are what ``/info/`` lists under
+``trainers.samri.config`` (3D Slicer shows them in its training options):
+
+===================  ===========================================================================
+``max_epochs``       epochs of stage 2 (integer >= 1; YAML ``epochs``)
+``max_steps_per_epoch``  cap of decoder steps per epoch (integer; 0 or null = all samples)
+``lr``               AdamW learning rate (> 0; YAML ``optimizer.lr``)
+``labels``           label names to train on: a list or a comma-separated string; empty = all
+                     named labels (YAML ``include_labels``)
+``gate_margin``      publish only if validation Dice >= the live decoder's - margin (>= 0; YAML
+                     ``gate.margin``)
+``rollback``         ``vNNNN``, ``base`` or ``previous``: make that published version live
+                     instead of training (see `samri.train.publish.DecoderStore.rollback`)
+===================  ===========================================================================
+
+MONAI Label adds ``model``, ``gpus``, ``local_rank`` and the like; other keys are ignored with a
+log line.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+#: keys MONAI Label itself puts into a train request.
+MONAI_LABEL_KEYS = {"model", "gpus", "local_rank", "device", "multi_gpu", "bundle_path", "name"}
+OPTION_KEYS = {"max_epochs", "max_steps_per_epoch", "lr", "labels", "gate_margin", "rollback"}
+_ROLLBACK_RE = re.compile(r"^(v\d{4,}|base|previous)$")
+
+
+def read_training_config() -> dict[str, Any]:
+    """``training.yaml`` of the config dir as a dict (``{}`` when the file does not exist)."""
+    from samri.config import config_dir, read_yaml
+
+    path = config_dir() / "training.yaml"
+    if not path.is_file():
+        logger.info("%s not found: training with the built-in defaults", path)
+        return {}
+    data = read_yaml(path, field="training config")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SamriInputError("training config", str(path), "must be a mapping")
+    return data
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Validated options of one request (see the module docstring)."""
+
+    epochs: int
+    max_steps_per_epoch: int | None
+    lr: float
+    labels: tuple[str, ...] | None
+    gate_margin: float
+    rollback: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    def apply(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of the training config with these options written in."""
+        out = copy.deepcopy(dict(cfg))
+        out["epochs"] = self.epochs
+        out["max_steps_per_epoch"] = self.max_steps_per_epoch
+        out.setdefault("optimizer", {})["lr"] = self.lr
+        out["include_labels"] = list(self.labels) if self.labels else None
+        out.setdefault("gate", {})["margin"] = self.gate_margin
+        return out
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _integer(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise SamriInputError(field, value, "must be an integer") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
+        raise SamriInputError(field, value, "must be an integer")
+    if value < minimum:
+        raise SamriInputError(field, value, f"must be >= {minimum}")
+    return int(value)
+
+
+def _number(value: Any, field: str, *, positive: bool) -> float:
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise SamriInputError(field, value, "must be a number") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise SamriInputError(field, value, "must be a positive number" if positive else "must be >= 0")
+    return number
+
+
+def _labels(value: Any) -> tuple[str, ...] | None:
+    if _blank(value):
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise SamriInputError("labels", value, "must be a list of label names or a comma-separated string")
+    names = []
+    for n, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise SamriInputError(f"labels[{n}]", item, "must be a non-empty label name")
+        if item.strip() not in names:
+            names.append(item.strip())
+    return tuple(names) or None
+
+
+def defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The options' defaults from a training config (what ``/info/`` shows clients)."""
+    include = cfg.get("include_labels")
+    return {"max_epochs": int(cfg.get("epochs", 4)),
+            "max_steps_per_epoch": int(cfg.get("max_steps_per_epoch") or 0),
+            "lr": float((cfg.get("optimizer") or {}).get("lr", 1e-4)),
+            "labels": ",".join(include) if include else "",
+            "gate_margin": float((cfg.get("gate") or {}).get("margin", 0.0)),
+            "rollback": ""}
+
+
+def parse_train_options(request: Mapping[str, Any], cfg: Mapping[str, Any]) -> TrainOptions:
+    """Validate a train request over the config's defaults.
+
+    Raises:
+        SamriInputError: naming the option and its value.
+    """
+    unknown = sorted(set(request) - OPTION_KEYS - MONAI_LABEL_KEYS)
+    if unknown:
+        logger.info("train request keys not used by SAMRI: %s", unknown)
+    base = defaults(cfg)
+
+    def get(key: str) -> Any:
+        value = request.get(key)
+        return base[key] if _blank(value) else value
+
+    rollback = request.get("rollback")
+    if not _blank(rollback):
+        if not isinstance(rollback, str) or not _ROLLBACK_RE.match(rollback.strip()):
+            raise SamriInputError("rollback", rollback, "must be vNNNN (e.g. v0001), base or previous")
+        rollback = rollback.strip()
+    else:
+        rollback = None
+    steps = _integer(get("max_steps_per_epoch"), "max_steps_per_epoch", 0)
+    labels = _labels(request.get("labels")) if not _blank(request.get("labels")) else _labels(base["labels"])
+    return TrainOptions(epochs=_integer(get("max_epochs"), "max_epochs", 1), max_steps_per_epoch=steps or None,
+                        lr=_number(get("lr"), "lr", positive=True), labels=labels,
+                        gate_margin=_number(get("gate_margin"), "gate_margin", positive=False), rollback=rollback)

@@ -1,0 +1,353 @@
+"""The ``samri`` trainer task: datastore studies, label_info remapping, gated publishing, rollback.
+
+Unit tests build the app in-process over a 64-pixel model whose weights a test wrote (a real
+checkpoint, so every process builds the same encoder) and synthetic studies with ``final``
+labels; the last test drives a real server: click, ``POST /train/samri``, click again (the new
+decoder serves without a restart), roll back, click again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+import yaml
+from fastapi import HTTPException
+
+from apps.samri.lib.bench_http import post_infer
+from apps.samri.lib.testing_server import copy_app, start_server
+from apps.samri.lib.trainers.options import defaults, parse_train_options
+from apps.samri.lib.trainers.records import remove_stale_runs
+from apps.samri.lib.trainers.studies import collect_studies, label_names_from_info
+from samri.errors import SamriInputError
+from tests.samri.conftest import TINY_ARCHITECTURE, tiny_spec
+from tests.samri.train.conftest import write_study
+
+from .conftest import APP_DIR
+
+#: above Linux's largest pid_max (2**22): no process has it.
+DEAD_PID = 2 ** 22 + 12345
+#: a blob voxel on a slice through its middle (the synthetic studies' ellipsoid, label 1 "blob").
+POINT = [20, 24, 15]
+#: short training of the tiny model that lifts its validation Dice (about 0.16 -> 0.5) in 2 epochs: a
+#: Dice-only loss (the default focal term first drives a random decoder to all-background).
+TRAINING = {"optimizer": {"lr": 1e-2, "weight_decay": 0.1}, "loss": {"lambda_focal": 0.0, "iou_weight": 0.0},
+            "epochs": 2, "batch_size": 4, "max_steps_per_epoch": 4, "min_pixels": 5, "axes": [2],
+            "val_fraction": 0.34, "seed": 0, "max_val_samples": 12, "gate": {"margin": 0.0}}
+
+
+def write_tiny_config(folder: Path) -> Path:
+    """A ``SAMRI_CONFIG_DIR``: registry with a tiny model (checkpoint file) and a short training.yaml."""
+    from samri.models import load_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    ckpt = folder / "tiny.pth"
+    torch.save(load_model(tiny_spec()).state_dict(), ckpt)
+    models = {"default_model": "tiny", "window": {"lower_percentile": 0.5, "upper_percentile": 99.5},
+              "models": {"tiny": {"architecture": dict(TINY_ARCHITECTURE), "checkpoint": str(ckpt),
+                                  "preprocessing": {"input_size": 64}}}}
+    (folder / "models.yaml").write_text(yaml.safe_dump(models))
+    (folder / "training.yaml").write_text(yaml.safe_dump(TRAINING))
+    return folder
+
+
+def write_studies(folder: Path, n: int = 3) -> Path:
+    for k in range(n):
+        write_study(folder, f"s{k}", seed=k)
+    return folder
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    return write_tiny_config(tmp_path_factory.mktemp("trainer_cfg") / "configs")
+
+
+@pytest.fixture()
+def make_app(tmp_path: Path, tiny_config: Path, monkeypatch: pytest.MonkeyPatch):
+    """``make_app(**conf)``: ``MyApp`` from a copy of apps/samri over three synthetic studies."""
+    from monailabel.config import settings
+    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
+
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(tiny_config))
+    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_SESSIONS", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)
+    studies = write_studies(tmp_path / "studies")
+    app_dir = copy_app(APP_DIR, tmp_path / "app")
+    cls = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
+    apps = []
+
+    def make(**conf: str):
+        conf = {"cache_dir": str(tmp_path / "cache"), "precompute": "false", **conf}
+        app = cls(app_dir=str(app_dir), studies=str(studies), conf=conf)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.runtime.close()
+
+
+def click(app) -> dict:
+    """One samri_2d click on the blob; returns the result params' ``samri`` summary."""
+    result = app.infer({"model": "samri_2d", "image": "s0", "foreground": [POINT], "result_extension": ".nrrd"})
+    Path(result["file"]).unlink()
+    return result["params"]["samri"]
+
+
+def train(app, **options) -> dict:
+    return app.train({"model": "samri", **options})
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+def test_label_names_from_slicer_label_info() -> None:
+    info = {"label_info": [{"name": "background", "idx": 0}, {"name": "slab", "idx": 1, "color": [1, 0, 0]},
+                           {"name": "blob", "idx": 2}], "ts": 1, "name": "s0.nii.gz"}
+    assert label_names_from_info(info) == {"slab": 1, "blob": 2}
+    assert label_names_from_info({"label_names": {"a": 3}}) == {"a": 3}
+    assert label_names_from_info({"name": "s0.nii.gz", "ts": 3}) is None
+    assert label_names_from_info(None) is None
+    for bad, field in (({"label_info": [{"name": "a", "idx": 1}, {"name": "b", "idx": 1}]}, "label_info[1].idx"),
+                       ({"label_info": [{"name": "a", "idx": "x"}]}, "label_info[0].idx"),
+                       ({"label_info": [{"name": "", "idx": 1}]}, "label_info[0].name"),
+                       ({"label_info": "a"}, "label_info")):
+        with pytest.raises(SamriInputError) as info_err:
+            label_names_from_info(bad)
+        assert info_err.value.field == field
+
+
+def test_train_options_defaults_overrides_and_errors() -> None:
+    cfg = {"epochs": 3, "optimizer": {"lr": 1e-4}, "gate": {"margin": 0.01}, "include_labels": ["a", "b"]}
+    assert defaults(cfg) == {"max_epochs": 3, "max_steps_per_epoch": 0, "lr": 1e-4, "labels": "a,b",
+                             "gate_margin": 0.01, "rollback": ""}
+    opts = parse_train_options({"model": "samri", "gpus": "all"}, cfg)
+    assert (opts.epochs, opts.max_steps_per_epoch, opts.lr, opts.labels, opts.gate_margin, opts.rollback) == \
+        (3, None, 1e-4, ("a", "b"), 0.01, None)
+    # what Slicer sends back: its option fields, some as strings
+    opts = parse_train_options({"max_epochs": "5", "max_steps_per_epoch": 7, "lr": "0.001", "labels": "x, y",
+                                "gate_margin": 1, "rollback": ""}, cfg)
+    assert (opts.epochs, opts.max_steps_per_epoch, opts.lr, opts.labels, opts.gate_margin) == \
+        (5, 7, 1e-3, ("x", "y"), 1.0)
+    assert opts.apply({"optimizer": {"lr": 9}})["optimizer"]["lr"] == 1e-3
+    assert parse_train_options({"rollback": "v0002"}, {}).rollback == "v0002"
+    for request, field in (({"max_epochs": 0}, "max_epochs"), ({"max_epochs": 1.5}, "max_epochs"),
+                           ({"max_epochs": True}, "max_epochs"), ({"lr": -1}, "lr"), ({"lr": "fast"}, "lr"),
+                           ({"gate_margin": -0.1}, "gate_margin"), ({"labels": [1]}, "labels[0]"),
+                           ({"max_steps_per_epoch": -1}, "max_steps_per_epoch"), ({"rollback": "v1"}, "rollback")):
+        with pytest.raises(SamriInputError) as err:
+            parse_train_options(request, cfg)
+        assert err.value.field == field
+
+
+def test_stale_run_folders_are_removed(tmp_path: Path) -> None:
+    dead, alive = tmp_path / "run_dead", tmp_path / "run_alive"
+    for folder, pid in ((dead, DEAD_PID), (alive, os.getpid())):
+        folder.mkdir()
+        (folder / "owner.pid").write_text(str(pid))
+    assert remove_stale_runs(tmp_path) == [dead]
+    assert alive.is_dir() and not dead.exists()
+
+
+# --- datastore studies ----------------------------------------------------------------------------
+def test_collect_studies_remaps_label_info_and_skips_bad_ones(make_app, tmp_path: Path) -> None:
+    app = make_app()
+    store = app.datastore()
+    studies_dir = tmp_path / "studies"
+    # s1 saved by Slicer with its own segment order: value 1 is "slab", value 2 is "blob"
+    swapped = tmp_path / "swapped.nii.gz"
+    shutil.copy(studies_dir / "labels" / "final" / "s1.nii.gz", swapped)
+    store.save_label("s1", str(swapped), "final",
+                     {"label_info": [{"name": "slab", "idx": 1}, {"name": "blob", "idx": 2}]})
+    # s2's stored label_info is malformed
+    store.update_label_info("s2", "final", {"label_info": [{"name": "blob", "idx": -3}]})
+    before = tree_digest(studies_dir)
+    studies, skipped = collect_studies(store, fallback_names=json.loads((studies_dir / "label_names.json").read_text()))
+    assert tree_digest(studies_dir) == before  # read only
+    by_id = {s.study_id: s for s in studies}
+    assert sorted(by_id) == ["s0", "s1"]
+    assert by_id["s0"].label_names == {"blob": 1, "slab": 2}  # no label_info: label_names.json
+    assert by_id["s1"].label_names == {"slab": 1, "blob": 2}  # Slicer's order
+    assert by_id["s1"].label.is_file() and by_id["s1"].image.is_file()
+    assert set(skipped) == {"s2"} and "label_info[0].idx" in skipped["s2"]
+
+
+# --- the task in-process ------------------------------------------------------------------------
+def test_info_lists_the_trainer_and_the_live_decoder(make_app) -> None:
+    info = make_app().info()
+    assert info["trainers"]["samri"]["config"]["max_epochs"] == TRAINING["epochs"]
+    assert info["train_stats"]["samri"]["live"] == "base"
+    assert info["samri"]["decoders"]["live"] == "base"
+    assert info["samri"]["model"] == {"loaded": False}  # /info/ loads nothing
+
+
+def test_train_publishes_serves_without_restart_and_rolls_back(make_app, tmp_path: Path) -> None:
+    app = make_app()
+    write_study(tmp_path / "studies", "mismatch", seed=5, label=np.zeros((10, 10, 10), np.uint8))
+    app.datastore().refresh()
+    first = click(app)
+    studies_before = tree_digest(tmp_path / "studies")
+
+    stats = train(app, max_epochs=2, gate_margin=1.0)
+    assert stats["published"] is True and stats["version"] == "v0001" and stats["live"] == "v0001"
+    assert stats["started_from"] == "base" and stats["best_epoch"] >= 1
+    assert stats["val_dice"] >= stats["baseline_val_dice"] - 1.0
+    assert sorted(stats["studies"]) == ["s0", "s1", "s2"]
+    assert "does not match image shape" in stats["skipped"]["mismatch"]
+    assert stats["epoch"] == 2 and stats["total_epochs"] == 2
+    assert tree_digest(tmp_path / "studies") == studies_before  # the datastore is never written
+    runs = tmp_path / "app" / "model" / "train_runs"
+    assert not list(runs.glob("run_*"))  # the temp run folder is gone
+    assert (tmp_path / "app" / "model" / "decoders" / "versions" / "v0001.pt").is_file()
+
+    info = app.info()
+    assert info["samri"]["decoders"]["live"] == "v0001"
+    assert info["train_stats"]["samri"]["last_run"]["status"] == "done"
+    train_stats = info["train_stats"]["samri"]
+    assert train_stats["best_metric"] == pytest.approx(stats["val_dice"])  # what Slicer's accuracy bar shows
+    assert train_stats["is_training"] is False and train_stats["total_epochs"] == 2 and train_stats["total_time"] > 0
+    assert [v["version"] for v in train_stats["versions"]] == ["v0001"]
+    second = click(app)  # the same process serves the new decoder on its next request
+    model = app.info()["samri"]["model"]
+    assert model["decoder_version"] == "v0001" and model["loads"] == 2
+    assert second["predicted_iou"] != first["predicted_iou"]
+
+    back = app.train({"model": "samri", "rollback": "base"})
+    assert back["live"] == "base" and back["entry"] is None
+    assert click(app)["predicted_iou"] == first["predicted_iou"]
+    assert app.info()["samri"]["model"]["decoder_version"] == "base"
+    assert app.train({"model": "samri", "rollback": "v0001"})["live"] == "v0001"
+    assert click(app)["predicted_iou"] == second["predicted_iou"]
+
+    # a run that cannot beat the live decoder is refused by the gate; live stays v0001
+    refused = train(app, max_epochs=1, lr=1e-12, gate_margin=0.0)
+    assert refused["published"] is False and refused["version"] is None and refused["reason"]
+    assert refused["started_from"] == "v0001" and refused["live"] == "v0001"
+    assert app.info()["train_stats"]["samri"]["last_run"]["published"] is False
+
+    # a pinned server keeps its version whatever goes live
+    pinned = make_app(decoder_version="base")
+    assert click(pinned)["predicted_iou"] == first["predicted_iou"]
+    assert pinned.info()["samri"]["model"]["decoder_source"]["source"] == "pinned"
+
+
+def test_killed_run_leaves_the_live_decoder(make_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app()
+    assert train(app, gate_margin=1.0)["version"] == "v0001"
+    store = tmp_path / "app" / "model" / "decoders"
+    before = tree_digest(store)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during stage 2")
+
+    monkeypatch.setattr("samri.train.run.run_training", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(app, gate_margin=1.0)
+    assert tree_digest(store) == before
+    assert not list((tmp_path / "app" / "model" / "train_runs").glob("run_*"))
+    last = app.info()["train_stats"]["samri"]["last_run"]
+    assert last["status"] == "error" and "killed" in last["error"]
+    # SIGKILL (MONAI Label's DELETE /train/) leaves a "running" record of a dead process
+    trainer = app._trainers["samri"]
+    trainer.record.write({"status": "running", "pid": DEAD_PID, "total_epochs": 3})
+    stats = trainer.stats()
+    assert stats["last_run"]["status"] == "killed" and stats["is_training"] is False and stats["live"] == "v0001"
+
+
+def test_bad_requests_are_422(make_app, tmp_path: Path) -> None:
+    app = make_app()
+    with pytest.raises(HTTPException) as err:
+        train(app, max_epochs=0)
+    assert err.value.status_code == 422 and "max_epochs" in err.value.detail
+    with pytest.raises(HTTPException) as err:
+        train(app, rollback="v0007")
+    assert err.value.status_code == 422 and "v0007" in err.value.detail
+    with pytest.raises(HTTPException) as err:
+        train(app, labels="nosuch")
+    assert err.value.status_code == 422 and "no usable annotated study" in err.value.detail
+    shutil.rmtree(tmp_path / "studies" / "labels")
+    with pytest.raises(HTTPException) as err:
+        train(make_app(), max_epochs=1)
+    assert err.value.status_code == 422 and "no annotated study" in err.value.detail
+
+
+def test_decoder_version_conf_is_validated(make_app) -> None:
+    with pytest.raises(SamriInputError) as err:
+        make_app(decoder_version="latest")
+    assert err.value.field == "decoder_version"
+
+
+# --- a real server ------------------------------------------------------------------------------
+def _wait_for_training(url: str, timeout_s: float = 150.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        task = requests.get(f"{url}/train/", timeout=10).json()
+        if task.get("status") not in ("SUBMITTED", "RUNNING"):
+            return task
+        time.sleep(0.5)
+    raise AssertionError(f"training did not finish in {timeout_s} s: {task}")
+
+
+def _click(url: str) -> dict:
+    resp = post_infer(url, "samri_2d", "s0", {"foreground": [POINT], "result_extension": ".nrrd",
+                                              "result_dtype": "uint8"}, output="all")
+    assert resp.status_code == 200, resp.text
+    from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+    for part in MultipartDecoder(resp.content, resp.headers["content-type"]).parts:
+        if b'name="params"' in part.headers[b"Content-Disposition"]:
+            return json.loads(part.content)["samri"]
+    raise AssertionError("no params part in the response")
+
+
+@pytest.mark.slow
+def test_server_trains_publishes_and_rolls_back(tmp_path: Path, tiny_config: Path) -> None:
+    studies = write_studies(tmp_path / "studies")
+    app = copy_app(APP_DIR, tmp_path / "app")
+    server = start_server(app_dir=app, studies=studies, log_path=tmp_path / "server.log",
+                          env={"SAMRI_CONFIG_DIR": str(tiny_config)},
+                          conf={"precompute": "false", "cache_dir": str(tmp_path / "cache")})
+    url = server.base_url
+    try:
+        first = _click(url)
+        info = requests.get(f"{url}/info/", timeout=10).json()
+        assert info["samri"]["model"]["decoder_version"] == "base"
+        assert info["trainers"]["samri"]["config"]["max_epochs"] == TRAINING["epochs"]
+
+        resp = requests.post(f"{url}/train/samri", json={"max_epochs": 2, "gate_margin": 1.0}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        task = _wait_for_training(url)
+        assert task["status"] == "DONE", f"{task}\n{server.log_tail()}"
+        info = requests.get(f"{url}/info/", timeout=10).json()
+        last = info["train_stats"]["samri"]["last_run"]
+        assert last["published"] is True and last["version"] == "v0001", last
+        assert info["samri"]["decoders"]["live"] == "v0001"
+
+        second = _click(url)  # no restart: the next request is served by v0001
+        model = requests.get(f"{url}/info/", timeout=10).json()["samri"]["model"]
+        assert model["decoder_version"] == "v0001" and model["loads"] == 2
+        assert model["decoder"]["metrics"]["val"]["dice"] == pytest.approx(last["val_dice"])
+        assert second["predicted_iou"] != first["predicted_iou"]
+
+        resp = requests.post(f"{url}/train/samri", params={"run_sync": "true"}, json={"rollback": "base"}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["live"] == "base"
+        assert _click(url)["predicted_iou"] == first["predicted_iou"]
+        info = requests.get(f"{url}/info/", timeout=10).json()
+        assert info["samri"]["model"]["decoder_version"] == "base" and info["samri"]["decoders"]["live"] == "base"
+        assert server.alive()
+    finally:
+        server.stop()
