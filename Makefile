@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= litemedsam
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean
+.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ bench: sample-data
 
 clean:
 	rm -rf $(VENV) data
+
+# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only); see lib/samri/train/recipe.py.
+default-decoder: sample-data
+	$(VENV)/bin/samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt
