@@ -10,6 +10,7 @@ Everything is loaded with ``weights_only=True`` and written atomically (temp fil
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -28,6 +29,17 @@ DECODER_FORMAT_VERSION = 1
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
 
+@functools.lru_cache(maxsize=1)
+def file_mode() -> int:
+    """Permissions a normally created file gets (0o666 less the umask); mkstemp's 0o600 is not that.
+
+    Read once: ``os.umask`` can only be read by setting it, which must not race with other threads.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the target folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -38,6 +50,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,6 @@ end, ``report.md`` + PNG figures).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
@@ -33,14 +32,14 @@ from samri.intensity import WindowSettings
 from samri.metrics import DEFAULT_NSD_TOLERANCE_MM, bucket_of, fixed_cutoffs, segmentation_metrics, tertile_cutoffs
 from samri.predict import interior_point, mask_box
 from samri.prompts import SlicePrompt
-from samri.variants import make_variant, parse_variant
-from samri.volume import ImageVolume, load_image, prepare_volume
+from samri.variants import (Case, check_cases, image_id, label_names_for, load_case, parse_variant,  # noqa: F401
+                            select_structures, variant_cases)
+from samri.volume import prepare_volume
 
 logger = logging.getLogger(__name__)
 
 PROMPTS = ("box", "point", "box+point")
 MODES = ("2d", "3d")
-GRID_ATOL_MM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -94,25 +93,6 @@ class EvalConfig:
         return self
 
 
-@dataclass
-class Case:
-    """One labelled image.
-
-    Attributes:
-        name: image id (file name without extension); variants share the original's name.
-        image: the (possibly contrast-shifted) image.
-        label: ``(X, Y, Z)`` integer ground truth on the image's grid.
-        structures: evaluated structures, name -> label value.
-        variant: variant label (``"bias"``, ``"noise:0.1"``...) or ``""`` for the original.
-    """
-
-    name: str
-    image: ImageVolume
-    label: np.ndarray
-    structures: dict[str, int]
-    variant: str = ""
-
-
 @dataclass(frozen=True)
 class Pair:
     """One evaluated (image, structure, slice): the slice itself in 2D, the prompted slice in 3D.
@@ -163,87 +143,6 @@ class SegmenterRunner:
 
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt]) -> np.ndarray:
         return self.segmenter.propagate(volume, axis, seeds).mask
-
-
-# --- inputs -------------------------------------------------------------------------------------
-def image_id(path: str | Path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def label_names_for(image_path: Path, label_path: Path) -> dict[str, int] | None:
-    """Structure names from a ``label_names.json`` (MONAI Label sample layout) next to the image or label."""
-    for folder in (image_path.parent, label_path.parent, label_path.parent.parent.parent):
-        path = folder / "label_names.json"
-        if path.is_file():
-            names = json.loads(path.read_text()).get(image_id(image_path))
-            if isinstance(names, dict):
-                return {str(k): int(v) for k, v in names.items()}
-    return None
-
-
-def select_structures(label: np.ndarray, names: Mapping[str, int] | None, wanted: Sequence[str] | None,
-                      field_name: str) -> dict[str, int]:
-    """Structures present in ``label``: name -> value, optionally only the ``wanted`` names/values."""
-    present = [int(v) for v in np.flatnonzero(np.bincount(label.ravel().astype(np.int64))) if v != 0]
-    if not present:
-        raise SamriInputError(field_name, "all zero", "the label has no structures (no non-zero voxel)")
-    by_value = {v: k for k, v in (names or {}).items()}
-    structures = {by_value.get(v, f"label_{v}"): v for v in present}
-    if wanted:
-        keep = {w for w in wanted}
-        structures = {k: v for k, v in structures.items() if k in keep or str(v) in keep}
-    return structures
-
-
-def load_case(image_path: str | Path, label_path: str | Path, *, names: Mapping[str, int] | None = None,
-              wanted: Sequence[str] | None = None) -> Case:
-    """Read one image/label pair and check they share a grid (shape and affine within 1e-3 mm)."""
-    image = load_image(image_path, "image")
-    label_img = load_image(label_path, "label")
-    if image.array.shape != label_img.array.shape or not np.allclose(image.affine, label_img.affine,
-                                                                   rtol=0.0, atol=GRID_ATOL_MM):
-        raise SamriInputError("label", str(label_path),
-                              f"not on the grid of image {image_path}: shape {label_img.array.shape} vs "
-                              f"{image.array.shape}, affines equal: {np.allclose(image.affine, label_img.affine, atol=GRID_ATOL_MM)}")
-    label = np.asarray(label_img.array)
-    if label.dtype.kind == "f":
-        label = np.rint(label)
-    if label.min() < 0:
-        raise SamriInputError("label", str(label_path), "negative label values")
-    label = label.astype(np.int32)
-    if names is None:
-        names = label_names_for(Path(image_path), Path(label_path))
-    structures = select_structures(label, names, wanted, f"label {label_path}")
-    return Case(name=image_id(image_path), image=image, label=label, structures=structures)
-
-
-def check_cases(cases: Sequence[Case], wanted: Sequence[str] | None) -> None:
-    """Every case keeps a structure, and every wanted name exists somewhere."""
-    if not cases:
-        raise SamriInputError("image", [], "give at least one --image/--label pair")
-    for case in cases:
-        if not case.structures:
-            raise SamriInputError("labels", list(wanted or []), f"none of these structures is in the label of {case.name}")
-    if wanted:
-        found = {k for c in cases for k in c.structures} | {str(v) for c in cases for v in c.structures.values()}
-        missing = [w for w in wanted if w not in found]
-        if missing:
-            raise SamriInputError("labels", missing, "not found in any label")
-
-
-def variant_cases(case: Case, variants: Sequence[str], seed: int) -> list[Case]:
-    """The contrast-shifted copies of ``case`` (same label, same structures)."""
-    out = []
-    for text in variants:
-        spec = parse_variant(text)
-        image = ImageVolume(array=make_variant(case.image.array, spec, seed=seed), affine=case.image.affine,
-                            path=case.image.path)
-        out.append(Case(case.name, image, case.label, case.structures, variant=spec.label))
-    return out
 
 
 # --- pairs and prompts --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samri.checkpoints import file_mode
 from samri.errors import SamriInputError
 from samri.intensity import WindowSettings, check_volume, window_volume
 
@@ -125,6 +126,7 @@ def save_label(path: str | os.PathLike, label: np.ndarray, affine: np.ndarray) -
     os.close(fd)
     try:
         _write_label_file(Path(tmp), label, np.asarray(affine, dtype=np.float64))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

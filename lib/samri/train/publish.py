@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samri.checkpoints import read_decoder_checkpoint
+from samri.checkpoints import file_mode, read_decoder_checkpoint
 from samri.errors import SamriInputError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def _atomic_write_json(path: Path, data: Any) -> None:
             json.dump(data, f, indent=1, default=str)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -99,6 +100,7 @@ class DecoderStore:
         os.close(fd)
         try:
             shutil.copyfile(candidate, tmp)
+            os.chmod(tmp, file_mode())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -128,11 +128,17 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
                     "metrics": {"val": best, "baseline_val": baseline, "history": history},
                     "settings": {"lr": settings.lr, "epochs": settings.epochs, "batch_size": settings.batch_size,
                                  "min_pixels": min_pixels, "axes": list(axes), "world_size": world},
-                    "point_prompts": "native", "seconds": round(time.perf_counter() - start, 1)}
+                    "point_prompts": point_prompt_mode(best), "seconds": round(time.perf_counter() - start, 1)}
         path = save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
                                        base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
                                        metadata=metadata)
     return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline)
+
+
+def point_prompt_mode(val: dict[str, Any]) -> str:
+    """Serve points-only clicks natively only if the decoder learned them (validation Dice of one
+    interior point at least half the box Dice); otherwise keep the box search around the points."""
+    return "native" if val.get("dice_point", 0.0) >= 0.5 * val.get("dice_box", 0.0) else "box_search"
 
 
 def _trainable_decoder(model, world: int) -> torch.nn.Module:

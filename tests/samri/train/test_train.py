@@ -118,7 +118,7 @@ def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
     assert len(result.history) == 2 and all(h["train_loss"] is not None for h in result.history)
     envelope = read_decoder_checkpoint(result.checkpoint)
     meta = envelope["metadata"]
-    assert envelope["base_model"] == "tiny" and meta["point_prompts"] == "native"
+    assert envelope["base_model"] == "tiny" and meta["point_prompts"] in ("native", "box_search")
     assert set(meta["training_data"]["val_studies"]).isdisjoint(meta["training_data"]["train_studies"])
     assert "val" in meta["metrics"] and "baseline_val" in meta["metrics"]
     assert (tmp_path / "run" / "manifest.json").is_file()
@@ -211,3 +211,10 @@ def test_torchrun_two_cpu_processes(studies_dir, tiny_config_dir, tmp_path):
     assert meta["settings"]["world_size"] == 2
     # stage 1 was sharded: both ranks' slices are in the shared cache, each encoded once
     assert len(list((tmp_path / "cache").rglob("*.npy"))) > 0
+
+
+def test_point_prompt_mode_follows_validation():
+    from samri.train.run import point_prompt_mode
+
+    assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.7}) == "native"
+    assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.1}) == "box_search"
