@@ -151,3 +151,12 @@ def test_cli_precompute_fills_cache(tmp_path, capsys):
     nib.save(nib.Nifti1Image(rng.random((20, 24, 3)).astype(np.float32), np.eye(4)), str(image))
     assert main(["precompute", str(image), "--axis", "2", "--cache-dir", str(tmp_path / "c")]) == 0
     assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
+
+
+def test_shipped_samri_lite_decoder_loads_on_litemedsam():
+    model = load_model(load_registry().spec("samri_lite"))
+    assert model.decoder_info["path"].endswith("samri_lite_decoder.pt")
+    assert model.spec.base_name == "litemedsam" and model.point_prompts in ("native", "box_search")
+    assert set(model.decoder_info["training_data"]["studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "mni152_t1"}
+    plain = load_model(load_registry().spec("litemedsam"))
+    assert model.cache_key() == plain.cache_key()  # same encoder: embeddings are shared
