@@ -7,7 +7,7 @@ STAMP := $(VENV)/.samri-installed
 STUDIES ?= data/studies
 HOST ?= 127.0.0.1
 PORT ?= 8000
-MODEL ?= samri_lite
+MODEL ?= litemedsam
 CONF ?=
 
 .PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate
