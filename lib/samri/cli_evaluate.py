@@ -179,6 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     runners, described = {}, {}
     for m in models:
         model = load_model(m["spec"], checkpoint=m["checkpoint"], decoder=m["decoder"])
+        m["decoder"] = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder
         runners[m["key"]] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
                                             progress=not args.no_progress)
         described[m["key"]] = (f"{m['spec'].description or m['spec'].name}; weights {m['checkpoint'] or m['spec'].checkpoint}"

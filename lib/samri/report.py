@@ -181,6 +181,10 @@ def build_summary(rows: Sequence[Mapping], config, info: Mapping) -> dict:
     variants: dict[str, dict] = {}
     for (variant, model, prompt), group in grouped.items():
         stats = aggregate_with_buckets(group)
+        by_image: dict[str, list] = defaultdict(list)
+        for r in group:
+            by_image[r["image"]].append(r)
+        stats["by_image"] = {k: aggregate(v) for k, v in by_image.items()}
         if variant:
             variants.setdefault(variant, {}).setdefault(model, {})[prompt] = stats
             continue
@@ -275,7 +279,7 @@ def render_markdown(summary: Mapping, fig_prefix: str = "", heading: str = "#") 
         lines.append("")
         if "variants" in figs:
             lines += [f"![Dice per contrast-shift variant]({prefix}{figs['variants']})", ""]
-    lines += _structure_table(summary, h)
+    lines += _image_table(summary, h) + _structure_table(summary, h)
     overlays = figs.get("overlays", {})
     if overlays:
         lines += [f"{h}# Best and worst cases", "", "Green: ground truth; red: prediction; yellow: the prompt "
@@ -287,6 +291,20 @@ def render_markdown(summary: Mapping, fig_prefix: str = "", heading: str = "#") 
         lines += [f"| {m} | {t['seconds']} | {t['encode_seconds']} |" for m, t in timing.items() if isinstance(t, dict)]
         lines += ["", f"Total {timing.get('total_seconds')} s.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _image_table(summary: Mapping, h: str) -> list[str]:
+    columns = [(m, p) for m, by_prompt in summary["results"].items() for p in by_prompt]
+    sources = [("original", summary["results"]), *summary.get("variants", {}).items()]
+    images = list(dict.fromkeys(im["name"] for im in summary["images"]))
+    lines = [f"{h}# Per image and variant (mean Dice (n))", "",
+             "| image | variant | " + " | ".join(f"{m} {p}" for m, p in columns) + " |",
+             "|---|---" + "|---" * len(columns) + "|"]
+    for image in images:
+        for variant, table in sources:
+            cells = [_cell(table.get(m, {}).get(p, {}).get("by_image", {}).get(image)) for m, p in columns]
+            lines.append(f"| {image} | {variant} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _structure_table(summary: Mapping, h: str) -> list[str]:

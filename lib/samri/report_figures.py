@@ -140,14 +140,14 @@ def overlays_figure(out: Path, model: str, best: Sequence[tuple], worst: Sequenc
     if k == 0:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(2, k, figsize=(2.3 * k, 5.0), squeeze=False)
+    fig, axes = plt.subplots(2, k, figsize=(2.3 * k, 5.4), squeeze=False)
     for r, cases in enumerate((best, worst)):
         for c in range(k):
             if c < len(cases):
                 _draw_case(axes[r, c], cases[c])
             else:
                 axes[r, c].axis("off")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.8)
     safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", model)
     return _save(fig, out / f"overlays_{safe}.png")
 

@@ -101,6 +101,7 @@ def test_perfect_predictor_scores_dice_1_hd95_0_and_writes_outputs(tmp_path):
         assert set(s["buckets"]) == {"small", "medium", "large"} == set(s["buckets_fixed"])
         assert sum(b["n"] for b in s["buckets"].values()) == n_pairs
         assert set(s["by_structure"]) == {"big", "small", "sheet"}
+        assert s["by_image"]["syn"]["n"] == n_pairs
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["results"]["oracle"]["box"]["mean_dice"] == 1.0 and on_disk["complete"]
     assert len(read_pairs(tmp_path)) == n_pairs * 3
