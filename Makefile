@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= litemedsam
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean default-decoder
+.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,3 +48,20 @@ clean:
 # Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only); see lib/samri/train/recipe.py.
 default-decoder: sample-data
 	$(VENV)/bin/samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt
+
+# docs/EVALUATION.md: SAMRI's protocol on the sample studies (see docs/evaluation/PREAMBLE.md)
+EVAL_DIR ?= docs/evaluation
+EVAL_MODELS ?= --model litemedsam --model samri_lite
+EVAL_LABELS ?= Caudate_L,Caudate_R,Putamen_L,Putamen_R,Pallidum_L,Pallidum_R,Thalamus_L,Thalamus_R,Hippocampus_L,Hippocampus_R,Amygdala_L,Amygdala_R,Insula_L,Cingulum_Ant_L,Precentral_L,Cerebelum_6_L,grey_matter,white_matter
+EVAL_LABELS_3D ?= Caudate_L,Caudate_R,Putamen_L,Putamen_R,Thalamus_L,Thalamus_R
+COLIN := --image $(STUDIES)/colin27_t1.nii.gz --label $(STUDIES)/labels/final/colin27_t1.nii.gz
+MNI := --image $(STUDIES)/mni152_t1.nii.gz --label $(STUDIES)/labels/final/mni152_t1.nii.gz
+
+evaluate: sample-data
+	$(VENV)/bin/samri evaluate $(COLIN) $(MNI) --labels $(EVAL_LABELS) $(EVAL_MODELS) \
+		--prompts box,point,box+point --axis 2 --mode 2d --slice-step 3 --max-pairs 6 \
+		--variant bias --variant inverted --out $(EVAL_DIR)/2d
+	$(VENV)/bin/samri evaluate $(COLIN) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) \
+		--prompts box,box+point --axis 2 --mode 3d --out $(EVAL_DIR)/3d
+	$(PY) -m samri.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
+		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
