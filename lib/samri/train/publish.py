@@ -21,25 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samri.checkpoints import file_mode, read_decoder_checkpoint
+from samri.checkpoints import atomic_write, file_mode, read_decoder_checkpoint
 from samri.errors import SamriInputError
 
 logger = logging.getLogger(__name__)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str), binary=False)
 
 
 class DecoderStore:
