@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= litemedsam
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate
+.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate sysdeps-ohif run-ohif
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,26 @@ sample-data: setup
 run: sample-data
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m monailabel.main start_server --app apps/samri --studies $(STUDIES) \
 		--host $(HOST) --port $(PORT) --conf model $(MODEL) $(CONF)
+
+# OHIF path: Debian's Orthanc + DICOMweb plugin, and chromium + chromedriver for the browser test.
+sysdeps-ohif:
+	@if [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+		&& command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb \
+			chromium chromium-driver) >/dev/null \
+		|| echo "orthanc/chromium not installed: the OHIF/Orthanc tests will be skipped"; \
+	else echo "no apt-get/root: install orthanc orthanc-dicomweb chromium chromium-driver for the OHIF path"; fi
+
+# Orthanc (loopback, storage in $(ORTHANC_STORAGE)) with the sample studies as DICOM MR series, and the
+# app serving it over DICOMweb: OHIF at http://$(HOST):$(PORT)/ohif/. OHIF_LABELS=--labels also uploads
+# the sample labels as DICOM SEG.
+ORTHANC_STORAGE ?= data/orthanc
+ORTHANC_PORT ?= 8043
+OHIF_LABELS ?=
+run-ohif: sample-data sysdeps-ohif
+	$(VENV)/bin/samri dicom serve --storage $(ORTHANC_STORAGE) --orthanc-port $(ORTHANC_PORT) \
+		--studies $(STUDIES) $(OHIF_LABELS) --host $(HOST) --port $(PORT) --conf model $(MODEL) $(CONF)
 
 test: setup
 	$(PY) -m pytest -q

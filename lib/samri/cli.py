@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parser(sub)
 
+    from samri.dicomweb.cli import add_dicom_parser
+
+    add_dicom_parser(sub)
+
     p = sub.add_parser("default-decoder", help="train the shipped samri_lite decoder (reproducible recipe)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "samri_lite_decoder.pt")
     p.add_argument("--work-dir", type=Path, default=Path("data/default-decoder"))

@@ -99,6 +99,12 @@ class ServerProcess:
                 logger.warning("server %s ignored signal %s", self.base_url, sig)
 
 
+def studies_arg(studies: str | os.PathLike) -> str:
+    """``--studies`` value: a DICOMweb URL as given, a folder as an absolute path."""
+    text = str(studies)
+    return text.rstrip("/") if text.startswith(("http://", "https://")) else str(Path(studies).resolve())
+
+
 def _info_ready(base_url: str) -> bool:
     try:
         with urllib.request.urlopen(base_url + "/info/", timeout=5) as resp:
@@ -115,7 +121,7 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
 
     Args:
         app_dir: the app folder (``apps/samri`` or a `copy_app` copy).
-        studies: the datastore folder.
+        studies: the datastore folder, or a DICOMweb root URL (e.g. Orthanc's ``.../dicom-web``).
         conf: ``--conf`` pairs (values as strings).
         host, port: where to listen; ``port=None`` picks a free one.
         python: interpreter with monailabel installed (default: this one).
@@ -131,7 +137,7 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
     log_path = Path(log_path) if log_path else app_dir / "logs" / "test_server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python or sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir),
-           "--studies", str(Path(studies).resolve()), "--host", host, "--port", str(port)]
+           "--studies", studies_arg(studies), "--host", host, "--port", str(port)]
     for key, value in (conf or {}).items():
         cmd += ["--conf", str(key), str(value)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

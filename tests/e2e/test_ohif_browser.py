@@ -1,0 +1,362 @@
+"""OHIF v3 (the build inside the monailabel wheel, served at ``/ohif/``) in headless Debian chromium,
+reading an MR series from Orthanc through the server's DICOMweb proxy, segmenting with ``samri_2d``
+from a point placed through the viewer's own UI.
+
+The test drives the UI as an annotator does: study list -> *MONAI Label* mode; in the viewer the
+*MONAI Label* panel: server URL + connect, *Point Prompts* tab, model ``samri_2d``, segment
+``object``, scroll the axial viewport (mouse wheel) to the structure's slice, click it (the panel's
+``ProbeMONAILabel`` tool), *Run*. It then checks the exact request the viewer sent (``POST
+/infer/samri_2d?image=<SeriesInstanceUID>&output=image``, ``params`` with ``foreground: [[i, j, k]]``,
+no ``slice``, no box), the NRRD answer (on the viewer's own voxel grid, non-empty, overlapping the
+ground-truth structure, mapped through world coordinates) and that the viewer painted it into its
+labelmap. Screenshots go to the artifacts folder (see conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+from io import BytesIO
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pytest
+
+from .conftest import MrStudy, e2e_unavailable_reason, write_json
+
+_SKIP = e2e_unavailable_reason()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+MODEL = "samri_2d"
+#: the segment to select: the app's default label (OHIF's point panel lists the model's labels as
+#: "organs"); the first one listed when the app names others
+SEGMENT = "object"
+INFER_TIMEOUT_MS = 300_000
+LOAD_TIMEOUT_MS = 120_000
+
+#: every viewport of the rendering engine: id, camera, canvas rectangle, volume grid (LPS)
+JS_VIEWPORTS = """() => {
+  const engine = window.cornerstone && cornerstone.getRenderingEngines()[0];
+  if (!engine) return [];
+  return engine.getViewports().map(v => {
+    const cam = v.getCamera(); const r = v.canvas.getBoundingClientRect();
+    let grid = null;
+    try { const d = v.getImageData(); if (d) grid = {dimensions: Array.from(d.dimensions),
+      spacing: Array.from(d.spacing), origin: Array.from(d.origin), direction: Array.from(d.direction)}; } catch (e) {}
+    return {id: v.id, normal: Array.from(cam.viewPlaneNormal), focalPoint: Array.from(cam.focalPoint),
+            rect: [r.left, r.top, r.width, r.height], grid: grid};
+  });
+}"""
+#: signed distance (mm) from a viewport's plane to a world point, and the point's canvas position
+JS_LOCATE = """([id, world]) => {
+  const v = cornerstone.getRenderingEngines()[0].getViewport(id);
+  const cam = v.getCamera(); const n = cam.viewPlaneNormal, f = cam.focalPoint;
+  const dist = (world[0] - f[0]) * n[0] + (world[1] - f[1]) * n[1] + (world[2] - f[2]) * n[2];
+  return {dist: dist, canvas: Array.from(v.worldToCanvas(world))};
+}"""
+#: a viewport's display window and the value range of its volume (for "stayed blank" failures)
+JS_VOI = """(id) => {
+  const v = cornerstone.getRenderingEngines()[0].getViewport(id); const out = {};
+  try { out.voiRange = v.getProperties().voiRange; } catch (e) { out.voiError = String(e); }
+  try { out.scalarRange = Array.from(v.getImageData().imageData.getPointData().getScalars().getRange()); }
+  catch (e) { out.rangeError = String(e); }
+  return out;
+}"""
+#: the ProbeMONAILabel points placed so far (world coordinates), read as the panel reads them
+JS_PROBES = """() => {
+  const saved = cornerstoneTools.annotation.state.getAnnotationManager().saveAnnotations(null, 'ProbeMONAILabel') || {};
+  const points = [];
+  for (const group of Object.values(saved))
+    for (const a of (group['ProbeMONAILabel'] || [])) points.push(Array.from(a.data.handles.points[0]));
+  return points;
+}"""
+#: flat indices of the non-zero voxels of the viewer's labelmap '1' (the one the MONAI Label panel fills)
+JS_LABELMAP = """() => {
+  const vol = window.services.segmentationService.getLabelmapVolume('1');
+  if (!vol) return null;
+  const a = vol.voxelManager.getCompleteScalarDataArray(); const idx = [];
+  for (let i = 0; i < a.length; i++) if (a[i]) idx.push(i);
+  return {dimensions: Array.from(vol.dimensions), nonzero: idx};
+}"""
+
+
+def _diagnostics(page, server=None, orthanc=None) -> str:
+    parts = [f"--- page console (tail) ---\n{page.console_log.tail()}"]
+    if server is not None:
+        parts.append(f"--- SAMRI server log (tail) ---\n{server.log_tail(3000)}")
+    if orthanc is not None:
+        parts.append(f"--- Orthanc log (tail) ---\n{orthanc.log_tail(1500)}")
+    return "\n".join(parts)
+
+
+class Steps:
+    """Runs named steps; a failing step fails the test with its name, a screenshot and the logs."""
+
+    def __init__(self, page, artifacts: Path, prefix: str, server=None, orthanc=None) -> None:
+        self.page, self.artifacts, self.prefix = page, artifacts, prefix
+        self.server, self.orthanc = server, orthanc
+
+    def run(self, name: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  every failure gets the same diagnostics
+            shot = self.artifacts / f"{self.prefix}_FAILED.png"
+            try:
+                self.page.screenshot(path=str(shot))
+            except Exception:  # noqa: BLE001
+                shot = None
+            pytest.fail(f"step '{name}' failed: {type(exc).__name__}: {exc}\nscreenshot: {shot}\n"
+                        f"{_diagnostics(self.page, self.server, self.orthanc)}", pytrace=False)
+
+
+def _dismiss_banner(page) -> None:
+    """OHIF's "investigational use only" banner covers the bottom of the page."""
+    button = page.locator('[data-cy="confirm-and-hide-button"]')
+    try:
+        button.click(timeout=5_000)
+    except Exception:  # noqa: BLE001  absent once confirmed (cookie) or in other builds
+        pass
+
+
+def _screenshot_stats(png: bytes) -> tuple[float, float]:
+    """(fraction of pixels brighter than 40, standard deviation) of a screenshot's grey levels."""
+    from PIL import Image
+
+    grey = np.asarray(Image.open(BytesIO(png)).convert("L"), dtype=np.float32)
+    return float((grey > 40).mean()), float(grey.std())
+
+
+def _axial_viewport(page, study: MrStudy, timeout_s: float = 120) -> dict:
+    """The viewport looking along the series' slice normal, once its volume has the series' grid."""
+    deadline = time.monotonic() + timeout_s
+    seen: list = []
+    while time.monotonic() < deadline:
+        seen = page.evaluate(JS_VIEWPORTS)
+        for vp in seen:
+            grid = vp["grid"]
+            if grid and grid["dimensions"][2] == study.n_instances and abs(vp["normal"][2]) > 0.99:
+                return vp
+        time.sleep(1.0)
+    raise AssertionError(f"no axial viewport showing the {study.n_instances}-slice series after {timeout_s:.0f} s; "
+                         f"viewports: {json.dumps(seen)}")
+
+
+def _wait_for_pixels(page, viewport: dict, timeout_s: float = 60) -> bytes:
+    """Screenshot of the viewport once it draws an image (not a blank canvas)."""
+    x, y, w, h = viewport["rect"]
+    clip = {"x": x, "y": y, "width": w, "height": h}
+    deadline = time.monotonic() + timeout_s
+    stats = (0.0, 0.0)
+    while time.monotonic() < deadline:
+        png = page.screenshot(clip=clip)
+        stats = _screenshot_stats(png)
+        if stats[0] > 0.05 and stats[1] > 15:
+            return png
+        time.sleep(1.0)
+    try:
+        voi = page.evaluate(JS_VOI, viewport["id"])
+    except Exception as exc:  # noqa: BLE001  only for the message
+        voi = f"unavailable ({exc})"
+    raise AssertionError(f"viewport {viewport['id']} stayed blank: bright fraction {stats[0]:.3f}, std {stats[1]:.1f}; "
+                         f"display window and volume values: {voi}")
+
+
+def _scroll_to(page, viewport: dict, world: list[float], slice_mm: float, max_steps: int = 400) -> dict:
+    """Mouse-wheel the viewport (OHIF's stack-scroll binding) until its plane is within half a slice of ``world``."""
+    x, y, w, h = viewport["rect"]
+    page.mouse.move(x + w / 2, y + h / 2)
+    where = page.evaluate(JS_LOCATE, [viewport["id"], world])
+    direction = 1.0
+    for _ in range(max_steps):
+        if abs(where["dist"]) <= slice_mm / 2:
+            return where
+        page.mouse.wheel(0, float(100 * direction * np.sign(where["dist"])))
+        before = where["dist"]
+        for _ in range(20):  # the camera moves on the next animation frame
+            time.sleep(0.05)
+            where = page.evaluate(JS_LOCATE, [viewport["id"], world])
+            if where["dist"] != before:
+                break
+        if abs(where["dist"]) >= abs(before):
+            direction = -direction  # this build scrolls the other way
+    raise AssertionError(f"could not scroll {viewport['id']} to the target plane: {where['dist']:.2f} mm away")
+
+
+def _multipart_field(body: bytes, name: str) -> str:
+    match = re.search(rb'name="' + name.encode() + rb'"\r\n(?:[^\r\n]*\r\n)*\r\n(.*?)\r\n--', body, re.S)
+    if not match:
+        raise AssertionError(f"no form field {name!r} in the infer request body: {body[:400]!r}")
+    return match.group(1).decode()
+
+
+def _nrrd_world(header: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(origin, (3, 3) rows = axis steps) of a NRRD header, in LPS mm."""
+    space = str(header.get("space", "")).lower()
+    origin = np.asarray(header["space origin"], dtype=float)
+    steps = np.asarray(header["space directions"], dtype=float)
+    if space in ("right-anterior-superior", "ras"):
+        flip = np.array([-1.0, -1.0, 1.0])
+        origin, steps = origin * flip, steps * flip
+    elif space not in ("left-posterior-superior", "lps"):
+        raise AssertionError(f"unexpected NRRD space {space!r}")
+    return origin, steps
+
+
+def _truth_on_grid(study: MrStudy, origin: np.ndarray, steps: np.ndarray, shape, k: int) -> np.ndarray:
+    """Ground truth of the structure resampled (nearest) onto slice ``k`` of a LPS grid."""
+    truth = study.ground_truth()
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    lps = origin + i[..., None] * steps[0] + j[..., None] * steps[1] + k * steps[2]
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    vox = np.rint((np.c_[ras.reshape(-1, 3), np.ones(ras[..., 0].size)] @ np.linalg.inv(study.gt_affine).T)[:, :3])
+    vox = vox.astype(int)
+    inside = np.all((vox >= 0) & (vox < truth.shape), axis=1)
+    out = np.zeros(vox.shape[0], dtype=bool)
+    out[inside] = truth[vox[inside, 0], vox[inside, 1], vox[inside, 2]]
+    return out.reshape(shape[0], shape[1])
+
+
+def test_study_list_shows_mr_study_and_opens_monai_label_mode(page, samri_server, mr_study, orthanc, artifacts_dir):
+    steps = Steps(page, artifacts_dir, "study_list", samri_server, orthanc)
+    steps.run("open the study list", page.goto, samri_server.base_url + "/ohif/", wait_until="domcontentloaded")
+    row = page.locator(f'[data-cy="studyRow-{mr_study.study_uid}"]')
+    steps.run("study row appears", row.wait_for, timeout=LOAD_TIMEOUT_MS)
+    _dismiss_banner(page)
+    text = row.inner_text()
+    assert mr_study.patient_id in text and "MR" in text and str(mr_study.n_instances) in text, \
+        f"study row does not show patient {mr_study.patient_id}, MR, {mr_study.n_instances} instances: {text!r}"
+    page.screenshot(path=str(artifacts_dir / "ohif_study_list.png"))
+    steps.run("expand the study row", row.click)
+    mode = page.locator(f'[data-cy="mode-monai-label-{mr_study.study_uid}"]')
+    steps.run("MONAI Label mode button", mode.wait_for)
+    assert mode.is_enabled(), "the MONAI Label mode is disabled for the MR study"
+    page.screenshot(path=str(artifacts_dir / "ohif_study_modes.png"))
+    steps.run("open the MONAI Label mode", mode.click)
+    steps.run("viewer route", page.wait_for_url, re.compile(r"/ohif/monai-label\?.*StudyInstanceUIDs="))
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)
+    assert query.get("StudyInstanceUIDs") == [mr_study.study_uid], page.url
+    viewport = steps.run("series displayed", _axial_viewport, page, mr_study)
+    steps.run("image drawn", _wait_for_pixels, page, viewport)
+
+
+def test_point_prompt_segments_structure(page, samri_server, mr_study, orthanc, artifacts_dir):
+    steps = Steps(page, artifacts_dir, "segmentation", samri_server, orthanc)
+    url = f"{samri_server.base_url}/ohif/monai-label?StudyInstanceUIDs={mr_study.study_uid}"
+    steps.run("open the viewer", page.goto, url, wait_until="domcontentloaded")
+    viewport = steps.run("series displayed", _axial_viewport, page, mr_study, LOAD_TIMEOUT_MS / 1000)
+    _dismiss_banner(page)
+    pixels = steps.run("image drawn", _wait_for_pixels, page, viewport)
+    (artifacts_dir / "ohif_axial_loaded.png").write_bytes(pixels)
+    page.screenshot(path=str(artifacts_dir / "ohif_viewer_loaded.png"))
+
+    # MONAI Label panel: connect, Point Prompts tab, model, segment
+    steps.run("server URL", page.fill, "#monailabelServerURL", samri_server.base_url + "/")
+    steps.run("connect", page.locator("table.settingsTable button.actionButton").click)
+    tab = page.locator("label.tab-label", has_text="Point Prompts")
+    steps.run("Point Prompts tab appears after /info/", tab.wait_for, timeout=LOAD_TIMEOUT_MS)
+    steps.run("open Point Prompts", tab.click)
+    selector = page.locator(".modelSelector select").filter(has=page.locator(f'option[value="{MODEL}"]')).first
+    options = steps.run("model list", selector.evaluate, "s => Array.from(s.options).map(o => o.value)")
+    assert MODEL in options and "samri_3d" in options, f"point models listed: {options}"
+    steps.run(f"select {MODEL}", selector.select_option, MODEL)
+    rows = page.locator("tr.clickable-row")
+    names = [t.strip() for t in steps.run("segment list", rows.all_inner_texts)]
+    segments = [n for n in names if n and n != "background"]
+    assert segments, f"the Point Prompts panel lists no segment: {names}"
+    segment = SEGMENT if SEGMENT in segments else segments[0]
+    steps.run(f"select segment {segment}", rows.nth(names.index(segment)).click)
+
+    # scroll to the structure's slice and click it
+    slice_mm = float(np.linalg.norm(np.asarray(viewport["grid"]["spacing"])[2]))
+    where = steps.run("scroll to the target slice", _scroll_to, page, viewport, mr_study.click_lps, slice_mm)
+    x, y = viewport["rect"][0] + where["canvas"][0], viewport["rect"][1] + where["canvas"][1]
+    steps.run("click the structure", page.mouse.click, x, y)
+    try:
+        page.wait_for_function(f"() => ({JS_PROBES})().length > 0", timeout=15_000)
+    except Exception:  # noqa: BLE001  reported just below
+        pass
+    probes = page.evaluate(JS_PROBES)
+    assert len(probes) == 1, f"expected one ProbeMONAILabel point after the click, found {probes}\n{_diagnostics(page)}"
+    page.screenshot(path=str(artifacts_dir / "ohif_point_placed.png"))
+    before = page.screenshot(clip=dict(zip(("x", "y", "width", "height"), viewport["rect"])))
+
+    run_button = page.locator('button[title="Run PointPrompts"]')
+
+    def run_inference():
+        with page.expect_response(lambda r: "/infer/" in r.url, timeout=INFER_TIMEOUT_MS) as info:
+            run_button.click()
+        return info.value
+
+    response = steps.run("Run (infer request)", run_inference)
+    request = response.request
+    body = request.post_data_buffer or b""
+    if response.status != 200:
+        pytest.fail(f"POST {request.url} answered {response.status}: {response.text()[:1000]}\n"
+                    f"{_diagnostics(page, samri_server, orthanc)}", pytrace=False)
+
+    # the exact request the viewer sent
+    parsed = urllib.parse.urlparse(request.url)
+    query = urllib.parse.parse_qs(parsed.query)
+    assert request.method == "POST" and parsed.path == f"/infer/{MODEL}", request.url
+    assert query == {"image": [mr_study.series_uid], "output": ["image"]}, request.url
+    params = json.loads(_multipart_field(body, "params"))
+    write_json(artifacts_dir / "ohif_infer_request.json", {"url": request.url, "params": params})
+    assert "slice" not in params and "roi" not in params, f"OHIF sent a slice or box: {params}"
+    assert params["background"] == [] and len(params["foreground"]) == 1, params
+    assert params.get("result_extension") == ".nrrd", params
+    fg = np.asarray(params["foreground"][0])
+
+    # the answer: a NRRD volume on the viewer's own grid
+    nrrd_path = artifacts_dir / "ohif_samri_2d_result.nrrd"
+    nrrd_path.write_bytes(response.body())
+    mask, header = nrrd.read(str(nrrd_path))
+    grid = viewport["grid"]
+    assert list(mask.shape) == grid["dimensions"], f"result {mask.shape} vs viewer volume {grid['dimensions']}"
+    origin, steps_lps = _nrrd_world(header)
+    viewer_steps = np.asarray(grid["direction"]).reshape(3, 3) * np.asarray(grid["spacing"])[:, None]
+    assert np.allclose(origin, grid["origin"], atol=1e-2) and np.allclose(steps_lps, viewer_steps, atol=1e-3), \
+        (f"the server's image grid is not the viewer's: NRRD origin {origin}, steps {steps_lps.tolist()}; "
+         f"viewer origin {grid['origin']}, steps {viewer_steps.tolist()}")
+    # the click, in voxels of that grid, is where the target is
+    expected = np.linalg.solve(steps_lps.T, np.asarray(mr_study.click_lps) - origin)
+    assert np.all(np.abs(fg - expected) <= 1.0), f"clicked voxel {fg.tolist()} vs target voxel {expected.round(2)}"
+
+    seg = mask > 0
+    k = int(fg[2])
+    assert seg.any(), "samri_2d returned an empty mask"
+    assert set(np.nonzero(seg)[2].tolist()) == {k}, f"2D result outside the clicked slice {k}"
+    assert seg[tuple(fg)], "the clicked voxel is not in the mask"
+    truth = _truth_on_grid(mr_study, origin, steps_lps, mask.shape, k)
+    inter = int((seg[:, :, k] & truth).sum())
+    dice = 2 * inter / (int(seg.sum()) + int(truth.sum()))
+    precision = inter / int(seg.sum())
+    metrics = {"structure": mr_study.target.label, "slice": k, "mask_voxels": int(seg.sum()),
+               "truth_voxels": int(truth.sum()), "overlap": inter, "dice": dice, "precision": precision}
+    write_json(artifacts_dir / "ohif_segmentation_metrics.json", metrics)
+    assert dice >= mr_study.target.min_dice and precision >= mr_study.target.min_precision, \
+        f"mask does not match {mr_study.target.label}: {metrics}"
+
+    # the viewer painted exactly that mask into its labelmap
+    def labelmap_filled():
+        page.wait_for_function(
+            "() => { const v = window.services.segmentationService.getLabelmapVolume('1');"
+            " return v && v.voxelManager.getCompleteScalarDataArray().some(x => x); }", timeout=60_000)
+        return page.evaluate(JS_LABELMAP)
+
+    labelmap = steps.run("viewer labelmap updated", labelmap_filled)
+    assert labelmap["dimensions"] == grid["dimensions"], labelmap["dimensions"]
+    expected_flat = np.flatnonzero(seg.ravel(order="F"))
+    assert np.array_equal(np.asarray(labelmap["nonzero"]), expected_flat), \
+        f"viewer labelmap has {len(labelmap['nonzero'])} voxels, result {expected_flat.size}"
+    time.sleep(1.0)  # let the overlay render
+    after = page.screenshot(clip=dict(zip(("x", "y", "width", "height"), viewport["rect"])))
+    (artifacts_dir / "ohif_axial_segmented.png").write_bytes(after)
+    page.screenshot(path=str(artifacts_dir / "ohif_segmentation.png"))
+    from PIL import Image
+
+    changed = np.abs(np.asarray(Image.open(BytesIO(after)).convert("RGB"), dtype=int)
+                     - np.asarray(Image.open(BytesIO(before)).convert("RGB"), dtype=int)).max(axis=2) > 30
+    assert changed.sum() >= 100, f"the segmentation overlay is not visible: {int(changed.sum())} pixels changed"

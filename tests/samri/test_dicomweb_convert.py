@@ -1,0 +1,176 @@
+"""NIfTI <-> DICOM MR series geometry and DICOM SEG round trips (in memory: no server needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from samri.dicomweb.convert import nifti_to_dicom_series, volume_to_dicom_series
+from samri.dicomweb.seg import label_to_seg, seg_to_label
+from samri.dicomweb.series import series_to_volume
+from samri.errors import SamriInputError
+
+REPO = Path(__file__).resolve().parents[2]
+STUDIES = REPO / "data" / "studies"
+
+
+def _reread(datasets):
+    """Each dataset written as a Part 10 file and read back (what a server stores and returns)."""
+    out = []
+    for ds in datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, write_like_original=False)
+        out.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))
+    return out
+
+
+def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
+    ax, az = np.radians(deg_x), np.radians(deg_z)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory):
+    """32 axial slices of a sample study (MNI152 float, else synthetic), as a NIfTI file."""
+    src = STUDIES / "mni152_t1.nii.gz"
+    if src.is_file():
+        img = nib.load(str(src))
+        arr = np.asarray(img.dataobj)[:, :, 80:112].astype(np.float32)
+        affine = img.affine.copy()
+        affine[:3, 3] = affine[:3, :3] @ [0, 0, 80] + affine[:3, 3]
+    else:
+        rng = np.random.default_rng(0)
+        arr = rng.random((40, 48, 32), dtype=np.float32)
+        affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    path = tmp_path_factory.mktemp("crop") / "crop.nii.gz"
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path, arr, affine
+
+
+def test_nifti_file_round_trip_geometry_and_values(crop):
+    path, arr, affine = crop
+    datasets = nifti_to_dicom_series(path, patient_id="P1", uid_seed="t")
+    assert len(datasets) == arr.shape[2]
+    ds0 = datasets[0]
+    assert ds0.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and ds0.Modality == "MR"
+    assert (ds0.Rows, ds0.Columns) == (arr.shape[1], arr.shape[0])
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
+    for k in (0, 5, arr.shape[2] - 1):  # position of voxel (0, 0, k) in LPS
+        assert np.allclose([float(v) for v in datasets[k].ImagePositionPatient], lps @ [0, 0, k, 1], atol=1e-4)
+    assert np.allclose([float(v) for v in ds0.PixelSpacing], [np.linalg.norm(lps[:, 1]), np.linalg.norm(lps[:, 0])])
+    vol = series_to_volume(_reread(datasets[::-1]))  # order of arrival does not matter
+    assert np.abs(vol.affine - affine).max() < 1e-3
+    slope = float(ds0.RescaleSlope)
+    assert np.abs(vol.array - arr).max() <= slope / 2 + 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
+def test_integer_data_is_exact_and_oblique_affine_round_trips(dtype):
+    rng = np.random.default_rng(1)
+    hi = {np.uint8: 255, np.int16: 3000, np.uint16: 60000}[dtype]
+    arr = rng.integers(0, hi, size=(24, 20, 12)).astype(dtype)
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(20, -35) @ np.diag([0.8, 0.9, 2.5])
+    affine[:3, 3] = [12.5, -40.25, 7.0]
+    datasets = volume_to_dicom_series(arr, affine, uid_seed="oblique")
+    vol = series_to_volume(_reread(datasets))
+    assert np.abs(vol.affine - affine).max() < 1e-3
+    assert np.array_equal(vol.array.astype(np.int64), arr.astype(np.int64))
+
+
+def test_uids_are_deterministic_with_a_seed_and_fresh_without():
+    arr = np.zeros((8, 8, 3), np.int16)
+    a = volume_to_dicom_series(arr, np.eye(4), uid_seed="s")
+    b = volume_to_dicom_series(arr, np.eye(4), uid_seed="s")
+    c = volume_to_dicom_series(arr, np.eye(4))
+    assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
+    assert a[0].SeriesInstanceUID != c[0].SeriesInstanceUID
+    assert len({d.SOPInstanceUID for d in a}) == 3
+
+
+def _series(n=4):
+    return volume_to_dicom_series(np.arange(8 * 6 * n, dtype=np.int16).reshape(8, 6, n), np.eye(4), uid_seed="bad")
+
+
+def _as_ct(ds):
+    for d in ds:
+        d.Modality = "CT"
+    return ds
+
+
+def _without_position(ds):
+    del ds[2].ImagePositionPatient
+    return ds
+
+
+def _multi_frame(ds):
+    for d in ds:
+        d.NumberOfFrames = 2
+    return ds
+
+
+@pytest.mark.parametrize("break_it, field", [
+    (_as_ct, "Modality"),
+    (lambda ds: ds[:1], "series"),                                    # single image: not a volume
+    (lambda ds: [ds[0], ds[1], ds[3]], "ImagePositionPatient"),       # gap: inconsistent spacing
+    (_without_position, "ImagePositionPatient"),
+    (lambda ds: [ds[0], ds[0], *ds[1:]], "ImagePositionPatient"),     # duplicate position
+    (_multi_frame, "NumberOfFrames"),
+])
+def test_bad_series_name_the_field(break_it, field):
+    with pytest.raises(SamriInputError) as err:
+        series_to_volume(break_it(_series()))
+    assert err.value.field == field
+
+
+def test_sheared_affine_is_refused():
+    affine = np.eye(4)
+    affine[0, 2] = 0.5  # slice axis leans along x
+    with pytest.raises(SamriInputError, match="sheared"):
+        volume_to_dicom_series(np.zeros((4, 4, 3), np.int16), affine)
+
+
+def test_seg_round_trip_is_voxel_exact_with_names():
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 400, size=(20, 18, 10)).astype(np.int16)
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(10, 30) @ np.diag([1.2, 1.2, 3.0])
+    source = _reread(volume_to_dicom_series(arr, affine, uid_seed="segsrc"))
+    label = np.zeros(arr.shape, np.uint8)
+    label[2:9, 3:10, 1:4] = 7
+    label[10:15, 5:12, 5:9] = 3
+    label[0, 0, 9] = 12
+    seg, names = label_to_seg(label, source, names={3: "putamen", 7: "caudate"})
+    assert names == {"putamen": 1, "caudate": 2, "label_12": 3}
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["putamen", "caudate", "label_12"]
+    back, back_names = seg_to_label(_reread([seg])[0], source[::-1])
+    assert back_names == names
+    for value, name in ((3, "putamen"), (7, "caudate"), (12, "label_12")):
+        assert np.array_equal(back == names[name], label == value)
+    assert np.count_nonzero(back) == np.count_nonzero(label)
+    # and on the grid of the image read back from the same series
+    vol = series_to_volume(source)
+    assert back.shape == vol.array.shape
+
+
+def test_seg_errors():
+    source = _reread(_series())
+    other = _reread(volume_to_dicom_series(np.zeros((8, 6, 4), np.int16), np.eye(4), uid_seed="other"))
+    label = np.zeros((8, 6, 4), np.uint8)
+    with pytest.raises(SamriInputError, match="nothing to save"):
+        label_to_seg(label, source)
+    with pytest.raises(SamriInputError, match="not on the image grid"):
+        label_to_seg(np.ones((8, 6, 5), np.uint8), source)
+    label[1:3, 1:3, 1:3] = 1
+    seg, _ = label_to_seg(label, source)
+    with pytest.raises(SamriInputError) as err:
+        seg_to_label(seg, other)
+    assert err.value.field == "ReferencedSeriesSequence"
