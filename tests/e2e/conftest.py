@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from apps.samri.lib.testing_server import ServerProcess, copy_app, start_server
 from samri import data
+from samri.dicomweb.netaudit import audit_env
 from samri.dicomweb.orthanc import OrthancProcess, orthanc_unavailable_reason, running_orthanc
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ STUDIES = REPO / "data" / "studies"
 CHROMIUM_ENV = "SAMRI_CHROMIUM"
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS_ENV = "SAMRI_TEST_ARTIFACTS"
+#: force the sample MRI (``colin27`` or ``mni152``); default: Colin27 when installed, else MNI152
+SAMPLE_ENV = "SAMRI_E2E_SAMPLE"
 #: headless chromium on a closed network: no GPU, no QUIC, no background/update/sync connections
 #: (without them chromium's own connections are refused and slow everything down). Playwright adds
 #: a fresh --user-data-dir itself.
@@ -131,11 +134,18 @@ class MrStudy:
 
 
 def _sample_study() -> tuple[Target, data.SampleStudy]:
-    """Colin27 if installed, else MNI152, from data/studies (written there when missing)."""
+    """``$SAMRI_E2E_SAMPLE`` if set, else Colin27 if installed, else MNI152, from data/studies (written
+    there when missing)."""
     sources = data.available_sources()
     if not sources:
         pytest.fail("no sample MRI installed: nilearn (MNI152) should come with requirements.txt")
-    source = "colin27" if "colin27" in sources else sources[0]
+    wanted = os.environ.get(SAMPLE_ENV, "").strip()
+    if wanted:
+        if wanted not in sources:
+            pytest.fail(f"{SAMPLE_ENV}={wanted!r} is not an installed sample source (installed: {sources})")
+        source = wanted
+    else:
+        source = "colin27" if "colin27" in sources else sources[0]
     study_id = data.SOURCES[source]
     written = {s.study_id: s for s in data.write_sample_studies(STUDIES, sources=[source])}
     return TARGETS[study_id], written[study_id]
@@ -147,30 +157,6 @@ def _click_point(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     depth = ndimage.distance_transform_edt(mask[:, :, k])
     i, j = np.unravel_index(int(depth.argmax()), depth.shape)
     return (affine @ np.array([i, j, k, 1.0]))[:3]
-
-
-#: OHIF's cornerstone shows a series whose real values span less than this as black: it ignores a
-#: window like WindowCenter 0.5 / WindowWidth 1 and falls back to a 0..1024 display range.
-MIN_DISPLAY_RANGE = 100.0
-
-
-def _display_range(datasets) -> float:
-    """Width of the series' real-value range, from the converter's WindowWidth."""
-    return float(datasets[0].WindowWidth)
-
-
-def _rescaled_series(image_path: Path, **kwargs) -> list:
-    """Work-around for float volumes in [0, 1] (nilearn's MNI152): the same volume times a constant so
-    that OHIF can display it. SAMRI's intensity window is invariant to that scaling; geometry is unchanged."""
-    from samri.dicomweb.convert import volume_to_dicom_series
-    from samri.volume import load_image
-
-    image = load_image(image_path, "image")
-    array = np.asarray(image.array, dtype=np.float32)
-    span = float(np.nanmax(array) - np.nanmin(array)) or 1.0
-    logger.warning("%s spans %.3g: uploading it scaled by %.4g so that OHIF displays it", image_path, span,
-                   1000.0 / span)
-    return volume_to_dicom_series(array * (1000.0 / span), image.affine, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -209,12 +195,15 @@ def mr_study(orthanc: OrthancProcess) -> MrStudy:
     patient_id = f"e2e-{sample.study_id}"
     description = f"{sample.study_id} T1"
     datasets = nifti_to_dicom_series(sample.image, patient_id=patient_id, series_description=description)
-    if _display_range(datasets) < MIN_DISPLAY_RANGE:
-        datasets = _rescaled_series(sample.image, patient_id=patient_id, series_description=description)
     series_uid = upload_series(datasets, orthanc.dicomweb_root)
     return MrStudy(target=target, image_path=sample.image, label_path=sample.label, label_value=label_value,
                    gt_affine=gt_img.affine, study_uid=str(datasets[0].StudyInstanceUID), series_uid=series_uid,
                    patient_id=patient_id, n_instances=len(datasets), click_ras=_click_point(mask, gt_img.affine))
+
+
+def net_audit_log(e2e_root: Path) -> Path:
+    """Where the server's Python processes record connection attempts (`samri.dicomweb.netaudit`)."""
+    return e2e_root / "net_audit.log"
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +212,7 @@ def samri_server(e2e_root: Path, orthanc: OrthancProcess, mr_study: MrStudy) -> 
     app = copy_app(APP_DIR, e2e_root / "app")
     conf = {"model": "litemedsam", "precompute": "false", "cache_dir": str(e2e_root / "embedding_cache")}
     # the datastore's local cache (NIfTI of fetched series) stays in the temporary folder too
-    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(e2e_root / "dicomweb_cache")}
+    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(e2e_root / "dicomweb_cache"), **audit_env(net_audit_log(e2e_root))}
     try:
         server = start_server(app_dir=app, studies=orthanc.dicomweb_root, conf=conf, env=env, timeout_s=300,
                               log_path=e2e_root / "server.log")

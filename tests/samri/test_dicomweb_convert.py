@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from samri.dicomweb.convert import nifti_to_dicom_series, volume_to_dicom_series
+from samri.dicomweb.convert import display_window, nifti_to_dicom_series, to_stored_pixels, volume_to_dicom_series
 from samri.dicomweb.seg import label_to_seg, seg_to_label
 from samri.dicomweb.series import series_to_volume
 from samri.errors import SamriInputError
@@ -68,7 +68,41 @@ def test_nifti_file_round_trip_geometry_and_values(crop):
     vol = series_to_volume(_reread(datasets[::-1]))  # order of arrival does not matter
     assert np.abs(vol.affine - affine).max() < 1e-3
     slope = float(ds0.RescaleSlope)
+    # preserved: the values themselves (no scaling, no shift), to half a quantisation step
     assert np.abs(vol.array - arr).max() <= slope / 2 + 1e-6
+    assert abs(float(vol.array.min()) - float(arr.min())) <= slope and \
+        abs(float(vol.array.max()) - float(arr.max())) <= slope
+
+
+def _linear_voi(ds) -> tuple[float, float]:
+    """The real-value range that DICOM's LINEAR VOI function (what OHIF's cornerstone applies) shows black..white."""
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    return c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+
+
+@pytest.mark.parametrize("lo, hi, dtype", [(0.0, 1.0, np.float32),      # nilearn's MNI152
+                                            (-0.004, 0.003, np.float64),  # tiny float range
+                                            (0, 254, np.uint8),            # Colin27
+                                            (-1000, 3000, np.int16),
+                                            (0.0, 4.2e6, np.float32)])     # wide float range
+def test_display_window_covers_the_value_range(lo, hi, dtype):
+    rng = np.random.default_rng(3)
+    arr = (lo + (hi - lo) * rng.random((12, 10, 4))).astype(dtype)
+    arr.flat[0], arr.flat[1] = lo, hi
+    ds0 = volume_to_dicom_series(arr, np.eye(4), uid_seed="window")[0]
+    stored, slope, intercept = to_stored_pixels(arr)
+    real_lo, real_hi = stored.min() * slope + intercept, stored.max() * slope + intercept
+    lower, upper = _linear_voi(ds0)
+    tol = 1e-6 * max(1.0, abs(hi - lo))
+    assert abs(lower - real_lo) <= tol and abs(upper - real_hi) <= tol, (ds0.WindowCenter, ds0.WindowWidth)
+    assert upper > lower  # not the empty window [0, 0] that OHIF drops (and then shows 0..1024)
+    assert ds0.VOILUTFunction == "LINEAR"
+
+
+def test_display_window_of_a_constant_image_and_bad_input():
+    assert display_window(5.0, 5.0) == (5.5, 1.0)
+    with pytest.raises(SamriInputError):
+        display_window(1.0, 0.0)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
@@ -174,3 +208,20 @@ def test_seg_errors():
     with pytest.raises(SamriInputError) as err:
         seg_to_label(seg, other)
     assert err.value.field == "ReferencedSeriesSequence"
+
+
+def test_seg_without_spatial_locations_preserved_is_read_after_checking_frame_positions():
+    """OHIF's dcmjs SEG leaves SpatialLocationsPreserved out: read it when every frame lies on its source image."""
+    source = _reread(volume_to_dicom_series(np.zeros((10, 8, 5), np.int16), np.eye(4), uid_seed="dcmjs"))
+    label = np.zeros((10, 8, 5), np.uint8)
+    label[2:6, 1:4, 1:3] = 1
+    seg, _ = label_to_seg(label, source, names={1: "object"})
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        del frame.DerivationImageSequence[0].SourceImageSequence[0].SpatialLocationsPreserved
+    back, names = seg_to_label(_reread([seg])[0], source)
+    assert names == {"object": 1} and np.array_equal(back > 0, label > 0)
+    moved = _reread([seg])[0]
+    moved.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient[2] += 1.0
+    with pytest.raises(SamriInputError) as err:
+        seg_to_label(moved, source)
+    assert err.value.field == "ImagePositionPatient"

@@ -17,7 +17,17 @@ strings, well under 1e-3 mm) when ``e2`` points along ``e0 x e1`` (true for RAS-
 Intensities. Integer data that fits int16 (or uint16) is stored as is (slope 1, intercept 0).
 Other data (float, wide integers) is mapped linearly onto uint16 with ``RescaleSlope`` /
 ``RescaleIntercept`` = range/65535, min (one pair for the whole series); NaN/inf become the
-minimum. Nothing is ever wrapped through 8 bits.
+minimum. Nothing is ever wrapped through 8 bits. What a reader gets back
+(`samri.dicomweb.series.series_to_volume`) is the NIfTI's own values: exact for such integers,
+within ``RescaleSlope / 2`` (range / 131070) for everything else; no value is scaled or shifted.
+
+Display window. ``WindowCenter`` / ``WindowWidth`` are in real-value (rescaled) units and follow
+the DICOM LINEAR VOI function (PS3.3 C.11.2.1.2.1), which viewers apply literally: OHIF v3's
+cornerstone maps ``[c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2]`` to black..white (and drops
+a window whose ends are both 0). The window written maps exactly the series' value range
+``[lo, hi]``: ``w = hi - lo + 1``, ``c = (lo + hi + 1) / 2`` (`display_window`). The naive
+``c = (lo + hi) / 2, w = hi - lo`` breaks for small-range float data: nilearn's MNI152 in [0, 1]
+gave c 0.5 / w 1, i.e. the empty range [0, 0], and OHIF showed it black.
 """
 
 from __future__ import annotations
@@ -101,6 +111,19 @@ def to_stored_pixels(array: np.ndarray) -> tuple[np.ndarray, float, float]:
     return stored, slope, lo
 
 
+def display_window(lo: float, hi: float) -> tuple[float, float]:
+    """``(WindowCenter, WindowWidth)`` whose DICOM LINEAR VOI range is exactly ``[lo, hi]`` (real values).
+
+    DICOM's LINEAR function shows ``x <= c - 0.5 - (w - 1) / 2`` black and ``x > c - 0.5 + (w - 1) / 2``
+    white, so ``w = hi - lo + 1`` and ``c = (lo + hi + 1) / 2``. A constant image (``hi == lo``) gets
+    ``w = 1``. Works for any range, including float data in [0, 1] (c 1.0, w 2.0).
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+        raise SamriInputError("window", [lo, hi], "needs finite lo <= hi")
+    width = float(hi - lo) + 1.0
+    return float(lo) + width / 2.0, width
+
+
 def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id: str = "SAMRI",
                            patient_name: str = "SAMRI^Sample", study_uid: str | None = None,
                            series_uid: str | None = None, series_description: str | None = None,
@@ -136,6 +159,7 @@ def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id:
     m, spacing, cos = lps_geometry(affine)
     stored, slope, intercept = to_stored_pixels(arr)
     real_lo, real_hi = float(stored.min()) * slope + intercept, float(stored.max()) * slope + intercept
+    center, width = display_window(real_lo, real_hi)
     study_uid = study_uid or make_uid(uid_seed, "study")
     series_uid = series_uid or make_uid(uid_seed, "series", study_uid)
     frame_uid = make_uid(uid_seed, "frame", series_uid)
@@ -182,8 +206,8 @@ def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = ds_number(slope), ds_number(intercept), "US"
-        ds.WindowCenter = ds_number((real_lo + real_hi) / 2)
-        ds.WindowWidth = ds_number(max(real_hi - real_lo, 1.0))
+        ds.WindowCenter, ds.WindowWidth = ds_number(center), ds_number(width)
+        ds.VOILUTFunction = "LINEAR"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         out.append(ds)
     return out

@@ -36,4 +36,7 @@ def outbound_attempts(record: str | os.PathLike) -> list[str]:
 def loopback_connects(record: str | os.PathLike) -> int:
     """How many loopback connects the hook saw (proof that it was installed)."""
     p = Path(str(record) + ".loopback")
-    return sum(1 for _ in p.open()) if p.is_file() else 0
+    if not p.is_file():
+        return 0
+    with p.open() as f:
+        return sum(1 for _ in f)

@@ -9,7 +9,11 @@ frames are omitted (highdicom).
 Reading: a SEG (ours, or OHIF's dcmjs export) is mapped frame by frame onto the source instances
 it references (``get_pixels_by_source_instance``), so the result lies exactly on the image grid
 of `samri.dicomweb.series.series_to_volume` of the same source series. Values are segment
-numbers; the names come back as ``{segment label: segment number}``.
+numbers; the names come back as ``{segment label: segment number}``. OHIF v3's "Export DICOM SEG"
+(dcmjs) does not write ``SpatialLocationsPreserved``, which highdicom then refuses to map by
+source instance; `check_frame_geometry` verifies instead that every frame has its source
+instance's Rows/Columns, orientation, pixel spacing and position, and only then is highdicom told
+to map it (a SEG that says ``SpatialLocationsPreserved = NO`` is refused).
 """
 
 from __future__ import annotations
@@ -129,6 +133,67 @@ def seg_segment_names(seg) -> dict[str, int]:
     return out
 
 
+#: mm; tolerance on frame positions (DS strings carry ~1e-4 mm) and relative on spacing/orientation
+POSITION_TOL_MM = 1e-2
+DIRECTION_TOL = 1e-4
+
+
+def _item(seq_owner, keyword: str):
+    seq = seq_owner.get(keyword) if seq_owner is not None else None
+    return seq[0] if seq else None
+
+
+def _frame_attr(seg, frame, group: str, keyword: str):
+    """``keyword`` from the frame's functional group ``group``, else from the shared groups."""
+    for owner in (frame, _item(seg, "SharedFunctionalGroupsSequence")):
+        item = _item(owner, group)
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def check_frame_geometry(seg, source_datasets: Sequence) -> bool:
+    """Check that every SEG frame lies on the source instance it references; True when the SEG itself
+    says so (``SpatialLocationsPreserved = YES`` on every frame).
+
+    Raises:
+        SamriInputError: naming the field: Rows/Columns, ImageOrientationPatient, PixelSpacing or
+            ImagePositionPatient of a frame that differs from its source instance, a frame without a
+            source instance of the series, or ``SpatialLocationsPreserved = NO``.
+    """
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in source_datasets}
+    first = source_datasets[0]
+    if (int(seg.Rows), int(seg.Columns)) != (int(first.Rows), int(first.Columns)):
+        raise SamriInputError("Rows/Columns", [int(seg.Rows), int(seg.Columns)],
+                              f"SEG frames are not the source images' size {[int(first.Rows), int(first.Columns)]}")
+    declared = True
+    for n, frame in enumerate(seg.get("PerFrameFunctionalGroupsSequence", []), start=1):
+        source = _item(_item(frame, "DerivationImageSequence"), "SourceImageSequence")
+        uid = str(source.get("ReferencedSOPInstanceUID", "")) if source is not None else ""
+        if uid not in by_uid:
+            raise SamriInputError("ReferencedSOPInstanceUID", uid or "missing",
+                                  f"frame {n} of SEG {seg.SeriesInstanceUID} has no source instance in the series")
+        preserved = str(source.get("SpatialLocationsPreserved", "") or "")
+        if preserved == "NO":
+            raise SamriInputError("SpatialLocationsPreserved", preserved, f"frame {n}: not on its source image")
+        declared &= preserved == "YES"
+        src = by_uid[uid]
+        checks = (("ImageOrientationPatient", _frame_attr(seg, frame, "PlaneOrientationSequence",
+                                                          "ImageOrientationPatient"), DIRECTION_TOL),
+                  ("PixelSpacing", _frame_attr(seg, frame, "PixelMeasuresSequence", "PixelSpacing"), DIRECTION_TOL),
+                  ("ImagePositionPatient", _frame_attr(seg, frame, "PlanePositionSequence", "ImagePositionPatient"),
+                   POSITION_TOL_MM))
+        for keyword, value, tol in checks:
+            expected = np.asarray([float(v) for v in src.get(keyword)], dtype=float)
+            got = np.asarray([float(v) for v in value], dtype=float) if value is not None else None
+            if got is None or got.shape != expected.shape or np.abs(got - expected).max() > tol * (
+                    1.0 if keyword == "ImagePositionPatient" else max(1.0, float(np.abs(expected).max()))):
+                raise SamriInputError(keyword, None if got is None else got.tolist(),
+                                      f"frame {n} of SEG {seg.SeriesInstanceUID} is not on its source image {uid} "
+                                      f"({keyword} {expected.tolist()})")
+    return declared
+
+
 def seg_to_label(seg, source_datasets: Sequence) -> tuple[np.ndarray, dict[str, int]]:
     """The ``(X, Y, Z)`` uint16 label volume of a SEG on its source series' grid, and its names.
 
@@ -142,7 +207,7 @@ def seg_to_label(seg, source_datasets: Sequence) -> tuple[np.ndarray, dict[str, 
 
     Raises:
         SamriInputError: not a SEG, referencing another series, or frames that reference
-            instances outside the source series.
+            instances outside the source series or do not lie on them (`check_frame_geometry`).
     """
     import highdicom as hd
 
@@ -157,10 +222,12 @@ def seg_to_label(seg, source_datasets: Sequence) -> tuple[np.ndarray, dict[str, 
         raise SamriInputError("ReferencedSeriesSequence", ref, f"SEG {seg.SeriesInstanceUID} does not reference "
                               f"series {source_uid}")
     names = seg_segment_names(seg)
+    declared = check_frame_geometry(seg, source_datasets)
     try:
         seg_obj = hd.seg.Segmentation.from_dataset(seg, copy=False)
         frames = seg_obj.get_pixels_by_source_instance(source_sop_instance_uids=list(geom.sop_uids),
-                                                       combine_segments=False, dtype=np.uint8)
+                                                       combine_segments=False, dtype=np.uint8,
+                                                       ignore_spatial_locations=not declared)
     except (ValueError, KeyError, AttributeError) as exc:
         raise SamriInputError("SEG", str(seg.get("SeriesInstanceUID")),
                               f"cannot be mapped onto series {source_uid} ({exc})") from exc
