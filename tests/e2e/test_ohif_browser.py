@@ -417,6 +417,10 @@ def _save_and_check(page, server, orthanc, study: MrStudy, mask: np.ndarray, art
     from pydicom.dataset import Dataset
 
     header = Dataset.from_json(meta[0], bulk_data_uri_handler=lambda *a: b"")
+    seg_file = requests.get(f"{orthanc.dicomweb_root}/studies/{study.study_uid}/series/{seg_uid}/instances/"
+                            f"{header.SOPInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"'},
+                            timeout=60)
+    (artifacts / "ohif_saved_seg.multipart").write_bytes(seg_file.content)
     assert header.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
     assert [s.SegmentLabel for s in header.SegmentSequence] == [SEGMENT]
     assert header.SeriesDescription == SEG_DESCRIPTION
@@ -436,16 +440,10 @@ def _save_and_check(page, server, orthanc, study: MrStudy, mask: np.ndarray, art
                "equal": bool(np.array_equal(back, mask)), "equal_slice_reversed": bool(np.array_equal(back[:, :, ::-1], mask))}
     write_json(artifacts / "ohif_saved_seg_check.json", metrics)
     assert back.sum() == mask.sum(), metrics
-    # Known defect of this OHIF build (dcmjs normalizeMultiframe sorts the source images by descending
-    # position along the slice normal, while the labelmap slices stay in cornerstone's ascending order):
-    # the exported SEG puts labelmap slice k on source image N-1-k. The SEG itself is consistent (every
-    # frame's position is its source image's, checked by samri.dicomweb.seg.check_frame_geometry), so the
-    # datastore reads back exactly what OHIF wrote: the viewer's mask mirrored along the slice axis.
-    assert np.array_equal(back, mask) or np.array_equal(back[:, :, ::-1], mask), metrics
-    if not metrics["equal"]:
-        import warnings
-
-        warnings.warn(f"OHIF's Export DICOM SEG reversed the slice order: {metrics}", stacklevel=1)
+    # voxel-exact, no mirroring: OHIF's SEG export writes labelmap frame i onto the i-th image of dcmjs'
+    # order (decreasing position along the normal) while the labelmap is in InstanceNumber order, so
+    # this holds because `samri.dicomweb.convert` numbers instances against the normal (see there)
+    assert np.array_equal(back, mask), metrics
 
 
 def _collect_studies(dicomweb_root: str, cache: Path):

@@ -225,3 +225,40 @@ def test_seg_without_spatial_locations_preserved_is_read_after_checking_frame_po
     with pytest.raises(SamriInputError) as err:
         seg_to_label(moved, source)
     assert err.value.field == "ImagePositionPatient"
+
+
+def _ohif_seg_frame_sources(datasets) -> tuple[list[str], list[str]]:
+    """What OHIF v3's "Export DICOM SEG" pairs, as SOPInstanceUIDs: (labelmap frame i's own image,
+    the source image dcmjs writes frame i onto).
+
+    OHIF's labelmap is derived from the display set's images, sorted by InstanceNumber; the
+    cornerstone adapter passes them in that order, and dcmjs' ``ImageNormalizer.convertToMultiframe``
+    re-sorts them by decreasing ``(IPP - IPP_first) . (row x column)`` and references frame i of the
+    SEG to the i-th of its own order (ReferencedSOPInstanceUID and PlanePosition alike)."""
+    display = sorted(datasets, key=lambda d: int(d.InstanceNumber))
+    iop = np.asarray([float(v) for v in display[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    ref = np.asarray([float(v) for v in display[0].ImagePositionPatient])
+    dcmjs = sorted(display, key=lambda d: -float((np.asarray([float(v) for v in d.ImagePositionPatient]) - ref) @ normal))
+    return [str(d.SOPInstanceUID) for d in display], [str(d.SOPInstanceUID) for d in dcmjs]
+
+
+@pytest.mark.parametrize("axes", [(1, 1, 1), (1, 1, -1), (-1, 1, 1), (1, -1, -1), "oblique"])
+def test_instance_numbers_decrease_along_the_normal_as_ohif_seg_export_needs(axes):
+    """InstanceNumber 1 is the slice furthest along row x column, for any axis flips or rotation, so
+    that OHIF's SEG export writes every labelmap slice onto its own source image (numbered ``k + 1``
+    along the normal, a RAS volume's SEG came back mirrored along the slice axis)."""
+    affine = np.eye(4)
+    if axes == "oblique":
+        affine[:3, :3] = _rotation(25, -40) @ np.diag([0.9, 1.1, 2.0])
+    else:
+        affine[:3, :3] = np.diag(axes) @ np.diag([1.0, 1.0, 2.0])
+    datasets = _reread(volume_to_dicom_series(np.zeros((6, 5, 7), np.int16), affine, uid_seed=f"order{axes}"))
+    numbers = [int(d.InstanceNumber) for d in datasets]
+    assert sorted(numbers) == list(range(1, 8))
+    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    along = [float(np.asarray([float(v) for v in d.ImagePositionPatient]) @ np.cross(iop[:3], iop[3:]))
+             for d in datasets]
+    assert [numbers[i] for i in np.argsort(along)[::-1]] == list(range(1, 8))
+    own, written_onto = _ohif_seg_frame_sources(datasets)
+    assert own == written_onto

@@ -31,16 +31,20 @@ def _seed(path: Path) -> str:
 
 def upload_images(images: Sequence[Path], url: str, *, patient_id: str | None = None, study_uid: str | None = None,
                   deterministic: bool = True, skip_existing: bool = True) -> list[str]:
-    """Convert and STOW each image; returns their SeriesInstanceUIDs (existing series are skipped)."""
+    """Convert and STOW each image; returns their SeriesInstanceUIDs (existing series are skipped,
+    unless stored with other InstanceNumbers: a series from before InstanceNumber ran against the slice
+    normal, which OHIF's SEG export mirrors, is sent again and replaces those instances)."""
     from samri.dicomweb.convert import nifti_to_dicom_series
-    from samri.dicomweb.upload import search_series, upload_series
+    from samri.dicomweb.upload import search_series, stored_instance_numbers, upload_series
 
     uids = []
     for n, image in enumerate(images):
         datasets = nifti_to_dicom_series(image, patient_id=patient_id, study_uid=study_uid,
                                          uid_seed=_seed(Path(image)) if deterministic else None, series_number=n + 1)
         uid = str(datasets[0].SeriesInstanceUID)
-        if skip_existing and search_series(url, SeriesInstanceUID=uid):
+        wanted = {str(ds.SOPInstanceUID): int(ds.InstanceNumber) for ds in datasets}
+        if skip_existing and search_series(url, SeriesInstanceUID=uid) \
+                and stored_instance_numbers(url, uid) == wanted:
             logger.info("%s already on %s as series %s", image, url, uid)
         else:
             upload_series(datasets, url)

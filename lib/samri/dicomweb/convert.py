@@ -7,6 +7,8 @@ axis. Slice ``k`` is the DICOM image ``array[:, :, k].T`` (rows follow Y, column
 * ``ImageOrientationPatient = e0/|e0| (along a row, i.e. increasing column) + e1/|e1|``,
 * ``PixelSpacing = [|e1| (between rows), |e0| (between columns)]``,
 * ``ImagePositionPatient(k) = M @ (0, 0, k, 1)`` (centre of the first pixel of slice k),
+* ``InstanceNumber`` 1..N in decreasing position along the normal ``row x column`` (the slice
+  furthest along it is 1; `instance_numbers_along_normal` says why: OHIF's SEG export relies on it),
 * ``SliceThickness = SpacingBetweenSlices = |e2|``.
 
 The in-plane axes must be orthogonal and ``e2`` parallel to the slice normal (no shear), otherwise
@@ -124,6 +126,25 @@ def display_window(lo: float, hi: float) -> tuple[float, float]:
     return float(lo) + width / 2.0, width
 
 
+def instance_numbers_along_normal(m: np.ndarray, n_slices: int) -> list[int]:
+    """InstanceNumber of each array slice k: ``1..N`` in *decreasing* position along the slice normal
+    ``row x column`` (for a RAS-oriented axial volume: 1 = the most superior slice, head to feet).
+
+    The order is what OHIF v3's "Export DICOM SEG" needs: its labelmap is a stack derived from the
+    display set's images, which OHIF sorts by InstanceNumber; the cornerstone adapter hands that
+    stack's frames to dcmjs as frames ``1..N``, but dcmjs (``ImageNormalizer.convertToMultiframe``)
+    re-sorts the source images by decreasing position along the normal and takes frame ``i``'s
+    source image (ReferencedSOPInstanceUID and ImagePositionPatient) from that sorted list. Only
+    when InstanceNumber already increases against the normal do the two orders agree; numbered
+    along the normal (``k + 1``), OHIF's SEG puts labelmap slice k on source image ``N-1-k``.
+    """
+    normal = np.cross(m[:, 0], m[:, 1])
+    along = np.array([float((m @ np.array([0.0, 0.0, float(k), 1.0])) @ normal) for k in range(n_slices)])
+    ranks = np.empty(n_slices, dtype=int)
+    ranks[np.argsort(-along, kind="stable")] = np.arange(1, n_slices + 1)
+    return [int(r) for r in ranks]
+
+
 def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id: str = "SAMRI",
                            patient_name: str = "SAMRI^Sample", study_uid: str | None = None,
                            series_uid: str | None = None, series_description: str | None = None,
@@ -143,8 +164,9 @@ def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id:
             deterministic function of the seed, so converting the same file twice gives the same series.
 
     Returns:
-        datasets in slice order (InstanceNumber ``k + 1``), each with ``file_meta`` set, ready for
-        ``save_as`` or STOW-RS.
+        datasets in array slice order k (InstanceNumber from `instance_numbers_along_normal`: 1 is
+        the slice furthest along the normal), each with ``file_meta`` set, ready for ``save_as`` or
+        STOW-RS.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
@@ -168,6 +190,7 @@ def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id:
     iop = [ds_number(v) for v in (*cos[:, 0], *cos[:, 1])]
     pixel_spacing = [ds_number(spacing[1]), ds_number(spacing[0])]
     normal = np.cross(cos[:, 0], cos[:, 1])
+    instance_numbers = instance_numbers_along_normal(m, arr.shape[2])
     out = []
     for k in range(arr.shape[2]):
         sop_uid = make_uid(uid_seed, "instance", series_uid, str(k)) if uid_seed is not None else make_uid(None)
@@ -194,7 +217,7 @@ def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id:
         ds.ImageType = ["DERIVED", "SECONDARY"]
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "3D"
         ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = "", "", ""
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = instance_numbers[k]
         position = m @ np.array([0.0, 0.0, float(k), 1.0])
         ds.ImagePositionPatient = [ds_number(v) for v in position]
         ds.ImageOrientationPatient = iop

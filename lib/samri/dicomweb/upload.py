@@ -126,6 +126,21 @@ def search_series(dicomweb_root: str, **filters: str) -> list[dict[str, Any]]:
         raise DicomWebError(f"QIDO search on {dicomweb_root} failed: {exc}") from exc
 
 
+def stored_instance_numbers(dicomweb_root: str, series_uid: str) -> dict[str, int]:
+    """QIDO-RS: ``{SOPInstanceUID: InstanceNumber}`` of a series' instances as stored on the server."""
+    try:
+        items = dicomweb_client(dicomweb_root).search_for_instances(
+            search_filters={"SeriesInstanceUID": series_uid}, fields=["InstanceNumber"])
+    except Exception as exc:
+        raise DicomWebError(f"QIDO search on {dicomweb_root} failed: {exc}") from exc
+    out = {}
+    for item in items:
+        sop, number = item.get("00080018", {}).get("Value"), item.get("00200013", {}).get("Value")
+        if sop and number:
+            out[str(sop[0])] = int(number[0])
+    return out
+
+
 def study_of_series(dicomweb_root: str, series_uid: str) -> str:
     """StudyInstanceUID of a series.
 
