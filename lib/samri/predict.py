@@ -62,7 +62,11 @@ class PropagationSettings:
 
     Attributes:
         min_area: stop when a slice's mask has fewer pixels (object ended).
-        min_iou: stop when the decoder's predicted IoU falls below this.
+        min_iou: stop when the decoder's predicted IoU falls below this (absolute floor).
+        min_relative_iou: stop when the predicted IoU falls below this fraction of the seed
+            slice's (0 turns it off). Relative, because a fine-tuned IoU head is calibrated to the real IoU of its
+            training structures (about 0.3-0.6 on atlas structures), so no absolute threshold suits
+            every decoder; calibrated on Colin27 deep grey structures (docs/DECODER.md).
         max_growth: stop when the area grows by more than this factor (leak into neighbours).
         min_overlap: stop when the new mask covers less than this fraction of the previous one's
             box-overlap (jumped to another object).
@@ -70,7 +74,8 @@ class PropagationSettings:
     """
 
     min_area: int = 10
-    min_iou: float = 0.5
+    min_iou: float = 0.2
+    min_relative_iou: float = 0.85
     max_growth: float = 2.0
     min_overlap: float = 0.2
     box_margin: int = 2
@@ -241,6 +246,7 @@ class Segmenter:
                 roi_box: np.ndarray | None, seeds: dict[int, SlicePrompt], result: VolumeResult) -> None:
         rules = self.propagation
         prev = result.slices[start]
+        iou_floor = max(rules.min_iou, rules.min_relative_iou * prev.iou) if rules.min_relative_iou > 0 else rules.min_iou
         index = start + step
         while bounds[0] <= index <= bounds[1] and index not in seeds and index not in result.slices:
             if prev.area < rules.min_area:
@@ -252,15 +258,15 @@ class Segmenter:
                 if box[0] > box[2] or box[1] > box[3]:
                     return
             res = self.decode(self.embedding(volume, axis, index), geom, SlicePrompt(box=box))
-            if not self._continues(prev, res):
+            if not self._continues(prev, res, iou_floor):
                 return
             result.slices[index] = res
             prev = res
             index += step
 
-    def _continues(self, prev: SliceResult, res: SliceResult) -> bool:
+    def _continues(self, prev: SliceResult, res: SliceResult, iou_floor: float) -> bool:
         rules = self.propagation
-        if res.area < rules.min_area or res.iou < rules.min_iou:
+        if res.area < rules.min_area or res.iou < iou_floor:
             return False
         if res.area > rules.max_growth * max(prev.area, 1):
             return False
