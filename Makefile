@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= litemedsam
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate sysdeps-ohif run-ohif
+.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate sysdeps-ohif run-ohif al-sim
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,3 +85,9 @@ evaluate: sample-data
 		--prompts box,box+point --axis 2 --mode 3d --out $(EVAL_DIR)/3d
 	$(PY) -m samri.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
 		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+
+# docs/al-sim + docs/ACTIVE_LEARNING.md: simulated annotation loop, SAMRI strategies vs MONAI Label's random
+# (settings: `simulation` in configs/activelearning.yaml; CPU heavy: ~25 min on 2 cores)
+AL_SIM_WORK ?= data/al-sim
+al-sim: sample-data
+	nice -n 10 $(VENV)/bin/samri al-sim --work-dir $(AL_SIM_WORK) --out docs/al-sim

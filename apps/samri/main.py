@@ -21,7 +21,11 @@ import samri
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
 
 from lib.configs.samri import SamriConfig
 from lib.configs.settings import AppSettings
@@ -48,11 +52,40 @@ class MyApp(MONAILabelApp):
                          description="Segment Anything for MRI: interactive 2D and 3D segmentation",
                          version=samri.__version__, labels=list(self.settings.labels))
 
+    def init_datastore(self):
+        """A DICOMweb ``--studies`` URL (Orthanc, for OHIF) gets SAMRI's datastore: MR series, DICOM SEG
+        labels, and no dcmqi download or any request except to that URL (see lib/datastore)."""
+        if self.studies.startswith(("http://", "https://")):
+            from lib.datastore import init_dicomweb_datastore
+
+            self.studies = self.studies.rstrip("/").strip()
+            return init_dicomweb_datastore(self.studies, conf=self.conf)
+        return super().init_datastore()
+
     def init_infers(self) -> dict[str, InferTask]:
         return self.task_config.infer()
 
     def init_trainers(self) -> dict[str, TrainTask]:
         return {self.task_config.trainer_name: self.task_config.trainer()}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        """MONAI Label's ``random`` and ``first``, plus ``samri_uncertainty``/``samri_novelty``/``samri_combined``."""
+        from lib.activelearning import samri_strategies
+
+        return {"random": Random(), "first": First(), **samri_strategies(self.runtime)}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        """``samri_uncertainty`` and ``samri_novelty`` (run at start, after training, after each next sample)."""
+        from lib.activelearning import samri_scoring_methods
+
+        return samri_scoring_methods(self.runtime)
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label's scoring jobs; an app built outside a server (tests, scripts) has none to ask."""
+        if not self._server_mode:
+            logger.debug("not serving: scoring jobs run only in a server (call app.scoring(...) directly)")
+            return {}
+        return super().async_scoring(method, params)
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Reject unknown image ids with 404 before MONAI Label turns them into an empty path."""

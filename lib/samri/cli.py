@@ -147,6 +147,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_al_sim(args: argparse.Namespace) -> int:
+    """Simulated annotation loop (`samri.al_sim`); writes the figure, CSV, JSON and report.md to ``--out``."""
+    import shlex
+
+    from samri.al_sim import load_sim_config, run_simulation
+    from samri.al_sim_report import write_report
+
+    config = load_sim_config(args.config, rounds=args.rounds, strategies=args.strategies, seed=args.seed)
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    results = run_simulation(config, work, progress=True)
+    command = args.command_text or "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_report(results, args.out, command=command)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samri", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -209,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--decoder", default=None)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("al-sim", help="simulated annotation loop: active-learning strategies vs random")
+    p.add_argument("--config", type=Path, default=None, help="YAML with a 'simulation' section "
+                   "(default configs/activelearning.yaml)")
+    p.add_argument("--out", type=Path, default=Path("docs/al-sim"), help="figure, CSV, JSON and report.md")
+    p.add_argument("--work-dir", type=Path, default=Path("data/al-sim"), help="pool studies and embedding cache")
+    p.add_argument("--rounds", type=int, default=None, help="studies added after the start one")
+    p.add_argument("--strategies", default=None, help="comma list (random,first,samri_uncertainty,...)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--command-text", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_al_sim)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""``samri al-sim`` end to end on the tiny random registry and small synthetic studies (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from samri.al_sim import SimConfig, run_simulation
+from samri.al_sim_pool import build_pool, slab_affine, slab_indices
+from samri.al_sim_report import markdown_table, write_report
+from samri.cli import main
+from samri.errors import SamriInputError
+from tests.apps.conftest import TINY_REGISTRY
+
+from .conftest import ellipsoid_mask, synthetic_array
+
+
+@pytest.fixture()
+def sim_studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two labelled sources (``src_a``, ``src_b``) and a registry whose default is the tiny model."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "models.yaml").write_text(TINY_REGISTRY)
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(configs))
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    label = ellipsoid_mask().astype(np.uint8)
+    label[ellipsoid_mask(radii=(4.0, 4.0, 3.0))] = 2
+    for n, name in enumerate(("src_a", "src_b")):
+        nib.save(nib.Nifti1Image(synthetic_array(seed=n), affine), str(studies / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(studies / "labels" / "final" / f"{name}.nii.gz"))
+    names = {"blob": 1, "core": 2}
+    (studies / "label_names.json").write_text(json.dumps({"src_a": names, "src_b": names}))
+    return studies
+
+
+def _config(studies: Path, **kw) -> SimConfig:
+    base = dict(studies=str(studies), pool={"src_a": ["", "noise:0.05", "inverted"], "src_b": [""]},
+                held_out={"src_b": ["bias"]}, start="src_a", labels=("blob", "core"), z_step=3, rounds=2,
+                model="tiny", epochs=1, steps_per_epoch=2, batch_size=2, max_val_samples=4, eval_pairs=6,
+                score_slices=2, strategies=("random", "first", "samri_uncertainty", "samri_novelty", "samri_combined"))
+    return SimConfig.from_mapping({**base, **kw})
+
+
+def test_pool_slabs_keep_the_grid_and_the_labels(sim_studies: Path, tmp_path: Path) -> None:
+    studies = build_pool(sim_studies, tmp_path / "pool", pool={"src_a": ["", "inverted+noise:0.02"]},
+                         held_out={"src_b": ["lowres:2"]}, labels=["blob"], z_step=3)
+    assert [s.study_id for s in studies] == ["src_a", "src_a__inverted+noise-0.02", "src_b__lowres-2"]
+    assert [s.held_out for s in studies] == [False, False, True]
+    img = nib.load(str(studies[1].image))
+    lab = np.asarray(nib.load(str(studies[1].label)).dataobj)
+    z = slab_indices(ellipsoid_mask().astype(np.uint8), 3)
+    assert img.shape == (40, 48, len(z)) and set(np.unique(lab)) == {0, 1}  # "core" (2) is not kept
+    assert np.allclose(img.affine, slab_affine(np.diag([1.0, 1.0, 1.5, 1.0]), int(z[0]), 3))
+    assert img.affine[2, 2] == pytest.approx(4.5) and studies[0].label_names == {"blob": 1}
+    with pytest.raises(SamriInputError, match="variant"):
+        build_pool(sim_studies, tmp_path / "bad", pool={"src_a": ["sharpen"]}, held_out={"src_b": [""]},
+                   labels=[], z_step=3)
+
+
+def test_config_errors_name_the_key(sim_studies: Path) -> None:
+    with pytest.raises(SamriInputError, match="simulation.strategies"):
+        _config(sim_studies, strategies=("greedy",))
+    with pytest.raises(SamriInputError, match="simulation.rounds"):
+        _config(sim_studies, rounds=0)
+    with pytest.raises(SamriInputError, match="unknown keys"):
+        SimConfig.from_mapping({"pool": {"a": [""]}, "held_out": {"b": [""]}, "colour": 1})
+
+
+def test_simulation_runs_every_strategy_and_writes_the_report(sim_studies: Path, tmp_path: Path) -> None:
+    config = _config(sim_studies)
+    results = run_simulation(config, tmp_path / "work", progress=False)
+    pool = {"src_a", "src_a__noise-0.05", "src_a__inverted", "src_b"}
+    assert set(results["curves"]) == set(config.strategies)
+    for strategy, curve in results["curves"].items():
+        assert [p["annotated"] for p in curve] == [1, 2, 3]
+        added = [p["study"] for p in curve]
+        assert added[0] == "src_a" and len(set(added)) == 3 and set(added) <= pool  # never a held-out study
+        assert all(0.0 <= p["mean"] <= 1.0 for p in curve)
+    assert results["curves"]["first"][1]["study"] == "src_a__inverted"  # MONAI Label's First: sorted ids
+    seen = results["picks"]["samri_uncertainty"][0]["scores"]
+    assert set(seen) == pool - {"src_a"} and results["picks"]["samri_uncertainty"][0]["study"] == max(seen, key=seen.get)
+    first_points = {s: c[0]["mean"] for s, c in results["curves"].items()}
+    assert len(set(first_points.values())) == 1  # the start round is shared
+
+    paths = write_report(results, tmp_path / "docs", command="samri al-sim --test")
+    assert paths["png"].stat().st_size > 1000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
+    table = markdown_table(results)
+    assert all(f"| {s} |" in table for s in config.strategies) and "3 annotated" in table
+    assert "samri al-sim --test" in paths["md"].read_text()
+    rows = paths["csv"].read_text().splitlines()
+    assert rows[0].startswith("strategy,annotated,added,dice") and len(rows) == 1 + 3 * len(config.strategies)
+    assert json.loads(paths["json"].read_text())["command"] == "samri al-sim --test"
+
+
+def test_cli_al_sim_reports_bad_config_with_exit_2(sim_studies: Path, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "al.yaml"
+    cfg.write_text("simulation:\n  pool: {src_a: ['']}\n  held_out: {src_b: ['']}\n  start: nowhere\n"
+                   f"  studies: {sim_studies}\n  model: tiny\n  labels: [blob]\n")
+    code = main(["al-sim", "--config", str(cfg), "--out", str(tmp_path / "o"), "--work-dir", str(tmp_path / "w")])
+    assert code == 2 and "simulation.start" in capsys.readouterr().err
