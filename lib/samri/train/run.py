@@ -128,7 +128,8 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
                     "metrics": {"val": best, "baseline_val": baseline, "history": history},
                     "settings": {"lr": settings.lr, "epochs": settings.epochs, "batch_size": settings.batch_size,
                                  "min_pixels": min_pixels, "axes": list(axes), "world_size": world},
-                    "point_prompts": point_prompt_mode(best), "seconds": round(time.perf_counter() - start, 1)}
+                    "point_prompts": point_prompt_mode(best), "seconds": round(time.perf_counter() - start, 1),
+                    "stage1_seconds": round(stage1_s, 1)}
         path = save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
                                        base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
                                        metadata=metadata)
