@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
+
+from samri.processes import stop_process_group
 
 from .bench_http import http_click_benchmark  # noqa: F401  (one import for `samri bench`)
 
@@ -85,18 +86,7 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the server's process group, then SIGKILL what is left after ``timeout_s``."""
-        if self.process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                logger.warning("server %s ignored signal %s", self.base_url, sig)
+        stop_process_group(self.process, f"server {self.base_url}", timeout_s)
 
 
 def studies_arg(studies: str | os.PathLike) -> str:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from samri.processes import stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -154,17 +155,7 @@ class OrthancProcess:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM Orthanc's process group (it flushes its index), SIGKILL after ``timeout_s``."""
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            if self.process.poll() is not None:
-                return
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait)
-            except subprocess.TimeoutExpired:
-                logger.warning("Orthanc %s ignored signal %s", self.url, sig)
+        stop_process_group(self.process, f"Orthanc {self.url}", timeout_s)
 
 
 def _answers(url: str) -> bool:
