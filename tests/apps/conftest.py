@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -104,3 +106,32 @@ def write_tiny_studies(folder: Path, ids: tuple[str, ...] = ("tiny_a", "tiny_b")
         vol = (100 + 20 * rng.standard_normal(blob.shape) + 300 * blob + 10 * n).astype(np.float32)
         nib.save(nib.Nifti1Image(vol, affine), str(folder / f"{image_id}.nii.gz"))
     return folder
+
+
+@contextmanager
+def in_process_apps(tmp_path: Path, studies: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., object]]:
+    """``make(**conf)`` builds ``MyApp`` from a copy of apps/samri over ``studies``, in this process.
+
+    No datastore reload thread and no sessions; embeddings cached under ``tmp_path/cache``, no
+    background precompute unless ``conf`` says so. Every app's runtime is closed on exit.
+    """
+    from monailabel.config import settings
+    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
+
+    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_SESSIONS", False)
+    app_dir = copy_app(APP_DIR, tmp_path / "app")
+    cls = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
+    apps = []
+
+    def make(**conf: str):
+        conf = {"cache_dir": str(tmp_path / "cache"), "precompute": "false", **conf}
+        app = cls(app_dir=str(app_dir), studies=str(studies), conf=conf)
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            app.runtime.close()

@@ -20,7 +20,7 @@ from fastapi import HTTPException
 
 from apps.samri.lib.testing_server import copy_app, start_server
 
-from .conftest import APP_DIR, TINY_REGISTRY, write_tiny_studies
+from .conftest import APP_DIR, TINY_REGISTRY, in_process_apps, write_tiny_studies
 
 IDS = ("tiny_a", "tiny_b", "tiny_c", "tiny_d")
 LABELLED = "tiny_a"
@@ -46,25 +46,8 @@ def _studies(folder: Path) -> Path:
 @pytest.fixture()
 def make_app(tmp_path: Path, tiny_registry: Path, monkeypatch: pytest.MonkeyPatch):
     """``MyApp`` from a copy of apps/samri over four tiny studies, one of them labelled."""
-    from monailabel.config import settings
-    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
-
-    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
-    monkeypatch.setattr(settings, "MONAI_LABEL_SESSIONS", False)
-    studies = _studies(tmp_path / "studies")
-    app_dir = copy_app(APP_DIR, tmp_path / "app")
-    cls = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
-    apps = []
-
-    def make(**conf: str):
-        app = cls(app_dir=str(app_dir), studies=str(studies),
-                  conf={"cache_dir": str(tmp_path / "cache"), "precompute": "false", **conf})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.runtime.close()
+    with in_process_apps(tmp_path, _studies(tmp_path / "studies"), monkeypatch) as make:
+        yield make
 
 
 def _records(app, method: str) -> dict[str, dict]:

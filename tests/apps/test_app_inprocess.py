@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
-from apps.samri.lib.testing_server import copy_app
-
-from .conftest import APP_DIR, write_tiny_studies
+from .conftest import in_process_apps, write_tiny_studies
 
 IMAGE = "tiny_a"
 POINT = [20, 18, 4]
@@ -26,25 +24,8 @@ POINT = [20, 18, 4]
 @pytest.fixture()
 def make_app(tmp_path: Path, tiny_registry: Path, monkeypatch: pytest.MonkeyPatch):
     """Build ``MyApp`` from a copy of apps/samri over tiny studies; ``make_app(**conf)``."""
-    from monailabel.config import settings
-    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
-
-    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
-    monkeypatch.setattr(settings, "MONAI_LABEL_SESSIONS", False)
-    studies = write_tiny_studies(tmp_path / "studies")
-    app_dir = copy_app(APP_DIR, tmp_path / "app")
-    cls = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
-    apps = []
-
-    def make(**conf: str):
-        conf = {"cache_dir": str(tmp_path / "cache"), "precompute": "false", **conf}
-        app = cls(app_dir=str(app_dir), studies=str(studies), conf=conf)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.runtime.close()
+    with in_process_apps(tmp_path, write_tiny_studies(tmp_path / "studies"), monkeypatch) as make:
+        yield make
 
 
 def infer(app, model: str = "samri_2d", **params):

@@ -31,7 +31,7 @@ from samri.errors import SamriInputError
 from tests.samri.conftest import TINY_ARCHITECTURE, tiny_spec
 from tests.samri.train.conftest import write_study
 
-from .conftest import APP_DIR
+from .conftest import APP_DIR, in_process_apps
 
 #: above Linux's largest pid_max (2**22): no process has it.
 DEAD_PID = 2 ** 22 + 12345
@@ -80,26 +80,11 @@ def tiny_config(tmp_path_factory) -> Path:
 def make_app(tmp_path: Path, tiny_config: Path, monkeypatch: pytest.MonkeyPatch):
     """``make_app(**conf)``: ``MyApp`` from a copy of apps/samri over three synthetic studies."""
     from monailabel.config import settings
-    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
 
     monkeypatch.setenv("SAMRI_CONFIG_DIR", str(tiny_config))
-    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
-    monkeypatch.setattr(settings, "MONAI_LABEL_SESSIONS", False)
     monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)
-    studies = write_studies(tmp_path / "studies")
-    app_dir = copy_app(APP_DIR, tmp_path / "app")
-    cls = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
-    apps = []
-
-    def make(**conf: str):
-        conf = {"cache_dir": str(tmp_path / "cache"), "precompute": "false", **conf}
-        app = cls(app_dir=str(app_dir), studies=str(studies), conf=conf)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.runtime.close()
+    with in_process_apps(tmp_path, write_studies(tmp_path / "studies"), monkeypatch) as make:
+        yield make
 
 
 def click(app) -> dict:
