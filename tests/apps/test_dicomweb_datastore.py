@@ -24,27 +24,26 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs Orthanc: {REA
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "apps" / "samri"
-STUDIES = REPO / "data" / "studies"
 
 
 class Env:
     """What the module's server knows: Orthanc, the app server, the uploaded series."""
 
 
-def _crop():
+def _crop(studies: Path):
     for name in ("colin27_t1", "mni152_t1"):
-        if (STUDIES / f"{name}.nii.gz").is_file():
-            img = nib.load(str(STUDIES / f"{name}.nii.gz"))
-            lab = nib.load(str(STUDIES / "labels" / "final" / f"{name}.nii.gz"))
+        if (studies / f"{name}.nii.gz").is_file():
+            img = nib.load(str(studies / f"{name}.nii.gz"))
+            lab = nib.load(str(studies / "labels" / "final" / f"{name}.nii.gz"))
             k0 = 60
             affine = img.affine.copy()
             affine[:3, 3] = affine[:3, :3] @ [0, 0, k0] + affine[:3, 3]
             return np.asarray(img.dataobj)[:, :, k0:k0 + 32], np.asarray(lab.dataobj)[:, :, k0:k0 + 32], affine
-    pytest.skip("no sample studies (run `samri sample-data data/studies`)")
+    raise FileNotFoundError(f"no sample study in {studies}")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, sample_studies_dir):
     from samri.dicomweb.convert import volume_to_dicom_series
     from samri.dicomweb.netaudit import audit_env
     from samri.dicomweb.upload import store_datasets, upload_series
@@ -52,7 +51,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("dicomweb_app")
     e = Env()
     e.root = root
-    e.image, e.label, e.affine = _crop()
+    e.image, e.label, e.affine = _crop(sample_studies_dir)
     with running_orthanc(root / "orthanc") as orthanc:
         e.orthanc = orthanc
         e.uid = upload_series(volume_to_dicom_series(e.image, e.affine, uid_seed="app-mr",

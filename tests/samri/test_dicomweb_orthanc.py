@@ -17,9 +17,6 @@ from samri.errors import SamriInputError
 REASON = orthanc_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs Orthanc: {REASON}")
 
-REPO = Path(__file__).resolve().parents[2]
-STUDIES = REPO / "data" / "studies"
-
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
@@ -28,14 +25,11 @@ def orthanc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, sample_studies_dir):
     """32-slice crop of Colin27 (uint8 + AAL labels) or MNI152 (float + tissues), written as NIfTI."""
-    for name in ("colin27_t1", "mni152_t1"):
-        if (STUDIES / f"{name}.nii.gz").is_file():
-            break
-    else:
-        pytest.skip("no sample studies (run `samri sample-data data/studies`)")
-    img, lab = nib.load(str(STUDIES / f"{name}.nii.gz")), nib.load(str(STUDIES / "labels" / "final" / f"{name}.nii.gz"))
+    name = next(n for n in ("colin27_t1", "mni152_t1") if (sample_studies_dir / f"{n}.nii.gz").is_file())
+    img = nib.load(str(sample_studies_dir / f"{name}.nii.gz"))
+    lab = nib.load(str(sample_studies_dir / "labels" / "final" / f"{name}.nii.gz"))
     k0 = 60
     affine = img.affine.copy()
     affine[:3, 3] = affine[:3, :3] @ [0, 0, k0] + affine[:3, 3]
