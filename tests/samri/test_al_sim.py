@@ -14,18 +14,14 @@ from samri.al_sim_pool import build_pool, slab_affine, slab_indices
 from samri.al_sim_report import markdown_table, write_report
 from samri.cli import main
 from samri.errors import SamriInputError
-from tests.apps.conftest import TINY_REGISTRY
+from tests.apps.conftest import tiny_registry  # noqa: F401  (fixture: SAMRI_CONFIG_DIR with the tiny registry)
 
 from .conftest import ellipsoid_mask, synthetic_array
 
 
 @pytest.fixture()
-def sim_studies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Two labelled sources (``src_a``, ``src_b``) and a registry whose default is the tiny model."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "models.yaml").write_text(TINY_REGISTRY)
-    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(configs))
+def sim_studies(tmp_path: Path, tiny_registry: Path) -> Path:
+    """Two labelled sources (``src_a``, ``src_b``); ``tiny_registry`` makes the tiny model the default."""
     studies = tmp_path / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     affine = np.diag([1.0, 1.0, 1.5, 1.0])
