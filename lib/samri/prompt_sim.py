@@ -1,8 +1,11 @@
 """Prompt simulation for training and evaluation, in slice pixels ``(r, c)``.
 
 SAMRI's modes (jittered box, one interior positive point, box + point) plus what SAMRI lacks:
-negative points near the object and correction clicks sampled from the error region of a
-previous prediction, so the refinement clicks annotators make at serving time are trained for.
+negative points near the object, correction clicks sampled from the error region of a
+previous prediction (so the refinement clicks annotators make at serving time are trained for), and
+``propagated_box``: the box 3D propagation would give this slice, i.e. the box of the structure on
+a slice 1 or 2 away plus the propagation margin, so the decoder learns to follow a structure from
+slice to slice rather than to fill a box that is slightly wrong.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import numpy as np
 from scipy import ndimage
 
 from samri.errors import SamriInputError
-from samri.predict import mask_box
+from samri.predict import PropagationSettings, mask_box
 from samri.prompts import SlicePrompt
 
-SIM_MODES = ("box", "point", "box_point", "points_neg")
+SIM_MODES = ("box", "point", "box_point", "points_neg", "propagated_box")
+
+#: slice offsets a ``propagated_box`` takes its box from
+PROPAGATION_OFFSETS = (-2, -1, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -70,10 +76,21 @@ def negative_points(mask: np.ndarray, n: int, rng: np.random.Generator, band: in
     return cells[pick].astype(np.float64)
 
 
-def simulate_prompt(mask: np.ndarray, mode: str, settings: SimSettings, rng: np.random.Generator) -> SlicePrompt:
-    """A prompt for a non-empty ``(H, W)`` ground-truth mask in one of `SIM_MODES`."""
+def simulate_prompt(mask: np.ndarray, mode: str, settings: SimSettings, rng: np.random.Generator,
+                    neighbour: np.ndarray | None = None) -> SlicePrompt:
+    """A prompt for a non-empty ``(H, W)`` ground-truth mask in one of `SIM_MODES`.
+
+    Args:
+        neighbour: ``propagated_box`` only: the structure's ``(H, W)`` mask on a nearby slice
+            (see `PROPAGATION_OFFSETS`); its box plus `PropagationSettings.box_margin` is the prompt.
+            Without one, or when it is empty, a jittered box of ``mask`` is used.
+    """
     if not mask.any():
         raise SamriInputError("mask", "empty", "cannot simulate a prompt for an empty mask")
+    if mode == "propagated_box":
+        if neighbour is not None and neighbour.any():
+            return SlicePrompt(box=mask_box(neighbour, PropagationSettings().box_margin))
+        mode = "box"
     if mode == "box":
         return SlicePrompt(box=jittered_box(mask, settings.box_jitter, rng))
     if mode == "point":

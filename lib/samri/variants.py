@@ -151,8 +151,18 @@ def image_id(path: str | Path) -> str:
 
 
 def label_names_for(image_path: Path, label_path: Path) -> dict[str, int] | None:
-    """Structure names from a ``label_names.json`` (MONAI Label sample layout) next to the image or label."""
-    for folder in (image_path.parent, label_path.parent, label_path.parent.parent.parent):
+    """Structure names from a ``label_names.json`` (MONAI Label sample layout) next to the image or label.
+
+    The image's datastore names apply only to the image's own datastore label
+    (``<image folder>/labels/<tag>/<image file>``): another label volume on the same image (an
+    atlas such as Brodmann areas on Colin27) has values of its own, so it gets names from its own
+    folder or none.
+    """
+    own_label = label_path.parent.parent.parent.resolve() == image_path.parent.resolve() \
+        and label_path.name == image_path.name and label_path.parent.parent.name == "labels"
+    folders = (image_path.parent, label_path.parent, label_path.parent.parent.parent) if own_label \
+        else (label_path.parent,)
+    for folder in folders:
         path = folder / "label_names.json"
         if path.is_file():
             names = json.loads(path.read_text()).get(image_id(image_path))

@@ -250,6 +250,20 @@ def test_load_case_checks_grids_and_names(tmp_path):
         assert err.value.field.startswith("label"), what
 
 
+def test_datastore_names_apply_only_to_the_image_own_label(tmp_path):
+    """An atlas on a datastore image (Brodmann areas on Colin27) must not take the datastore's AAL names."""
+    (tmp_path / "labels" / "final").mkdir(parents=True)
+    (tmp_path / "atlas").mkdir()
+    image = _write(tmp_path / "img.nii.gz", synthetic_array(), AFFINE)
+    own = _write(tmp_path / "labels" / "final" / "img.nii.gz", synthetic_label().astype(np.uint8), AFFINE)
+    atlas = _write(tmp_path / "atlas" / "areas.nii.gz", synthetic_label().astype(np.uint8), AFFINE)
+    (tmp_path / "label_names.json").write_text(json.dumps({"img": {"big": 1, "small": 2, "sheet": 3}}))
+    assert load_case(image, own).structures == {"big": 1, "small": 2, "sheet": 3}
+    assert load_case(image, atlas).structures == {"label_1": 1, "label_2": 2, "label_3": 3}
+    (tmp_path / "atlas" / "label_names.json").write_text(json.dumps({"img": {"area_a": 1, "area_b": 2}}))
+    assert load_case(image, atlas).structures == {"area_a": 1, "area_b": 2, "label_3": 3}
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"prompts": ()}, "prompts"), ({"prompts": ("box", "scribble")}, "prompts"), ({"mode": "4d"}, "mode"),
     ({"axis": 3}, "axis"), ({"jitter": 0.9}, "jitter"), ({"slice_step": 0}, "slice-step"),

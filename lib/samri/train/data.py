@@ -173,8 +173,25 @@ def stage1(studies: Iterable[Study], model, cache: EmbeddingCache, *, window, mi
     return indices, stats
 
 
-def split_by_study(indices: Sequence[StudyIndex], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Train/validation split by study (never by slice). With one study, it serves both."""
+def split_by_study(indices: Sequence[StudyIndex], val_fraction: float, seed: int,
+                   val_studies: Sequence[str] | None = None) -> tuple[list, list]:
+    """Train/validation split by study (never by slice). With one study, it serves both.
+
+    Args:
+        val_studies: study ids to validate on instead of a seeded random ``val_fraction``
+            (the default-decoder recipe validates on a study holding structures no training
+            study has); every id must be a usable study.
+    """
+    if val_studies:
+        known = {i.study.study_id for i in indices}
+        missing = sorted(set(val_studies) - known)
+        if missing:
+            raise SamriInputError("val_studies", missing, f"not among the usable studies {sorted(known)}")
+        val = [i for i in indices if i.study.study_id in set(val_studies)]
+        train = [i for i in indices if i.study.study_id not in set(val_studies)]
+        if not train:
+            raise SamriInputError("val_studies", list(val_studies), "leaves no study to train on")
+        return train, val
     order = list(indices)
     np.random.default_rng(seed).shuffle(order)
     if len(order) < 2 or val_fraction <= 0:

@@ -1,8 +1,15 @@
 """The reproducible recipe of the shipped default MRI decoder (``samri_lite``).
 
 Training data: only the MNI152 tissue labels and the Colin27 AAL labels (the sample studies):
-both originals and a bias-field variant of Colin27 (fixed seed). Everything else (Colin27 Brodmann areas, inverted contrast, other variants and
-seeds) stays unseen by training and is what the decoder is evaluated on.
+both originals and a bias-field variant of Colin27 (fixed seed). Everything else (Colin27 Brodmann
+areas, inverted contrast, noise, other variants and seeds) stays unseen by training and is what the
+decoder is evaluated on.
+
+Checkpoint choice: every ``validation.label_stride``-th AAL structure (by voxel value) is taken out
+of the training studies and put into a validation study of its own (the original Colin27 image
+with only those structures named), so the best epoch is the one that segments *structures it never
+trained on* best, which is what an annotator's new structure (or a Brodmann area) asks of it. Its
+image is the original Colin27, so stage 1 encodes no extra slice (the cache is keyed by content).
 
 Run: ``samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt`` (``make default-decoder``).
 """
@@ -16,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from samri.errors import SamriInputError
+
 logger = logging.getLogger(__name__)
 
 #: (source study, variant, seed) used for training; variant None = the original volume.
@@ -23,8 +32,27 @@ logger = logging.getLogger(__name__)
 TRAINING_VOLUMES = (("colin27_t1", None, 0), ("colin27_t1", "bias:0.3", 101), ("mni152_t1", None, 0))
 
 
-def build_training_studies(sample_dir: Path, out_dir: Path) -> Path:
-    """Write the recipe's studies folder (originals + seeded variants, labels/final, label_names.json)."""
+#: The validation study: a copy of this source volume naming only the held-out structures.
+VALIDATION_SOURCE = "colin27_t1"
+VALIDATION_STUDY = "colin27_t1~heldout_structures"
+
+
+def split_validation_labels(names: dict[str, int], stride: int) -> tuple[dict[str, int], dict[str, int]]:
+    """``(training, validation)`` label names: every ``stride``-th structure by voxel value
+    (starting with the second) is held out for validation; ``stride`` 0 holds out nothing."""
+    if stride < 0 or stride == 1:
+        raise SamriInputError("validation.label_stride", stride, "must be 0 (off) or at least 2")
+    ordered = sorted(names.items(), key=lambda kv: kv[1])
+    held = {n: v for k, (n, v) in enumerate(ordered) if stride and k % stride == 1}
+    return {n: v for n, v in names.items() if n not in held}, held
+
+
+def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int = 0) -> tuple[Path, list[str]]:
+    """Write the recipe's studies folder (originals + seeded variants, labels/final, label_names.json).
+
+    Returns the folder and the validation study ids (empty when ``label_stride`` is 0: the run
+    then splits by ``val_fraction``).
+    """
     import nibabel as nib
 
     from samri.data import load_label_names, write_sample_studies
@@ -34,7 +62,14 @@ def build_training_studies(sample_dir: Path, out_dir: Path) -> Path:
     write_sample_studies(sample_dir)
     names = load_label_names(sample_dir)
     (out_dir / "labels" / "final").mkdir(parents=True, exist_ok=True)
-    out_names = {}
+    out_names, val_ids = {}, []
+    if label_stride and VALIDATION_SOURCE in names:
+        train_names, held = split_validation_labels(names[VALIDATION_SOURCE], label_stride)
+        names = dict(names, **{VALIDATION_SOURCE: train_names})
+        out_names[VALIDATION_STUDY] = held
+        val_ids.append(VALIDATION_STUDY)
+        for sub in ("", "labels/final"):
+            _copy_if_missing(sample_dir / sub / f"{VALIDATION_SOURCE}.nii.gz", out_dir / sub / f"{VALIDATION_STUDY}.nii.gz")
     for study, variant, seed in TRAINING_VOLUMES:
         if study not in names:
             logger.warning("recipe source %s not installed; skipped", study)
@@ -52,7 +87,14 @@ def build_training_studies(sample_dir: Path, out_dir: Path) -> Path:
             array = make_variant(array, variant, seed=seed)
         save_label(target, np.asarray(array, dtype=np.float32), img.affine)
     (out_dir / "label_names.json").write_text(json.dumps(out_names, indent=1))
-    return out_dir
+    return out_dir, val_ids
+
+
+def _copy_if_missing(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
 
 
 def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None) -> dict:
@@ -60,23 +102,29 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
     and copy the best decoder to ``out`` (atomically). Returns the run summary."""
     from samri.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
     from samri.config import config_dir, load_registry, read_yaml
+    from samri.data import load_label_names
     from samri.embeddings import EmbeddingCache
     from samri.models import load_model
     from samri.train.data import find_studies
     from samri.train.run import run_training
     from samri.train.stage2 import TrainSettings
 
-    studies = build_training_studies(work_dir / "samples", work_dir / "studies")
     cfg = read_yaml(config or config_dir() / "training_default_decoder.yaml", field="config")
+    stride = int(cfg.get("validation", {}).get("label_stride", 0))
+    studies, val_ids = build_training_studies(work_dir / "samples", work_dir / "studies", label_stride=stride)
     registry = load_registry()
     model = load_model(registry.spec("litemedsam"))
     result = run_training(find_studies(studies), model=model, out_dir=work_dir / "run",
                           settings=TrainSettings.from_config(cfg), window=registry.window,
                           cache=EmbeddingCache(cache_dir=cache_dir), min_pixels=int(cfg.get("min_pixels", 30)),
-                          axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)))
+                          axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)),
+                          val_studies=val_ids or None)
     envelope = read_decoder_checkpoint(result.checkpoint)
     metadata = dict(envelope["metadata"], recipe="samri default-decoder (samri.train.recipe)",
-                    training_volumes=[f"{s}{'~' + v if v else ''} seed {seed}" for s, v, seed in TRAINING_VOLUMES])
+                    training_volumes=[f"{s}{'~' + v if v else ''} seed {seed}" for s, v, seed in TRAINING_VOLUMES],
+                    validation=({"study": VALIDATION_STUDY, "label_stride": stride,
+                                 "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {}))}
+                                if val_ids else {"val_fraction": float(cfg.get("val_fraction", 0.25))}))
     model.mask_decoder.load_state_dict(envelope["mask_decoder"])
     save_decoder_checkpoint(out, mask_decoder=model.mask_decoder, base_model="litemedsam",
                             preprocessing=envelope["preprocessing"], metadata=metadata)

@@ -62,12 +62,13 @@ def _epoch_order(n: int, rng: np.random.Generator, rank: int, world: int) -> lis
 def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settings: TrainSettings, window,
                  cache: EmbeddingCache, min_pixels: int = 30, axes: Sequence[int] = (2,),
                  val_fraction: float = 0.25, include_labels: Sequence[str] | None = None,
-                 progress: bool = True, stop_check=None) -> TrainResult:
+                 progress: bool = True, stop_check=None, val_studies: Sequence[str] | None = None) -> TrainResult:
     """Stage 1 then stage 2; writes ``out_dir/decoder.pt`` (best validation Dice) on rank 0.
 
     Args:
         model: a `samri.models.SamModel`; only ``model.mask_decoder`` is trained.
         stop_check: optional callable returning True to stop early (MONAI Label's stop request).
+        val_studies: validate on these study ids instead of a random ``val_fraction`` split.
     """
     rank, world = dist_info()
     torch.manual_seed(settings.seed)
@@ -78,7 +79,7 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     if world > 1:
         torch.distributed.barrier()  # every rank's slices are on the shared disk cache now
     stage1_s = time.perf_counter() - start
-    train_idx, val_idx = split_by_study(indices, val_fraction, settings.seed)
+    train_idx, val_idx = split_by_study(indices, val_fraction, settings.seed, val_studies)
     train_samples = [s for i in train_idx for s in i.samples]
     rng_val = np.random.default_rng(settings.seed)
     val_samples = [s for i in val_idx for s in i.samples]

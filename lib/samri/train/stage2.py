@@ -17,7 +17,7 @@ from monai.losses import DiceFocalLoss
 
 from samri.embeddings import EmbeddingCache, EmbeddingKey
 from samri.geometry import SliceGeometry, in_plane_axes
-from samri.prompt_sim import SimSettings, correction_click, pick_mode, simulate_prompt
+from samri.prompt_sim import PROPAGATION_OFFSETS, SimSettings, correction_click, pick_mode, simulate_prompt
 from samri.prompts import SlicePrompt
 from samri.train.data import SliceSample, StudyIndex, label_slice
 
@@ -76,6 +76,13 @@ class SampleSource:
 
             self._labels[s.study_id] = np.asarray(load_image(self.by_study[s.study_id].study.label, "label").array)
         return label_slice(self._labels[s.study_id], s)
+
+    def neighbour(self, s: SliceSample, rng: np.random.Generator) -> np.ndarray | None:
+        """The structure's mask on a random slice of `PROPAGATION_OFFSETS` away (None off the volume)."""
+        index = s.index + int(rng.choice(PROPAGATION_OFFSETS))
+        if not 0 <= index < self.by_study[s.study_id].shape[s.axis]:
+            return None
+        return self.target(SliceSample(s.study_id, s.axis, index, s.value, 0))
 
     def geometry(self, s: SliceSample) -> SliceGeometry:
         rows, cols = in_plane_axes(s.axis)
@@ -158,7 +165,11 @@ class DecoderTrainer:
         """One optimiser step: a simulated prompt per sample, then for some a correction click."""
         self.decoder.train()
         embeddings, masks, geoms, targets = self.batch(samples)
-        prompts = [simulate_prompt(m, pick_mode(self.settings.sim, rng), self.settings.sim, rng) for m in masks]
+        prompts = []
+        for s, m in zip(samples, masks):
+            mode = pick_mode(self.settings.sim, rng)
+            near = self.source.neighbour(s, rng) if mode == "propagated_box" else None
+            prompts.append(simulate_prompt(m, mode, self.settings.sim, rng, neighbour=near))
         logits, seg_loss, iou_loss = self._forward(samples, prompts, geoms, targets, embeddings)
         loss = seg_loss + self.settings.iou_weight * iou_loss
         corrected = [n for n in range(len(samples)) if rng.random() < self.settings.sim.correction_prob]

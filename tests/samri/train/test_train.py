@@ -106,6 +106,18 @@ def test_split_is_by_study(studies_dir, tiny_model):
     assert len(train) + len(val) == 3 and len(val) >= 1
 
 
+def test_split_by_named_validation_studies(studies_dir, tiny_model):
+    indices, _ = stage1(find_studies(studies_dir), tiny_model, EmbeddingCache(), window=load_registry().window,
+                        min_pixels=5, progress=False)
+    ids = sorted(i.study.study_id for i in indices)
+    train, val = split_by_study(indices, 0.34, seed=0, val_studies=[ids[-1]])
+    assert [i.study.study_id for i in val] == [ids[-1]] and sorted(i.study.study_id for i in train) == ids[:-1]
+    with pytest.raises(SamriInputError, match="val_studies.*nosuch"):
+        split_by_study(indices, 0.34, seed=0, val_studies=["nosuch"])
+    with pytest.raises(SamriInputError, match="no study to train on"):
+        split_by_study(indices, 0.34, seed=0, val_studies=ids)
+
+
 def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
     model = fresh_tiny_model
     frozen = {"image_encoder": _state(model.image_encoder), "prompt_encoder": _state(model.prompt_encoder)}
@@ -124,6 +136,33 @@ def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
     assert (tmp_path / "run" / "manifest.json").is_file()
     changed = any(not torch.equal(decoder_before[k], envelope["mask_decoder"][k]) for k in decoder_before)
     assert changed == (result.best["epoch"] > 0)
+
+
+def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_tiny_model, tmp_path):
+    """Every sample prompted the way 3D propagation prompts: the box of a slice 1-2 away (+ margin)."""
+    from samri.prompt_sim import SimSettings
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    sample = indices[0].samples[len(indices[0].samples) // 2]
+    rng = np.random.default_rng(0)
+    near = source.neighbour(sample, rng)
+    assert near is not None and near.shape == source.target(sample).shape and near.any()
+    edge = type(sample)(sample.study_id, sample.axis, 0, sample.value, 0)
+    at_edge = [source.neighbour(edge, np.random.default_rng(seed)) for seed in range(20)]
+    assert any(n is None for n in at_edge) and any(n is not None for n in at_edge)  # slices -2, -1 do not exist
+    settings = _settings(sim=SimSettings(mode_weights={"propagated_box": 1.0}, correction_prob=1.0))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)  # as run_training sets them up
+    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    before = _state(model.mask_decoder)
+    out = trainer.step(indices[0].samples[:4], np.random.default_rng(1))
+    assert np.isfinite(out["loss"]) and out["loss"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.mask_decoder.state_dict().items())
 
 
 def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh_tiny_model, tmp_path):

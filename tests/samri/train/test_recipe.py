@@ -1,0 +1,50 @@
+"""The default-decoder recipe's studies: training volumes and the held-out-structure validation study."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from samri.errors import SamriInputError
+from samri.train.recipe import VALIDATION_STUDY, build_training_studies, split_validation_labels
+
+
+def test_split_validation_labels_takes_every_nth_by_value():
+    names = {f"s{v}": v for v in (7, 1, 3, 9, 5, 2)}
+    train, held = split_validation_labels(names, 3)
+    # sorted by value: 1 2 3 5 7 9 -> positions 1 and 4 (values 2 and 7) are held out
+    assert held == {"s2": 2, "s7": 7}
+    assert set(train) | set(held) == set(names) and not set(train) & set(held)
+    assert split_validation_labels(names, 0) == (names, {})
+    with pytest.raises(SamriInputError, match="validation.label_stride"):
+        split_validation_labels(names, 1)
+
+
+def test_recipe_studies_hold_validation_structures_apart(sample_studies_dir, tmp_path):
+    names_in = json.loads((sample_studies_dir / "label_names.json").read_text())
+    if "colin27_t1" not in names_in:
+        pytest.skip("Colin27 (Debian mricron-data) not installed: the recipe trains on MNI152 alone")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for sub in ("", "labels/final"):
+        (samples / sub).mkdir(parents=True, exist_ok=True)
+        for study in names_in:
+            (samples / sub / f"{study}.nii.gz").symlink_to(sample_studies_dir / sub / f"{study}.nii.gz")
+    (samples / "label_names.json").write_text(json.dumps(names_in))
+    out, val_ids = build_training_studies(samples, tmp_path / "studies", label_stride=4)
+    names = json.loads((out / "label_names.json").read_text())
+    assert val_ids == [VALIDATION_STUDY]
+    held = set(names[VALIDATION_STUDY])
+    assert len(held) == len(names_in["colin27_t1"]) // 4
+    training_colin = [k for k in names if k.startswith("colin27_t1") and k != VALIDATION_STUDY]
+    assert len(training_colin) == 2  # the original and the bias-field copy
+    for study in training_colin:
+        assert held.isdisjoint(names[study]) and held | set(names[study]) == set(names_in["colin27_t1"])
+    # the validation image is the original Colin27 (same content, so no extra encoding)
+    val_img = nib.load(str(out / f"{VALIDATION_STUDY}.nii.gz"))
+    src_img = nib.load(str(sample_studies_dir / "colin27_t1.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(val_img.dataobj), np.asanyarray(src_img.dataobj))
+    assert (out / "labels" / "final" / f"{VALIDATION_STUDY}.nii.gz").is_file()
