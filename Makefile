@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= litemedsam
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate sysdeps-ohif run-ohif al-sim
+.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,17 @@ evaluate: sample-data
 		--prompts box,box+point --axis 2 --mode 3d --out $(EVAL_DIR)/3d
 	$(PY) -m samri.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
 		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+
+# docs/decoder-heldout: the shipped decoder vs plain LiteMedSAM on structures and contrasts no training saw:
+# Colin27's Brodmann areas (mricron-data; value N = area N, configs/brodmann_names.json), original and
+# bias-field / inverted-T1 / noise copies.
+MRICRON_DIR ?= /usr/share/mricron/templates
+HELDOUT_MODELS ?= --model litemedsam --model samri_lite
+heldout: sample-data
+	$(VENV)/bin/samri evaluate --image $(STUDIES)/colin27_t1.nii.gz --label $(MRICRON_DIR)/brodmann.nii.gz \
+		--label-names configs/brodmann_names.json $(HELDOUT_MODELS) --prompts box,box+point,point --axis 2 \
+		--mode 2d --slice-step 6 --max-pairs 3 --variant bias --variant inverted --variant noise \
+		--out docs/decoder-heldout
 
 # docs/al-sim + docs/ACTIVE_LEARNING.md: simulated annotation loop, SAMRI strategies vs MONAI Label's random
 # (settings: `simulation` in configs/activelearning.yaml; CPU heavy: ~25 min on 2 cores)

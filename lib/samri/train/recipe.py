@@ -5,8 +5,8 @@ both originals and a bias-field variant of Colin27 (fixed seed). Everything else
 areas, inverted contrast, noise, other variants and seeds) stays unseen by training and is what the
 decoder is evaluated on.
 
-Checkpoint choice: every ``validation.label_stride``-th AAL structure (by voxel value) is taken out
-of the training studies and put into a validation study of its own (the original Colin27 image
+Checkpoint choice: every ``validation.label_stride``-th AAL structure (by voxel value, with its
+other-hemisphere twin) is taken out of the training studies and put into a validation study of its own (the original Colin27 image
 with only those structures named), so the best epoch is the one that segments *structures it never
 trained on* best, which is what an annotator's new structure (or a Brodmann area) asks of it. Its
 image is the original Colin27, so stage 1 encodes no extra slice (the cache is keyed by content).
@@ -38,13 +38,22 @@ VALIDATION_STUDY = "colin27_t1~heldout_structures"
 
 
 def split_validation_labels(names: dict[str, int], stride: int) -> tuple[dict[str, int], dict[str, int]]:
-    """``(training, validation)`` label names: every ``stride``-th structure by voxel value
-    (starting with the second) is held out for validation; ``stride`` 0 holds out nothing."""
+    """``(training, validation)`` label names: every ``stride``-th structure (starting with the
+    second, in voxel-value order) is held out for validation together with its other-hemisphere
+    twin (``X_L``/``X_R``), so no validation structure has its mirror image in training.
+    ``stride`` 0 holds out nothing."""
     if stride < 0 or stride == 1:
         raise SamriInputError("validation.label_stride", stride, "must be 0 (off) or at least 2")
-    ordered = sorted(names.items(), key=lambda kv: kv[1])
-    held = {n: v for k, (n, v) in enumerate(ordered) if stride and k % stride == 1}
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names, key=names.get):
+        groups.setdefault(_without_side(name), []).append(name)
+    held_groups = [g for k, g in enumerate(groups.values()) if stride and k % stride == 1]
+    held = {n: names[n] for g in held_groups for n in g}
     return {n: v for n, v in names.items() if n not in held}, held
+
+
+def _without_side(name: str) -> str:
+    return name[:-2] if name.endswith(("_L", "_R")) else name
 
 
 def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int = 0) -> tuple[Path, list[str]]:
