@@ -7,7 +7,7 @@ STAMP := $(VENV)/.samri-installed
 STUDIES ?= data/studies
 HOST ?= 127.0.0.1
 PORT ?= 8000
-MODEL ?= litemedsam
+MODEL ?= samri_lite
 CONF ?=
 
 .PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim
@@ -71,6 +71,8 @@ default-decoder: sample-data
 
 # docs/EVALUATION.md: SAMRI's protocol on the sample studies (see docs/evaluation/PREAMBLE.md)
 EVAL_DIR ?= docs/evaluation
+# embeddings kept on disk so make evaluate / make heldout re-runs only decode
+EVAL_CACHE ?= data/embedding_cache
 EVAL_MODELS ?= --model litemedsam --model samri_lite
 EVAL_LABELS ?= Caudate_L,Caudate_R,Putamen_L,Putamen_R,Pallidum_L,Pallidum_R,Thalamus_L,Thalamus_R,Hippocampus_L,Hippocampus_R,Amygdala_L,Amygdala_R,Insula_L,Cingulum_Ant_L,Precentral_L,Cerebelum_6_L,grey_matter,white_matter
 EVAL_LABELS_3D ?= Caudate_L,Caudate_R,Putamen_L,Putamen_R,Thalamus_L,Thalamus_R
@@ -80,9 +82,9 @@ MNI := --image $(STUDIES)/mni152_t1.nii.gz --label $(STUDIES)/labels/final/mni15
 evaluate: sample-data
 	$(VENV)/bin/samri evaluate $(COLIN) $(MNI) --labels $(EVAL_LABELS) $(EVAL_MODELS) \
 		--prompts box,point,box+point --axis 2 --mode 2d --slice-step 3 --max-pairs 6 \
-		--variant bias --variant inverted --out $(EVAL_DIR)/2d
+		--variant bias --variant inverted --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/2d
 	$(VENV)/bin/samri evaluate $(COLIN) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) \
-		--prompts box,box+point --axis 2 --mode 3d --out $(EVAL_DIR)/3d
+		--prompts box,box+point --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/3d
 	$(PY) -m samri.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
 		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
@@ -95,7 +97,7 @@ heldout: sample-data
 	$(VENV)/bin/samri evaluate --image $(STUDIES)/colin27_t1.nii.gz --label $(MRICRON_DIR)/brodmann.nii.gz \
 		--label-names configs/brodmann_names.json $(HELDOUT_MODELS) --prompts box,box+point,point --axis 2 \
 		--mode 2d --slice-step 6 --max-pairs 3 --variant bias --variant inverted --variant noise \
-		--out docs/decoder-heldout
+		--cache-dir $(EVAL_CACHE) --out docs/decoder-heldout
 
 # docs/al-sim + docs/ACTIVE_LEARNING.md: simulated annotation loop, SAMRI strategies vs MONAI Label's random
 # (settings: `simulation` in configs/activelearning.yaml; CPU heavy: ~25 min on 2 cores)

@@ -3,7 +3,7 @@
 Start it with::
 
     monailabel start_server --app apps/samri --studies data/studies \\
-        --conf model litemedsam --conf precompute true --host 127.0.0.1 --port 8000
+        --conf model samri_lite --conf precompute true --host 127.0.0.1 --port 8000
 
 ``--conf`` keys are documented in ``lib/configs/settings.py``. Constructing the app is cheap (the
 server constructs it again in a subprocess for every train and scoring job): the network loads on

@@ -21,7 +21,7 @@ from samri.errors import SamriInputError
 # --- settings -----------------------------------------------------------------------------------
 def test_settings_defaults(tmp_path: Path) -> None:
     s = AppSettings.from_conf({}, app_dir=tmp_path / "app", studies=str(tmp_path))
-    assert s.model == "litemedsam" and s.precompute is True and s.decoder is None
+    assert s.model == "samri_lite" and s.precompute is True and s.decoder is None
     assert s.cache_dir == tmp_path / "app" / "model" / "embedding_cache"
     assert s.labels == (DEFAULT_LABEL,)
 

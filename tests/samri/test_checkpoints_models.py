@@ -389,7 +389,7 @@ def test_interrupt_by_keyboard_also_cleans_up(tmp_path, monkeypatch):
 def test_registry_lists_the_variants():
     reg = load_registry()
     assert {"litemedsam", "samri_lite", "sam_vit_b", "sam_vit_l", "sam_vit_h", "samri_vit_b"} <= set(reg.models)
-    assert reg.default_model == "litemedsam" and reg.spec().name == "litemedsam"
+    assert reg.default_model == "samri_lite" and reg.spec().name == "samri_lite"
     lite_mri = reg.spec("samri_lite")
     assert lite_mri.base_name == "litemedsam" and lite_mri.decoder == "package:samri_lite_decoder.pt"
     lite = reg.spec("litemedsam")

@@ -157,6 +157,9 @@ def test_shipped_samri_lite_decoder_loads_on_litemedsam():
     model = load_model(load_registry().spec("samri_lite"))
     assert model.decoder_info["path"].endswith("samri_lite_decoder.pt")
     assert model.spec.base_name == "litemedsam" and model.point_prompts in ("native", "box_search")
-    assert set(model.decoder_info["training_data"]["studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "mni152_t1"}
+    data = model.decoder_info["training_data"]
+    # trained on the two recipe sources only; validated on AAL structures held out of training
+    assert set(data["train_studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "mni152_t1"}
+    assert data["val_studies"] == ["colin27_t1~heldout_structures"]
     plain = load_model(load_registry().spec("litemedsam"))
     assert model.cache_key() == plain.cache_key()  # same encoder: embeddings are shared

@@ -4,7 +4,7 @@
 
 ========================  ==============================================================
 ``model``                 registry name from ``configs/models.yaml`` (default: the registry's
-                          ``default_model``, LiteMedSAM)
+                          ``default_model``, samri_lite)
 ``checkpoint``            full SAM-family weights file overriding the registry's
 ``decoder``               decoder-only checkpoint (`samri.checkpoints.save_decoder_checkpoint`);
                           may not exist yet: it is picked up when it appears or changes. When
