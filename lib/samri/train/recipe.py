@@ -65,6 +65,7 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
     import nibabel as nib
 
     from samri.data import load_label_names, write_sample_studies
+    from samri.report import write_atomic
     from samri.variants import make_variant
     from samri.volume import save_label
 
@@ -95,7 +96,7 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
         if variant is not None:
             array = make_variant(array, variant, seed=seed)
         save_label(target, np.asarray(array, dtype=np.float32), img.affine)
-    (out_dir / "label_names.json").write_text(json.dumps(out_names, indent=1))
+    write_atomic(out_dir / "label_names.json", json.dumps(out_names, indent=1))
     return out_dir, val_ids
 
 
