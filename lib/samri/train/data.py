@@ -183,12 +183,12 @@ def split_by_study(indices: Sequence[StudyIndex], val_fraction: float, seed: int
             study has); every id must be a usable study.
     """
     if val_studies:
-        known = {i.study.study_id for i in indices}
-        missing = sorted(set(val_studies) - known)
+        known, wanted = {i.study.study_id for i in indices}, set(val_studies)
+        missing = sorted(wanted - known)
         if missing:
             raise SamriInputError("val_studies", missing, f"not among the usable studies {sorted(known)}")
-        val = [i for i in indices if i.study.study_id in set(val_studies)]
-        train = [i for i in indices if i.study.study_id not in set(val_studies)]
+        val = [i for i in indices if i.study.study_id in wanted]
+        train = [i for i in indices if i.study.study_id not in wanted]
         if not train:
             raise SamriInputError("val_studies", list(val_studies), "leaves no study to train on")
         return train, val
