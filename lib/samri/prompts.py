@@ -12,6 +12,7 @@ maps it to SAM's model-input frame through `samri.geometry.SliceGeometry`.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -167,12 +168,24 @@ class VolumeRequest:
                               "empty prompt: give at least one foreground point or an roi box")
 
 
+#: magnitude beyond which no voxel index is plausible; checked on the Python value before any
+#: conversion to float or int64 (a JSON integer can have thousands of digits).
+MAX_INDEX = 2**31
+
+
 def _as_int(value: Any, field_name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SamriInputError(field_name, value, "must be a number")
-    if not np.isfinite(value) or abs(value - round(value)) > 1e-3:
-        raise SamriInputError(field_name, value, "must be an integer voxel index")
-    return int(round(value))
+    if isinstance(value, numbers.Integral):
+        index = int(value)
+    else:
+        number = float(value)
+        if not math.isfinite(number) or abs(number - round(number)) > 1e-3:
+            raise SamriInputError(field_name, value, "must be an integer voxel index")
+        index = int(round(number))
+    if abs(index) > MAX_INDEX:
+        raise SamriInputError(field_name, value, "is not a voxel index of any volume")
+    return index
 
 
 def _parse_points(params: Mapping[str, Any], key: str, shape: tuple[int, int, int]) -> np.ndarray:

@@ -25,6 +25,13 @@
                           ``<app>/model/embedding_cache``); ``none`` keeps embeddings in memory
 ``cache_memory_mb``       bound of the in-memory embedding LRU (default 1024)
 ``device``                torch device for the network (default ``cpu``)
+``cors_origins``          comma-separated origins (``https://viewer.example:443``) whose browser
+                          pages may call this server; default none: only same-origin pages
+                          (OHIF at ``/ohif/``) and non-browser clients (Slicer). See
+                          ``lib/server/guard.py``
+``max_body_mb``           largest request body accepted, MiB (default 1024; 413 beyond)
+``expose_logs``           ``true`` serves ``GET /logs/`` (every client's request parameters)
+                          without MONAI Label's auth; default ``false`` (403)
 ========================  ==============================================================
 """
 
@@ -39,10 +46,12 @@ from typing import Any, Mapping
 
 from samri.errors import SamriInputError
 
+from ..server.settings import SERVER_CONF_KEYS
+
 logger = logging.getLogger(__name__)
 
 CONF_KEYS = ("model", "checkpoint", "decoder", "decoder_version", "labels", "precompute", "cache_dir",
-             "cache_memory_mb", "device")
+             "cache_memory_mb", "device") + SERVER_CONF_KEYS
 #: folder of the trainer's published decoder versions, under ``<app>/model``.
 DECODER_STORE_DIR = "decoders"
 #: ``decoder_version`` values: ``vNNNN`` or ``base``.
