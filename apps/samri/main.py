@@ -32,8 +32,25 @@ from lib.configs.settings import AppSettings
 from lib.infers.errors import unknown_image
 from lib.infers.runtime import SamriRuntime
 from lib.infers.samri_infer import DATASTORE_IMAGE_KEY, IMAGE_FIELD_KEY
+from lib.server import RequestLanes, harden_server, serving_fastapi_app
+from lib.server.params import reject_final_save
+from lib.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+
+
+def _is_local(store) -> bool:
+    """A folder datastore (MONAI Label's or SAMRI's), not DICOMweb/XNAT/DSA (which subclass it)."""
+    from monailabel.datastore.dicom import DICOMWebDatastore
+
+    return isinstance(store, LocalDatastore) and not isinstance(store, DICOMWebDatastore)
+
+
+def _env_cors_origins() -> tuple[str, ...]:
+    """MONAI Label's ``MONAI_LABEL_CORS_ORIGINS`` (empty unless the operator set it)."""
+    from monailabel.config import settings
+
+    return tuple(str(o) for o in settings.MONAI_LABEL_CORS_ORIGINS or ())
 
 
 class MyApp(MONAILabelApp):
@@ -41,6 +58,8 @@ class MyApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = AppSettings.from_conf(conf, app_dir=app_dir, studies=studies)
+        self.server_settings = ServerSettings.from_conf(conf, env_origins=_env_cors_origins())
+        self.lanes = RequestLanes()
         self.runtime = SamriRuntime(settings=self.settings)
         self.task_config = SamriConfig()
         self.task_config.init("samri", os.path.join(app_dir, "model"), conf, None, runtime=self.runtime)
@@ -52,15 +71,40 @@ class MyApp(MONAILabelApp):
                          description="Segment Anything for MRI: interactive 2D and 3D segmentation",
                          version=samri.__version__, labels=list(self.settings.labels))
 
+    def server_mode(self, mode: bool) -> None:
+        """Called by the server right after it constructs the app: install the route hardening there."""
+        super().server_mode(mode)
+        fastapi_app = serving_fastapi_app() if mode else None
+        if fastapi_app is not None:
+            harden_server(fastapi_app, lanes=self.lanes, allowed_origins=self.server_settings.cors_origins,
+                          max_body_bytes=self.server_settings.max_body_bytes,
+                          expose_logs=self.server_settings.expose_logs)
+
     def init_datastore(self):
         """A DICOMweb ``--studies`` URL (Orthanc, for OHIF) gets SAMRI's datastore: MR series, DICOM SEG
-        labels, and no dcmqi download or any request except to that URL (see lib/datastore)."""
+        labels, and no dcmqi download or any request except to that URL (see lib/datastore). A folder
+        gets `SamriLocalDatastore`: ids confined to it, labels checked, replaced labels kept."""
         if self.studies.startswith(("http://", "https://")):
             from lib.datastore import init_dicomweb_datastore
 
             self.studies = self.studies.rstrip("/").strip()
             return init_dicomweb_datastore(self.studies, conf=self.conf)
-        return super().init_datastore()
+        from lib.datastore.local import SamriLocalDatastore
+        from monailabel.config import settings
+
+        logger.info("Init Datastore for: %s", self.studies)
+        return SamriLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                   auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                   read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def _load_sessions(self, load: bool = False):
+        """MONAI Label's sessions, with ``uncompress`` archives checked before unpacking (no tar slip)."""
+        if not load:
+            return None
+        from lib.datastore.sessions import SamriSessions
+        from monailabel.config import settings
+
+        return SamriSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY)
 
     def init_infers(self) -> dict[str, InferTask]:
         return self.task_config.infer()
@@ -88,15 +132,22 @@ class MyApp(MONAILabelApp):
         return super().async_scoring(method, params)
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
-        """Reject unknown image ids with 404 before MONAI Label turns them into an empty path."""
+        """Reject unknown image ids with 404 before MONAI Label turns them into an empty path, and never
+        let an /infer result replace a finished label (``save_label`` with tag ``final``: 422)."""
+        reject_final_save(request)
         image = request.get("image")
         store = datastore or self.datastore()
-        if isinstance(image, str) and image and not os.path.exists(image):
-            # exact type: DICOMweb/XNAT/DSA stores subclass it but would download the series here
-            if type(store) is LocalDatastore and not store.get_image_uri(image):
-                raise unknown_image(image)
+        uploaded = isinstance(image, str) and os.path.dirname(os.path.realpath(image)) == os.path.realpath(gettempdir())
+        # the hardened route admits only ids and uploads; paths stay possible for in-process callers
+        if isinstance(image, str) and image and not uploaded and not os.path.isabs(image) and os.sep not in image:
+            if _is_local(store):  # DICOMweb would download the series to answer get_image_uri
+                uri = store.get_image_uri(image)
+                if not uri:
+                    raise unknown_image(image)
+                if os.path.exists(image):  # also a file in the server's folder: never read that one
+                    request = {**request, "image": uri}
             request = {**request, DATASTORE_IMAGE_KEY: True}
-        elif isinstance(image, str) and os.path.dirname(os.path.realpath(image)) == os.path.realpath(gettempdir()):
+        elif uploaded:
             request = {**request, IMAGE_FIELD_KEY: "file"}  # the endpoint saved an uploaded file there
         return super().infer(request, datastore)
 

@@ -100,9 +100,11 @@ def refresh(datastore) -> None:
     update, so a process must reload before writing or it would undo the other's updates.
     Other datastores are left alone (their ``refresh`` may list a remote server).
     """
+    from monailabel.datastore.dicom import DICOMWebDatastore
     from monailabel.datastore.local import LocalDatastore
 
-    if type(datastore) is LocalDatastore:
+    # SAMRI's local datastore subclasses LocalDatastore; DICOMweb subclasses it too but lists a server
+    if isinstance(datastore, LocalDatastore) and not isinstance(datastore, DICOMWebDatastore):
         datastore.refresh()
 
 

@@ -95,3 +95,19 @@ def test_session_ids_are_checked_and_logs_closed(hardened) -> None:
     assert client.get("/session/..%2F..%2Fetc").status_code in (404, 422)
     assert client.get("/session/.hidden").status_code == 422
     assert client.get("/logs/").status_code == 403
+
+
+@pytest.mark.parametrize("method,path,query,field", [
+    ("put", "/datastore/label", {"image": "x", "tag": "final"}, "params"),
+    ("put", "/datastore/image", {"image": "x"}, "params"),
+    ("put", "/datastore/image/info", {"image": "x"}, "info"),
+    ("put", "/datastore/label/info", {"label": "x", "tag": "final"}, "info"),
+])
+@pytest.mark.parametrize("text", ["{", "[1]", "3"])
+def test_datastore_json_fields_are_422(hardened, method, path, query, field, text) -> None:
+    client, _ = hardened
+    files = {"label": ("l.nii.gz", b"x")} if path == "/datastore/label" else (
+        {"file": ("i.nii.gz", b"x")} if path == "/datastore/image" else None)
+    resp = getattr(client, method)(path, params=query, data={field: text}, files=files)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"].startswith(f"{field}="), resp.text

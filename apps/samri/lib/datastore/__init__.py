@@ -1,6 +1,6 @@
-"""Datastores of the SAMRI app: `SamriDicomWebDatastore` for a DICOMweb ``--studies`` URL (OHIF).
-
-A local folder of NIfTI files stays MONAI Label's own ``LocalDatastore``.
+"""Datastores of the SAMRI app: `SamriDicomWebDatastore` for a DICOMweb ``--studies`` URL (OHIF), and
+`local.SamriLocalDatastore` for a folder (MONAI Label's ``LocalDatastore`` with ids and tags confined to
+the folder, every label checked against its image, and replaced labels kept in ``.samri/label-history``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ configured DICOMweb root:
 * image id = SeriesInstanceUID; ``list_images`` = QIDO series search with ``Modality=MR``;
 * ``get_image_uri``: WADO-RS retrieve, `samri.dicomweb.series.series_to_volume` (MR only, one
   regular volume, else HTTP 422 naming the field), NIfTI cached as ``images/<uid>.nii.gz``;
-* ``save_label`` with tag ``final``: the label must lie on the image grid; it becomes a DICOM SEG
+* ``save_label``: any tag is checked as a name and the label against the image (`labelcheck`:
+  grid, integer values, ``label_info`` naming every value); with tag ``final`` it becomes a DICOM SEG
   (`samri.dicomweb.seg.label_to_seg`, segment names from ``label_info``) stored by STOW-RS, and
   only then in the local cache; nothing is kept when either step fails;
 * ``get_labeled_images`` / ``get_label_uri``: every SEG on the server whose referenced series is
@@ -232,8 +233,15 @@ class SamriDicomWebDatastore(DICOMWebDatastore):
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
-        """Store a label; ``final`` goes to the DICOMweb server as SEG first (names from ``label_info``)."""
+        """Store a label; ``final`` goes to the DICOMweb server as SEG first (names from ``label_info``).
+
+        Any tag: a safe name, and the label checked against the image (`labelcheck.check_label_file`).
+        """
+        from .labelcheck import check_label_file
+        from .names import check_name
+
         with dicomweb_errors(f"save label of {image_id}"):
+            check_name("tag", label_tag)
             image_path = self.get_image_uri(image_id)
             label_info = dict(label_info or {})
             converted = ""
@@ -242,6 +250,7 @@ class SamriDicomWebDatastore(DICOMWebDatastore):
 
                 label_filename = converted = binary_to_image(image_path, label_filename)
             try:
+                check_label_file(label_filename, image_path, label_info)
                 if label_tag != FINAL:
                     return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
                 return self._save_final(image_id, image_path, label_filename, label_info)

@@ -21,8 +21,9 @@ from fastapi import HTTPException
 
 from samri.errors import SamriInputError
 
-#: longest ``params`` form field accepted (a Slicer request is well under 1 KB).
-MAX_PARAMS_BYTES = 1 << 20
+#: longest ``params`` form field accepted (a Slicer request is well under 1 KB). Starlette itself
+#: refuses a form field over 1 MiB with 400 "Field exceeded maximum size" before the route runs.
+MAX_PARAMS_BYTES = 256 << 10
 #: most points per ``foreground`` / ``background`` list (an annotator clicks tens, not thousands).
 MAX_POINTS = 1000
 #: deepest nesting of ``params`` (the schema needs 3: object > list > point).

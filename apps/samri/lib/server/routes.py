@@ -11,6 +11,8 @@ can put checked versions in front of some of them (the router matches in order, 
 ``POST /scoring/{method}``      unknown scoring method: 404
 ``POST /batch/infer/{model}``   unknown model: 404
 ``GET/DELETE /session/{id}``    an id that is not a plain id (traversal): 422
+``PUT /datastore/...``          `datastore_routes`: ``params``/``info`` not a JSON object: 422 (was
+                                500); run in a worker thread (the datastore checks the label)
 ``GET /logs/``                  the request log shows every client's parameters: without MONAI
                                 Label's auth it is served only with ``--conf expose_logs true``
 ``POST /infer/wsi*/{model}``    404 (whole-slide pathology; SAMRI serves MR volumes)
@@ -27,7 +29,7 @@ import inspect
 import logging
 from typing import Any, Callable, Optional
 
-from fastapi import Depends
+from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 
 from .names import TASK_ATTRIBUTES, served_names
@@ -53,6 +55,18 @@ EXPECTED_ROUTES: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
     ("DELETE", "/session/{session_id}"): ("monailabel.endpoints.session", "api_remove_session",
                                           ("session_id", "user")),
     ("GET", "/logs/"): ("monailabel.endpoints.logs", "api_get_logs", ("lines", "html", "text", "refresh", "user")),
+    ("PUT", "/datastore/image"): ("monailabel.endpoints.datastore", "api_add_image",
+                                  ("background_tasks", "image", "params", "file", "user")),
+    ("PUT", "/datastore/"): ("monailabel.endpoints.datastore", "api_add_image",
+                             ("background_tasks", "image", "params", "file", "user")),
+    ("PUT", "/datastore/label"): ("monailabel.endpoints.datastore", "api_save_label",
+                                  ("background_tasks", "image", "params", "tag", "label", "user")),
+    ("PUT", "/datastore/image/info"): ("monailabel.endpoints.datastore", "api_put_image_info",
+                                       ("image", "info", "user")),
+    ("PUT", "/datastore/label/info"): ("monailabel.endpoints.datastore", "api_put_label_info",
+                                       ("label", "tag", "info", "user")),
+    ("PUT", "/datastore/updatelabelinfo"): ("monailabel.endpoints.datastore", "api_update_label_info",
+                                            ("label", "tag", "params", "user")),
 }
 #: routes answered 404: whole-slide pathology inference (SAMRI serves MR volumes).
 REMOVED_PATHS = ("/infer/wsi/{model}", "/infer/wsi_v2/{model}")
@@ -114,13 +128,18 @@ def _task_routes(role_user: str, role_annotator: str, role_admin: str) -> dict[t
     """``def`` endpoints (FastAPI runs them in a worker thread) that 404 unknown task names first."""
     from monailabel.endpoints import activelearning, batch_infer, scoring, train
     from monailabel.endpoints.user.auth import RBAC, User
+    from monailabel.interfaces.utils.app import app_instance
 
     def sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(role_user))):
         return activelearning.sample(_known("strategies", "strategy", strategy), params, user.username)
 
     def run_train(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
                   enqueue: Optional[bool] = False, user: User = Depends(RBAC(role_admin))):
-        return train.run_model(_known("trainers", "model", model), params, run_sync, enqueue)
+        name = _known("trainers", "model", model)
+        check = getattr(getattr(app_instance(), "_trainers")[name], "check_request", None)
+        if check is not None:  # a bad option is a 422 now, not a failed background job later
+            check({"model": name, **(params or {})})
+        return train.run_model(name, params, run_sync, enqueue)
 
     def run_scoring(method: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
                     user: User = Depends(RBAC(role_annotator))):
@@ -140,12 +159,15 @@ def harden_routes(fastapi_app, *, lanes, expose_logs: bool) -> None:
     from monailabel.config import settings
     from monailabel.endpoints import session
 
+    from .datastore_routes import datastore_routes
     from .infer_route import make_infer_endpoint
 
     user_role, admin_role = settings.MONAI_LABEL_AUTH_ROLE_USER, settings.MONAI_LABEL_AUTH_ROLE_ADMIN
     annotator_role = settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
     _replace(fastapi_app, "POST", "/infer/{model}", make_infer_endpoint(lanes))
     for (method, path), endpoint in _task_routes(user_role, annotator_role, admin_role).items():
+        _replace(fastapi_app, method, path, endpoint)
+    for (method, path), endpoint in datastore_routes(annotator_role).items():
         _replace(fastapi_app, method, path, endpoint)
     _replace_session_routes(fastapi_app, session, user_role)
     if not (settings.MONAI_LABEL_AUTH_ENABLE or expose_logs):
@@ -171,12 +193,20 @@ def _logs_refused():
 def _replace_session_routes(fastapi_app, session, role: str) -> None:
     from monailabel.endpoints.user.auth import RBAC, User
 
+    def known(call, session_id: str, *args):
+        try:
+            return call(check_id("session_id", session_id), *args)
+        except HTTPException as exc:
+            if exc.status_code != 404:
+                raise
+            raise http_error(404, "session_id", session_id, "no such session (PUT /session/ creates one)") from exc
+
     def get_session(session_id: str, update_ts: bool = False, image: bool = False,
                     user: User = Depends(RBAC(role))):
-        return session.get_session(check_id("session_id", session_id), update_ts, image)
+        return known(session.get_session, session_id, update_ts, image)
 
     def remove_session(session_id: str, user: User = Depends(RBAC(role))):
-        return session.remove_session(check_id("session_id", session_id))
+        return known(session.remove_session, session_id)
 
     _replace(fastapi_app, "GET", "/session/{session_id}", get_session)
     _replace(fastapi_app, "DELETE", "/session/{session_id}", remove_session)
