@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim
+.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ run-ohif: sample-data sysdeps-ohif
 
 test: setup
 	$(PY) -m pytest -q
+
+# The seeded fuzz suite at full size: malformed requests against a real server (tests/apps/test_fuzz.py;
+# make test runs it with 300). FUZZ_SEED picks another sequence.
+FUZZ_COUNT ?= 2000
+FUZZ_SEED ?= 0
+fuzz: sample-data
+	SAMRI_FUZZ_COUNT=$(FUZZ_COUNT) SAMRI_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -rA tests/apps/test_fuzz.py
 
 bench: sample-data
 	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http

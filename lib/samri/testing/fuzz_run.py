@@ -45,8 +45,11 @@ def send(session, base_url: str, case: FuzzCase, timeout_s: float = 120.0) -> Ou
 
     start = time.perf_counter()
     try:
+        # one connection per case: an answer given before a body was read closes its connection, and
+        # the next case must not inherit that
         resp = session.request(case.method, base_url + case.path, params=case.query, data=case.data,
-                               files=case.files, json=case.json_body, timeout=timeout_s)
+                               files=case.files, json=case.json_body, timeout=timeout_s,
+                               headers={"Connection": "close"})
     except requests.RequestException as exc:
         return Outcome(case, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
     detail = resp.text if resp.status_code >= 400 else ""
