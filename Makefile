@@ -67,7 +67,7 @@ fuzz: sample-data
 	SAMRI_FUZZ_COUNT=$(FUZZ_COUNT) SAMRI_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -rA tests/apps/test_fuzz.py
 
 bench: sample-data
-	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http
+	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http --clients 4
 
 clean:
 	rm -rf $(VENV) data

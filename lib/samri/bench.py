@@ -3,7 +3,7 @@
 Figures (all wall-clock, on the sample MRI; ratios are taken within the run):
 encoder seconds per slice, the first (uncached) click, cached clicks (box, box+point, points-only),
 3D propagation per slice with cached embeddings, peak resident memory, and optionally the HTTP
-round trip through a live MONAI Label server.
+round trip through a live MONAI Label server, alone or with several clients at once (``--clients``).
 """
 
 from __future__ import annotations
@@ -117,8 +117,12 @@ def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int =
 
 def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = None, decoder: str | None = None,
                    studies: str | Path = "data/studies", repeats: int = 30, http: bool = False,
-                   train: bool = True) -> dict[str, Any]:
-    """Measure everything; returns a JSON-friendly report."""
+                   train: bool = True, clients: int = 0) -> dict[str, Any]:
+    """Measure everything; returns a JSON-friendly report.
+
+    ``clients`` > 0 (with ``http``): also `bench_clients.multi_client_benchmark` on the same server,
+    ``repeats`` clicks per client (``report["http_clients"]``).
+    """
     from samri.config import load_registry
     from samri.embeddings import EmbeddingCache, encode_slices
     from samri.models import load_model
@@ -190,26 +194,96 @@ def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = No
         report["training_step"] = training_step_figures(model, volume, gt, axis)
         report["peak_rss_mb"] = peak_rss_mb()
     if http:
-        report["http"] = _http_figures(studies, study, image_path, mid, box, point, repeats)
+        report["http"], clients_report = _http_figures(studies, study, image_path, mid, box, point, repeats, clients)
+        if clients_report is not None:
+            report["http_clients"] = clients_report
         report["peak_rss_mb"] = peak_rss_mb()
     return report
 
 
+#: the study whose AAL structures the ``--clients`` run clicks on.
+CLIENTS_STUDY = "colin27_t1"
+
+
 def _http_figures(studies: Path, study: str, image_path: Path, mid: int, box: np.ndarray, point: np.ndarray,
-                  repeats: int) -> dict[str, Any]:
-    """Round trips of samri_2d clicks through a real server (see apps/samri/lib/testing_server.py)."""
+                  repeats: int, clients: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Round trips of samri_2d clicks through a real server (see apps/samri/lib/testing_server.py).
+
+    The server runs on a temporary copy of ``studies`` (it writes its datastore index there).
+    Returns (one client's figures, the ``clients`` run's report or None).
+    """
+    import shutil
     import sys
+    import tempfile
 
     app_dir = Path(__file__).resolve().parents[2] / "apps" / "samri"
     sys.path.insert(0, str(app_dir))
     try:
+        from lib.bench_clients import load_truth, multi_client_benchmark  # type: ignore[import-not-found]
         from lib.testing_server import http_click_benchmark, running_server  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(app_dir))
     params = {"roi": [int(box[0]), int(box[2]), int(box[1]), int(box[3]), mid, mid],
               "foreground": [[int(point[0]), int(point[1]), mid]], "slice": mid}
-    with running_server(studies) as base_url:
-        return http_click_benchmark(base_url, study, params, repeats)
+    clients_report = None
+    with tempfile.TemporaryDirectory(prefix="samri_bench_studies_") as scratch:
+        copy = Path(scratch) / "studies"
+        shutil.copytree(studies, copy)
+        with running_server(copy) as base_url:
+            single = http_click_benchmark(base_url, study, params, repeats)
+            if clients and not (copy / "labels" / "final" / f"{CLIENTS_STUDY}.nii.gz").is_file():
+                clients_report = {"skipped": f"needs {CLIENTS_STUDY} with AAL labels (`samri sample-data`)"}
+            elif clients:
+                truth, names = load_truth(copy, CLIENTS_STUDY)
+                clients_report = multi_client_benchmark(base_url, CLIENTS_STUDY, truth, names, clients=clients,
+                                                        clicks=repeats)
+    return single, clients_report
+
+
+def clients_markdown(c: dict[str, Any]) -> list[str]:
+    """The ``--clients`` section of docs/BENCHMARKS.md (lines), from ``report["http_clients"]``."""
+    if "skipped" in c:
+        return ["", "## Several clients at once", "", f"Skipped: {c['skipped']}."]
+    t, w, info = c["targets"], c["with_3d"], c["info_during_3d"]
+    ok = c["correct"]
+    lines = ["", f"## {c['clients']} clients at once, one more running a 3D request", "",
+             f"`samri bench --http --clients {c['clients']} --repeats {c['clicks_per_client']}`: "
+             f"{c['clicks_per_client']} timed clicks per client and phase. Each client clicks (`samri_2d`, closed "
+             f"loop, think time {c['think_s']} s) on its own AAL structure of `{c['image']}`, alternating between "
+             f"{len(next(iter(c['slices'].values())))} slices encoded in a warm-up; "
+             f"client-3d sends `samri_3d` over {c['request_3d']['roi_slices']} uncached slices of "
+             f"{c['structures']['client-3d']} ({c['request_3d']['seconds']} s, while the clicks ran; "
+             f"{c['request_3d']['filled_slices']} slices filled"
+             + (", cut short by the server ({reason} after {slices_done} slices, {seconds} s)".format(
+                 **{"reason": "?", "slices_done": "?", "seconds": "?", **c["request_3d"]["partial"]})
+                if c["request_3d"].get("partial") else "")
+             + "). "
+             f"Latency is send to last byte; phases: one client alone, all clients, all clients during the 3D request. "
+             f"1-minute load average {c['load_average_1m']['start']} at the start, {c['load_average_1m']['end']} "
+             f"at the end, on this machine's shared CPUs.", "",
+             "| client (structure) | alone p50 / p95 ms | all clients p50 / p95 ms | during 3D p50 / p95 ms |",
+             "|---|---|---|---|"]
+    solo = c["solo"]["latency_by_client"]
+    for name, stats in c["concurrent"]["latency_by_client"].items():
+        alone = f"{solo[name]['p50_ms']} / {solo[name]['p95_ms']}" if name in solo else ""
+        during = w["latency_by_client"].get(name, {})
+        lines.append(f"| {name} ({c['structures'][name]}) | {alone} | {stats.get('p50_ms')} / {stats.get('p95_ms')} "
+                     f"| {during.get('p50_ms')} / {during.get('p95_ms')} (n {during.get('n', 0)}) |")
+    lines += ["", "| figure | value | target |", "|---|---|---|",
+              f"| cached clicks during the 3D request, p95 ms (all clients) | {w['all'].get('p95_ms')} | "
+              f"<= {t['cached_click_p95_ms_during_3d']:.0f} |",
+              f"| `/info/` during the 3D request, p50 / p95 ms (n {info.get('n', 0)}) | "
+              f"{info.get('p50_ms')} / {info.get('p95_ms')} | p95 <= {t['info_p95_ms_during_3d']:.0f} |",
+              f"| cached clicks/s: one client alone | {c['solo']['clicks_per_s']} | |",
+              f"| cached clicks/s: {c['clients']} clients | {c['concurrent']['clicks_per_s']} "
+              f"(x{c['throughput_ratio']}) | >= x{t['throughput_ratio_min']:g} |",
+              f"| cached clicks/s: {c['clients']} clients during the 3D request | {w['clicks_per_s']} "
+              f"(x{c['throughput_ratio_with_3d']}) | |",
+              "", f"Answers checked: {ok['answers']}, wrong: {ok['n_failures']} (each 2D mask only on its slice, "
+              f"non-empty, Dice >= {ok['dice_floor']} against its own structure and < 0.2 against the others'; "
+              f"the 3D mask inside its ROI, Dice >= {ok['dice_floor_3d']}). Lowest Dice per client: "
+              + ", ".join(f"{k} {v}" for k, v in ok["min_dice_by_client"].items()) + "."]
+    return lines + [f"- {f}" for f in ok["failures"]]
 
 
 #: Where the training figures that are not timings live (they take an hour, not a bench run).
@@ -263,6 +337,8 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
                   "| figure | p50 | p95 | target |", "|---|---|---|---|",
                   f"| first click, ms | {h['first_click_ms']} | | |",
                   f"| cached click, ms | {h['cached_click_ms']['p50']} | {h['cached_click_ms']['p95']} | <= 150 |"]
+    if "http_clients" in report:
+        lines += clients_markdown(report["http_clients"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

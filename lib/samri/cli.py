@@ -134,9 +134,11 @@ def cmd_default_decoder(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from samri.bench import run_benchmarks, write_markdown
 
+    if args.clients < 0 or (args.clients and not args.http):
+        raise SamriInputError("clients", args.clients, "a positive count, with --http (they click on a live server)")
     report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
                             studies=args.studies, repeats=args.repeats, http=args.http,
-                            train=not args.no_train)
+                            train=not args.no_train, clients=args.clients)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", type=Path, default=Path("data/studies"), help="sample studies folder")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--http", action="store_true", help="also time clicks through a live monailabel server")
+    p.add_argument("--clients", type=int, default=0,
+                   help="with --http: also N clients clicking at once (--repeats clicks each) while one more runs "
+                        "a 3D request; per-client latency, throughput vs one client, /info/ latency, correctness")
     p.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
     p.add_argument("--model", default=None)
     p.add_argument("--checkpoint", default=None)

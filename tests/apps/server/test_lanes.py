@@ -70,3 +70,34 @@ def test_a_click_does_not_wait_for_the_heavy_lane() -> None:
     assert time.monotonic() - start < 0.5
     done.set()
     thread.join(5)
+
+
+def test_two_clicks_share_the_lane_and_a_third_waits() -> None:
+    lanes, inside, release = RequestLanes(click_slots=2), [], threading.Event()
+
+    def click(n: int) -> None:
+        with lanes.interactive():
+            inside.append(n)
+            release.wait(5)
+
+    threads = [threading.Thread(target=click, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(inside) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(inside) == 2  # two run, the third is queued
+    assert lanes._interactive.waiting == 1  # noqa: SLF001
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(inside) == [0, 1, 2]
+
+
+def test_heavy_executor_is_one_lazily_started_thread() -> None:
+    lanes = RequestLanes()
+    assert lanes._executor is None  # noqa: SLF001 (nothing started at construction)
+    names = {lanes.heavy_executor().submit(lambda: threading.current_thread().name).result(5) for _ in range(3)}
+    assert len(names) == 1 and next(iter(names)).startswith("samri-heavy")
+    lanes.close()

@@ -12,6 +12,7 @@ watches the connection; a client that goes away sets the request's ``cancelled``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from typing import Any, Optional
@@ -91,7 +92,11 @@ def make_infer_endpoint(lanes: RequestLanes):
                 return run_with(context, run_inference, background_tasks, model, image, session_id,
                                 json.dumps(payload), file, label, output)
 
-        job = asyncio.ensure_future(run_in_threadpool(work))
+        if interactive:
+            job = asyncio.ensure_future(run_in_threadpool(work))
+        else:
+            loop = asyncio.get_running_loop()
+            job = loop.run_in_executor(lanes.heavy_executor(), contextvars.copy_context().run, work)
         while True:
             done, _ = await asyncio.wait({job}, timeout=DISCONNECT_POLL_S)
             if done:
