@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from fastapi import HTTPException
 from apps.samri.lib.bench_http import post_infer
 from apps.samri.lib.testing_server import copy_app, start_server
 from apps.samri.lib.trainers.options import defaults, parse_train_options
-from apps.samri.lib.trainers.records import remove_stale_runs
+from apps.samri.lib.trainers.records import ProgressRecorder, RunRecord, progress_stats, remove_stale_runs
 from apps.samri.lib.trainers.studies import collect_studies, label_names_from_info
 from samri.errors import SamriInputError
 from tests.samri.conftest import TINY_ARCHITECTURE, tiny_spec
@@ -117,8 +118,8 @@ def test_label_names_from_slicer_label_info() -> None:
 
 def test_train_options_defaults_overrides_and_errors() -> None:
     cfg = {"epochs": 3, "optimizer": {"lr": 1e-4}, "gate": {"margin": 0.01}, "include_labels": ["a", "b"]}
-    assert defaults(cfg) == {"max_epochs": 3, "max_steps_per_epoch": 0, "lr": 1e-4, "labels": "a,b",
-                             "gate_margin": 0.01, "rollback": ""}
+    assert defaults(cfg) == {"max_epochs": 3, "max_steps_per_epoch": 0, "max_slices": 0, "max_val_samples": 256,
+                             "lr": 1e-4, "labels": "a,b", "gate_margin": 0.01, "rollback": ""}
     opts = parse_train_options({"model": "samri", "gpus": "all"}, cfg)
     assert (opts.epochs, opts.max_steps_per_epoch, opts.lr, opts.labels, opts.gate_margin, opts.rollback) == \
         (3, None, 1e-4, ("a", "b"), 0.01, None)
@@ -128,11 +129,16 @@ def test_train_options_defaults_overrides_and_errors() -> None:
     assert (opts.epochs, opts.max_steps_per_epoch, opts.lr, opts.labels, opts.gate_margin) == \
         (5, 7, 1e-3, ("x", "y"), 1.0)
     assert opts.apply({"optimizer": {"lr": 9}})["optimizer"]["lr"] == 1e-3
+    budget = parse_train_options({"max_slices": "16", "max_val_samples": 8}, {"max_slices": 24})
+    assert (budget.max_slices, budget.max_val_samples) == (16, 8)
+    assert budget.apply({})["max_slices"] == 16 and parse_train_options({}, {"max_slices": 24}).max_slices == 24
+    assert parse_train_options({"max_slices": 0}, {"max_slices": 24}).max_slices is None  # 0 = all
     assert parse_train_options({"rollback": "v0002"}, {}).rollback == "v0002"
     for request, field in (({"max_epochs": 0}, "max_epochs"), ({"max_epochs": 1.5}, "max_epochs"),
                            ({"max_epochs": True}, "max_epochs"), ({"lr": -1}, "lr"), ({"lr": "fast"}, "lr"),
                            ({"gate_margin": -0.1}, "gate_margin"), ({"labels": [1]}, "labels[0]"),
-                           ({"max_steps_per_epoch": -1}, "max_steps_per_epoch"), ({"rollback": "v1"}, "rollback")):
+                           ({"max_steps_per_epoch": -1}, "max_steps_per_epoch"), ({"rollback": "v1"}, "rollback"),
+                           ({"max_slices": -2}, "max_slices"), ({"max_val_samples": 0}, "max_val_samples")):
         with pytest.raises(SamriInputError) as err:
             parse_train_options(request, cfg)
         assert err.value.field == field
@@ -145,6 +151,30 @@ def test_stale_run_folders_are_removed(tmp_path: Path) -> None:
         (folder / "owner.pid").write_text(str(pid))
     assert remove_stale_runs(tmp_path) == [dead]
     assert alive.is_dir() and not dead.exists()
+
+
+def test_progress_record_is_throttled_and_read_as_monai_label_stats(tmp_path: Path) -> None:
+    now, record = [0.0], RunRecord(tmp_path / "last_run.json")
+    recorder = ProgressRecorder(record, {"status": "running", "total_epochs": 2}, clock=lambda: now[0])
+    recorder({"phase": "stage1", "studies_done": 0, "studies_total": 2, "slices_encoded": 0})
+    assert recorder.writes == 1 and record.read()["phase"] == "stage1"  # a new phase is written at once
+    for step in range(1, 4):  # steps within 2 s: only the first (new phase) is written
+        now[0] += 0.5
+        recorder({"phase": "stage2", "epoch": 1, "total_epochs": 2, "step": step, "total_steps": 4, "loss": 1.0})
+    assert recorder.writes == 2 and record.read()["step"] == 1 and recorder.data["step"] == 3
+    now[0] += 2.0
+    recorder({"phase": "stage2", "epoch": 1, "total_epochs": 2, "step": 4, "total_steps": 4, "loss": 0.5})
+    assert recorder.writes == 3 and record.read()["step"] == 4
+    live, half = progress_stats(record.read()), progress_stats({**record.read(), "epoch": 2, "step": 1})
+    assert live["epoch"] == 1.0 and live["phase"] == "stage2" and live["current_time"] == 3.5
+    assert half["epoch"] == 1.25 and half["total_epochs"] == 2  # Slicer's bar: epoch / total_epochs
+    recorder({"phase": "validation", "epoch": 1, "pairs_done": 3, "pairs_total": 9})
+    assert progress_stats(record.read())["epoch"] == 0.99  # steps done, validating
+    recorder({"phase": "validation", "epoch": 1, "val": {"dice": 0.6}, "best": {"dice": 0.6, "epoch": 1}})
+    last = record.read()
+    assert last["val"]["dice"] == 0.6 and last["val_history"][-1]["epoch"] == 1 and last["best"]["dice"] == 0.6
+    assert progress_stats(last)["best_metric"] == 0.6 and progress_stats(last)["epoch"] == 1.0
+    assert not list(tmp_path.glob(".*"))  # atomic writes leave no temp file
 
 
 # --- datastore studies ----------------------------------------------------------------------------
@@ -223,10 +253,41 @@ def test_train_publishes_serves_without_restart_and_rolls_back(make_app, tmp_pat
     assert refused["started_from"] == "v0001" and refused["live"] == "v0001"
     assert app.info()["train_stats"]["samri"]["last_run"]["published"] is False
 
+    within = train(app, max_epochs=1, lr=1e-12, gate_margin=0.05)  # the same run, within the margin of live
+    assert within["published"] is True and within["version"] == "v0002" and within["best_epoch"] == 1
+    assert within["reason"].startswith(("within margin", "improved")), within["reason"]
+
     # a pinned server keeps its version whatever goes live
     pinned = make_app(decoder_version="base")
     assert click(pinned)["predicted_iou"] == first["predicted_iou"]
     assert pinned.info()["samri"]["model"]["decoder_source"]["source"] == "pinned"
+
+
+def test_stats_show_the_running_run_and_its_budget(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What /info/ (and 3D Slicer's training panel) shows at every record write of a real run."""
+    app = make_app()
+    trainer = app._trainers["samri"]
+    module, seen = sys.modules[type(trainer).__module__], []
+
+    class Spy(module.ProgressRecorder):
+        def flush(self) -> None:
+            super().flush()
+            seen.append(trainer.stats())
+
+    monkeypatch.setattr(module, "ProgressRecorder", Spy)
+    stats = train(app, max_epochs=2, gate_margin=1.0)
+    running = [s for s in seen if s["is_training"]]
+    assert {"stage1", "validation", "stage2"} <= {s["phase"] for s in running}
+    steps = [s for s in running if s["phase"] == "stage2"]
+    assert all(0 < s["epoch"] <= 2 and s["total_epochs"] == 2 and s["total_steps"] == TRAINING["max_steps_per_epoch"]
+               and s["loss"] > 0 and "total_time" not in s and "best_metric" in s for s in steps)
+    assert any(s["epoch"] != int(s["epoch"]) for s in steps)  # progress within an epoch
+    assert any(s["phase"] == "stage1" and s["stage1"]["studies_total"] == 3 for s in running)
+    budget, final = stats["budget"], app.info()["train_stats"]["samri"]
+    assert budget["steps"] == 2 * TRAINING["max_steps_per_epoch"] and budget["val_pairs"] <= TRAINING["max_val_samples"]
+    assert budget["slices_used"] > 0 and set(stats["seconds"]) == {"stage1", "stage2", "validation", "total"}
+    assert final["is_training"] is False and final["budget"] == budget and final["seconds"] == stats["seconds"]
+    assert final["epoch"] == 2 and final["total_time"] > 0
 
 
 def test_killed_run_leaves_the_live_decoder(make_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

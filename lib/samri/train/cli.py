@@ -15,7 +15,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder: decoder.pt, manifest.json")
     p.add_argument("--config", type=Path, default=None, help="training YAML (default configs/training.yaml)")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help="0 = every sample")
+    p.add_argument("--max-slices", type=int, default=None, help="stage-1 slice budget over all studies (0 = all)")
+    p.add_argument("--max-val-samples", type=int, default=None, help="validation pairs")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--labels", default=None, help="comma list of label names to train on (default all)")
     p.add_argument("--publish", type=Path, default=None,
@@ -37,7 +39,8 @@ def train_from_args(args: argparse.Namespace) -> int:
 
     init_distributed()
     cfg = read_yaml(args.config or config_dir() / "training.yaml", field="config")
-    for key, value in (("epochs", args.epochs), ("max_steps_per_epoch", args.max_steps_per_epoch)):
+    for key, value in (("epochs", args.epochs), ("max_steps_per_epoch", args.max_steps_per_epoch),
+                       ("max_slices", args.max_slices), ("max_val_samples", args.max_val_samples)):
         if value is not None:
             cfg[key] = value
     if args.lr is not None:
@@ -53,7 +56,8 @@ def train_from_args(args: argparse.Namespace) -> int:
                           include_labels=include)
     rank, _ = dist_info()
     if rank == 0:
-        summary = {"checkpoint": str(result.checkpoint), "best": result.best, "baseline": result.baseline}
+        summary = {"checkpoint": str(result.checkpoint), "candidate": result.candidate, "best": result.best,
+                   "baseline": result.baseline, "budget": result.budget, "seconds": result.seconds}
         if args.publish:
             from samri.train.publish import DecoderStore
 

@@ -3,20 +3,21 @@
 A `Study` is an image with a label volume and its label names. Stage 1 loads each study once,
 checks it, encodes the slices that contain labels (already-cached slices cost nothing; the cache
 is the resumable state) and returns a `StudyIndex` per usable study: what stage 2 needs to read
-embeddings back without touching the image again.
+embeddings back without touching the image again. ``max_slices`` bounds the encoder passes of a
+run's stage 1: each study gets an equal share, taken as evenly spaced labelled slices; labelled
+slices already in the cache are used as well (they cost nothing).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from samri.embeddings import EmbeddingCache, get_embeddings
+from samri.embeddings import EmbeddingCache, EmbeddingKey, get_embeddings
 from samri.errors import SamriInputError
 from samri.geometry import take_slice
 
@@ -69,6 +70,8 @@ class DataStats:
     skipped: dict[str, str] = field(default_factory=dict)
     samples: int = 0
     slices_encoded: int = 0
+    slices_labelled: int = 0  # slices holding a sample, before the ``max_slices`` budget
+    slices_used: int = 0      # slices kept: already cached ones plus the budget's (all cached after stage 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,19 +137,80 @@ def index_study(study: Study, *, window, min_pixels: int, axes: Sequence[int],
     return volume, index
 
 
+def spread(items: Sequence[int], k: int | None) -> list[int]:
+    """``k`` evenly spaced items of a sorted sequence (all of them when ``k`` is None or large enough)."""
+    if k is None or k >= len(items):
+        return list(items)
+    if k <= 0:
+        return []
+    picks = np.unique(np.linspace(0, len(items) - 1, k).round().astype(int))
+    return [items[i] for i in picks]
+
+
+def limit_slices(index: StudyIndex, budget: int | None, axes: Sequence[int],
+                 free: frozenset[tuple[int, int]] = frozenset()) -> int:
+    """Keep the samples of the ``free`` ``(axis, slice)`` pairs (already cached) and of at most
+    ``budget`` other slices (evenly spaced, split over ``axes``); returns the labelled slice count."""
+    keep: set[tuple[int, int]] = set()
+    labelled = new = 0
+    for n, axis in enumerate(axes):
+        slices = sorted({s.index for s in index.samples if s.axis == axis})
+        labelled += len(slices)
+        share = None if budget is None else (budget - new) // (len(axes) - n)
+        picked = spread([i for i in slices if (axis, i) not in free], share)
+        new += len(picked)
+        keep |= {(axis, i) for i in picked} | {(axis, i) for i in slices if (axis, i) in free}
+    index.samples = [s for s in index.samples if (s.axis, s.index) in keep]
+    return labelled
+
+
+def _cached(index: StudyIndex, cache: EmbeddingCache, encoder_key: str) -> frozenset[tuple[int, int]]:
+    pairs = {(s.axis, s.index) for s in index.samples}
+    return frozenset(p for p in pairs if EmbeddingKey(index.content_key, p[0], p[1], encoder_key) in cache)
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _bar(total: int, desc: str, show: bool):
+    if not show or not total:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="slice")
+
+
 def stage1(studies: Iterable[Study], model, cache: EmbeddingCache, *, window, min_pixels: int = 30,
            axes: Sequence[int] = (2,), include_labels: Sequence[str] | None = None, shard: tuple[int, int] = (0, 1),
-           stats: DataStats | None = None, progress: bool = True) -> tuple[list[StudyIndex], DataStats]:
+           stats: DataStats | None = None, progress: bool = True, max_slices: int | None = None,
+           on_progress: ProgressFn | None = None) -> tuple[list[StudyIndex], DataStats]:
     """Index every study and encode the slices that hold samples.
 
     Args:
         shard: ``(rank, world_size)``: this process encodes only every ``world_size``-th study;
             all ranks index all studies (cheap) so they agree on the sample list.
+        max_slices: the most slices this run encodes over all studies (None = every labelled
+            slice); what remains of it is shared equally by the studies still to come, each
+            taking evenly spaced labelled slices. Labelled slices already in the cache are used
+            on top, for free (single process only: under DDP the ranks' caches change while they
+            index, so every used slice counts).
+        on_progress: called after every few encoded slices with ``{"phase": "stage1",
+            "study", "studies_done", "studies_total", "slices_encoded", "max_slices"}``.
     """
     stats = stats or DataStats()
     rank, world = shard
+    studies = list(studies)
     indices = []
+    spent = 0  # slices of the budget taken so far
+
+    def report(n: int, study_id: str) -> None:
+        if on_progress is not None:
+            on_progress({"phase": "stage1", "study": study_id, "studies_done": n, "studies_total": len(studies),
+                         "slices_encoded": stats.slices_encoded, "slices_used": stats.slices_used,
+                         "max_slices": max_slices})
+
     for n, study in enumerate(studies):
+        report(n, study.study_id)
         loaded = index_study(study, window=window, min_pixels=min_pixels, axes=axes,
                              include_labels=include_labels, stats=stats)
         if loaded is None:
@@ -156,16 +220,39 @@ def stage1(studies: Iterable[Study], model, cache: EmbeddingCache, *, window, mi
             stats.skipped[study.study_id] = f"no structure of at least {min_pixels} px in any slice"
             logger.warning("skipping study %s: %s", study.study_id, stats.skipped[study.study_id])
             continue
+        left = len(studies) - n  # a ceiling share: a budget of at least one slice per study reaches every study
+        budget = None if max_slices is None else -(-max(0, max_slices - spent) // left)
+        free = _cached(index, cache, model.cache_key()) if max_slices is not None and world == 1 else frozenset()
+        labelled = limit_slices(index, budget, axes, free)
+        spent += len({(s.axis, s.index) for s in index.samples} - free)
+        stats.slices_labelled += labelled
+        if not index.samples:
+            stats.skipped[study.study_id] = f"no slice left of the max_slices budget ({max_slices})"
+            logger.warning("skipping study %s: %s", study.study_id, stats.skipped[study.study_id])
+            continue
         indices.append(index)
         stats.studies_used.append(study.study_id)
         stats.samples += len(index.samples)
-        if n % world != rank:
-            continue
         for axis in axes:
             slices = sorted({s.index for s in index.samples if s.axis == axis})
-            before = cache.stats["encoded"]
-            get_embeddings(model, volume, cache, axis, slices, progress=progress)
-            stats.slices_encoded += cache.stats["encoded"] - before
+            stats.slices_used += len(slices)
+            if n % world != rank:
+                continue
+            bar = _bar(len(slices), f"encoding {study.study_id} axis {axis}", progress)
+            for start in range(0, len(slices), 4):  # small chunks: progress, and no dict of every embedding
+                before = cache.stats["encoded"]
+                get_embeddings(model, volume, cache, axis, slices[start:start + 4], progress=False)
+                stats.slices_encoded += cache.stats["encoded"] - before
+                report(n, study.study_id)
+                if bar is not None:
+                    bar.update(len(slices[start:start + 4]))
+            if bar is not None:
+                bar.close()
+        if rank == 0:
+            logger.info("stage 1: %s: %d of %d labelled slices, %d samples (%d slices encoded so far)",
+                        study.study_id, len({(s.axis, s.index) for s in index.samples}), labelled,
+                        len(index.samples), stats.slices_encoded)
+    report(len(studies), "")
     if not indices:
         raise SamriInputError("studies", sorted(stats.skipped) or [], "no usable annotated study: "
                               + "; ".join(f"{k}: {v}" for k, v in stats.skipped.items()) if stats.skipped
@@ -207,14 +294,8 @@ def label_slice(label: np.ndarray, sample: SliceSample) -> np.ndarray:
 
 def write_manifest(path: Path, indices: Sequence[StudyIndex], stats: DataStats) -> None:
     """A human-readable record of what stage 1 produced (atomic)."""
-    import os
-    import tempfile
+    from samri.train.publish import write_json_atomic
 
-    data = {"stats": stats.to_dict(), "studies": [
+    write_json_atomic(path, {"stats": stats.to_dict(), "studies": [
         {"study_id": i.study.study_id, "image": str(i.study.image), "label": str(i.study.label),
-         "content_key": i.content_key, "shape": list(i.shape), "samples": len(i.samples)} for i in indices]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+         "content_key": i.content_key, "shape": list(i.shape), "samples": len(i.samples)} for i in indices]})

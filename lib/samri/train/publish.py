@@ -27,8 +27,26 @@ from samri.errors import SamriInputError
 logger = logging.getLogger(__name__)
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str), binary=False)
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """``data`` as indented JSON at ``path`` (temp file + rename; see `samri.checkpoints.atomic_write`)."""
+    return atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str), binary=False)
+
+
+def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
+    """The publish gate: ``(publish, reason)``.
+
+    A candidate is published when its validation Dice beats the live decoder's on the same
+    studies, or (``margin`` > 0) is at most ``margin`` below it. With margin 0 it must improve.
+    """
+    if new_dice > live_dice:
+        return True, f"improved: val Dice {new_dice:.4f} > live {live_dice:.4f}"
+    if margin > 0 and new_dice >= live_dice - margin:
+        return True, (f"within margin: val Dice {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
+                      f"{live_dice:.4f}, gate_margin {margin}")
+    if margin > 0:
+        return False, (f"refused: val Dice {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
+                       f"{live_dice:.4f}, more than gate_margin {margin}")
+    return False, f"refused: val Dice {new_dice:.4f} does not beat live {live_dice:.4f} (gate_margin 0)"
 
 
 class DecoderStore:
@@ -60,10 +78,12 @@ class DecoderStore:
         return None if live is None else self.root / live["file"]
 
     def publish(self, candidate: str | os.PathLike, *, margin: float = 0.0) -> dict[str, Any]:
-        """Publish ``candidate`` if its validation Dice is not worse than the live decoder's.
+        """Publish ``candidate`` if it passes `gate` against the live decoder.
 
         The run validates its starting decoder (the live one) on the same validation studies
-        (``metrics.baseline_val``), so the gate compares like with like.
+        (``metrics.baseline_val``), so the gate compares like with like. The candidate must be a
+        trained epoch (``metrics.val.epoch`` >= 1): a file holding the unchanged starting decoder
+        (epoch 0) is refused whatever the margin.
 
         Returns:
             ``{"published": bool, "version": str | None, "reason": str}``.
@@ -77,10 +97,11 @@ class DecoderStore:
         new_dice, old_dice = float(new.get("dice", 0.0)), float(old.get("dice", 0.0))
         if new.get("epoch", 1) == 0:
             return {"published": False, "version": None,
-                    "reason": f"no epoch improved on the live decoder (val Dice {old_dice:.4f})"}
-        if new_dice < old_dice - margin:
-            return {"published": False, "version": None,
-                    "reason": f"val Dice {new_dice:.4f} < live {old_dice:.4f} - margin {margin}"}
+                    "reason": "refused: no trained epoch (the file holds the starting decoder, "
+                              f"val Dice {old_dice:.4f})"}
+        ok, reason = gate(new_dice, old_dice, margin)
+        if not ok:
+            return {"published": False, "version": None, "reason": reason}
         index = self.index()
         version = f"v{len(index) + 1:04d}"
         target = self.root / "versions" / f"{version}.pt"
@@ -96,11 +117,12 @@ class DecoderStore:
             raise
         entry = {"version": version, "file": f"versions/{version}.pt", "val_dice": new_dice,
                  "baseline_val_dice": old_dice, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "metrics": {"val": new, "baseline_val": old}, "training_data": envelope["metadata"].get("training_data")}
-        _atomic_write_json(self.root / "index.json", index + [entry])
-        _atomic_write_json(self.live_file, entry)
-        logger.info("published decoder %s (val Dice %.4f, live was %.4f)", version, new_dice, old_dice)
-        return {"published": True, "version": version, "reason": f"val Dice {new_dice:.4f} >= {old_dice:.4f} - {margin}"}
+                 "gate": reason, "metrics": {"val": new, "baseline_val": old},
+                 "training_data": envelope["metadata"].get("training_data")}
+        write_json_atomic(self.root / "index.json", index + [entry])
+        write_json_atomic(self.live_file, entry)
+        logger.info("published decoder %s (%s)", version, reason)
+        return {"published": True, "version": version, "reason": reason}
 
     def rollback(self, version: str | None = None) -> dict[str, Any] | None:
         """Serve ``version`` (default: the one published before the live one); ``"base"`` = plain decoder."""
@@ -120,6 +142,6 @@ class DecoderStore:
         if version not in names:
             raise SamriInputError("version", version, f"unknown; published versions: {names + ['base']}")
         entry = index[names.index(version)]
-        _atomic_write_json(self.live_file, entry)
+        write_json_atomic(self.live_file, entry)
         logger.info("rolled back to decoder %s", version)
         return entry

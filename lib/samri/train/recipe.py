@@ -135,7 +135,9 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
                     validation=({"study": VALIDATION_STUDY, "label_stride": stride,
                                  "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {}))}
                                 if val_ids else {"val_fraction": float(cfg.get("val_fraction", 0.25))}))
-    model.mask_decoder.load_state_dict(envelope["mask_decoder"])
+    # the shipped decoder is the best by validation Dice overall (the in-memory model), not the gate's
+    # candidate (best trained epoch): if no epoch beat LiteMedSAM's own decoder, that one ships
+    metadata["metrics"] = dict(metadata.get("metrics", {}), val=result.best)
     save_decoder_checkpoint(out, mask_decoder=model.mask_decoder, base_model="litemedsam",
                             preprocessing=envelope["preprocessing"], metadata=metadata)
     return {"checkpoint": str(out), "best": result.best, "baseline": result.baseline, "history": result.history}

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +26,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """Outcome of a run: the best decoder file (None on non-zero ranks) and its metrics."""
+    """Outcome of a run.
+
+    Attributes:
+        checkpoint: ``decoder.pt`` holding the ``candidate`` (None on non-zero ranks).
+        best: validation of the best decoder overall, the starting one (epoch 0) included; the
+            in-memory ``model.mask_decoder`` is left holding it.
+        candidate: validation of the best *trained* epoch (epoch >= 1, at least one step), which
+            is what ``decoder.pt`` holds and what the publish gate judges; epoch 0 (the starting
+            decoder) only when no epoch took a step.
+        budget: what the run used: slices, steps, validation pairs (see `run_training`).
+        seconds: wall seconds of ``stage1``, ``stage2`` (optimiser steps), ``validation`` and ``total``.
+    """
 
     checkpoint: Path | None
     best: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)
+    candidate: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+#: a progress callback: gets one event dict (``phase`` plus counters), must return fast.
+ProgressFn = Callable[[dict[str, Any]], None]
+#: prompt modes every validation pass scores (each validation pair is decoded once per mode).
+VAL_MODES = ("box", "box_point", "point")
 
 
 def dist_info() -> tuple[int, int]:
@@ -62,23 +82,38 @@ def _epoch_order(n: int, rng: np.random.Generator, rank: int, world: int) -> lis
 def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settings: TrainSettings, window,
                  cache: EmbeddingCache, min_pixels: int = 30, axes: Sequence[int] = (2,),
                  val_fraction: float = 0.25, include_labels: Sequence[str] | None = None,
-                 progress: bool = True, stop_check=None, val_studies: Sequence[str] | None = None) -> TrainResult:
-    """Stage 1 then stage 2; writes ``out_dir/decoder.pt`` (best validation Dice) on rank 0.
+                 progress: bool = True, stop_check: Callable[[], bool] | None = None,
+                 val_studies: Sequence[str] | None = None, on_progress: ProgressFn | None = None) -> TrainResult:
+    """Stage 1 then stage 2; writes ``out_dir/decoder.pt`` (the best trained epoch) on rank 0.
+
+    Budget: stage 1 encodes at most ``settings.max_slices`` new slices (labelled slices already
+    cached are used too), an epoch takes at most ``settings.max_steps_per_epoch`` steps of
+    ``settings.batch_size`` samples, and every validation (the starting decoder, then each epoch)
+    scores at most ``settings.max_val_samples`` pairs with each of `VAL_MODES`. None = unbounded.
+    ``TrainResult.budget`` and ``.seconds`` say what was used.
 
     Args:
         model: a `samri.models.SamModel`; only ``model.mask_decoder`` is trained.
+        progress: tqdm bars (stage 1 and epochs) on rank 0; without them, log lines every ~10% of an epoch.
         stop_check: optional callable returning True to stop early (MONAI Label's stop request).
         val_studies: validate on these study ids instead of a random ``val_fraction`` split.
+        on_progress: rank 0 calls it with events ``{"phase": "stage1" | "stage2" | "validation", ...}``:
+            stage-1 counters (see `samri.train.data.stage1`), every step ``epoch``, ``total_epochs``,
+            ``step``, ``total_steps``, ``loss`` (the epoch's running mean), and validation
+            ``pairs_done``/``pairs_total`` then ``val`` (its figures) with ``best``.
     """
     rank, world = dist_info()
+    emit = on_progress if rank == 0 and on_progress is not None else (lambda event: None)
     torch.manual_seed(settings.seed)
     out_dir = Path(out_dir)
     start = time.perf_counter()
+    seconds = {"stage1": 0.0, "stage2": 0.0, "validation": 0.0}
     indices, stats = stage1(studies, model, cache, window=window, min_pixels=min_pixels, axes=axes,
-                            include_labels=include_labels, shard=(rank, world), progress=progress and rank == 0)
+                            include_labels=include_labels, shard=(rank, world), progress=progress and rank == 0,
+                            max_slices=settings.max_slices, on_progress=emit)
     if world > 1:
         torch.distributed.barrier()  # every rank's slices are on the shared disk cache now
-    stage1_s = time.perf_counter() - start
+    seconds["stage1"] = time.perf_counter() - start
     train_idx, val_idx = split_by_study(indices, val_fraction, settings.seed, val_studies)
     train_samples = [s for i in train_idx for s in i.samples]
     rng_val = np.random.default_rng(settings.seed)
@@ -91,50 +126,111 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     source = SampleSource(indices, cache, model.cache_key(), model.input_size)
     decoder = _trainable_decoder(model, world)
     trainer = DecoderTrainer(model=model, source=source, settings=settings, decoder=decoder)
-    baseline = trainer.validate(val_samples)
-    logger.info("stage 1: %d studies, %d samples, %d slices encoded (%.1f s); baseline val %s",
-                len(indices), len(train_samples) + len(val_samples), stats.slices_encoded, stage1_s, baseline)
-    history, best, best_state = [], dict(baseline, epoch=0), _decoder_state(model)
+    n_steps = _steps_per_epoch(len(train_samples) // world if world > 1 else len(train_samples), settings)
+    budget = {"max_slices": settings.max_slices, "slices_labelled": stats.slices_labelled,
+              "slices_used": stats.slices_used, "slices_encoded": stats.slices_encoded,
+              "slices_cached": stats.slices_used - stats.slices_encoded if world == 1 else None,
+              "train_samples": len(train_samples), "batch_size": settings.batch_size,
+              "max_steps_per_epoch": settings.max_steps_per_epoch, "steps_per_epoch": n_steps,
+              "epochs": settings.epochs, "steps": 0, "val_pairs": len(val_samples),
+              "val_prompts": len(val_samples) * len(VAL_MODES), "validations": 0}
+
+    def validate(epoch: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if rank == 0:
+            logger.info("validating %s on %d pairs x %d prompt modes", f"epoch {epoch}" if epoch else
+                        "the starting decoder", len(val_samples), len(VAL_MODES))
+        emit({"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "pairs_done": 0,
+              "pairs_total": len(val_samples) * len(VAL_MODES)})
+        val = trainer.validate(val_samples, VAL_MODES, on_batch=lambda done, total: emit(
+            {"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "pairs_done": done,
+             "pairs_total": total}))
+        seconds["validation"] += time.perf_counter() - t0
+        budget["validations"] += 1
+        return val
+
+    baseline = validate(0)
+    logger.info("stage 1: %d studies, %d samples, %d of %d labelled slices used, %d encoded (%.1f s); "
+                "baseline val %s", len(indices), len(train_samples) + len(val_samples), stats.slices_used,
+                stats.slices_labelled, stats.slices_encoded, seconds["stage1"], baseline)
+    initial = _decoder_state(model)
+    history, best, best_state = [], dict(baseline, epoch=0), initial
+    candidate, candidate_state = None, None
+    emit({"phase": "validation", "epoch": 0, "total_epochs": settings.epochs, "val": baseline, "best": best})
     rng = np.random.default_rng(settings.seed + 1)
     for epoch in range(1, settings.epochs + 1):
         order = _epoch_order(len(train_samples), rng, rank, world)
-        steps = range(0, len(order), settings.batch_size)
-        if settings.max_steps_per_epoch:
-            steps = list(steps)[: int(settings.max_steps_per_epoch)]
+        steps = list(range(0, len(order), settings.batch_size))[:n_steps]
         bar = _bar(steps, f"epoch {epoch}/{settings.epochs}", progress and rank == 0)
-        losses = []
+        losses: list[float] = []
+        t0 = time.perf_counter()
         for step_start in bar:
             if stop_check is not None and stop_check():
                 logger.info("stop requested: ending training after epoch %d", epoch - 1)
                 break
             batch = [train_samples[k] for k in order[step_start:step_start + settings.batch_size]]
             losses.append(trainer.step(batch, np.random.default_rng(rng.integers(1 << 31)))["loss"])
-        val = trainer.validate(val_samples)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, **val}
+            budget["steps"] += 1
+            emit({"phase": "stage2", "epoch": epoch, "total_epochs": settings.epochs, "step": len(losses),
+                  "total_steps": len(steps), "loss": float(np.mean(losses))})
+            if not progress and rank == 0 and len(losses) % max(1, len(steps) // 10) == 0:
+                logger.info("epoch %d/%d: step %d/%d, loss %.4f", epoch, settings.epochs, len(losses), len(steps),
+                            float(np.mean(losses)))
+        seconds["stage2"] += time.perf_counter() - t0
+        val = validate(epoch)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
+                  "steps": len(losses), **val}
         history.append(record)
         logger.info("epoch %d: %s", epoch, record)
-        if val["dice"] > best["dice"]:
-            best, best_state = dict(val, epoch=epoch), _decoder_state(model)
+        new_candidate = bool(losses) and (candidate is None or val["dice"] > candidate["dice"])
+        if new_candidate or val["dice"] > best["dice"]:
+            state = _decoder_state(model)
+            if new_candidate:
+                candidate, candidate_state = dict(val, epoch=epoch), state
+            if val["dice"] > best["dice"]:
+                best, best_state = dict(val, epoch=epoch), state
+        emit({"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "val": val, "best": best})
         if stop_check is not None and stop_check():
             break
+    if candidate is None:  # no epoch took a step: the file holds the starting decoder (the gate refuses it)
+        candidate, candidate_state = dict(baseline, epoch=0), initial
+    seconds = {k: round(v, 1) for k, v in seconds.items()}
+    seconds["total"] = round(time.perf_counter() - start, 1)
     path = None
     if rank == 0:
-        model.mask_decoder.load_state_dict(best_state)
-        metadata = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "version": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-                    "training_data": {"studies": stats.studies_used, "skipped": stats.skipped,
-                                      "train_studies": [i.study.study_id for i in train_idx],
-                                      "val_studies": [i.study.study_id for i in val_idx],
-                                      "train_samples": len(train_samples), "val_samples": len(val_samples)},
-                    "metrics": {"val": best, "baseline_val": baseline, "history": history},
-                    "settings": {"lr": settings.lr, "epochs": settings.epochs, "batch_size": settings.batch_size,
-                                 "min_pixels": min_pixels, "axes": list(axes), "world_size": world},
-                    "point_prompts": point_prompt_mode(best), "seconds": round(time.perf_counter() - start, 1),
-                    "stage1_seconds": round(stage1_s, 1)}
-        path = save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
-                                       base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
-                                       metadata=metadata)
-    return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline)
+        path = _save(model, out_dir, candidate_state, settings, stats, train_idx, val_idx, budget, seconds,
+                     min_pixels=min_pixels, axes=axes, world=world,
+                     metrics={"val": candidate, "baseline_val": baseline, "best_overall": best, "history": history})
+    model.mask_decoder.load_state_dict(best_state)
+    return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline,
+                       candidate=candidate, budget=budget, seconds=seconds)
+
+
+def _steps_per_epoch(n_samples: int, settings: TrainSettings) -> int:
+    steps = -(-n_samples // settings.batch_size)
+    return min(steps, int(settings.max_steps_per_epoch)) if settings.max_steps_per_epoch else steps
+
+
+def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainSettings, stats: DataStats,
+          train_idx, val_idx, budget: dict[str, Any], seconds: dict[str, float], *, min_pixels: int,
+          axes: Sequence[int], world: int, metrics: dict[str, Any]) -> Path:
+    """``out_dir/decoder.pt``: the decoder ``state`` with the run's metadata (rank 0 only)."""
+    model.mask_decoder.load_state_dict(state)
+    now = datetime.now(timezone.utc)
+    train_samples = sum(len(i.samples) for i in train_idx)
+    metadata = {"created": now.isoformat(timespec="seconds"), "version": now.strftime("%Y%m%dT%H%M%SZ"),
+                "training_data": {"studies": stats.studies_used, "skipped": stats.skipped,
+                                  "train_studies": [i.study.study_id for i in train_idx],
+                                  "val_studies": [i.study.study_id for i in val_idx],
+                                  "train_samples": train_samples, "val_samples": budget["val_pairs"]},
+                "metrics": metrics,
+                "settings": {"lr": settings.lr, "epochs": settings.epochs, "batch_size": settings.batch_size,
+                             "min_pixels": min_pixels, "axes": list(axes), "world_size": world},
+                "budget": budget, "point_prompts": point_prompt_mode(metrics["val"]),
+                "seconds": seconds["total"], "stage1_seconds": seconds["stage1"], "phase_seconds": seconds}
+    return save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
+                                   base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
+                                   metadata=metadata)
 
 
 def point_prompt_mode(val: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Stage-2 settings; see ``configs/training.yaml`` for the meaning and defaults."""
+    """Stage-2 settings (and the run's stage-1 budget); see ``configs/training.yaml``.
+
+    The built-in defaults leave a run unbounded (every labelled slice, every sample per epoch);
+    the app's ``training.yaml`` sets the budget a request runs under.
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.1
@@ -38,6 +42,7 @@ class TrainSettings:
     batch_size: int = 8
     max_steps_per_epoch: int | None = None
     max_val_samples: int = 256
+    max_slices: int | None = None
     seed: int = 0
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -48,9 +53,15 @@ class TrainSettings:
                    lambda_dice=float(loss.get("lambda_dice", 1.0)), lambda_focal=float(loss.get("lambda_focal", 10.0)),
                    focal_gamma=float(loss.get("focal_gamma", 2.0)), iou_weight=float(loss.get("iou_weight", 1.0)),
                    epochs=int(cfg.get("epochs", 4)), batch_size=int(cfg.get("batch_size", 8)),
-                   max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
-                   max_val_samples=int(cfg.get("max_val_samples", 256)), seed=int(cfg.get("seed", 0)),
+                   max_steps_per_epoch=_positive_or_none(cfg.get("max_steps_per_epoch")),
+                   max_val_samples=int(cfg.get("max_val_samples", 256)),
+                   max_slices=_positive_or_none(cfg.get("max_slices")), seed=int(cfg.get("seed", 0)),
                    sim=SimSettings(**prompts))
+
+
+def _positive_or_none(value: Any) -> int | None:
+    """A budget from YAML: null or 0 = unbounded (None)."""
+    return int(value) if value else None
 
 
 class SampleSource:
@@ -193,14 +204,19 @@ class DecoderTrainer:
         return {"loss": float(loss.detach()), "seg_loss": float(seg_loss.detach()), "iou_loss": float(iou_loss.detach())}
 
     @torch.no_grad()
-    def validate(self, samples: Sequence[SliceSample], modes: Sequence[str] = ("box", "box_point", "point")) -> dict:
-        """Fixed-seed prompts without jitter; Dice at slice resolution; loss in the low-res frame."""
+    def validate(self, samples: Sequence[SliceSample], modes: Sequence[str] = ("box", "box_point", "point"),
+                 on_batch: Callable[[int, int], None] | None = None) -> dict:
+        """Fixed-seed prompts without jitter; Dice at slice resolution; loss in the low-res frame.
+
+        Args:
+            on_batch: called with ``(pairs done, pairs total)`` (over all modes) after every batch.
+        """
         self.decoder.eval()
         rng = np.random.default_rng(1234)
         sim = SimSettings(mode_weights={"box": 1.0}, box_jitter=0.0)
         out: dict[str, Any] = {}
         losses = []
-        for mode in modes:
+        for k, mode in enumerate(modes):
             dices = []
             for start in range(0, len(samples), self.settings.batch_size):
                 chunk = samples[start:start + self.settings.batch_size]
@@ -212,6 +228,8 @@ class DecoderTrainer:
                 for n, m in enumerate(masks):
                     pred = geoms[n].logits_to_slice(logits[n:n + 1])[0, 0].cpu().numpy() > 0
                     dices.append(2 * (pred & m).sum() / max(pred.sum() + m.sum(), 1))
+                if on_batch is not None:
+                    on_batch(k * len(samples) + start + len(chunk), len(modes) * len(samples))
             out[f"dice_{mode}"] = float(np.mean(dices)) if dices else 0.0
         out["loss"] = float(sum(losses) / max(len(samples), 1))
         out["dice"] = out.get("dice_box", 0.0)

@@ -6,12 +6,18 @@ Body (JSON), every key optional; defaults come from ``configs/training.yaml`` (o
 
 ===================  ===========================================================================
 ``max_epochs``       epochs of stage 2 (integer >= 1; YAML ``epochs``)
-``max_steps_per_epoch``  cap of decoder steps per epoch (integer; 0 or null = all samples)
+``max_steps_per_epoch``  cap of decoder steps per epoch (integer; 0 = all samples)
+``max_slices``       cap of new slices stage 1 encodes over all studies, each study an equal
+                     share of evenly spaced labelled slices; labelled slices already in the
+                     embedding cache are used too, for free (integer; 0 = every labelled slice;
+                     one encoder pass each: LiteMedSAM on a 2-core CPU 1-5 s)
+``max_val_samples``  validation pairs (slice, structure), each scored with 3 prompt modes before
+                     training and after every epoch (integer >= 1)
 ``lr``               AdamW learning rate (> 0; YAML ``optimizer.lr``)
 ``labels``           label names to train on: a list or a comma-separated string; empty = all
                      named labels (YAML ``include_labels``)
-``gate_margin``      publish only if validation Dice >= the live decoder's - margin (>= 0; YAML
-                     ``gate.margin``)
+``gate_margin``      publish when validation Dice beats the live decoder's, or is at most this much
+                     below it (>= 0; 0 = must improve; YAML ``gate.margin``)
 ``rollback``         ``vNNNN``, ``base`` or ``previous``: make that published version live
                      instead of training (see `samri.train.publish.DecoderStore.rollback`)
 ===================  ===========================================================================
@@ -35,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: keys MONAI Label itself puts into a train request.
 MONAI_LABEL_KEYS = {"model", "gpus", "local_rank", "device", "multi_gpu", "bundle_path", "name"}
-OPTION_KEYS = {"max_epochs", "max_steps_per_epoch", "lr", "labels", "gate_margin", "rollback"}
+OPTION_KEYS = {"max_epochs", "max_steps_per_epoch", "max_slices", "max_val_samples", "lr", "labels", "gate_margin",
+               "rollback"}
 _ROLLBACK_RE = re.compile(r"^(v\d{4,}|base|previous)$")
 
 
@@ -65,6 +72,8 @@ class TrainOptions:
     labels: tuple[str, ...] | None
     gate_margin: float
     rollback: str | None = None
+    max_slices: int | None = None
+    max_val_samples: int | None = None
 
     def summary(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -74,10 +83,17 @@ class TrainOptions:
         out = copy.deepcopy(dict(cfg))
         out["epochs"] = self.epochs
         out["max_steps_per_epoch"] = self.max_steps_per_epoch
+        out["max_slices"] = self.max_slices
+        if self.max_val_samples is not None:
+            out["max_val_samples"] = self.max_val_samples
         out.setdefault("optimizer", {})["lr"] = self.lr
         out["include_labels"] = list(self.labels) if self.labels else None
         out.setdefault("gate", {})["margin"] = self.gate_margin
         return out
+
+
+#: largest epoch or step count accepted.
+MAX_COUNT = 1_000_000
 
 
 def _blank(value: Any) -> bool:
@@ -90,9 +106,11 @@ def _integer(value: Any, field: str, minimum: int) -> int:
             value = float(value.strip())
         except ValueError:
             raise SamriInputError(field, value, "must be an integer") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and (not math.isfinite(value) or int(value) != value)):
         raise SamriInputError(field, value, "must be an integer")
+    if value > MAX_COUNT:  # checked on the Python value: a JSON integer may have thousands of digits
+        raise SamriInputError(field, value, f"must be <= {MAX_COUNT}")
     if value < minimum:
         raise SamriInputError(field, value, f"must be >= {minimum}")
     return int(value)
@@ -101,7 +119,7 @@ def _integer(value: Any, field: str, minimum: int) -> int:
 def _number(value: Any, field: str, *, positive: bool) -> float:
     try:
         number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SamriInputError(field, value, "must be a number") from None
     if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (positive and number == 0):
         raise SamriInputError(field, value, "must be a positive number" if positive else "must be >= 0")
@@ -128,6 +146,8 @@ def defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
     include = cfg.get("include_labels")
     return {"max_epochs": int(cfg.get("epochs", 4)),
             "max_steps_per_epoch": int(cfg.get("max_steps_per_epoch") or 0),
+            "max_slices": int(cfg.get("max_slices") or 0),
+            "max_val_samples": int(cfg.get("max_val_samples", 256)),
             "lr": float((cfg.get("optimizer") or {}).get("lr", 1e-4)),
             "labels": ",".join(include) if include else "",
             "gate_margin": float((cfg.get("gate") or {}).get("margin", 0.0)),
@@ -157,7 +177,10 @@ def parse_train_options(request: Mapping[str, Any], cfg: Mapping[str, Any]) -> T
     else:
         rollback = None
     steps = _integer(get("max_steps_per_epoch"), "max_steps_per_epoch", 0)
+    slices = _integer(get("max_slices"), "max_slices", 0)
     labels = _labels(request.get("labels")) if not _blank(request.get("labels")) else _labels(base["labels"])
     return TrainOptions(epochs=_integer(get("max_epochs"), "max_epochs", 1), max_steps_per_epoch=steps or None,
                         lr=_number(get("lr"), "lr", positive=True), labels=labels,
-                        gate_margin=_number(get("gate_margin"), "gate_margin", positive=False), rollback=rollback)
+                        gate_margin=_number(get("gate_margin"), "gate_margin", positive=False), rollback=rollback,
+                        max_slices=slices or None,
+                        max_val_samples=_integer(get("max_val_samples"), "max_val_samples", 1))

@@ -19,11 +19,20 @@ One run:
    ``metrics.baseline_val`` is that decoder on the same validation studies;
 3. `samri.train.run.run_training`: stage 1 through the app's shared embedding cache, stage 2
    trains only the mask decoder;
-4. `samri.train.publish.DecoderStore.publish` into ``<app>/model/decoders`` (gated on validation
-   Dice with ``gate_margin``); the infer tasks serve a published version on their next request.
+4. `samri.train.publish.DecoderStore.publish` of the best *trained* epoch into
+   ``<app>/model/decoders``, gated on validation Dice with ``gate_margin`` (`samri.train.publish.gate`);
+   the infer tasks serve a published version on their next request.
 
-Request options: see `options` (``max_epochs``, ``max_steps_per_epoch``, ``lr``, ``labels``,
-``gate_margin``, ``rollback``).
+While it runs, ``<app>/model/train_runs/last_run.json`` is updated (at most every 2 s, and at
+each phase change and validation) with the phase (``stage1``, ``stage2``, ``validation``), epoch,
+step, running loss and the latest validation figures; `stats` (``/info/`` ``train_stats``, what
+3D Slicer's training panel polls) reports them in MONAI Label's keys. ``GET /train/`` shows the
+subprocess's last 20 log lines: one per study in stage 1, one per ~10% of an epoch, one per epoch.
+The result (also in ``/info/``) states the budget used (``budget``: slices, steps, validation
+pairs) and ``seconds`` per phase.
+
+Request options: see `options` (``max_epochs``, ``max_steps_per_epoch``, ``max_slices``,
+``max_val_samples``, ``lr``, ``labels``, ``gate_margin``, ``rollback``).
 
 Why a plain `TrainTask` and not MONAI Label's ``BasicTrainTask``: that class builds a MONAI
 supervised trainer/evaluator over a datalist of image/label dictionaries, saves whole-network
@@ -52,7 +61,7 @@ from samri.errors import SamriInputError
 from ..infers.errors import http_errors
 from ..infers.runtime import SamriRuntime
 from .options import TrainOptions, defaults, parse_train_options, read_training_config
-from .records import RunRecord, pid_alive, publish_lock, remove_stale_runs
+from .records import ProgressRecorder, RunRecord, pid_alive, progress_stats, publish_lock, remove_stale_runs
 from .studies import collect_studies, fallback_label_names
 
 logger = logging.getLogger(__name__)
@@ -75,7 +84,8 @@ class SamriTrainer(TrainTask):
 
     def __init__(self, *, runtime: SamriRuntime) -> None:
         super().__init__(f"SAMRI decoder fine-tuning ({runtime.settings.model}) on final labels; "
-                         "publishes a new decoder version when validation Dice is not worse")
+                         "publishes a new decoder version when its validation Dice beats the live one "
+                         "(or is within gate_margin of it)")
         self.runtime = runtime
         self.settings = runtime.settings
 
@@ -124,8 +134,17 @@ class SamriTrainer(TrainTask):
             out["is_training"] = last.get("status") == "running"
             out["epoch"] = last.get("epoch", 0)
             out["total_epochs"] = last.get("total_epochs") or (last.get("options") or {}).get("epochs", 1)
-            if not out["is_training"] and last.get("total_time") is not None:
-                out["total_time"] = last["total_time"]
+            if out["is_training"]:
+                out.update(progress_stats(last))
+            else:
+                if last.get("total_time") is not None:
+                    out["total_time"] = last["total_time"]
+                measured = last.get("baseline_val_dice")  # the live decoder, measured by the last run
+                if "best_metric" not in out and last.get("started_from") == live and isinstance(measured, (int, float)):
+                    out["best_metric"] = float(measured)
+            for key in ("budget", "seconds"):
+                if key in last:
+                    out[key] = last[key]
         return out
 
     # --- the task ---------------------------------------------------------------------------------
@@ -136,6 +155,12 @@ class SamriTrainer(TrainTask):
             if options.rollback is not None:
                 return self.rollback(options.rollback)
             return self.train(options, cfg, datastore)
+
+    def check_request(self, request: Mapping[str, Any]) -> None:
+        """Validate a ``POST /train/samri`` body before the server starts a job for it (422 naming the
+        field): MONAI Label runs training in a subprocess, where a bad option would only fail later."""
+        with http_errors(f"train {TRAINER_NAME}"):
+            parse_train_options(request, read_training_config())
 
     def rollback(self, target: str) -> dict[str, Any]:
         """Make ``target`` (``vNNNN``, ``base`` or ``previous``) the live decoder; returns the new live entry."""
@@ -155,23 +180,26 @@ class SamriTrainer(TrainTask):
         record = self.record
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_runs(self.runs_dir)
-        record.write({"status": "running", "pid": os.getpid(), "started": _now(), "epoch": 0,
-                      "total_epochs": options.epochs, "options": options.summary()})
+        recorder = ProgressRecorder(record, {"status": "running", "pid": os.getpid(), "started": _now(),
+                                             "phase": "starting", "epoch": 0, "total_epochs": options.epochs,
+                                             "options": options.summary()})
+        recorder.flush()
         run_dir = Path(tempfile.mkdtemp(prefix="run_", dir=self.runs_dir))
         (run_dir / "owner.pid").write_text(str(os.getpid()))
         try:
-            result = self._train(options, options.apply(cfg), datastore, run_dir)
+            result = self._train(options, options.apply(cfg), datastore, run_dir, recorder)
         except BaseException as exc:
-            record.write({**record.read(), "status": "error", "error": str(exc), "ended": _now(),
+            record.write({**recorder.data, "status": "error", "error": str(exc), "ended": _now(),
                           "total_time": round(time.perf_counter() - start, 1)})
             raise
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         result["total_time"] = round(time.perf_counter() - start, 1)
-        record.write({**record.read(), "status": "done", "ended": _now(), **result})
+        record.write({**recorder.data, "status": "done", "phase": "done", "ended": _now(), **result})
         return result
 
-    def _train(self, options: TrainOptions, cfg: Mapping[str, Any], datastore, run_dir: Path) -> dict[str, Any]:
+    def _train(self, options: TrainOptions, cfg: Mapping[str, Any], datastore, run_dir: Path,
+               on_progress: ProgressRecorder | None = None) -> dict[str, Any]:
         from samri.config import load_registry
         from samri.embeddings import EmbeddingCache
         from samri.train.run import run_training
@@ -195,7 +223,8 @@ class SamriTrainer(TrainTask):
                               window=registry.window, cache=cache, min_pixels=int(cfg.get("min_pixels", 30)),
                               axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)),
                               include_labels=include, progress=sys.stderr.isatty(),
-                              stop_check=lambda: os.getppid() != parent)  # the server went away
+                              stop_check=lambda: os.getppid() != parent,  # the server went away
+                              on_progress=on_progress)
         store = self.runtime.decoders.store()
         with publish_lock(self.runs_dir):
             live_now = self.runtime.decoders.live_version()
@@ -207,9 +236,12 @@ class SamriTrainer(TrainTask):
         live = self.runtime.decoders.live_version()
         logger.info("publish: %s (live decoder: %s)", publish, live)
         return {**publish, "live": live, "started_from": started_from,
-                "val_dice": result.best.get("dice"), "baseline_val_dice": result.baseline.get("dice"),
-                "best_epoch": result.best.get("epoch"), "epoch": len(result.history), "total_epochs": options.epochs,
-                "history": [{k: h.get(k) for k in ("epoch", "train_loss", "loss", "dice")} for h in result.history],
+                "val_dice": result.candidate.get("dice"), "baseline_val_dice": result.baseline.get("dice"),
+                "best_epoch": result.candidate.get("epoch"), "epoch": len(result.history),
+                "total_epochs": options.epochs,
+                "history": [{k: h.get(k) for k in ("epoch", "steps", "train_loss", "loss", "dice")}
+                            for h in result.history],
+                "budget": result.budget, "seconds": result.seconds,
                 "studies": result.stats.get("studies_used", []),
                 "skipped": {**skipped, **result.stats.get("skipped", {})},
                 "ignored_labels": {k: v for k, v in ignored.items() if v},
