@@ -116,7 +116,12 @@ def parse_params(text: str | bytes | None, *, model: str) -> dict[str, Any]:
 def reject_final_save(request: Mapping[str, Any], final_tag: str = "final") -> None:
     """An /infer result is never saved over a finished label: ``save_label`` with the final tag is 422."""
     save = request.get("save_label")
-    if save in (True, "true", "True", "1", 1) and str(request.get("label_tag", "original")) == final_tag:
+    if save not in (True, "true", "True", "1", 1):
+        return
+    tag = request.get("label_tag", "original")
+    if not isinstance(tag, str):
+        raise http_error(422, "label_tag", tag, "must be a label tag name such as 'original'")
+    if tag == final_tag:
         raise http_error(422, "label_tag", final_tag, "an /infer result is never saved as the finished label; "
                          "submit it with PUT /datastore/label?tag=final (which checks it against the image)")
 
