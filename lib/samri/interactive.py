@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from samri.errors import SamriInputError
 from samri.geometry import in_plane_axes, put_slice
-from samri.predict import Segmenter, SliceResult
+from samri.predict import PropagationBudget, Segmenter, SliceResult
 from samri.prompts import VolumeRequest, parse_request
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ class InteractiveResult:
         axis: slicing axis.
         slices: ``{slice index: SliceResult}`` that were predicted.
         request: the validated request.
+        stops: 3D: where and why each propagation front stopped (`samri.propagation.PropagationRun`).
+        partial: 3D: None, or ``{"reason": "max_slices" | "max_seconds" | "cancelled",
+            "slices_done": n, "seconds": s}`` when the budget ended propagation early.
     """
 
     mask: np.ndarray
@@ -36,22 +39,33 @@ class InteractiveResult:
     axis: int
     slices: dict[int, SliceResult] = field(default_factory=dict)
     request: VolumeRequest | None = None
+    stops: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts for logs and HTTP result params."""
         ious = {int(k): round(v.iou, 4) for k, v in sorted(self.slices.items())}
-        return {"mode": self.mode, "axis": self.axis, "slices": sorted(ious), "predicted_iou": ious,
-                "voxels": int(self.mask.sum())}
+        out = {"mode": self.mode, "axis": self.axis, "slices": sorted(ious), "predicted_iou": ious,
+               "voxels": int(self.mask.sum()), "partial": self.partial}
+        if self.mode == "3d":
+            out["stops"] = [dict(s) for s in self.stops]
+        return out
 
 
 def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode: str = "2d", axis: int = 2,
-                previous_logits: Mapping[int, torch.Tensor] | None = None) -> InteractiveResult:
+                previous_logits: Mapping[int, torch.Tensor] | None = None, budget: PropagationBudget | None = None,
+                should_stop: Callable[[], bool] | None = None) -> InteractiveResult:
     """Validate ``params`` (Slicer/OHIF schema) and segment ``volume`` (a PreparedVolume).
 
     Args:
         mode: ``"2d"`` fills only the request's slice; ``"3d"`` propagates in both directions.
         previous_logits: ``{slice index: (1, 1, s, s)}`` low-res logits of this client's previous
             result on the same label; used as the mask prompt on those slices (refinement).
+        budget: 3D only: most slices and seconds (`PropagationBudget`); propagation beyond it
+            stops and the result is marked ``partial``. Prompted slices beyond ``max_slices``
+            are rejected before any work.
+        should_stop: 3D only: polled between slices; True ends propagation (partial, reason
+            ``"cancelled"``), e.g. when the client disconnected. Overrides ``budget.should_stop``.
     """
     if mode not in MODES:
         raise SamriInputError("mode", mode, f"must be one of {list(MODES)}")
@@ -67,8 +81,13 @@ def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode
         res = segmenter.predict_slice(volume, axis, index, prompt)
         put_slice(out, axis, index, res.mask.astype(np.uint8))
         return InteractiveResult(mask=out, mode=mode, axis=axis, slices={index: res}, request=request)
+    budget = budget or PropagationBudget()
+    if should_stop is not None:
+        budget = replace(budget, should_stop=should_stop)
+    prompted = request.prompted_slices()
+    budget.check_seeds(len(prompted), "foreground")
     seeds = {}
-    for index in request.prompted_slices():
+    for index in prompted:
         prompt = request.slice_prompt(index)
         prompt.mask_logits = previous_logits.get(index)
         seeds[index] = prompt
@@ -80,6 +99,6 @@ def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode
     bounds = request.roi_range()
     if bounds is not None and bounds[0] == bounds[1]:
         bounds = None  # a flat ROI is a 2D box on its slice, not a limit of the object's extent
-    vres = segmenter.propagate(volume, axis, seeds, bounds=bounds, roi_box=roi_box)
+    vres = segmenter.propagate(volume, axis, seeds, bounds=bounds, roi_box=roi_box, budget=budget)
     return InteractiveResult(mask=vres.mask.astype(np.uint8), mode=mode, axis=axis, slices=vres.slices,
-                             request=request)
+                             request=request, stops=vres.stops, partial=vres.partial)

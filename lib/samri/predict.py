@@ -8,7 +8,8 @@ kept for refinement clicks.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ from samri.embeddings import EmbeddingCache, get_embeddings
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
 from samri.prompts import SlicePrompt
+from samri.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
+
+__all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
+           "VolumeResult", "interior_point", "mask_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,47 +54,16 @@ class VolumeResult:
         mask: ``(X, Y, Z)`` bool.
         slices: ``{slice index: SliceResult}`` along ``axis`` for every predicted slice.
         axis: the slicing axis.
+        stops: where and why each front stopped (`samri.propagation.PropagationRun.stops`).
+        partial: None, or why the budget ended propagation early
+            (`samri.propagation.PropagationRun.partial`).
     """
 
     mask: np.ndarray
     slices: dict[int, SliceResult] = field(default_factory=dict)
     axis: int = 2
-
-
-@dataclass(frozen=True)
-class PropagationSettings:
-    """When 3D propagation stops and how it prompts the next slice.
-
-    Attributes:
-        min_area: stop when a slice's mask has fewer pixels (object ended).
-        min_iou: stop when the decoder's predicted IoU falls below this (absolute floor).
-        min_relative_iou: stop when the predicted IoU falls below this fraction of the seed
-            slice's (0 turns it off). Relative, because a fine-tuned IoU head is calibrated to the real IoU of its
-            training structures (about 0.3-0.6 on atlas structures), so no absolute threshold suits
-            every decoder; calibrated on Colin27 deep grey structures (docs/DECODER.md).
-        max_growth: stop when the area grows by more than this factor (leak into neighbours).
-        min_overlap: stop when the new mask covers less than this fraction of the previous one's
-            box-overlap (jumped to another object).
-        box_margin: pixels added around the previous mask's box.
-    """
-
-    min_area: int = 10
-    min_iou: float = 0.2
-    min_relative_iou: float = 0.85
-    max_growth: float = 2.0
-    min_overlap: float = 0.2
-    box_margin: int = 2
-
-
-def mask_box(mask: np.ndarray, margin: int = 0) -> np.ndarray | None:
-    """Tight ``(r0, c0, r1, c1)`` box of a ``(H, W)`` mask, grown by ``margin``; None if empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return np.array([max(rows[0] - margin, 0), max(cols[0] - margin, 0),
-                     min(rows[-1] + margin, h - 1), min(cols[-1] + margin, w - 1)], dtype=np.float64)
+    stops: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray | None:
@@ -212,63 +186,36 @@ class Segmenter:
 
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,
                   bounds: tuple[int, int] | None = None, roi_box: np.ndarray | None = None,
+                  budget: PropagationBudget | None = None, should_stop: Callable[[], bool] | None = None,
                   progress: bool = False) -> VolumeResult:
         """Segment prompted slices, then follow the object through the volume in both directions.
 
         Each next slice is prompted with the box of the previous slice's mask (plus a margin,
         clipped to ``roi_box``); propagation stops where the object ends (see
-        `PropagationSettings`), at ``bounds`` (inclusive slice range), or where another seed's
-        result already is.
+        `PropagationSettings`), at ``bounds`` (inclusive slice range), where another seed's
+        result already is, or when ``budget`` runs out (the result is then marked ``partial``).
 
         Args:
             seeds: ``{slice index: prompt}``; at least one.
             bounds: inclusive slice range to stay within (e.g. the ROI's), default whole axis.
             roi_box: ``(r0, c0, r1, c1)`` in-plane limit for propagated boxes.
+            budget: slice, time and cancellation limits (default: none).
+            should_stop: polled between slices; True ends propagation (overrides ``budget.should_stop``).
         """
         axis = check_axis(axis)
         if not seeds:
             raise SamriInputError("seeds", {}, "3D propagation needs at least one prompted slice")
         n = volume.shape[axis]
-        lo, hi = bounds if bounds is not None else (0, n - 1)
-        geom = self.slice_geometry(volume, axis)
-        result = VolumeResult(mask=np.zeros(volume.shape, dtype=bool), axis=axis)
-        for index, prompt in sorted(seeds.items()):
-            result.slices[index] = self.predict_slice(volume, axis, index, prompt)
-        for index in sorted(seeds):
-            for step in (1, -1):
-                self._follow(volume, axis, geom, index, step, (lo, hi), roi_box, seeds, result)
+        bounds = bounds if bounds is not None else (0, n - 1)
+        budget = budget or PropagationBudget()
+        if should_stop is not None:
+            budget = replace(budget, should_stop=should_stop)
+        run = Propagator(self, volume, axis, bounds=bounds, roi_box=roi_box, budget=budget).run(seeds)
+        result = VolumeResult(mask=np.zeros(volume.shape, dtype=bool), slices=run.slices, axis=axis,
+                              stops=run.stops, partial=run.partial)
         for index, res in result.slices.items():
             put_slice(result.mask, axis, index, res.mask)
-        logger.info("3D propagation on axis %d: %d slices from %d seeds", axis, len(result.slices), len(seeds))
+        logger.info("3D propagation on axis %d: %d slices from %d seeds (stops %s%s)", axis, len(result.slices),
+                    len(seeds), [(s["at"], s["reason"]) for s in run.stops],
+                    f", partial: {run.partial['reason']}" if run.partial else "")
         return result
-
-    def _follow(self, volume, axis: int, geom: SliceGeometry, start: int, step: int, bounds: tuple[int, int],
-                roi_box: np.ndarray | None, seeds: dict[int, SlicePrompt], result: VolumeResult) -> None:
-        rules = self.propagation
-        prev = result.slices[start]
-        iou_floor = max(rules.min_iou, rules.min_relative_iou * prev.iou) if rules.min_relative_iou > 0 else rules.min_iou
-        index = start + step
-        while bounds[0] <= index <= bounds[1] and index not in seeds and index not in result.slices:
-            if prev.area < rules.min_area:
-                return
-            box = mask_box(prev.mask, rules.box_margin)
-            if roi_box is not None:
-                box = np.array([max(box[0], roi_box[0]), max(box[1], roi_box[1]),
-                                min(box[2], roi_box[2]), min(box[3], roi_box[3])])
-                if box[0] > box[2] or box[1] > box[3]:
-                    return
-            res = self.decode(self.embedding(volume, axis, index), geom, SlicePrompt(box=box))
-            if not self._continues(prev, res, iou_floor):
-                return
-            result.slices[index] = res
-            prev = res
-            index += step
-
-    def _continues(self, prev: SliceResult, res: SliceResult, iou_floor: float) -> bool:
-        rules = self.propagation
-        if res.area < rules.min_area or res.iou < iou_floor:
-            return False
-        if res.area > rules.max_growth * max(prev.area, 1):
-            return False
-        overlap = np.logical_and(res.mask, prev.mask).sum() / max(min(res.area, prev.area), 1)
-        return overlap >= rules.min_overlap

@@ -17,10 +17,11 @@ from samri.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
 from samri.geometry import take_slice
 from samri.interactive import InteractiveResult, run_request
-from samri.predict import (PropagationSettings, Segmenter, SliceResult, VolumeResult, interior_point, mask_box)
+from samri.predict import PropagationBudget, PropagationSettings, Segmenter, SliceResult, VolumeResult, interior_point
 from samri.prompts import SlicePrompt
+from samri.propagation import mask_box, stop_reason
 
-from .conftest import ELLIPSOID_CENTER, VOLUME_SHAPE
+from .conftest import ELLIPSOID_CENTER, VOLUME_SHAPE, synthetic_array
 
 CENTER_K = int(ELLIPSOID_CENTER[2])  # 15
 
@@ -431,3 +432,206 @@ def test_box_search_picks_the_mask_that_fits_the_points(fresh_tiny_model, prepar
     res = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[10, 10], [30, 30]], labels=[1, 0]))
     assert res.iou == pytest.approx(0.6)  # candidate 4: the only one keeping the negative point out
     assert res.mask[10, 10] and not res.mask[30, 30] and (res.mask == top).mean() > 0.95
+
+
+# --- budget, cancellation and the seed-growth rule ----------------------------------------------
+class StepClock:
+    """A clock that only moves when told: ``tick()`` adds one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self) -> None:
+        self.now += 1.0
+
+
+def test_slice_budget_keeps_a_window_centred_on_the_seed(fake, gt_mask, prepared_volume, tiny_model):
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)},
+                        budget=PropagationBudget(max_slices=5))
+    assert sorted(res.slices) == list(range(CENTER_K - 2, CENTER_K + 3))  # fronts alternate up and down
+    assert set(fake.decoded) == set(res.slices)  # nothing decoded beyond the budget
+    assert res.partial["reason"] == "max_slices" and res.partial["slices_done"] == 5
+    assert res.stops == []  # both fronts were cut, neither ended on its own
+
+
+def test_a_budget_that_suffices_is_not_partial(fake, gt_mask, prepared_volume, tiny_model):
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)},
+                        budget=PropagationBudget(max_slices=100, max_seconds=1e6))
+    assert res.partial is None
+    assert sorted(res.slices) == object_slices(gt_mask, PropagationSettings().min_area)
+    assert sorted(s["reason"] for s in res.stops) == ["min_area", "min_area"]
+
+
+def test_time_budget_returns_what_was_computed(fake, gt_mask, prepared_volume, tiny_model, monkeypatch):
+    clock = StepClock()
+    decode = Segmenter.decode
+
+    def slow_decode(self, e, g, p):  # every slice costs one second of the fake clock
+        clock.tick()
+        return decode(self, e, g, p)
+
+    monkeypatch.setattr(Segmenter, "decode", slow_decode)
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)},
+                        budget=PropagationBudget(max_seconds=3.5, clock=clock))
+    # seed at t=0, then slices started at t=1, 2, 3; at t=4 the budget is spent
+    assert sorted(res.slices) == [CENTER_K - 1, CENTER_K, CENTER_K + 1, CENTER_K + 2]
+    assert res.partial == {"reason": "max_seconds", "slices_done": 4, "seconds": 4.0}
+    np.testing.assert_array_equal(res.mask[:, :, CENTER_K + 2], gt_mask[:, :, CENTER_K + 2])
+
+
+def test_seeds_are_predicted_even_when_the_time_is_spent(fake, gt_mask, prepared_volume, tiny_model):
+    clock = StepClock()
+    clock.now = 100.0
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    budget = PropagationBudget(max_seconds=1.0, clock=lambda: clock.now + len(fake.decoded) * 10)
+    res = seg.propagate(prepared_volume, 2, {12: box_around(gt_mask, 12), 18: box_around(gt_mask, 18)},
+                        budget=budget)
+    assert sorted(res.slices) == [12, 18] and res.partial["reason"] == "max_seconds"
+
+
+def test_should_stop_ends_propagation_between_slices(fake, gt_mask, prepared_volume, tiny_model):
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    stop_after = 3
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)},
+                        should_stop=lambda: sum(fake.decoded.values()) >= stop_after)
+    assert len(res.slices) == stop_after and sum(fake.decoded.values()) == stop_after
+    assert res.partial["reason"] == "cancelled" and res.partial["slices_done"] == stop_after
+    cancelled = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)}, should_stop=lambda: True)
+    assert cancelled.slices == {} and not cancelled.mask.any() and cancelled.partial["slices_done"] == 0
+
+
+def test_budget_rejects_more_seeds_than_slices_before_work(fake, gt_mask, prepared_volume, tiny_model):
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    with pytest.raises(SamriInputError, match=r"^seeds="):
+        seg.propagate(prepared_volume, 2, {12: box_around(gt_mask, 12), 18: box_around(gt_mask, 18)},
+                      budget=PropagationBudget(max_slices=1))
+    assert not fake.decoded
+    with pytest.raises(SamriInputError, match=r"^max_slices="):
+        PropagationBudget(max_slices=0)
+    with pytest.raises(SamriInputError, match=r"^max_seconds="):
+        PropagationBudget(max_seconds=0.0)
+
+
+def disc_result(radius: float, shape=(64, 64), center=(32.0, 32.0)) -> SliceResult:
+    """A slice result thresholded from synthetic logits: positive inside a disc of ``radius``."""
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    logits = radius - np.hypot(rows - center[0], cols - center[1])
+    return SliceResult(mask=logits > 0, low_res_logits=torch.as_tensor(logits, dtype=torch.float32)[None, None],
+                       iou=0.8)
+
+
+def test_seed_growth_rule_on_synthetic_logits():
+    """A cross-section growing 10% in radius per slice never doubles between two slices, but stops
+    once it exceeds max_seed_growth x the seed's area; max_seed_growth=0 turns the rule off."""
+    rules = PropagationSettings()
+    seed = disc_result(6.0)
+    radii = 6.0 * 1.1 ** np.arange(1, 12)
+    prev, stopped_at = seed, None
+    for n, radius in enumerate(radii, start=1):
+        res = disc_result(radius)
+        assert res.area < rules.max_growth * prev.area  # never a sudden leak
+        reason = stop_reason(rules, prev, res, iou_floor=0.2, seed_area=seed.area)
+        if reason is not None:
+            stopped_at = n
+            assert reason == "seed_growth"
+            break
+        prev = res
+    assert stopped_at is not None
+    assert disc_result(radii[stopped_at - 1]).area > rules.max_seed_growth * seed.area
+    assert disc_result(radii[stopped_at - 2]).area <= rules.max_seed_growth * seed.area
+    off = PropagationSettings(max_seed_growth=0.0)
+    assert stop_reason(off, disc_result(radii[-2]), disc_result(radii[-1]), iou_floor=0.2, seed_area=seed.area) is None
+    # a shrinking section is never a growth stop
+    assert stop_reason(rules, seed, disc_result(5.0), iou_floor=0.2, seed_area=seed.area) is None
+
+
+def test_a_mask_creeping_out_of_its_box_is_stopped(monkeypatch, prepared_volume, tiny_model):
+    """The live failure: each slice's mask spills one pixel beyond the previous mask on every side
+    (the prompt box is the previous mask's plus the margin), so from a small seed it creeps outward
+    slice after slice, never doubling between two of them."""
+    rules = PropagationSettings()
+
+    def creeping_decode(self, e, g, p):
+        mask = np.zeros((g.height, g.width), bool)
+        if p.box is not None:
+            r0, c0, r1, c1 = (int(v) for v in p.box)
+            inset = rules.box_margin - 1
+            mask[r0 + inset:r1 - inset + 1, c0 + inset:c1 - inset + 1] = True
+        else:
+            r, c = (int(v) for v in p.points[0])
+            mask[r - 2:r + 3, c - 2:c + 3] = True
+        return SliceResult(mask=mask, low_res_logits=torch.zeros(1, 1, 32, 32), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "embedding", lambda self, v, a, i: torch.zeros(1))
+    monkeypatch.setattr(Segmenter, "decode", creeping_decode)
+    seed = {CENTER_K: SlicePrompt(points=[[20, 24]], labels=[1])}
+    unbounded = Segmenter(tiny_model, EmbeddingCache(),
+                          propagation=PropagationSettings(max_seed_growth=0.0, max_reach=0.0))
+    assert len(unbounded.propagate(prepared_volume, 2, seed).slices) == VOLUME_SHAPE[2]  # fills the volume
+    res = Segmenter(tiny_model, EmbeddingCache(), propagation=rules).propagate(prepared_volume, 2, seed)
+    # slice n from the seed is a (5 + 2n)^2 square: kept while within max_seed_growth x 25 px
+    kept = max(n for n in range(VOLUME_SHAPE[2]) if (5 + 2 * n) ** 2 <= rules.max_seed_growth * 25)
+    assert 0 < kept < 10
+    assert sorted(res.slices) == list(range(CENTER_K - kept, CENTER_K + kept + 1))
+    assert {s["reason"] for s in res.stops} == {"seed_growth"}
+    assert res.mask[:, :, CENTER_K].sum() == 25
+
+
+@pytest.mark.parametrize("k_spacing", [1.0, 2.0])
+def test_reach_bounds_a_front_by_the_seed_diameter(monkeypatch, tiny_model, k_spacing):
+    """A thin tube through the whole volume (nothing else stops it) ends max_reach seed diameters
+    (in mm, so fewer slices when slices are thicker) from the seed."""
+    from dataclasses import replace
+
+    from samri.volume import ImageVolume, prepare_volume
+
+    rows, cols = np.meshgrid(np.arange(40), np.arange(48), indexing="ij")
+    tube = np.repeat((np.hypot(rows - 20, cols - 24) <= 2.0)[:, :, None], 30, axis=2)
+    fake = FakeDecoder(tube)
+    monkeypatch.setattr(Segmenter, "embedding", lambda self, v, a, i: fake.embedding(self, v, a, i))
+    monkeypatch.setattr(Segmenter, "decode", lambda self, e, g, p: fake.decode(self, e, g, p))
+    volume = prepare_volume(ImageVolume(array=synthetic_array(), affine=np.diag([1.0, 1.0, k_spacing, 1.0])))
+    rules = PropagationSettings()
+    res = Segmenter(tiny_model, EmbeddingCache(), propagation=rules).propagate(
+        volume, 2, {CENTER_K: SlicePrompt(box=mask_box(tube[:, :, CENTER_K]))})
+    reach = int(rules.max_reach * 2 * np.sqrt(tube[:, :, 0].sum() / np.pi) / k_spacing)
+    assert sorted(res.slices) == list(range(CENTER_K - reach, CENTER_K + reach + 1))
+    assert {s["reason"] for s in res.stops} == {"reach"}
+    off = Segmenter(tiny_model, EmbeddingCache(), propagation=replace(rules, max_reach=0.0))
+    assert len(off.propagate(volume, 2, {CENTER_K: SlicePrompt(box=mask_box(tube[:, :, CENTER_K]))}).slices) == 30
+
+
+# --- real MRI (slow: LiteMedSAM encoder + the shipped samri_lite decoder) -----------------------
+@pytest.mark.slow
+def test_point_only_3d_on_a_deep_structure_stays_near_its_extent(tmp_path):
+    """One click, no box, on Colin27's left thalamus (axial k 70-91): the live failure filled
+    k 0-160 (the point seed's predicted IoU, 0.14, made the relative IoU floor vanish)."""
+    import nibabel as nib
+
+    from samri.config import load_registry
+    from samri.data import available_sources, load_label_names, write_sample_studies
+    from samri.models import load_model
+    from samri.volume import load_image, prepare_volume
+
+    if "colin27" not in available_sources():
+        pytest.skip("Colin27/AAL (Debian mricron-data) not installed; MNI152 has only tissue classes")
+    write_sample_studies(tmp_path, sources=("colin27",))
+    gt = (np.asarray(nib.load(str(tmp_path / "labels" / "final" / "colin27_t1.nii.gz")).dataobj)
+          == load_label_names(tmp_path)["colin27_t1"]["Thalamus_L"])
+    ks = np.flatnonzero(gt.any(axis=(0, 1)))
+    k = int((ks[0] + ks[-1]) // 2)
+    i, j = (int(v) for v in interior_point(gt[:, :, k]))
+    volume = prepare_volume(load_image(tmp_path / "colin27_t1.nii.gz"))
+    seg = Segmenter(load_model(load_registry().spec(load_registry().default_model)), EmbeddingCache())
+    result = run_request(seg, volume, {"foreground": [[i, j, k]]}, mode="3d",
+                         budget=PropagationBudget(max_slices=96))
+    got = sorted(result.slices)
+    assert abs(got[0] - ks[0]) <= 4 and abs(got[-1] - ks[-1]) <= 4, (got[0], got[-1], ks[0], ks[-1])
+    mask = result.mask.astype(bool)
+    assert 2 * (mask & gt).sum() / (mask.sum() + gt.sum()) > 0.5

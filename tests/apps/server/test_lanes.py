@@ -101,3 +101,15 @@ def test_heavy_executor_is_one_lazily_started_thread() -> None:
     names = {lanes.heavy_executor().submit(lambda: threading.current_thread().name).result(5) for _ in range(3)}
     assert len(names) == 1 and next(iter(names)).startswith("samri-heavy")
     lanes.close()
+
+
+def test_request_context_clock_excludes_pauses() -> None:
+    from apps.samri.lib.server.context import RequestContext, current, run_with
+
+    context = RequestContext(pause=lambda: time.sleep(0.2))
+    start = context.work_clock()
+    assert context.should_stop() is False
+    assert context.work_clock() - start < 0.1 and context.paused_seconds >= 0.19
+    context.cancelled.set()
+    assert context.should_stop() is True
+    assert run_with(context, current) is context and current() is not context  # only inside the call

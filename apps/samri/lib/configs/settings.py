@@ -25,6 +25,16 @@
                           ``<app>/model/embedding_cache``); ``none`` keeps embeddings in memory
 ``cache_memory_mb``       bound of the in-memory embedding LRU (default 1024)
 ``device``                torch device for the network (default ``cpu``)
+``max_slices_3d``         most slices one ``samri_3d`` request predicts, prompted slices included
+                          (default 96: twice the axial extent of the longest deep grey structure,
+                          about 40 mm, at 1 mm). Propagation alternates up and down, so a result cut
+                          here is centred on the prompt and marked ``partial``; more prompted slices
+                          than this are a 422 before any work
+``max_seconds_3d``        wall seconds after which a ``samri_3d`` request stops propagating and
+                          returns what it has, marked ``partial`` (default 40: on 2 CPU cores an
+                          uncached slice costs 1-1.7 s to encode, a cached one 65 ms, so a click on
+                          an uncached thalamus or putamen completes and cached requests never get
+                          near it; the slice under way is finished: worst case this plus one encode)
 ``cors_origins``          comma-separated origins (``https://viewer.example:443``) whose browser
                           pages may call this server; default none: only same-origin pages
                           (OHIF at ``/ohif/``) and non-browser clients (Slicer). See
@@ -38,6 +48,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,7 +62,7 @@ from ..server.settings import SERVER_CONF_KEYS
 logger = logging.getLogger(__name__)
 
 CONF_KEYS = ("model", "checkpoint", "decoder", "decoder_version", "labels", "precompute", "cache_dir",
-             "cache_memory_mb", "device") + SERVER_CONF_KEYS
+             "cache_memory_mb", "device", "max_slices_3d", "max_seconds_3d") + SERVER_CONF_KEYS
 #: folder of the trainer's published decoder versions, under ``<app>/model``.
 DECODER_STORE_DIR = "decoders"
 #: ``decoder_version`` values: ``vNNNN`` or ``base``.
@@ -88,6 +99,8 @@ class AppSettings:
         cache_dir: embedding disk cache folder, or None for memory only.
         cache_memory_bytes: in-memory embedding LRU bound.
         device: torch device string.
+        max_slices_3d: slice budget of one 3D request.
+        max_seconds_3d: wall-clock budget of one 3D request, seconds.
     """
 
     app_dir: Path
@@ -101,6 +114,8 @@ class AppSettings:
     cache_dir: Path | None = None
     cache_memory_bytes: int = 1 << 30
     device: str = "cpu"
+    max_slices_3d: int = 96
+    max_seconds_3d: float = 40.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -147,7 +162,7 @@ class AppSettings:
                    decoder_version=decoder_version, labels=labels,
                    precompute=parse_bool(conf.get("precompute", "true"), "precompute"),
                    cache_dir=cache_dir, cache_memory_bytes=memory_bytes, device=str(conf.get("device", "cpu")),
-                   extra={k: conf[k] for k in unknown})
+                   extra={k: conf[k] for k in unknown}, **_budget_3d(conf))
 
     @property
     def decoder_store(self) -> Path:
@@ -158,7 +173,25 @@ class AppSettings:
         """JSON-friendly view for ``/info/`` and logs."""
         return {"model": self.model, "checkpoint": _str(self.checkpoint), "decoder": _str(self.decoder),
                 "decoder_version": self.decoder_version, "precompute": self.precompute,
-                "cache_dir": _str(self.cache_dir), "device": self.device, "labels": len(self.labels)}
+                "cache_dir": _str(self.cache_dir), "device": self.device, "labels": len(self.labels),
+                "max_slices_3d": self.max_slices_3d, "max_seconds_3d": self.max_seconds_3d}
+
+
+def _budget_3d(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``max_slices_3d`` (int >= 1) and ``max_seconds_3d`` (> 0) from ``conf``, defaults where absent."""
+    out: dict[str, Any] = {}
+    for key, kind in (("max_slices_3d", int), ("max_seconds_3d", float)):
+        raw = conf.get(key)
+        if raw is None or not str(raw).strip():
+            continue
+        try:
+            value = kind(str(raw).strip())
+        except ValueError:
+            raise SamriInputError(key, raw, "must be an integer" if kind is int else "must be a number") from None
+        if not (value > 0 and math.isfinite(value)):  # also rejects nan
+            raise SamriInputError(key, raw, "must be positive and finite")
+        out[key] = value
+    return out
 
 
 def _optional_path(value: Any) -> Path | None:

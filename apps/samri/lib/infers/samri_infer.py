@@ -7,20 +7,28 @@ taken along axis 2 (k), the axial plane of the sample studies and the one Slicer
 
 Response: a ``(X, Y, Z)`` uint8 file on the image grid (1 = the object; for ``samri_2d`` only the
 request's slice is filled) and JSON params with ``label_names``, ``samri`` (slices, predicted IoU,
-whether the client's previous logits were used) and ``latencies`` in seconds.
+whether the client's previous logits were used, ``decoder_version`` that served it, and for
+``samri_3d`` where propagation stopped and ``partial``) and ``latencies`` in seconds.
+
+Budget of a ``samri_3d`` request (``--conf max_slices_3d`` / ``max_seconds_3d``): when it runs out
+the answer holds what was computed, with ``samri.partial = {"reason": "max_slices" |
+"max_seconds" | "cancelled", "slices_done": n, "seconds": s}``; otherwise ``partial`` is null. A
+callable under `SHOULD_STOP_KEY` in the request is polled between slices (client gone: stop).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from samri.errors import SamriInputError
 from samri.interactive import run_request
+from samri.propagation import PropagationBudget
 
+from ..server.context import current as current_request
 from .errors import http_errors
 from .options import parse_options
 from .result import write_result
@@ -33,6 +41,8 @@ AXIS = 2
 DATASTORE_IMAGE_KEY = "_samri_datastore_image"
 #: request key naming the field an image error is reported under ("file" for uploads).
 IMAGE_FIELD_KEY = "_samri_image_field"
+#: request key of an optional ``Callable[[], bool]``: True ends a 3D propagation (the client went away).
+SHOULD_STOP_KEY = "_samri_should_stop"
 
 
 class SamriInfer(InferTask):
@@ -64,18 +74,22 @@ class SamriInfer(InferTask):
         start = time.perf_counter()
         with http_errors(self.name), self.runtime.activity.active():
             options = parse_options(request)
+            context = current_request()  # set by the hardened route: disconnects, yielding to clicks
             image = request.get("image")
             field = str(request.get(IMAGE_FIELD_KEY) or "image")
             if not isinstance(image, str) or not image:
                 raise SamriInputError("image", image, "unknown image (not in the datastore and no file uploaded)")
             volume = self.runtime.volume(image, field)
             segmenter = self.runtime.segmenter()
+            decoder_version = self.decoder_version()
             t_pre = time.perf_counter()
 
             key = (self.name, options.client_id, image) if options.client_id else None
             previous = self.runtime.states.previous(key, label=options.label, content_key=volume.content_key,
                                                     reset=options.reset_state)
-            result = run_request(segmenter, volume, request, mode=self.mode, axis=AXIS, previous_logits=previous)
+            result = run_request(segmenter, volume, request, mode=self.mode, axis=AXIS, previous_logits=previous,
+                                 budget=self.budget(context.work_clock),
+                                 should_stop=_should_stop(request) or context.should_stop)
             self.runtime.states.update(key, label=options.label, content_key=volume.content_key,
                                        logits={i: s.low_res_logits for i, s in result.slices.items()})
             t_infer = time.perf_counter()
@@ -88,9 +102,26 @@ class SamriInfer(InferTask):
         summary = result.summary()
         prompted = set(result.slices) if self.mode == "2d" else set(result.request.prompted_slices())
         summary["refined_slices"] = sorted(int(i) for i in previous if i in prompted)  # mask prompt used
+        summary["decoder_version"] = decoder_version
         params = {"label_names": {options.label: 1}, "samri": summary,
                   "latencies": {"pre": round(t_pre - start, 4), "infer": round(t_infer - t_pre, 4),
                                 "post": round(end - t_infer, 4), "total": round(end - start, 4)}}
-        logger.info("%s %s label=%s client=%s slices=%s voxels=%d in %.3f s", self.name, image, options.label,
-                    options.client_id, summary["slices"][:8], summary["voxels"], end - start)
+        logger.info("%s %s label=%s client=%s slices=%s voxels=%d decoder=%s%s in %.3f s", self.name, image,
+                    options.label, options.client_id, summary["slices"][:8], summary["voxels"], decoder_version,
+                    f" partial={result.partial}" if result.partial else "", end - start)
         return str(path), params
+
+    def budget(self, clock: Callable[[], float] = time.monotonic) -> PropagationBudget:
+        """Slice and time limits of one 3D request, from ``--conf max_slices_3d`` / ``max_seconds_3d``;
+        ``clock`` counts the request's own work (the route's excludes the pauses spent yielding to clicks)."""
+        settings = self.runtime.settings
+        return PropagationBudget(max_slices=settings.max_slices_3d, max_seconds=settings.max_seconds_3d, clock=clock)
+
+    def decoder_version(self) -> str | None:
+        """Version of the decoder the runtime serves now (``vNNNN``, ``base``; None for ``--conf decoder``)."""
+        return self.runtime.status()["model"].get("decoder_version")
+
+
+def _should_stop(request: dict[str, Any]) -> Callable[[], bool] | None:
+    should_stop = request.get(SHOULD_STOP_KEY)
+    return should_stop if callable(should_stop) else None

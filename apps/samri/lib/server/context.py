@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,15 +23,23 @@ class RequestContext:
     Attributes:
         cancelled: set when the client disconnected (work should stop).
         pause: called between units of heavy work (3D slices); blocks while clicks are served.
+        paused_seconds: total time spent in ``pause`` so far.
     """
 
     cancelled: threading.Event = field(default_factory=threading.Event)
     pause: Callable[[], object] = lambda: None
+    paused_seconds: float = 0.0
 
     def should_stop(self) -> bool:
         """Called between slices: yield to clicks first, then report whether to stop."""
+        start = time.monotonic()
         self.pause()
+        self.paused_seconds += time.monotonic() - start
         return self.cancelled.is_set()
+
+    def work_clock(self) -> float:
+        """Monotonic seconds without the time spent paused for clicks (a 3D budget counts only its work)."""
+        return time.monotonic() - self.paused_seconds
 
 
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("samri_request", default=None)
