@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import nrrd
+import numpy as np
 import pytest
 import requests
 
@@ -51,34 +53,45 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, sample_studies_dir: Pa
         process.stop()
 
 
-def good_request(url: str, target: Target) -> bytes:
+def good_request(url: str, target: Target, tmp_path: Path) -> np.ndarray:
+    """The mask of a valid click (the NRRD header holds a write time, so compare the voxels)."""
     resp = requests.post(f"{url}/infer/samri_2d", params={"image": target.image, "output": "image"},
                          data={"params": json.dumps(target.good_prompt)}, timeout=300)
     assert resp.status_code == 200, resp.text
-    return resp.content
+    path = tmp_path / "good.nrrd"
+    path.write_bytes(resp.content)
+    mask, _ = nrrd.read(str(path))
+    return mask
 
 
-def test_fuzz_gets_no_5xx_and_changes_nothing(fuzz_server) -> None:
+def test_fuzz_gets_no_5xx_and_changes_nothing(fuzz_server, tmp_path: Path) -> None:
     process, root, studies = fuzz_server
     image = "colin27_t1" if (studies / "colin27_t1.nii.gz").is_file() else "mni152_t1"
     target = Target(image, tuple(int(s) for s in nib.load(str(studies / f"{image}.nii.gz")).shape))
-    before_mask = good_request(process.base_url, target)  # also loads the model and encodes the slice
+    before_mask = good_request(process.base_url, target, tmp_path)  # also loads the model, encodes the slice
+    assert before_mask.any()
     before = tree_digest(root, exclude=VOLATILE)
 
     statuses: collections.Counter = collections.Counter()
+    seconds: list[float] = []
     problems = []
     with requests.Session() as session:
         for case in generate(target, COUNT, seed=SEED):
             outcome = send(session, process.base_url, case, timeout_s=120)
             statuses[outcome.status] += 1
+            seconds.append(outcome.seconds)
             if outcome.problem():
                 problems.append(f"{case.name} {case.method} {case.path} {case.query}: {outcome.problem()}")
             if outcome.status is None and not process.alive():
                 break
+    slowest = max(seconds) if seconds else 0.0
+    counts = {str(k): v for k, v in sorted(statuses.items(), key=str)}
+    print(json.dumps({"count": COUNT, "seed": SEED, "statuses": counts, "problems": len(problems),
+                      "slowest_s": round(slowest, 2)}))  # shown by make fuzz (-rA)
     assert process.alive(), process.log_tail()
     assert not problems, f"{len(problems)} of {COUNT} cases broke a rule (statuses {dict(statuses)}):\n" + \
         "\n".join(problems[:40])
-    assert good_request(process.base_url, target) == before_mask
+    np.testing.assert_array_equal(good_request(process.base_url, target, tmp_path), before_mask)
     after = tree_digest(root, exclude=VOLATILE)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, f"files changed by invalid requests: {changed[:20]}"
