@@ -92,7 +92,7 @@ evaluate: sample-data
 		--variant bias --variant inverted --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/2d
 	$(VENV)/bin/samri evaluate $(COLIN) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) \
 		--prompts box,box+point --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/3d
-	$(PY) -m samri.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
+	$(PY) -m samri.evaluation.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
 		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
 # docs/decoder-heldout: the shipped decoder vs plain LiteMedSAM on structures and contrasts no training saw:

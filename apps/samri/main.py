@@ -29,8 +29,8 @@ from monailabel.tasks.activelearning.random import Random
 
 from lib.configs.samri import SamriConfig
 from lib.configs.settings import AppSettings
-from lib.infers.errors import unknown_image
-from lib.infers.runtime import SamriRuntime
+from lib.http_errors import unknown_image
+from lib.runtime import SamriRuntime
 from lib.infers.samri_infer import DATASTORE_IMAGE_KEY, IMAGE_FIELD_KEY
 from lib.server import RequestLanes, harden_server, serving_fastapi_app
 from lib.server.params import reject_final_save

@@ -58,9 +58,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def build_segmenter(args: argparse.Namespace):
     """(registry, Segmenter) from the common model options."""
     from samri.config import load_registry
-    from samri.embeddings import EmbeddingCache
-    from samri.models import load_model
-    from samri.predict import Segmenter
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.model.builders import load_model
+    from samri.inference.segmenter import Segmenter
 
     registry = load_registry()
     model = load_model(registry.spec(args.model), checkpoint=args.checkpoint, decoder=args.decoder)
@@ -81,7 +81,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from samri.data import write_sample_studies
+    from samri.sample_data import write_sample_studies
 
     sources = args.sources.split(",") if args.sources else None
     studies = write_sample_studies(args.dir, sources=sources, overwrite=args.overwrite)
@@ -92,8 +92,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from samri.config import load_registry
-    from samri.interactive import run_request
-    from samri.prompts import parse_request
+    from samri.inference.request import run_request
+    from samri.inference.prompts import parse_request
     from samri.volume import load_image, prepare_volume, save_label
 
     params = read_params(args.params)
@@ -108,7 +108,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from samri.embeddings import get_embeddings
+    from samri.inference.embeddings import get_embeddings
     from samri.volume import load_image, prepare_volume
 
     registry, segmenter = build_segmenter(args)
@@ -132,7 +132,7 @@ def cmd_default_decoder(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from samri.bench import run_benchmarks, write_markdown
+    from samri.bench.inprocess import run_benchmarks, write_markdown
 
     if args.clients < 0 or (args.clients and not args.http):
         raise SamriInputError("clients", args.clients, "a positive count, with --http (they click on a live server)")
@@ -150,11 +150,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_al_sim(args: argparse.Namespace) -> int:
-    """Simulated annotation loop (`samri.al_sim`); writes the figure, CSV, JSON and report.md to ``--out``."""
+    """Simulated annotation loop (`samri.activelearning.sim.loop`); writes the figure, CSV, JSON and report.md to ``--out``."""
     import shlex
 
-    from samri.al_sim import load_sim_config, run_simulation
-    from samri.al_sim_report import write_report
+    from samri.activelearning.sim.loop import load_sim_config, run_simulation
+    from samri.activelearning.sim.report import write_report
 
     config = load_sim_config(args.config, rounds=args.rounds, strategies=args.strategies, seed=args.seed)
     work = args.work_dir
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=train_from_args)
 
-    from samri.cli_evaluate import add_evaluate_parser
+    from samri.evaluation.cli import add_evaluate_parser
 
     add_evaluate_parser(sub)
 

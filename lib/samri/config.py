@@ -37,7 +37,7 @@ class Registry:
 
     default_model: str
     window: WindowSettings
-    models: dict[str, Any]  # name -> samri.models.ModelSpec
+    models: dict[str, Any]  # name -> samri.model.builders.ModelSpec
 
     def spec(self, name: str | None = None):
         name = name or self.default_model
@@ -48,7 +48,7 @@ class Registry:
 
 def load_registry(path: str | os.PathLike | None = None) -> Registry:
     """Parse the model registry (default ``configs/models.yaml``)."""
-    from samri.models import ModelSpec
+    from samri.model.builders import ModelSpec
 
     path = Path(path) if path else config_dir() / "models.yaml"
     data = read_yaml(path, field="models config")

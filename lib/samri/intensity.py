@@ -4,7 +4,7 @@ Two steps, kept apart on purpose:
 
 1. `window_volume` (ours, for every model): raw volume of any dtype -> float32 in ``[0, 1]`` with
    NaN/inf replaced, a per-volume percentile window computed on the foreground, no 8-bit wrap.
-2. `slice_to_model_input` (per model variant, see `samri.models.Preprocessing`): a windowed slice
+2. `slice_to_model_input` (per model variant, see `samri.model.builders.Preprocessing`): a windowed slice
    -> the ``(3, S, S)`` tensor the encoder was trained with (per-slice min-max for LiteMedSAM and
    the released SAMRI weights, 0-255 + SAM pixel mean/std for SAM and SAMRI).
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samri.checkpoints import file_mode
+from samri.model.checkpoints import file_mode
 from samri.errors import SamriInputError
 from samri.intensity import WindowSettings, check_volume, window_volume
 

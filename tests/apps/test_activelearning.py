@@ -18,9 +18,11 @@ import pytest
 import requests
 from fastapi import HTTPException
 
-from apps.samri.lib.testing_server import copy_app, start_server
+from samri.testing.server import copy_app, start_server
 
-from .conftest import APP_DIR, TINY_REGISTRY, in_process_apps, write_tiny_studies
+from tests.helpers import TINY_REGISTRY, write_tiny_studies
+
+from .conftest import APP_DIR, in_process_apps
 
 IDS = ("tiny_a", "tiny_b", "tiny_c", "tiny_d")
 LABELLED = "tiny_a"
@@ -51,7 +53,7 @@ def make_app(tmp_path: Path, tiny_registry: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def _records(app, method: str) -> dict[str, dict]:
-    from samri.strategies.scores import scores_of
+    from samri.activelearning.scores import scores_of
 
     ds = app.datastore()
     return {i: scores_of(ds.get_image_info(i)).get(method) for i in ds.list_images()}
@@ -61,7 +63,7 @@ def _publish_other_decoder(app) -> None:
     """Make a decoder with other weights live in the app's store (what a trainer run does)."""
     import copy
 
-    from samri.checkpoints import atomic_write, save_decoder_checkpoint
+    from samri.model.checkpoints import atomic_write, save_decoder_checkpoint
 
     model = app.runtime.segmenter().model
     decoder = copy.deepcopy(model.mask_decoder)

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
-from .conftest import in_process_apps, write_tiny_studies
+from tests.helpers import write_tiny_studies
+
+from .conftest import in_process_apps
 
 IMAGE = "tiny_a"
 POINT = [20, 18, 4]
@@ -80,7 +82,7 @@ def test_precompute_on_first_infer_and_next_sample(make_app) -> None:
     status = runtime.precomputer.status()
     assert status["done"] == 1 and status["failed"] == 0
     segmenter = runtime.segmenter()
-    from samri.embeddings import slice_keys
+    from samri.inference.embeddings import slice_keys
 
     volume = runtime.volume(str(Path(app.datastore().get_image_uri(IMAGE))))
     assert all(k in segmenter.cache for k in slice_keys(segmenter.model, volume, 2, range(8)))
@@ -101,7 +103,7 @@ def test_precompute_off_starts_no_worker(make_app) -> None:
 def test_decoder_file_appearing_is_served(make_app, tmp_path: Path) -> None:
     import torch
 
-    from samri.checkpoints import save_decoder_checkpoint
+    from samri.model.checkpoints import save_decoder_checkpoint
 
     decoder = tmp_path / "decoder.pt"
     app = make_app(decoder=str(decoder))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.samri.lib.bench_clients import OTHER_DICE_CEIL, check_answer, multi_client_benchmark, structure_clicks
+from samri.bench.clients import OTHER_DICE_CEIL, check_answer, multi_client_benchmark, structure_clicks
 
 from .conftest import COLIN, LiveServer, needs_colin
 
@@ -39,7 +39,7 @@ def test_structure_clicks_are_slicer_requests_on_the_structure() -> None:
 @pytest.mark.slow
 @needs_colin
 def test_two_clients_and_a_3d_request_get_their_own_correct_answers(live_server: LiveServer) -> None:
-    from samri.bench import clients_markdown
+    from samri.bench.inprocess import clients_markdown
 
     report = multi_client_benchmark(live_server.url, COLIN, live_server.truth[COLIN], live_server.label_names[COLIN],
                                     clients=2, clicks=2, max_clicks=4, slices_3d=3)

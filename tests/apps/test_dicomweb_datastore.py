@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from apps.samri.lib.testing_server import copy_app, start_server
+from samri.testing.server import copy_app, start_server
 from samri.dicomweb.orthanc import orthanc_unavailable_reason, running_orthanc
 
 REASON = orthanc_unavailable_reason()
@@ -45,7 +45,7 @@ def _crop(studies: Path):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, sample_studies_dir):
     from samri.dicomweb.convert import volume_to_dicom_series
-    from samri.dicomweb.netaudit import audit_env
+    from samri.testing.netaudit import audit_env
     from samri.dicomweb.upload import store_datasets, upload_series
 
     root = tmp_path_factory.mktemp("dicomweb_app")
@@ -208,7 +208,7 @@ def test_orthanc_unreachable_is_503_naming_the_server(env):
 
 
 def test_no_outbound_connection_was_attempted(env):
-    from samri.dicomweb.netaudit import loopback_connects, outbound_attempts
+    from samri.testing.netaudit import loopback_connects, outbound_attempts
 
     assert loopback_connects(env.net_log) > 0, "the audit hook was not active in the server"
     assert outbound_attempts(env.net_log) == []

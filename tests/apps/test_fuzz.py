@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 
-from apps.samri.lib.testing_server import copy_app, start_server
+from samri.testing.server import copy_app, start_server
 from samri.testing.fuzz import Target, generate, tree_digest
 from samri.testing.fuzz_run import send
 

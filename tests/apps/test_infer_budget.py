@@ -10,7 +10,9 @@ from pathlib import Path
 import nrrd
 import pytest
 
-from .conftest import in_process_apps, write_tiny_studies
+from tests.helpers import write_tiny_studies
+
+from .conftest import in_process_apps
 
 IMAGE = "tiny_a"
 POINT = [20, 18, 4]
@@ -42,7 +44,7 @@ def test_slice_budget_from_conf_marks_the_answer_partial(make_app) -> None:
     app = make_app(max_slices_3d="3", max_seconds_3d="600")
     assert app.runtime.settings.max_slices_3d == 3 and app.runtime.settings.max_seconds_3d == 600.0
     # a 3D request predicting at most 3 slices, whatever the random decoder does
-    from samri.predict import PropagationSettings
+    from samri.inference.segmenter import PropagationSettings
 
     segmenter = app.runtime.segmenter()
     segmenter.propagation = PropagationSettings(min_area=0, min_iou=-1.0, min_relative_iou=0.0, max_growth=1e9,

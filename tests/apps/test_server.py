@@ -17,7 +17,7 @@ import requests
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 from scipy import ndimage
 
-from apps.samri.lib.bench_http import http_click_benchmark, post_infer
+from samri.bench.http import http_click_benchmark, post_infer
 
 from .conftest import COLIN, MNI, LiveServer, needs_colin
 

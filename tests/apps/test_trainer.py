@@ -23,8 +23,8 @@ import torch
 import yaml
 from fastapi import HTTPException
 
-from apps.samri.lib.bench_http import post_infer
-from apps.samri.lib.testing_server import copy_app, start_server
+from samri.bench.http import post_infer
+from samri.testing.server import copy_app, start_server
 from apps.samri.lib.trainers.options import defaults, parse_train_options
 from apps.samri.lib.trainers.records import ProgressRecorder, RunRecord, progress_stats, remove_stale_runs
 from apps.samri.lib.trainers.studies import collect_studies, label_names_from_info
@@ -47,7 +47,7 @@ TRAINING = {"optimizer": {"lr": 1e-2, "weight_decay": 0.1}, "loss": {"lambda_foc
 
 def write_tiny_config(folder: Path) -> Path:
     """A ``SAMRI_CONFIG_DIR``: registry with a tiny model (checkpoint file) and a short training.yaml."""
-    from samri.models import load_model
+    from samri.model.builders import load_model
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

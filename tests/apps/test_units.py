@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from apps.samri.lib.bench_http import percentiles_ms, shift_slice
+from samri.bench.http import percentiles_ms, shift_slice
 from apps.samri.lib.configs.settings import DEFAULT_LABEL, AppSettings, load_labels, parse_bool
 from apps.samri.lib.infers.options import InferOptions, parse_options
 from apps.samri.lib.infers.result import write_result
-from apps.samri.lib.infers.state import ClientStateStore
+from apps.samri.lib.runtime.client_state import ClientStateStore
 from samri.errors import SamriInputError
 
 
@@ -173,7 +173,7 @@ def test_bench_helpers() -> None:
 def test_volume_store_caches_per_file_version(tmp_path: Path) -> None:
     import os
 
-    from apps.samri.lib.infers.volumes import VolumeStore
+    from apps.samri.lib.runtime.volumes import VolumeStore
     from samri.intensity import WindowSettings
 
     store = VolumeStore(window=WindowSettings(), max_items=2)
@@ -202,7 +202,7 @@ def test_activity_gates_background_work() -> None:
     import threading
     import time
 
-    from apps.samri.lib.infers.precompute import Activity
+    from apps.samri.lib.runtime.precompute import Activity
 
     activity, stop, done = Activity(), threading.Event(), threading.Event()
     with activity.active():

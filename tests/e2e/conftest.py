@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from apps.samri.lib.testing_server import ServerProcess, copy_app, start_server
-from samri import data
-from samri.dicomweb.netaudit import audit_env
+from samri.testing.server import ServerProcess, copy_app, start_server
+from samri import sample_data as data
+from samri.testing.netaudit import audit_env
 from samri.dicomweb.orthanc import OrthancProcess, orthanc_unavailable_reason, running_orthanc
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def mr_study(orthanc: OrthancProcess) -> MrStudy:
 
 
 def net_audit_log(e2e_root: Path) -> Path:
-    """Where the server's Python processes record connection attempts (`samri.dicomweb.netaudit`)."""
+    """Where the server's Python processes record connection attempts (`samri.testing.netaudit`)."""
     return e2e_root / "net_audit.log"
 
 

@@ -461,7 +461,7 @@ def _collect_studies(dicomweb_root: str, cache: Path):
 
 def test_no_outbound_connection_during_the_browser_session(samri_server, e2e_root):
     """Runs last: every connection the server's Python processes attempted went to loopback."""
-    from samri.dicomweb.netaudit import loopback_connects, outbound_attempts
+    from samri.testing.netaudit import loopback_connects, outbound_attempts
 
     from .conftest import net_audit_log
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from samri.intensity import Preprocessing, WindowSettings
-from samri.models import ModelSpec, SamModel, load_model
+from samri.model.builders import ModelSpec, SamModel, load_model
 from samri.volume import PreparedVolume, prepare_volume
 
 #: ViT parameters of the tiny test network: 64x64 input, 8x8x32 embeddings, 32x32 low-res logits.
@@ -50,7 +50,7 @@ def synthetic_array(seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> SamModel:
-    """The tiny SAM, random weights, built through `samri.models.load_model` (shared, read-only)."""
+    """The tiny SAM, random weights, built through `samri.model.builders.load_model` (shared, read-only)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     return load_model(tiny_spec())

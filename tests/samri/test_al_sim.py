@@ -9,12 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samri.al_sim import SimConfig, run_simulation
-from samri.al_sim_pool import build_pool, slab_affine, slab_indices
-from samri.al_sim_report import markdown_table, write_report
+from samri.activelearning.sim.loop import SimConfig, run_simulation
+from samri.activelearning.sim.pool import build_pool, slab_affine, slab_indices
+from samri.activelearning.sim.report import markdown_table, write_report
 from samri.cli import main
 from samri.errors import SamriInputError
-from tests.apps.conftest import tiny_registry  # noqa: F401  (fixture: SAMRI_CONFIG_DIR with the tiny registry)
 
 from .conftest import ellipsoid_mask, synthetic_array
 

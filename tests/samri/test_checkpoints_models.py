@@ -1,4 +1,4 @@
-"""samri.checkpoints and samri.models: every loader, with small checkpoints written by the tests."""
+"""samri.model.checkpoints and samri.model.builders: every loader, with small checkpoints written by the tests."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from samri import checkpoints as ckpt
-from samri.checkpoints import (DECODER_FORMAT, DECODER_FORMAT_VERSION, atomic_torch_save, read_checkpoint,
+from samri.model import checkpoints as ckpt
+from samri.model.checkpoints import (DECODER_FORMAT, DECODER_FORMAT_VERSION, atomic_torch_save, read_checkpoint,
                                read_decoder_checkpoint, save_decoder_checkpoint, unwrap_state_dict)
 from samri.config import load_registry
 from samri.errors import CheckpointError, SamriInputError
 from samri.intensity import Preprocessing
-from samri.models import ModelSpec, apply_decoder_checkpoint, build_model, load_model, state_fingerprint
+from samri.model.builders import ModelSpec, apply_decoder_checkpoint, build_model, load_model, state_fingerprint
 
 from .conftest import TINY_ARCHITECTURE, tiny_spec
 
@@ -488,7 +488,7 @@ def test_sam_vit_b_random_init_matches_segment_anything_layout():
 def test_vit_presets_match_segment_anything_builders(name, monkeypatch):
     import importlib
 
-    from samri.models import SAM_VIT_PRESETS
+    from samri.model.builders import SAM_VIT_PRESETS
 
     module = importlib.import_module("segment_anything.build_sam")
     monkeypatch.setattr(module, "_build_sam", lambda **kwargs: kwargs)  # capture, build nothing

@@ -1,4 +1,4 @@
-"""``samri evaluate`` (samri.cli_evaluate): bad input fails first; tiny-model and real LiteMedSAM runs."""
+"""``samri evaluate`` (samri.evaluation.cli): bad input fails first; tiny-model and real LiteMedSAM runs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from samri.checkpoints import save_decoder_checkpoint
-from samri.cli_evaluate import add_evaluate_parser, command_line
+from samri.model.checkpoints import save_decoder_checkpoint
+from samri.evaluation.cli import add_evaluate_parser, command_line
 from samri.errors import SamriInputError
 
 from .conftest import TINY_ARCHITECTURE, ellipsoid_mask, synthetic_array
@@ -116,7 +116,7 @@ def test_tiny_models_side_by_side_through_the_cli(files, tmp_path, tiny_registry
 # --- real model on the sample studies (slow) ----------------------------------------------------
 @pytest.mark.slow
 def test_litemedsam_on_sample_studies(tmp_path):
-    from samri.data import available_sources, write_sample_studies
+    from samri.sample_data import available_sources, write_sample_studies
 
     source, study, labels = (("colin27", "colin27_t1", "Putamen_L,Thalamus_L") if "colin27" in available_sources()
                              else ("mni152", "mni152_t1", "white_matter"))

@@ -1,4 +1,4 @@
-"""Tests for samri.data: sample studies written as a MONAI Label local datastore."""
+"""Tests for samri.sample_data: sample studies written as a MONAI Label local datastore."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samri import data
+from samri import sample_data as data
 from samri.errors import SamriInputError
 
 COLIN_INSTALLED = "colin27" in data.available_sources()
@@ -55,7 +55,7 @@ def fake_mricron(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, samri.data; print(sorted(m for m in ('nibabel', 'nilearn', 'numpy') if m in sys.modules))"
+    code = "import sys, samri.sample_data; print(sorted(m for m in ('nibabel', 'nilearn', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

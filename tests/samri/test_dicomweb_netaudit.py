@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from samri.dicomweb.netaudit import audit_env, loopback_connects, outbound_attempts
+from samri.testing.netaudit import audit_env, loopback_connects, outbound_attempts
 
 
 def test_hook_records_non_loopback_attempts_and_counts_loopback(tmp_path):

@@ -1,4 +1,4 @@
-"""samri.embeddings: the two-tier embedding cache and get_embeddings (encode each slice once)."""
+"""samri.inference.embeddings: the two-tier embedding cache and get_embeddings (encode each slice once)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from samri import embeddings as emb_mod
-from samri.embeddings import EmbeddingCache, EmbeddingKey, encode_slices, get_embeddings, slice_keys
+from samri.inference import embeddings as emb_mod
+from samri.inference.embeddings import EmbeddingCache, EmbeddingKey, encode_slices, get_embeddings, slice_keys
 from samri.errors import SamriInputError
 from samri.intensity import WindowSettings
 
@@ -304,7 +304,7 @@ def test_model_preprocessing_change_means_new_embeddings(fresh_tiny_model, prepa
 def test_other_encoder_weights_mean_new_embeddings(tiny_model, fresh_tiny_model, prepared_volume):
     with torch.no_grad():
         next(fresh_tiny_model.image_encoder.parameters()).add_(1.0)
-    from samri.models import state_fingerprint
+    from samri.model.builders import state_fingerprint
 
     fresh_tiny_model.encoder_id = f"tiny-{state_fingerprint(fresh_tiny_model.image_encoder)}"
     assert fresh_tiny_model.cache_key() != tiny_model.cache_key()

@@ -1,4 +1,4 @@
-"""The evaluation protocol (samri.evaluate + samri.report) on synthetic volumes with known answers."""
+"""The evaluation protocol (samri.evaluation.protocol + samri.evaluation.report) on synthetic volumes with known answers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samri.embeddings import EmbeddingCache
+from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
-from samri.evaluate import (Case, EvalConfig, SegmenterRunner, enumerate_pairs, evaluate, jitter_box, load_case,
+from samri.evaluation.protocol import (Case, EvalConfig, SegmenterRunner, enumerate_pairs, evaluate, jitter_box, load_case,
                             make_prompt, pair_rng)
 from samri.geometry import take_slice
-from samri.predict import Segmenter, interior_point, mask_box
+from samri.inference.segmenter import Segmenter, interior_point, mask_box
 from samri.volume import ImageVolume
 
 from .conftest import ellipsoid_mask, synthetic_array
@@ -287,7 +287,7 @@ def test_evaluate_refuses_no_models_and_unknown_structures(tmp_path):
 
 
 def test_compose_joins_runs_into_one_document(tmp_path):
-    from samri import report
+    from samri.evaluation import report
 
     case = synthetic_case()
     for mode in ("2d", "3d"):

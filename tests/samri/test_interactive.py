@@ -1,4 +1,4 @@
-"""samri.interactive.run_request: the 3D budget, cancellation and what the summary reports.
+"""samri.inference.request.run_request: the 3D budget, cancellation and what the summary reports.
 
 Propagation runs on the fake decoder of `test_predict` (the ground-truth ellipsoid inside the
 prompt box), so every slice count below is exact.
@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from samri.embeddings import EmbeddingCache
+from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
-from samri.interactive import run_request
-from samri.predict import PropagationBudget, Segmenter
+from samri.inference.request import run_request
+from samri.inference.segmenter import PropagationBudget, Segmenter
 
 from .test_predict import CENTER_K, FakeDecoder
 

@@ -1,4 +1,4 @@
-"""samri.predict and samri.interactive: 2D prediction with the tiny model, 3D propagation logic.
+"""samri.inference.segmenter and samri.inference.request: 2D prediction with the tiny model, 3D propagation logic.
 
 The propagation logic is tested deterministically with a fake decoder that "segments" the ground
 truth ellipsoid section inside the prompt box (the tiny model has random weights).
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from samri.embeddings import EmbeddingCache
+from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
 from samri.geometry import take_slice
-from samri.interactive import InteractiveResult, run_request
-from samri.predict import PropagationBudget, PropagationSettings, Segmenter, SliceResult, VolumeResult, interior_point
-from samri.prompts import SlicePrompt
-from samri.propagation import mask_box, stop_reason
+from samri.inference.request import InteractiveResult, run_request
+from samri.inference.segmenter import PropagationBudget, PropagationSettings, Segmenter, SliceResult, VolumeResult, interior_point
+from samri.inference.prompts import SlicePrompt
+from samri.inference.propagation import mask_box, stop_reason
 
 from .conftest import ELLIPSOID_CENTER, VOLUME_SHAPE, synthetic_array
 
@@ -381,7 +381,7 @@ def test_run_request_bad_params(segmenter, prepared_volume, params, field, mode)
 
 # --- box search for box-trained decoders (LiteMedSAM) -------------------------------------------
 def test_box_search_with_the_tiny_model(fresh_tiny_model, prepared_volume, monkeypatch):
-    from samri import predict
+    from samri.inference import segmenter as predict
 
     fresh_tiny_model.point_prompts = "box_search"
     seg = Segmenter(fresh_tiny_model, EmbeddingCache())
@@ -403,7 +403,7 @@ def test_box_search_with_the_tiny_model(fresh_tiny_model, prepared_volume, monke
 
 
 def test_box_search_picks_the_mask_that_fits_the_points(fresh_tiny_model, prepared_volume, monkeypatch):
-    from samri import predict
+    from samri.inference import segmenter as predict
 
     fresh_tiny_model.point_prompts = "box_search"
     seg = Segmenter(fresh_tiny_model, EmbeddingCache())
@@ -615,8 +615,8 @@ def test_point_only_3d_on_a_deep_structure_stays_near_its_extent(tmp_path):
     import nibabel as nib
 
     from samri.config import load_registry
-    from samri.data import available_sources, load_label_names, write_sample_studies
-    from samri.models import load_model
+    from samri.sample_data import available_sources, load_label_names, write_sample_studies
+    from samri.model.builders import load_model
     from samri.volume import load_image, prepare_volume
 
     if "colin27" not in available_sources():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from samri.errors import SamriInputError
-from samri.predict import PropagationSettings, mask_box
-from samri.prompt_sim import SIM_MODES, SimSettings, correction_click, pick_mode, simulate_prompt
+from samri.inference.segmenter import PropagationSettings, mask_box
+from samri.train.prompt_sim import SIM_MODES, SimSettings, correction_click, pick_mode, simulate_prompt
 
 
 def _disc(center=(20, 24), radius=6, shape=(48, 64)) -> np.ndarray:

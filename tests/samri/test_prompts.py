@@ -1,4 +1,4 @@
-"""samri.prompts: client requests (Slicer/OHIF schema) -> validated requests -> slice prompts."""
+"""samri.inference.prompts: client requests (Slicer/OHIF schema) -> validated requests -> slice prompts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry
-from samri.prompts import SlicePrompt, VolumeRequest, normalize_box, parse_request
+from samri.inference.prompts import SlicePrompt, VolumeRequest, normalize_box, parse_request
 
 SHAPE = (40, 48, 30)
 

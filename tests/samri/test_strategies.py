@@ -1,4 +1,4 @@
-"""Active-learning library (`samri.strategies`) on the tiny random SAM: config, sampling, scores, selection."""
+"""Active-learning library (`samri.activelearning`) on the tiny random SAM: config, sampling, scores, selection."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samri.embeddings import EmbeddingCache
+from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
 from samri.intensity import WindowSettings
-from samri.predict import Segmenter
-from samri.strategies.config import ALConfig, load_al_config, parse_al_config
-from samri.strategies.novelty import DescriptorStore, cosine_distance, novelty_scores, pooled_descriptor
-from samri.strategies.sampling import head_mask, sample_slices
-from samri.strategies.scorer import StudyScorer
-from samri.strategies.scores import is_current, make_record, model_version
-from samri.strategies.selection import Candidate, NothingToAnnotate, Reservations, combined_values, rank
-from samri.strategies.uncertainty import grid_boxes, jitter_boxes, study_uncertainty
+from samri.inference.segmenter import Segmenter
+from samri.activelearning.config import ALConfig, load_al_config, parse_al_config
+from samri.activelearning.novelty import DescriptorStore, cosine_distance, novelty_scores, pooled_descriptor
+from samri.activelearning.sampling import head_mask, sample_slices
+from samri.activelearning.scorer import StudyScorer
+from samri.activelearning.scores import is_current, make_record, model_version
+from samri.activelearning.selection import Candidate, NothingToAnnotate, Reservations, combined_values, rank
+from samri.activelearning.uncertainty import grid_boxes, jitter_boxes, study_uncertainty
 
 from .conftest import synthetic_array
 

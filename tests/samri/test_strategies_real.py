@@ -2,7 +2,7 @@
 
 The MNI152 T1 template (nilearn) and copies of it: a heavily corrupted one (Gaussian noise at 40 %
 of the head's 99.5th percentile, then a strong bias field), a near-duplicate (2 % brighter, faint
-noise) and a contrast-inverted one (`samri.variants`).
+noise) and a contrast-inverted one (`samri.evaluation.variants`).
 """
 
 from __future__ import annotations
@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 
 from samri.config import load_registry
-from samri.embeddings import EmbeddingCache
-from samri.models import load_model
-from samri.predict import Segmenter
-from samri.strategies.config import ALConfig, SliceSampling
-from samri.strategies.novelty import novelty_scores
-from samri.strategies.scorer import StudyScorer
-from samri.strategies.scores import model_version
-from samri.variants import make_variant
+from samri.inference.embeddings import EmbeddingCache
+from samri.model.builders import load_model
+from samri.inference.segmenter import Segmenter
+from samri.activelearning.config import ALConfig, SliceSampling
+from samri.activelearning.novelty import novelty_scores
+from samri.activelearning.scorer import StudyScorer
+from samri.activelearning.scores import model_version
+from samri.evaluation.variants import make_variant
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def mni() -> np.ndarray:
-    from samri.data import _load_mni152
+    from samri.sample_data import _load_mni152
 
     try:
         image, _ = _load_mni152()

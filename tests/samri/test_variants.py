@@ -1,4 +1,4 @@
-"""Contrast-shift variants (samri.variants): seeded, same grid, the intended change."""
+"""Contrast-shift variants (samri.evaluation.variants): seeded, same grid, the intended change."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from samri.errors import SamriInputError
-from samri.variants import VARIANTS, VariantSpec, make_variant, parse_variant
+from samri.evaluation.variants import VARIANTS, VariantSpec, make_variant, parse_variant
 
 from .conftest import ellipsoid_mask, synthetic_array
 

@@ -8,7 +8,7 @@ Modules (import them directly; this package imports nothing heavy):
 * `samri.dicomweb.series`: DICOM MR series -> validated volume on its RAS grid (the reverse).
 * `samri.dicomweb.upload`: STOW-RS upload of a series, QIDO look-ups.
 * `samri.dicomweb.seg`: label volume <-> DICOM SEG referencing its source series.
-* `samri.dicomweb.netaudit`: record any non-loopback connection a Python subprocess attempts.
+* `samri.testing.netaudit`: record any non-loopback connection a Python subprocess attempts.
 * `samri.dicomweb.cli`: the ``samri dicom ...`` subcommands (``orthanc``, ``upload``,
   ``upload-samples``, ``serve``).
 

@@ -31,9 +31,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def train_from_args(args: argparse.Namespace) -> int:
     from samri.cli import default_cache_dir
     from samri.config import config_dir, load_registry, read_yaml
-    from samri.embeddings import EmbeddingCache
-    from samri.models import load_model
-    from samri.train.data import find_studies
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.model.builders import load_model
+    from samri.train.stage1 import find_studies
     from samri.train.run import dist_info, init_distributed, run_training
     from samri.train.stage2 import TrainSettings
 
@@ -59,7 +59,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         summary = {"checkpoint": str(result.checkpoint), "candidate": result.candidate, "best": result.best,
                    "baseline": result.baseline, "budget": result.budget, "seconds": result.seconds}
         if args.publish:
-            from samri.train.publish import DecoderStore
+            from samri.train.store import DecoderStore
 
             store = DecoderStore(args.publish, base_model=model.spec.base_name)
             summary["publish"] = store.publish(result.checkpoint, margin=float(cfg.get("gate", {}).get("margin", 0.0)))

@@ -64,9 +64,9 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
     """
     import nibabel as nib
 
-    from samri.data import load_label_names, write_sample_studies
-    from samri.report import write_atomic
-    from samri.variants import make_variant
+    from samri.sample_data import load_label_names, write_sample_studies
+    from samri.evaluation.report import write_atomic
+    from samri.evaluation.variants import make_variant
     from samri.volume import save_label
 
     write_sample_studies(sample_dir)
@@ -110,12 +110,12 @@ def _copy_if_missing(src: Path, dst: Path) -> None:
 def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None) -> dict:
     """Build the studies, train ``litemedsam``'s decoder with ``configs/training_default_decoder.yaml``,
     and copy the best decoder to ``out`` (atomically). Returns the run summary."""
-    from samri.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
+    from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
     from samri.config import config_dir, load_registry, read_yaml
-    from samri.data import load_label_names
-    from samri.embeddings import EmbeddingCache
-    from samri.models import load_model
-    from samri.train.data import find_studies
+    from samri.sample_data import load_label_names
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.model.builders import load_model
+    from samri.train.stage1 import find_studies
     from samri.train.run import run_training
     from samri.train.stage2 import TrainSettings
 

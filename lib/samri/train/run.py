@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from samri.checkpoints import save_decoder_checkpoint
-from samri.embeddings import EmbeddingCache
-from samri.train.data import DataStats, Study, split_by_study, stage1, write_manifest
+from samri.model.checkpoints import save_decoder_checkpoint
+from samri.inference.embeddings import EmbeddingCache
+from samri.train.stage1 import DataStats, Study, split_by_study, stage1, write_manifest
 from samri.train.stage2 import DecoderTrainer, SampleSource, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -93,12 +93,12 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     ``TrainResult.budget`` and ``.seconds`` say what was used.
 
     Args:
-        model: a `samri.models.SamModel`; only ``model.mask_decoder`` is trained.
+        model: a `samri.model.builders.SamModel`; only ``model.mask_decoder`` is trained.
         progress: tqdm bars (stage 1 and epochs) on rank 0; without them, log lines every ~10% of an epoch.
         stop_check: optional callable returning True to stop early (MONAI Label's stop request).
         val_studies: validate on these study ids instead of a random ``val_fraction`` split.
         on_progress: rank 0 calls it with events ``{"phase": "stage1" | "stage2" | "validation", ...}``:
-            stage-1 counters (see `samri.train.data.stage1`), every step ``epoch``, ``total_epochs``,
+            stage-1 counters (see `samri.train.stage1.stage1`), every step ``epoch``, ``total_epochs``,
             ``step``, ``total_steps``, ``loss`` (the epoch's running mean), and validation
             ``pairs_done``/``pairs_total`` then ``val`` (its figures) with ``best``.
     """

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 
-from samri.embeddings import EmbeddingCache, EmbeddingKey
+from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.geometry import SliceGeometry, in_plane_axes
-from samri.prompt_sim import PROPAGATION_OFFSETS, SimSettings, correction_click, pick_mode, simulate_prompt
-from samri.prompts import SlicePrompt
-from samri.train.data import SliceSample, StudyIndex, label_slice
+from samri.train.prompt_sim import PROPAGATION_OFFSETS, SimSettings, correction_click, pick_mode, simulate_prompt
+from samri.inference.prompts import SlicePrompt
+from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
 logger = logging.getLogger(__name__)
 

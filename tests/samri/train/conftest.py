@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from tests.samri.conftest import TINY_ARCHITECTURE, ellipsoid_mask, synthetic_array, tiny_spec
-from samri.models import load_model
+from samri.model.builders import load_model
 
 
 def write_study(root: Path, study_id: str, seed: int, *, label: np.ndarray | None = None) -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from samri.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
+from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
 from samri.config import load_registry
-from samri.embeddings import EmbeddingCache
-from samri.train.data import find_studies, spread, stage1
-from samri.train.publish import DecoderStore, gate
+from samri.inference.embeddings import EmbeddingCache
+from samri.train.stage1 import find_studies, spread, stage1
+from samri.train.store import DecoderStore, gate
 from samri.train.run import run_training
 from samri.train.stage2 import TrainSettings
 

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from samri.checkpoints import read_decoder_checkpoint
+from samri.model.checkpoints import read_decoder_checkpoint
 from samri.config import load_registry
-from samri.embeddings import EmbeddingCache
+from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry
-from samri.models import load_model
-from samri.prompts import SlicePrompt
-from samri.train.data import DataStats, find_studies, split_by_study, stage1
-from samri.train.publish import DecoderStore
+from samri.model.builders import load_model
+from samri.inference.prompts import SlicePrompt
+from samri.train.stage1 import DataStats, find_studies, split_by_study, stage1
+from samri.train.store import DecoderStore
 from samri.train.run import run_training
 from samri.train.stage2 import TrainSettings, decoder_forward, encode_prompts
 from tests.samri.conftest import tiny_spec
@@ -145,7 +145,7 @@ def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
 
 def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_tiny_model, tmp_path):
     """Every sample prompted the way 3D propagation prompts: the box of a slice 1-2 away (+ margin)."""
-    from samri.prompt_sim import SimSettings
+    from samri.train.prompt_sim import SimSettings
     from samri.train.stage2 import DecoderTrainer, SampleSource
 
     model = fresh_tiny_model
@@ -179,7 +179,7 @@ def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh
 
 
 def _fake_candidate(tmp_path, model, name: str, val: float, baseline: float, epoch: int = 1) -> Path:
-    from samri.checkpoints import save_decoder_checkpoint
+    from samri.model.checkpoints import save_decoder_checkpoint
 
     return save_decoder_checkpoint(tmp_path / name, mask_decoder=model.mask_decoder, base_model=model.spec.name,
                                    preprocessing=model.preprocessing.to_dict(),
@@ -217,7 +217,7 @@ def test_publish_killed_midway_leaves_live_state(tiny_model, tmp_path, monkeypat
     def boom(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr("samri.train.publish.shutil.copyfile", boom)
+    monkeypatch.setattr("samri.train.store.shutil.copyfile", boom)
     with pytest.raises(KeyboardInterrupt):
         store.publish(_fake_candidate(tmp_path, tiny_model, "b.pt", 0.9, 0.7))
     assert store.live_file.read_bytes() == live_before

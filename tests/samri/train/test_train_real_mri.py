@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from samri.config import load_registry
-from samri.data import load_label_names, write_sample_studies
-from samri.embeddings import EmbeddingCache
-from samri.models import load_model
-from samri.train.data import Study
+from samri.sample_data import load_label_names, write_sample_studies
+from samri.inference.embeddings import EmbeddingCache
+from samri.model.builders import load_model
+from samri.train.stage1 import Study
 from samri.train.run import run_training
 from samri.train.stage2 import TrainSettings
 

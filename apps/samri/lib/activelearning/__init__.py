@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..infers.runtime import SamriRuntime
+from ..runtime import SamriRuntime
 
 
 def samri_strategies(runtime: SamriRuntime) -> dict[str, Any]:
     """``{"samri_uncertainty", "samri_novelty", "samri_combined"}`` sharing one reservation book."""
     from samri.errors import SamriInputError
-    from samri.strategies.config import ALConfig, load_al_config
-    from samri.strategies.selection import Reservations
+    from samri.activelearning.config import ALConfig, load_al_config
+    from samri.activelearning.selection import Reservations
 
     from .strategies import STRATEGIES, SamriStrategy
 

@@ -5,7 +5,7 @@ training run and after each ``/activelearning`` request, each as
 ``python -m monailabel.interfaces.utils.app -m scoring`` (a subprocess that builds the app again);
 ``POST /scoring/samri_uncertainty`` runs one by hand (``?run_sync=true``: inside the server).
 
-Each writes one record per study into the datastore's image info (`samri.strategies.scores`) and
+Each writes one record per study into the datastore's image info (`samri.activelearning.scores`) and
 skips studies whose record is current: same model version (registry name, encoder, served decoder
 version and decoder weights), same settings, same input files. So after a new decoder is
 published, the next job recomputes the uncertainty of every unlabelled study; novelty depends on
@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from ..infers.errors import http_errors
-from ..infers.runtime import SamriRuntime
+from ..http_errors import http_errors
+from ..runtime import SamriRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,10 @@ class SamriScoring(ScoringMethod):
 
     def _scorer(self):
         from samri.config import load_registry
-        from samri.strategies.config import load_al_config
-        from samri.strategies.novelty import DescriptorStore
-        from samri.strategies.scorer import StudyScorer
-        from samri.strategies.scores import encoder_version, model_version
+        from samri.activelearning.config import load_al_config
+        from samri.activelearning.novelty import DescriptorStore
+        from samri.activelearning.scorer import StudyScorer
+        from samri.activelearning.scores import encoder_version, model_version
 
         config = load_al_config()
         if config.threads and in_job_subprocess():
@@ -93,7 +93,7 @@ class SamriScoring(ScoringMethod):
                            descriptors=DescriptorStore(self.descriptor_dir))
 
     def _score(self, request: Mapping[str, Any], datastore) -> dict[str, Any]:
-        from samri.strategies.scores import refresh, scores_of
+        from samri.activelearning.scores import refresh, scores_of
 
         start = time.perf_counter()
         refresh(datastore)
@@ -117,7 +117,7 @@ class SamriScoring(ScoringMethod):
         return summary
 
     def _uncertainty(self, scorer, datastore, todo, force, summary, scores_of) -> None:
-        from samri.strategies.scores import is_current, write_score
+        from samri.activelearning.scores import is_current, write_score
 
         config_key = scorer.config.scoring_key("uncertainty")
         for image_id in _progress(todo, "uncertainty"):
@@ -137,9 +137,9 @@ class SamriScoring(ScoringMethod):
                 summary["unusable"][image_id] = record["reason"]
 
     def _novelty(self, scorer, datastore, images, labelled, force, summary, scores_of) -> None:
-        from samri.strategies.novelty import novelty_scores
-        from samri.strategies.scorer import STUDY_ERRORS
-        from samri.strategies.scores import is_current, make_record, write_score
+        from samri.activelearning.novelty import novelty_scores
+        from samri.activelearning.scorer import STUDY_ERRORS
+        from samri.activelearning.scores import is_current, make_record, write_score
 
         config_key = scorer.config.scoring_key("novelty")
         reference = hashlib.blake2b(",".join(sorted(labelled & set(images))).encode(), digest_size=6).hexdigest()
@@ -182,7 +182,7 @@ class SamriScoring(ScoringMethod):
 
 
 def _signature(path: str | None) -> str | None:
-    from samri.strategies.scores import file_signature
+    from samri.activelearning.scores import file_signature
 
     return file_signature(path)
 

@@ -6,7 +6,7 @@ Each ranks the studies without a ``final`` label by the scores the scoring jobs 
 normalised uncertainty and novelty with ``combined.weights`` of ``configs/activelearning.yaml``.
 
 Two annotators asking at once get different studies: a handed-out study is reserved for the
-requesting ``client_id`` for ``selection.reserve_seconds`` (`samri.strategies.selection.Reservations`,
+requesting ``client_id`` for ``selection.reserve_seconds`` (`samri.activelearning.selection.Reservations`,
 shared by the three strategies); a client asking again releases its previous one.
 
 The answer (MONAI Label adds ``path`` and the image info, which holds the scores)::
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from ..infers.runtime import SamriRuntime
+from ..runtime import SamriRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class SamriStrategy(Strategy):
     Args:
         kind: ``uncertainty``, ``novelty`` or ``combined``.
         runtime: the app's `SamriRuntime` (to flag scores computed with another decoder as stale).
-        reservations: the app's `samri.strategies.selection.Reservations`.
+        reservations: the app's `samri.activelearning.selection.Reservations`.
     """
 
     def __init__(self, kind: str, *, runtime: SamriRuntime, reservations) -> None:
@@ -61,9 +61,9 @@ class SamriStrategy(Strategy):
 
     def __call__(self, request: Mapping[str, Any], datastore) -> dict[str, Any]:
         from samri.errors import SamriInputError
-        from samri.strategies.config import load_al_config
-        from samri.strategies.scores import refresh, scores_of
-        from samri.strategies.selection import NothingToAnnotate, rank
+        from samri.activelearning.config import load_al_config
+        from samri.activelearning.scores import refresh, scores_of
+        from samri.activelearning.selection import NothingToAnnotate, rank
 
         try:
             config = load_al_config()
@@ -98,7 +98,7 @@ class SamriStrategy(Strategy):
         return result
 
     def _candidates(self, records: Mapping[str, Mapping[str, dict]], config) -> list:
-        from samri.strategies.selection import Candidate, combined_values
+        from samri.activelearning.selection import Candidate, combined_values
 
         live = self.runtime.decoders.live_version()
 

@@ -8,7 +8,7 @@ from typing import Any
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
-from ..infers.runtime import SamriRuntime
+from ..runtime import SamriRuntime
 from ..infers.samri_infer import SamriInfer
 from ..trainers.samri_trainer import TRAINER_NAME, SamriTrainer
 

@@ -6,7 +6,7 @@
 ``model``                 registry name from ``configs/models.yaml`` (default: the registry's
                           ``default_model``, samri_lite)
 ``checkpoint``            full SAM-family weights file overriding the registry's
-``decoder``               decoder-only checkpoint (`samri.checkpoints.save_decoder_checkpoint`);
+``decoder``               decoder-only checkpoint (`samri.model.checkpoints.save_decoder_checkpoint`);
                           may not exist yet: it is picked up when it appears or changes. When
                           given, it is served instead of the trainer's published decoders
 ``decoder_version``       pin the served decoder to a version the ``samri`` trainer published
@@ -166,7 +166,7 @@ class AppSettings:
 
     @property
     def decoder_store(self) -> Path:
-        """Folder of the trainer's published decoders (`samri.train.publish.DecoderStore`)."""
+        """Folder of the trainer's published decoders (`samri.train.store.DecoderStore`)."""
         return self.app_dir / "model" / DECODER_STORE_DIR
 
     def summary(self) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def load_labels(path: str | os.PathLike | None, studies: str) -> tuple[str, ...]
 
         names = _names_from(read_yaml(path, field="labels"), str(path))
     elif studies and not studies.startswith(("http://", "https://")):
-        from samri.data import load_label_names
+        from samri.sample_data import load_label_names
 
         try:
             names = _names_from(load_label_names(studies), "label_names.json")

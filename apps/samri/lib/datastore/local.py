@@ -158,7 +158,7 @@ class SamriLocalDatastore(LocalDatastore):
 
     def _stage(self, source: str | os.PathLike, ext: str) -> Path:
         """Copy ``source`` into the staging folder (same file system as the studies)."""
-        from samri.checkpoints import file_mode
+        from samri.model.checkpoints import file_mode
 
         fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=ext, dir=staging_folder(self.root))
         os.close(fd)

@@ -1,4 +1,4 @@
-"""The request fields the app reads itself (the prompt fields are validated by `samri.prompts`).
+"""The request fields the app reads itself (the prompt fields are validated by `samri.inference.prompts`).
 
 Slicer sends ``label``, ``client_id``, ``reset_state``, ``result_extension: ".nrrd"`` and
 ``result_dtype: "uint8"``; OHIF sends ``result_extension``, ``result_dtype``,

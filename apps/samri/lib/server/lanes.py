@@ -91,7 +91,7 @@ class RequestLanes:
         threads torch starts from it inherit the priority, so a click's threads get most of the CPU
         while a slice of 3D work is being encoded beside it.
         """
-        from ..infers.precompute import lower_thread_priority  # imports torch: not at module import
+        from ..runtime.precompute import lower_thread_priority  # imports torch: not at module import
 
         with self._executor_lock:
             if self._executor is None:

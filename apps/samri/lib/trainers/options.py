@@ -19,7 +19,7 @@ Body (JSON), every key optional; defaults come from ``configs/training.yaml`` (o
 ``gate_margin``      publish when validation Dice beats the live decoder's, or is at most this much
                      below it (>= 0; 0 = must improve; YAML ``gate.margin``)
 ``rollback``         ``vNNNN``, ``base`` or ``previous``: make that published version live
-                     instead of training (see `samri.train.publish.DecoderStore.rollback`)
+                     instead of training (see `samri.train.store.DecoderStore.rollback`)
 ===================  ===========================================================================
 
 MONAI Label adds ``model``, ``gpus``, ``local_rank`` and the like; other keys are ignored with a

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from samri.train.publish import write_json_atomic
+from samri.train.store import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

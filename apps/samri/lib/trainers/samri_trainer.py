@@ -7,20 +7,20 @@ the app again (cheap, nothing loads) and calls this task; its log lines show up 
 ``?run_sync=true`` runs it inside the server process instead (useful for ``rollback``, which then
 answers with the new live version). ``DELETE /train/`` (MONAI Label's stop) SIGKILLs the
 subprocess; that is safe at any moment: the run works in a temp folder under
-``<app>/model/train_runs`` and publishing is one atomic rename (`samri.train.publish`), so the live
+``<app>/model/train_runs`` and publishing is one atomic rename (`samri.train.store`), so the live
 decoder and the datastore (never written here) stay as they were.
 
 One run:
 
-1. every datastore image with a ``final`` label becomes a `samri.train.data.Study`, its values
+1. every datastore image with a ``final`` label becomes a `samri.train.stage1.Study`, its values
    named through the stored ``label_info`` (`studies.collect_studies`);
 2. the network is loaded with the decoder this app serves (`DecoderSelector`: the store's live
    version, a pinned ``decoder_version`` or ``--conf decoder``), so the run's
    ``metrics.baseline_val`` is that decoder on the same validation studies;
 3. `samri.train.run.run_training`: stage 1 through the app's shared embedding cache, stage 2
    trains only the mask decoder;
-4. `samri.train.publish.DecoderStore.publish` of the best *trained* epoch into
-   ``<app>/model/decoders``, gated on validation Dice with ``gate_margin`` (`samri.train.publish.gate`);
+4. `samri.train.store.DecoderStore.publish` of the best *trained* epoch into
+   ``<app>/model/decoders``, gated on validation Dice with ``gate_margin`` (`samri.train.store.gate`);
    the infer tasks serve a published version on their next request.
 
 While it runs, ``<app>/model/train_runs/last_run.json`` is updated (at most every 2 s, and at
@@ -58,8 +58,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from samri.errors import SamriInputError
 
-from ..infers.errors import http_errors
-from ..infers.runtime import SamriRuntime
+from ..http_errors import http_errors
+from ..runtime import SamriRuntime
 from .options import TrainOptions, defaults, parse_train_options, read_training_config
 from .records import ProgressRecorder, RunRecord, pid_alive, progress_stats, publish_lock, remove_stale_runs
 from .studies import collect_studies, fallback_label_names
@@ -201,7 +201,7 @@ class SamriTrainer(TrainTask):
     def _train(self, options: TrainOptions, cfg: Mapping[str, Any], datastore, run_dir: Path,
                on_progress: ProgressRecorder | None = None) -> dict[str, Any]:
         from samri.config import load_registry
-        from samri.embeddings import EmbeddingCache
+        from samri.inference.embeddings import EmbeddingCache
         from samri.train.run import run_training
         from samri.train.stage2 import TrainSettings
 
@@ -250,7 +250,7 @@ class SamriTrainer(TrainTask):
 
     def _load_model(self, registry, choice) -> tuple[Any, str]:
         """A private copy of the served network (and the name of its decoder for the stats)."""
-        from samri.models import load_model
+        from samri.model.builders import load_model
 
         spec = registry.spec(self.settings.model)
         path = choice.path if choice.path is not None and choice.path.is_file() else None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from samri.errors import SamriInputError
-from samri.train.data import Study
+from samri.train.stage1 import Study
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def fallback_label_names(studies: str) -> dict[str, dict[str, int]]:
     """``label_names.json`` of a local studies folder (``{}`` for URLs, missing or unreadable files)."""
     if not studies or studies.startswith(("http://", "https://")) or not os.path.isdir(studies):
         return {}
-    from samri.data import load_label_names
+    from samri.sample_data import load_label_names
 
     try:
         return load_label_names(studies)
@@ -88,7 +88,7 @@ def fallback_label_names(studies: str) -> dict[str, dict[str, int]]:
 
 def collect_studies(datastore, *, fallback_names: Mapping[str, Mapping[str, int]] | None = None,
                     tag: str = FINAL_TAG) -> tuple[list[Study], dict[str, str]]:
-    """Every datastore image with a ``tag`` label, as `samri.train.data.Study` objects.
+    """Every datastore image with a ``tag`` label, as `samri.train.stage1.Study` objects.
 
     Args:
         datastore: a MONAI Label ``Datastore`` (local, DICOMweb, ...); only read from.

@@ -1,0 +1,226 @@
+"""The served model: `ModelHolder` (lazy load, reload on file change) and `DecoderSelector`.
+
+Constructing `SamriRuntime` is cheap (the server builds the app again in a subprocess for every
+train and scoring job): the network, the embedding cache, the volume cache and the precompute worker
+are created on first use. The model is reloaded when its checkpoint or decoder file changes (mtime
+and size), so a decoder written by the trainer is served without a restart.
+
+Which decoder is served (`DecoderSelector`, checked on every request): ``--conf decoder`` if
+given; else ``--conf decoder_version`` (a pinned published version, or ``base``); else the live
+version of the trainer's store ``<app>/model/decoders/live.json`` (`samri.train.store`), so
+publishing or rolling back in any process is picked up by the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from samri.errors import SamriInputError
+
+from ..configs.settings import AppSettings
+
+logger = logging.getLogger(__name__)
+
+FileSignature = tuple[str, int, int] | None
+
+
+class ModelUnavailable(RuntimeError):
+    """The configured model cannot be loaded: a server configuration problem, not the request's."""
+
+
+def _signature(path: Path | None) -> FileSignature:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+@dataclass(frozen=True)
+class DecoderChoice:
+    """The decoder a server should serve now.
+
+    Attributes:
+        source: ``"conf"`` (``--conf decoder``), ``"pinned"`` (``--conf decoder_version``) or
+            ``"store"`` (the store's live version).
+        version: published version (``vNNNN``), ``"base"`` for the model's own decoder (nothing
+            live, or pinned to ``base``), or None (``source="conf"``).
+        path: decoder-only checkpoint to apply, or None for the registry's own decoder.
+    """
+
+    source: str
+    version: str | None
+    path: Path | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "version": self.version, "path": None if self.path is None else str(self.path)}
+
+
+class DecoderSelector:
+    """Resolves `DecoderChoice` from the settings and the store's ``live.json`` (cheap: one stat).
+
+    Args:
+        settings: ``decoder``, ``decoder_version`` and the store folder (``settings.decoder_store``).
+    """
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._live_sig: FileSignature | str = "unread"
+        self._live: dict[str, Any] | None = None
+        self._base_model: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.settings.decoder_store
+
+    def store(self):
+        """The `samri.train.store.DecoderStore` of this app and model (reads the registry once)."""
+        from samri.train.store import DecoderStore
+
+        if self._base_model is None:
+            from samri.config import load_registry
+
+            self._base_model = load_registry().spec(self.settings.model).base_name
+        return DecoderStore(self.root, base_model=self._base_model)
+
+    def live(self) -> dict[str, Any] | None:
+        """The store's live entry (re-read only when ``live.json`` changed), or None (base decoder)."""
+        path = self.root / "live.json"
+        sig = _signature(path)
+        with self._lock:
+            if sig == self._live_sig:
+                return self._live
+            try:
+                live = json.loads(path.read_text()) if sig is not None else None
+                if live is not None and not (isinstance(live, dict) and isinstance(live.get("version"), str)
+                                             and isinstance(live.get("file"), str)):
+                    raise ValueError(f"unexpected content {str(live)[:200]}")
+            except FileNotFoundError:
+                live, sig = None, None
+            except (OSError, ValueError) as exc:
+                logger.error("ignoring unreadable %s (%s); keeping the previous decoder choice", path, exc)
+                return self._live
+            self._live_sig, self._live = sig, live
+            return live
+
+    def live_version(self) -> str:
+        """``vNNNN`` of the live published decoder, or ``"base"``."""
+        live = self.live()
+        return live["version"] if live else "base"
+
+    def choose(self) -> DecoderChoice:
+        settings = self.settings
+        if settings.decoder is not None:
+            return DecoderChoice("conf", None, settings.decoder)
+        pinned = settings.decoder_version
+        if pinned == "base":
+            return DecoderChoice("pinned", "base", None)
+        if pinned:
+            return DecoderChoice("pinned", pinned, self.root / "versions" / f"{pinned}.pt")
+        live = self.live()
+        if live is None:
+            return DecoderChoice("store", "base", None)
+        return DecoderChoice("store", live["version"], self.root / live["file"])
+
+
+class ModelHolder:
+    """One lazily loaded `samri.inference.segmenter.Segmenter`, rebuilt when its weight files change.
+
+    Args:
+        settings: model name, checkpoint path, device.
+        cache: the shared embedding cache (kept across reloads; its keys name the encoder).
+        decoders: which decoder file to serve (default: a `DecoderSelector` over ``settings``).
+    """
+
+    def __init__(self, *, settings: AppSettings, cache, decoders: DecoderSelector | None = None) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.decoders = decoders or DecoderSelector(settings)
+        self._lock = threading.Lock()
+        self._segmenter = None
+        self._loaded: tuple | None = None
+        self._failed: tuple | None = None
+        self._checkpoint_path: Path | None = None
+        self._served: dict[str, Any] = {}
+        self.loads = 0
+
+    def _files(self) -> tuple[FileSignature, FileSignature, DecoderChoice]:
+        """Signatures of the weight files to serve now, and the decoder choice (its path may not exist)."""
+        if self._checkpoint_path is None:
+            from samri.config import load_registry
+            from samri.model.builders import resolve_checkpoint
+
+            spec = load_registry().spec(self.settings.model).with_checkpoint(self.settings.checkpoint)
+            self._checkpoint_path = resolve_checkpoint(spec) or Path(os.devnull)
+        choice = self.decoders.choose()
+        return _signature(self._checkpoint_path), _signature(choice.path), choice
+
+    def segmenter(self):
+        """The current segmenter; loads or reloads under a lock when the weight files changed."""
+        try:
+            files = self._files()
+        except SamriInputError as exc:
+            raise ModelUnavailable(f"model '{self.settings.model}': {exc}") from exc
+        current = self._segmenter
+        if current is not None and files in (self._loaded, self._failed):
+            return current
+        with self._lock:
+            files = self._files()
+            if self._segmenter is not None and files in (self._loaded, self._failed):
+                return self._segmenter
+            try:
+                self._segmenter = self._load(files)
+                self._loaded, self._failed = files, None
+            except (SamriInputError, OSError, RuntimeError) as exc:
+                self._failed = files
+                if self._segmenter is None:
+                    raise ModelUnavailable(f"model '{self.settings.model}' could not be loaded: {exc}") from exc
+                logger.error("keeping the previous model: reloading %s failed (%s)", files, exc)
+            return self._segmenter
+
+    def _load(self, files: tuple[FileSignature, FileSignature, DecoderChoice]):
+        from samri.config import load_registry
+        from samri.model.builders import load_model
+        from samri.inference.segmenter import Segmenter
+
+        start = time.perf_counter()
+        spec = load_registry().spec(self.settings.model)
+        choice = files[2]
+        decoder = choice.path if files[1] is not None else None
+        served = {**choice.summary(), "path": None if decoder is None else str(decoder)}
+        if choice.path is not None and decoder is None:
+            logger.warning("decoder %s (%s) does not exist (yet): serving the model's own decoder",
+                           choice.path, choice.source)
+            served.update(version="base", requested=choice.version, missing=str(choice.path))
+        try:
+            model = load_model(spec, checkpoint=self.settings.checkpoint, decoder=decoder, device=self.settings.device)
+        except (SamriInputError, OSError, RuntimeError) as exc:
+            if choice.source == "conf" or decoder is None:
+                raise
+            # a published decoder that does not fit this model (e.g. --conf model changed): serve the base
+            logger.error("published decoder %s cannot be applied (%s): serving the model's own decoder", decoder, exc)
+            model = load_model(spec, checkpoint=self.settings.checkpoint, decoder=None, device=self.settings.device)
+            served.update(path=None, version="base", requested=choice.version, error=str(exc))
+        self.loads += 1
+        self._served = served
+        logger.info("loaded model %s (decoder %s, %s) in %.1f s", spec.name, served["path"], choice.source,
+                    time.perf_counter() - start)
+        return Segmenter(model, self.cache)
+
+    def info(self) -> dict[str, Any]:
+        seg = self._segmenter
+        if seg is None:
+            return {"loaded": False}
+        return {"loaded": True, "name": seg.model.spec.name, "encoder": seg.model.cache_key(),
+                "decoder": dict(seg.model.decoder_info), "decoder_version": self._served.get("version"),
+                "decoder_source": dict(self._served), "loads": self.loads}

@@ -1,0 +1,1 @@
+"""SAMRI's evaluation protocol: `protocol`, `metrics`, `variants`, `report`, `figures`, `cli` (`samri evaluate`)."""

@@ -1,0 +1,196 @@
+"""``samri evaluate``: SAMRI's evaluation protocol for one or more models on labelled MRI.
+
+Registered in `samri.cli` with ``add_evaluate_parser(sub)``. Every input is checked before a
+model is loaded or a slice encoded; bad input raises `samri.errors.SamriInputError`, which the
+main CLI turns into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+from pathlib import Path
+from typing import Any
+
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """\
+models: --model NAME[@DECODER] may be repeated; each is evaluated on the same pairs and prompts.
+  NAME is a registry name (`samri models`); @DECODER applies a decoder-only checkpoint published by
+  the SAMRI trainer, e.g. --model litemedsam --model litemedsam@runs/decoder.pt compares LiteMedSAM
+  with and without a fine-tuned decoder (reported as `litemedsam` and `litemedsam@decoder`).
+  --checkpoint/--decoder given once apply to every model; given once per --model, in order.
+structures: names from --label-names (JSON {name: value} or {image id: {name: value}}), else from a
+  label_names.json next to the image (`samri sample-data` layout), else label_<value>.
+outputs in --out: pairs.csv (row by row), summary.json (atomically, at the end), report.md + PNGs.
+example:
+  samri evaluate --image data/studies/colin27_t1.nii.gz \\
+      --label data/studies/labels/final/colin27_t1.nii.gz --labels Putamen_L,Thalamus_L \\
+      --model litemedsam --prompts box,point,box+point --slice-step 4 --variant bias --out runs/eval
+"""
+
+
+def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    p = subparsers.add_parser("evaluate", help="SAMRI evaluation: Dice/HD95/NSD in mm, 2D or 3D, several models",
+                              description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", action="append", type=Path, required=True, help="image (repeat, paired with --label)")
+    p.add_argument("--label", action="append", type=Path, required=True, help="ground truth on the image's grid")
+    p.add_argument("--model", action="append", default=None, help="NAME[@DECODER] (repeat); default: the registry's")
+    p.add_argument("--checkpoint", action="append", default=None, help="full checkpoint (once, or once per --model)")
+    p.add_argument("--decoder", action="append", default=None, help="decoder-only checkpoint (once, or per --model)")
+    p.add_argument("--prompts", default="box,point,box+point", help="comma list of box, point, box+point")
+    p.add_argument("--axis", type=int, choices=[0, 1, 2], default=2, help="slicing axis of the voxel grid")
+    p.add_argument("--mode", choices=["2d", "3d"], default="2d", help="2d: every slice; 3d: one prompt + propagation")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--labels", default=None, help="comma list of structure names or values to evaluate")
+    p.add_argument("--label-names", type=Path, default=None, help="JSON with structure names (see below)")
+    p.add_argument("--min-size", type=int, default=30, help="smallest object area in a slice, pixels (SAMRI: 30)")
+    p.add_argument("--slice-step", type=int, default=1, help="2d: only slices whose index is a multiple of this")
+    p.add_argument("--max-pairs", type=int, default=None, help="2d: at most this many slices per structure and image")
+    p.add_argument("--jitter", type=float, default=0.0, help="box edge jitter, fraction of the longest side (SAMRI ~0.04)")
+    p.add_argument("--variant", action="append", default=[],
+                   help="contrast-shift variant NAME[:STRENGTH]: bias, inverted, noise, rician, lowres (repeat)")
+    p.add_argument("--seed", type=int, default=0, help="seed of jitter and variants")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="surface Dice tolerance, mm")
+    p.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run in --out")
+    p.add_argument("--cache-dir", type=Path, default=None, help="keep embeddings on disk here (default: memory only)")
+    p.add_argument("--batch-size", type=int, default=4, help="slices per encoder batch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def _per_model(values: list[str] | None, n: int, field: str) -> list[str | None]:
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise SamriInputError(field, values, f"give it once (all models) or once per --model ({n})")
+    return list(values)
+
+
+def parse_models(args: argparse.Namespace, registry) -> list[dict]:
+    """``[{key, spec, checkpoint, decoder}]`` from ``--model NAME[@DECODER]``, checked against the registry."""
+    entries = args.model or [registry.default_model]
+    checkpoints = _per_model(args.checkpoint, len(entries), "checkpoint")
+    decoders = _per_model(args.decoder, len(entries), "decoder")
+    out, seen = [], set()
+    for text, checkpoint, decoder in zip(entries, checkpoints, decoders):
+        name, _, own_decoder = str(text).partition("@")
+        spec = registry.spec(name)  # SamriInputError("model", ...) for an unknown name
+        decoder = own_decoder or decoder
+        for field, path in (("checkpoint", checkpoint), ("decoder", decoder)):
+            if path and not Path(path).expanduser().is_file():
+                raise SamriInputError(field, path, "file not found")
+        key = f"{name}@{Path(decoder).stem}" if decoder else name
+        if checkpoint and args.checkpoint and len(args.checkpoint) > 1:
+            key += f"#{Path(checkpoint).stem}"
+        if key in seen:
+            raise SamriInputError("model", text, "given twice")
+        seen.add(key)
+        out.append({"key": key, "spec": spec, "checkpoint": checkpoint, "decoder": decoder})
+    return out
+
+
+def read_label_names(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise SamriInputError("label-names", str(path), "file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SamriInputError("label-names", str(path), f"invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SamriInputError("label-names", str(path), "must be a JSON object")
+    return data
+
+
+def _names_for(table: dict | None, image: Path) -> dict[str, int] | None:
+    from samri.evaluation.protocol import image_id
+
+    if table is None:
+        return None
+    per_image = table.get(image_id(image))
+    chosen = per_image if isinstance(per_image, dict) else table
+    try:
+        return {str(k): int(v) for k, v in chosen.items() if not isinstance(v, dict)}
+    except (TypeError, ValueError) as exc:
+        raise SamriInputError("label-names", chosen, "values must be integer label values") from exc
+
+
+def build_config(args: argparse.Namespace):
+    from samri.evaluation.protocol import EvalConfig
+
+    prompts = tuple(p.strip() for p in (args.prompts or "").split(",") if p.strip())
+    labels = tuple(s.strip() for s in args.labels.split(",") if s.strip()) if args.labels else None
+    if args.labels is not None and not labels:
+        raise SamriInputError("labels", args.labels, "give at least one structure name")
+    if args.batch_size < 1:
+        raise SamriInputError("batch-size", args.batch_size, "must be at least 1")
+    return EvalConfig(prompts=prompts, mode=args.mode, axis=args.axis, min_size=args.min_size, jitter=args.jitter,
+                      seed=args.seed, slice_step=args.slice_step, max_pairs=args.max_pairs,
+                      nsd_tolerance_mm=args.nsd_tolerance, labels=labels, variants=tuple(args.variant)).validate()
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The run as one ``samri evaluate`` command (recorded in summary.json and the report)."""
+    words = ["samri", "evaluate"]
+    for image, label in zip(args.image, args.label):
+        words += ["--image", str(image), "--label", str(label)]
+    for flag in ("model", "checkpoint", "decoder", "variant"):
+        for value in getattr(args, flag) or []:
+            words += [f"--{flag}", str(value)]
+    words += ["--prompts", args.prompts, "--mode", args.mode, "--axis", str(args.axis)]
+    for flag in ("labels", "label_names", "min_size", "slice_step", "max_pairs", "jitter", "seed", "nsd_tolerance"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag.replace('_', '-')}", str(value)]
+    return shlex.join(words + ["--out", str(args.out)])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Validate everything, load images and models, run, print the headline table; 0 on success."""
+    from samri.config import load_registry
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.evaluation.protocol import SegmenterRunner, evaluate, load_case, plan
+    from samri.model.builders import load_model
+    from samri.inference.segmenter import Segmenter
+    from samri.evaluation.report import machine_info
+
+    config = build_config(args)
+    registry = load_registry()
+    models = parse_models(args, registry)
+    if len(args.image) != len(args.label):
+        raise SamriInputError("label", [str(p) for p in args.label],
+                              f"give one --label per --image ({len(args.image)} images, {len(args.label)} labels)")
+    names = read_label_names(args.label_names)
+    cases = [load_case(image, label, names=_names_for(names, image), wanted=config.labels)
+             for image, label in zip(args.image, args.label)]
+    plan(cases, config)  # every input error surfaces here, before a model is loaded
+    cache = EmbeddingCache(cache_dir=args.cache_dir, max_memory_bytes=1 << 30)
+    runners, described = {}, {}
+    for m in models:
+        model = load_model(m["spec"], checkpoint=m["checkpoint"], decoder=m["decoder"])
+        m["decoder"] = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder
+        runners[m["key"]] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
+                                            progress=not args.no_progress)
+        described[m["key"]] = (f"{m['spec'].description or m['spec'].name}; weights {m['checkpoint'] or m['spec'].checkpoint}"
+                               + (f"; decoder {m['decoder']}" if m["decoder"] else ""))
+    meta = {"models": described, "command": command_line(args), "machine": machine_info()}
+    summary = evaluate(cases, runners, config, args.out, window=registry.window, resume=args.resume,
+                       progress=not args.no_progress, meta=meta)
+    for model, by_prompt in summary["results"].items():
+        for prompt, s in by_prompt.items():
+            buckets = " ".join(f"{b}={s['buckets'][b]['mean_dice']}" for b in ("small", "medium", "large"))
+            print(f"{model:24s} {prompt:10s} n={s['n']:5d} dice={s['mean_dice']} hd95={s['hd95_mm']}mm "
+                  f"nsd={s['nsd']} [{buckets}]")
+    print(f"wrote {args.out / 'summary.json'}, {args.out / 'pairs.csv'}, {args.out / 'report.md'}")
+    return 0

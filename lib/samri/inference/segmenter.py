@@ -1,0 +1,221 @@
+"""2D prediction on cached embeddings and 3D propagation in both directions.
+
+Frames: masks are returned in slice pixels ``(H, W)`` / volume voxels ``(X, Y, Z)``; prompts come
+as `samri.inference.prompts.SlicePrompt` in slice pixels; the decoder's low-res logits (``(1, 1, s, s)``) are
+kept for refinement clicks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from samri.inference.embeddings import EmbeddingCache, get_embeddings
+from samri.errors import SamriInputError
+from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
+from samri.inference.prompts import SlicePrompt
+from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
+
+__all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
+           "VolumeResult", "interior_point", "mask_box"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SliceResult:
+    """One slice's prediction.
+
+    Attributes:
+        mask: ``(H, W)`` bool in slice pixels.
+        low_res_logits: ``(1, 1, s, s)`` decoder logits (feed back as ``SlicePrompt.mask_logits``).
+        iou: the decoder's predicted IoU of ``mask``.
+    """
+
+    mask: np.ndarray
+    low_res_logits: torch.Tensor
+    iou: float
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class VolumeResult:
+    """A 3D prediction on the image grid.
+
+    Attributes:
+        mask: ``(X, Y, Z)`` bool.
+        slices: ``{slice index: SliceResult}`` along ``axis`` for every predicted slice.
+        axis: the slicing axis.
+        stops: where and why each front stopped (`samri.inference.propagation.PropagationRun.stops`).
+        partial: None, or why the budget ended propagation early
+            (`samri.inference.propagation.PropagationRun.partial`).
+    """
+
+    mask: np.ndarray
+    slices: dict[int, SliceResult] = field(default_factory=dict)
+    axis: int = 2
+    stops: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None
+
+
+def interior_point(mask: np.ndarray) -> np.ndarray | None:
+    """``(r, c)`` of the maximum of the distance transform (deepest inside point); None if empty."""
+    if not mask.any():
+        return None
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return np.array(np.unravel_index(int(np.argmax(dist)), mask.shape), dtype=np.float64)
+
+
+#: half sizes of the candidate boxes of `Segmenter._box_search`, as fractions of the slice's longest side
+BOX_SEARCH_HALF_SIZES = (0.02, 0.04, 0.06, 0.09, 0.13, 0.2)
+
+
+class Segmenter:
+    """SAMRI prediction over a `samri.volume.PreparedVolume` with cached embeddings.
+
+    Args:
+        model: a `samri.model.builders.SamModel`.
+        cache: the shared `samri.inference.embeddings.EmbeddingCache`.
+        propagation: 3D stopping rules.
+    """
+
+    def __init__(self, model, cache: EmbeddingCache, *, propagation: PropagationSettings = PropagationSettings()):
+        self.model = model
+        self.cache = cache
+        self.propagation = propagation
+        self._dense_pe: torch.Tensor | None = None
+
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the embedding grid (constant: computed once)."""
+        if self._dense_pe is None:
+            with torch.inference_mode():
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
+
+    def embedding(self, volume, axis: int, index: int) -> torch.Tensor:
+        """``(C, h, w)`` embedding of one slice (encoded on a cache miss)."""
+        return get_embeddings(self.model, volume, self.cache, axis, [index])[int(index)]
+
+    def slice_geometry(self, volume, axis: int) -> SliceGeometry:
+        rows, cols = in_plane_axes(axis)
+        return SliceGeometry(volume.shape[rows], volume.shape[cols], self.model.input_size)
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+        """Prompt encoder + mask decoder on one embedding ``(C, h, w)``.
+
+        A single point without box or mask is ambiguous, so three masks are predicted and the
+        one with the best predicted IoU is kept (SAM's recommendation); otherwise one mask.
+        Models trained with boxes only (``point_prompts == "box_search"``, e.g. LiteMedSAM) turn
+        a points-only prompt into a search over boxes around the points (`_box_search`).
+        """
+        if prompt.is_empty and prompt.mask_logits is None:
+            raise SamriInputError("prompt", "empty", "give at least one point or a box")
+        prompt.check_inside((geom.height, geom.width))
+        if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
+            return self._box_search(embedding, geom, prompt)
+        multimask = len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
+        low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom, self.model.device)),
+                                         multimask)
+        best = int(torch.argmax(iou[0])) if multimask else 0
+        low_res = low_res[:, best:best + 1]
+        mask = geom.logits_to_slice(low_res)[0, 0].numpy() > 0.0
+        return SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best]))
+
+    @property
+    def point_prompts(self) -> str:
+        return getattr(self.model, "point_prompts", "native")
+
+    def _run_decoder(self, embedding: torch.Tensor, prompt_embeddings: tuple[torch.Tensor, torch.Tensor],
+                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask decoder for ``B`` prompts on one embedding: ``(B, M, s, s)`` logits, ``(B, M)`` IoU."""
+        model = self.model
+        sparse, dense = prompt_embeddings
+        low_res, iou = model.mask_decoder(image_embeddings=embedding[None].to(model.device),
+                                          image_pe=self.dense_pe(),
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                          multimask_output=multimask)
+        return low_res.float().cpu(), iou.float().cpu()
+
+    def _box_search(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+        """Points-only prompt for a box-trained decoder: try boxes around the positive points.
+
+        Candidates are the positive points' bounding box grown by each of `BOX_SEARCH_HALF_SIZES`
+        (fractions of the slice's longest side); all are decoded in one batch. The winner is the
+        mask that contains the most positive and fewest negative points, then the highest
+        predicted IoU.
+        """
+        positive = prompt.points[prompt.labels == 1]
+        negative = prompt.points[prompt.labels == 0]
+        side = max(geom.height, geom.width)
+        lo, hi = positive.min(axis=0), positive.max(axis=0)
+        boxes = []
+        for frac in BOX_SEARCH_HALF_SIZES:
+            half = max(2.0, frac * side)
+            boxes.append([max(lo[0] - half, 0), max(lo[1] - half, 0),
+                          min(hi[0] + half, geom.height - 1), min(hi[1] + half, geom.width - 1)])
+        device = self.model.device
+        boxes_xy = torch.as_tensor(np.stack([geom.box_to_input(b) for b in boxes]), dtype=torch.float32, device=device)
+        masks = None
+        if prompt.mask_logits is not None:
+            masks = prompt.mask_logits.to(device).expand(len(boxes), -1, -1, -1)
+        embedded = self.model.prompt_encoder(points=None, boxes=boxes_xy, masks=masks)
+        low_res, iou = self._run_decoder(embedding, embedded, multimask=False)
+        full = geom.logits_to_slice(low_res)[:, 0].numpy() > 0.0
+        best, best_score = 0, None
+        for n in range(len(boxes)):
+            pos_in = sum(bool(full[n][int(round(r)), int(round(c))]) for r, c in positive)
+            neg_in = sum(bool(full[n][int(round(r)), int(round(c))]) for r, c in negative)
+            score = (pos_in - neg_in, float(iou[n, 0]))
+            if best_score is None or score > best_score:
+                best, best_score = n, score
+        return SliceResult(mask=full[best], low_res_logits=low_res[best:best + 1, :1], iou=float(iou[best, 0]))
+
+    def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt) -> SliceResult:
+        """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss)."""
+        axis = check_axis(axis)
+        return self.decode(self.embedding(volume, axis, index), self.slice_geometry(volume, axis), prompt)
+
+    def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,
+                  bounds: tuple[int, int] | None = None, roi_box: np.ndarray | None = None,
+                  budget: PropagationBudget | None = None, should_stop: Callable[[], bool] | None = None,
+                  progress: bool = False) -> VolumeResult:
+        """Segment prompted slices, then follow the object through the volume in both directions.
+
+        Each next slice is prompted with the box of the previous slice's mask (plus a margin,
+        clipped to ``roi_box``); propagation stops where the object ends (see
+        `PropagationSettings`), at ``bounds`` (inclusive slice range), where another seed's
+        result already is, or when ``budget`` runs out (the result is then marked ``partial``).
+
+        Args:
+            seeds: ``{slice index: prompt}``; at least one.
+            bounds: inclusive slice range to stay within (e.g. the ROI's), default whole axis.
+            roi_box: ``(r0, c0, r1, c1)`` in-plane limit for propagated boxes.
+            budget: slice, time and cancellation limits (default: none).
+            should_stop: polled between slices; True ends propagation (overrides ``budget.should_stop``).
+        """
+        axis = check_axis(axis)
+        if not seeds:
+            raise SamriInputError("seeds", {}, "3D propagation needs at least one prompted slice")
+        n = volume.shape[axis]
+        bounds = bounds if bounds is not None else (0, n - 1)
+        budget = budget or PropagationBudget()
+        if should_stop is not None:
+            budget = replace(budget, should_stop=should_stop)
+        run = Propagator(self, volume, axis, bounds=bounds, roi_box=roi_box, budget=budget).run(seeds)
+        result = VolumeResult(mask=np.zeros(volume.shape, dtype=bool), slices=run.slices, axis=axis,
+                              stops=run.stops, partial=run.partial)
+        for index, res in result.slices.items():
+            put_slice(result.mask, axis, index, res.mask)
+        logger.info("3D propagation on axis %d: %d slices from %d seeds (stops %s%s)", axis, len(result.slices),
+                    len(seeds), [(s["at"], s["reason"]) for s in run.stops],
+                    f", partial: {run.partial['reason']}" if run.partial else "")
+        return result

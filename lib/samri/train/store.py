@@ -1,0 +1,147 @@
+"""Published decoder versions: gated, atomic publishing and rollback.
+
+Layout of a store folder (the app's ``model/decoders``)::
+
+    versions/v0001.pt ...   immutable decoder-only checkpoints
+    index.json              every version with its metrics and when it was published
+    live.json               {"version": "v0003", "file": "versions/v0003.pt", ...}: what is served
+
+Every file is written to a temp file and renamed, so a killed run leaves the previous state.
+Servers watch ``live.json``'s mtime and reload on change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from samri.model.checkpoints import atomic_write, file_mode, read_decoder_checkpoint
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """``data`` as indented JSON at ``path`` (temp file + rename; see `samri.model.checkpoints.atomic_write`)."""
+    return atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str), binary=False)
+
+
+def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
+    """The publish gate: ``(publish, reason)``.
+
+    A candidate is published when its validation Dice beats the live decoder's on the same
+    studies, or (``margin`` > 0) is at most ``margin`` below it. With margin 0 it must improve.
+    """
+    if new_dice > live_dice:
+        return True, f"improved: val Dice {new_dice:.4f} > live {live_dice:.4f}"
+    if margin > 0 and new_dice >= live_dice - margin:
+        return True, (f"within margin: val Dice {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
+                      f"{live_dice:.4f}, gate_margin {margin}")
+    if margin > 0:
+        return False, (f"refused: val Dice {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
+                       f"{live_dice:.4f}, more than gate_margin {margin}")
+    return False, f"refused: val Dice {new_dice:.4f} does not beat live {live_dice:.4f} (gate_margin 0)"
+
+
+class DecoderStore:
+    """Versions of decoders for one base model.
+
+    Args:
+        root: store folder.
+        base_model: registry name the decoders must belong to.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, base_model: str) -> None:
+        self.root = Path(root)
+        self.base_model = base_model
+
+    @property
+    def live_file(self) -> Path:
+        return self.root / "live.json"
+
+    def index(self) -> list[dict[str, Any]]:
+        path = self.root / "index.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def live(self) -> dict[str, Any] | None:
+        """The live entry, or None when the plain base decoder is served."""
+        return json.loads(self.live_file.read_text()) if self.live_file.is_file() else None
+
+    def live_path(self) -> Path | None:
+        live = self.live()
+        return None if live is None else self.root / live["file"]
+
+    def publish(self, candidate: str | os.PathLike, *, margin: float = 0.0) -> dict[str, Any]:
+        """Publish ``candidate`` if it passes `gate` against the live decoder.
+
+        The run validates its starting decoder (the live one) on the same validation studies
+        (``metrics.baseline_val``), so the gate compares like with like. The candidate must be a
+        trained epoch (``metrics.val.epoch`` >= 1): a file holding the unchanged starting decoder
+        (epoch 0) is refused whatever the margin.
+
+        Returns:
+            ``{"published": bool, "version": str | None, "reason": str}``.
+        """
+        envelope = read_decoder_checkpoint(candidate)
+        if envelope["base_model"] != self.base_model:
+            raise SamriInputError("decoder", str(candidate), f"is for base model '{envelope['base_model']}', "
+                                  f"this store serves '{self.base_model}'")
+        metrics = envelope["metadata"].get("metrics", {})
+        new, old = metrics.get("val", {}), metrics.get("baseline_val", {})
+        new_dice, old_dice = float(new.get("dice", 0.0)), float(old.get("dice", 0.0))
+        if new.get("epoch", 1) == 0:
+            return {"published": False, "version": None,
+                    "reason": "refused: no trained epoch (the file holds the starting decoder, "
+                              f"val Dice {old_dice:.4f})"}
+        ok, reason = gate(new_dice, old_dice, margin)
+        if not ok:
+            return {"published": False, "version": None, "reason": reason}
+        index = self.index()
+        version = f"v{len(index) + 1:04d}"
+        target = self.root / "versions" / f"{version}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(candidate, tmp)
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        entry = {"version": version, "file": f"versions/{version}.pt", "val_dice": new_dice,
+                 "baseline_val_dice": old_dice, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "gate": reason, "metrics": {"val": new, "baseline_val": old},
+                 "training_data": envelope["metadata"].get("training_data")}
+        write_json_atomic(self.root / "index.json", index + [entry])
+        write_json_atomic(self.live_file, entry)
+        logger.info("published decoder %s (%s)", version, reason)
+        return {"published": True, "version": version, "reason": reason}
+
+    def rollback(self, version: str | None = None) -> dict[str, Any] | None:
+        """Serve ``version`` (default: the one published before the live one); ``"base"`` = plain decoder."""
+        index = self.index()
+        if version == "base":
+            self.live_file.unlink(missing_ok=True)
+            logger.info("rolled back to the base model's own decoder")
+            return None
+        names = [e["version"] for e in index]
+        if version is None:
+            live = self.live()
+            pos = names.index(live["version"]) if live and live["version"] in names else len(names)
+            if pos == 0:
+                self.live_file.unlink(missing_ok=True)
+                return None
+            version = names[pos - 1]
+        if version not in names:
+            raise SamriInputError("version", version, f"unknown; published versions: {names + ['base']}")
+        entry = index[names.index(version)]
+        write_json_atomic(self.live_file, entry)
+        logger.info("rolled back to decoder %s", version)
+        return entry
