@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from tests.helpers import TINY_REGISTRY
@@ -35,3 +37,29 @@ def tiny_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (folder / "models.yaml").write_text(TINY_REGISTRY)
     monkeypatch.setenv("SAMRI_CONFIG_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory):
+    """One ``monailabel start_server`` per test module: a copy of apps/samri over fresh sample studies.
+
+    Precompute is off (tests time clicks, and background encoding would compete for the 2 cores);
+    the embedding cache lives in the temporary folder.
+    """
+    from samri import sample_data as data
+    from samri.testing.server import copy_app, start_server
+    from tests.apps.helpers import APP_DIR, LiveServer
+
+    root = tmp_path_factory.mktemp("samri_server")
+    studies = root / "studies"
+    written = data.write_sample_studies(studies)
+    truth = {s.study_id: np.asarray(nib.load(str(s.label)).dataobj) for s in written}
+    affines = {s.study_id: nib.load(str(s.image)).affine for s in written}
+    app = copy_app(APP_DIR, root / "app")
+    process = start_server(app_dir=app, studies=studies, log_path=root / "server.log",
+                           conf={"precompute": "false", "cache_dir": str(root / "embedding_cache")})
+    try:
+        yield LiveServer(process=process, studies=studies, images=[s.study_id for s in written], truth=truth,
+                         label_names={s.study_id: s.label_names for s in written}, affines=affines)
+    finally:
+        process.stop()

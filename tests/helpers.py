@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    from samri.intensity import Preprocessing
+    from samri.model.builders import ModelSpec
 
 #: ``configs/models.yaml`` whose default is a random 64-px ViT (fast tests; no weights).
 TINY_REGISTRY = textwrap.dedent("""\
@@ -35,3 +41,56 @@ def write_tiny_studies(folder: Path, ids: tuple[str, ...] = ("tiny_a", "tiny_b")
         vol = (100 + 20 * rng.standard_normal(blob.shape) + 300 * blob + 10 * n).astype(np.float32)
         nib.save(nib.Nifti1Image(vol, affine), str(folder / f"{image_id}.nii.gz"))
     return folder
+
+
+#: ViT parameters of the tiny test network: 64x64 input, 8x8x32 embeddings, 32x32 low-res logits.
+TINY_ARCHITECTURE = {
+    "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+    "global_attn_indexes": [0], "window_size": 4, "prompt_dim": 32, "decoder_mlp_dim": 64,
+    "decoder_heads": 2,
+}
+
+#: shape of the synthetic volume and its ellipsoid (centre and radii in voxels).
+VOLUME_SHAPE = (40, 48, 30)
+ELLIPSOID_CENTER = (20.0, 24.0, 15.0)
+ELLIPSOID_RADII = (9.0, 11.0, 7.0)
+
+
+def tiny_spec(name: str = "tiny", preprocessing: Preprocessing | None = None) -> ModelSpec:
+    """Registry entry of the tiny random-weight SAM (same builder path as every real variant)."""
+    from samri.intensity import Preprocessing
+    from samri.model.builders import ModelSpec
+
+    return ModelSpec(name=name, architecture=dict(TINY_ARCHITECTURE), checkpoint=None,
+                     preprocessing=preprocessing or Preprocessing(input_size=64), random_init=True)
+
+
+def ellipsoid_mask(shape=VOLUME_SHAPE, center=ELLIPSOID_CENTER, radii=ELLIPSOID_RADII) -> np.ndarray:
+    """``(X, Y, Z)`` bool ellipsoid."""
+    grid = np.meshgrid(*(np.arange(s, dtype=np.float64) for s in shape), indexing="ij")
+    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii))
+    return dist <= 1.0
+
+
+def synthetic_array(seed: int = 0) -> np.ndarray:
+    """``(40, 48, 30)`` float32 "MRI": dim background, bright ellipsoid, Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    vol = 100.0 + 10.0 * rng.standard_normal(VOLUME_SHAPE)
+    vol[ellipsoid_mask()] += 500.0
+    return vol.astype(np.float32)
+
+
+def write_study(root: Path, study_id: str, seed: int, *, label: np.ndarray | None = None) -> None:
+    """A synthetic study: bright ellipsoid (label 1 'blob') and a box (label 2 'slab')."""
+    image = synthetic_array(seed)
+    if label is None:
+        label = ellipsoid_mask().astype(np.uint8)
+        label[2:12, 4:14, 5:25] = 2
+        image[2:12, 4:14, 5:25] += 250.0
+    (root / "labels" / "final").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / f"{study_id}.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labels" / "final" / f"{study_id}.nii.gz"))
+    names_file = root / "label_names.json"
+    names = json.loads(names_file.read_text()) if names_file.exists() else {}
+    names[study_id] = {"blob": 1, "slab": 2}
+    names_file.write_text(json.dumps(names))

@@ -19,10 +19,8 @@ import requests
 from fastapi import HTTPException
 
 from samri.testing.server import copy_app, start_server
-
+from tests.apps.helpers import APP_DIR, in_process_apps
 from tests.helpers import TINY_REGISTRY, write_tiny_studies
-
-from .conftest import APP_DIR, in_process_apps
 
 IDS = ("tiny_a", "tiny_b", "tiny_c", "tiny_d")
 LABELLED = "tiny_a"

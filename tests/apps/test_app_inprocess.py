@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
+from tests.apps.helpers import in_process_apps
 from tests.helpers import write_tiny_studies
-
-from .conftest import in_process_apps
 
 IMAGE = "tiny_a"
 POINT = [20, 18, 4]

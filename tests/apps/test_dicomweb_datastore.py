@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import requests
 
-from samri.testing.server import copy_app, start_server
 from samri.dicomweb.orthanc import orthanc_unavailable_reason, running_orthanc
+from samri.testing.server import copy_app, start_server
 
 REASON = orthanc_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs Orthanc: {REASON}")
@@ -45,8 +45,8 @@ def _crop(studies: Path):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, sample_studies_dir):
     from samri.dicomweb.convert import volume_to_dicom_series
-    from samri.testing.netaudit import audit_env
     from samri.dicomweb.upload import store_datasets, upload_series
+    from samri.testing.netaudit import audit_env
 
     root = tmp_path_factory.mktemp("dicomweb_app")
     e = Env()

@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import requests
 
-from samri.testing.server import copy_app, start_server
 from samri.testing.fuzz import Target, generate, tree_digest
 from samri.testing.fuzz_run import send
-
-from .conftest import APP_DIR
+from samri.testing.server import copy_app, start_server
+from tests.apps.helpers import APP_DIR
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import nrrd
 import pytest
 
+from tests.apps.helpers import in_process_apps
 from tests.helpers import write_tiny_studies
-
-from .conftest import in_process_apps
 
 IMAGE = "tiny_a"
 POINT = [20, 18, 4]

@@ -18,8 +18,7 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder
 from scipy import ndimage
 
 from samri.bench.http import http_click_benchmark, post_infer
-
-from .conftest import COLIN, MNI, LiveServer, needs_colin
+from tests.apps.helpers import COLIN, MNI, LiveServer, needs_colin
 
 pytestmark = pytest.mark.slow
 

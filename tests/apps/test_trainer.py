@@ -23,16 +23,14 @@ import torch
 import yaml
 from fastapi import HTTPException
 
-from samri.bench.http import post_infer
-from samri.testing.server import copy_app, start_server
 from apps.samri.lib.trainers.options import defaults, parse_train_options
 from apps.samri.lib.trainers.records import ProgressRecorder, RunRecord, progress_stats, remove_stale_runs
 from apps.samri.lib.trainers.studies import collect_studies, label_names_from_info
+from samri.bench.http import post_infer
 from samri.errors import SamriInputError
-from tests.samri.conftest import TINY_ARCHITECTURE, tiny_spec
-from tests.samri.train.conftest import write_study
-
-from .conftest import APP_DIR, in_process_apps
+from samri.testing.server import copy_app, start_server
+from tests.apps.helpers import APP_DIR, in_process_apps
+from tests.helpers import TINY_ARCHITECTURE, tiny_spec, write_study
 
 #: above Linux's largest pid_max (2**22): no process has it.
 DEAD_PID = 2 ** 22 + 12345

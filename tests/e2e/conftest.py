@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from samri.testing.server import ServerProcess, copy_app, start_server
 from samri import sample_data as data
-from samri.testing.netaudit import audit_env
 from samri.dicomweb.orthanc import OrthancProcess, orthanc_unavailable_reason, running_orthanc
+from samri.testing.netaudit import audit_env
+from samri.testing.server import ServerProcess, copy_app, start_server
 
 logger = logging.getLogger(__name__)
 

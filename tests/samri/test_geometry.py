@@ -8,8 +8,7 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samri.errors import SamriInputError
-from samri.geometry import (SliceGeometry, check_axis, in_plane_axes, join_point, put_slice, split_point,
-                            take_slice)
+from samri.geometry import SliceGeometry, check_axis, in_plane_axes, join_point, put_slice, split_point, take_slice
 
 # (height, width, input_size): tall, wide, square, 1xN, Nx1, larger than the input, odd ratios
 SHAPES = [(48, 30, 64), (30, 48, 64), (40, 40, 64), (1, 50, 64), (50, 1, 64), (200, 130, 64),

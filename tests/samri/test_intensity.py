@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from samri.errors import SamriInputError
-from samri.intensity import (PREPROCESSING_VERSION, Preprocessing, WindowSettings, check_volume,
-                             slice_to_model_input, window_volume)
+from samri.intensity import (
+    PREPROCESSING_VERSION,
+    Preprocessing,
+    WindowSettings,
+    check_volume,
+    slice_to_model_input,
+    window_volume,
+)
 
 LITEMEDSAM = Preprocessing(input_size=256, slice_minmax=True, value_scale=1.0, pixel_mean=(0.0, 0.0, 0.0),
                            pixel_std=(1.0, 1.0, 1.0))

@@ -7,8 +7,16 @@ import json
 import pytest
 from fastapi import HTTPException
 
-from apps.samri.lib.server.params import (MAX_JSON_DEPTH, MAX_PARAMS_BYTES, MAX_POINTS, check_id, check_model,
-                                          check_output, parse_params, reject_final_save)
+from apps.samri.lib.server.params import (
+    MAX_JSON_DEPTH,
+    MAX_PARAMS_BYTES,
+    MAX_POINTS,
+    check_id,
+    check_model,
+    check_output,
+    parse_params,
+    reject_final_save,
+)
 
 
 def status_and_detail(fn, *args, **kwargs) -> tuple[int, str]:

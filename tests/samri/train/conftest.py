@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.samri.conftest import TINY_ARCHITECTURE, ellipsoid_mask, synthetic_array, tiny_spec
 from samri.model.builders import load_model
-
-
-def write_study(root: Path, study_id: str, seed: int, *, label: np.ndarray | None = None) -> None:
-    """A synthetic study: bright ellipsoid (label 1 'blob') and a box (label 2 'slab')."""
-    image = synthetic_array(seed)
-    if label is None:
-        label = ellipsoid_mask().astype(np.uint8)
-        label[2:12, 4:14, 5:25] = 2
-        image[2:12, 4:14, 5:25] += 250.0
-    (root / "labels" / "final").mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(image, np.eye(4)), str(root / f"{study_id}.nii.gz"))
-    nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labels" / "final" / f"{study_id}.nii.gz"))
-    names_file = root / "label_names.json"
-    names = json.loads(names_file.read_text()) if names_file.exists() else {}
-    names[study_id] = {"blob": 1, "slab": 2}
-    names_file.write_text(json.dumps(names))
+from tests.helpers import TINY_ARCHITECTURE, tiny_spec, write_study
 
 
 @pytest.fixture()

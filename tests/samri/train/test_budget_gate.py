@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
 from samri.config import load_registry
 from samri.inference.embeddings import EmbeddingCache
-from samri.train.stage1 import find_studies, spread, stage1
-from samri.train.store import DecoderStore, gate
+from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
 from samri.train.run import run_training
+from samri.train.stage1 import find_studies, spread, stage1
 from samri.train.stage2 import TrainSettings
+from samri.train.store import DecoderStore, gate
 
 
 def _candidate(tmp_path: Path, model, name: str, val: float, live: float, epoch: int = 1) -> Path:

@@ -8,24 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from samri.model.checkpoints import read_decoder_checkpoint
 from samri.config import load_registry
-from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry
-from samri.model.builders import load_model
+from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
-from samri.train.stage1 import DataStats, find_studies, split_by_study, stage1
-from samri.train.store import DecoderStore
+from samri.model.builders import load_model
+from samri.model.checkpoints import read_decoder_checkpoint
 from samri.train.run import run_training
+from samri.train.stage1 import find_studies, split_by_study, stage1
 from samri.train.stage2 import TrainSettings, decoder_forward, encode_prompts
-from tests.samri.conftest import tiny_spec
-from tests.samri.train.conftest import write_study
+from samri.train.store import DecoderStore
+from tests.helpers import tiny_spec, write_study
 
 REPO = Path(__file__).resolve().parents[3]
 

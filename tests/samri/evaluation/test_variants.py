@@ -7,8 +7,7 @@ import pytest
 
 from samri.errors import SamriInputError
 from samri.evaluation.variants import VARIANTS, VariantSpec, make_variant, parse_variant
-
-from .conftest import ellipsoid_mask, synthetic_array
+from tests.helpers import ellipsoid_mask, synthetic_array
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from samri.errors import SamriInputError
 from samri.inference import embeddings as emb_mod
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey, encode_slices, get_embeddings, slice_keys
-from samri.errors import SamriInputError
 from samri.intensity import WindowSettings
 
 EMB_BYTES = 32 * 8 * 8 * 2  # one tiny-model embedding in fp16

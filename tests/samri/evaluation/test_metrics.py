@@ -7,8 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from samri.evaluation.metrics import (FIXED_THRESHOLDS_2D, FIXED_THRESHOLDS_3D, aggregate, aggregate_with_buckets, bucket_of,
-                           fixed_cutoffs, segmentation_metrics, tertile_cutoffs)
+from samri.evaluation.metrics import (
+    FIXED_THRESHOLDS_2D,
+    FIXED_THRESHOLDS_3D,
+    aggregate,
+    aggregate_with_buckets,
+    bucket_of,
+    fixed_cutoffs,
+    segmentation_metrics,
+    tertile_cutoffs,
+)
 
 SPACING = (2.0, 0.5, 1.0)  # anisotropic: mm per voxel along axes 0, 1, 2
 

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from samri.model.checkpoints import save_decoder_checkpoint
-from samri.evaluation.cli import add_evaluate_parser, command_line
 from samri.errors import SamriInputError
-
-from .conftest import TINY_ARCHITECTURE, ellipsoid_mask, synthetic_array
+from samri.evaluation.cli import add_evaluate_parser, command_line
+from samri.model.checkpoints import save_decoder_checkpoint
+from tests.helpers import TINY_ARCHITECTURE, ellipsoid_mask, synthetic_array
 
 AFFINE = np.diag([1.2, 0.8, 1.5, 1.0])
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from samri.bench.clients import OTHER_DICE_CEIL, check_answer, multi_client_benchmark, structure_clicks
-
-from .conftest import COLIN, LiveServer, needs_colin
+from tests.apps.helpers import COLIN, LiveServer, needs_colin
 
 
 def test_check_answer_rejects_wrong_slice_empty_and_crossed_masks() -> None:

@@ -10,11 +10,11 @@ import pytest
 
 from samri.cli import main
 from samri.config import load_registry
-from samri.sample_data import available_sources, load_label_names, write_sample_studies
 from samri.inference.embeddings import EmbeddingCache
-from samri.model.builders import load_model
-from samri.inference.segmenter import Segmenter, mask_box
 from samri.inference.prompts import SlicePrompt
+from samri.inference.segmenter import Segmenter, mask_box
+from samri.model.builders import load_model
+from samri.sample_data import available_sources, load_label_names, write_sample_studies
 from samri.volume import load_image, prepare_volume
 
 pytestmark = pytest.mark.slow

@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samri.config import load_registry
-from samri.inference.embeddings import EmbeddingCache
-from samri.model.builders import load_model
-from samri.inference.segmenter import Segmenter
 from samri.activelearning.config import ALConfig, SliceSampling
 from samri.activelearning.novelty import novelty_scores
 from samri.activelearning.scorer import StudyScorer
 from samri.activelearning.scores import model_version
+from samri.config import load_registry
 from samri.evaluation.variants import make_variant
+from samri.inference.embeddings import EmbeddingCache
+from samri.inference.segmenter import Segmenter
+from samri.model.builders import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samri.inference.embeddings import EmbeddingCache
 from samri.errors import SamriInputError
-from samri.evaluation.protocol import (Case, EvalConfig, SegmenterRunner, enumerate_pairs, evaluate, jitter_box, load_case,
-                            make_prompt, pair_rng)
+from samri.evaluation.protocol import (
+    Case,
+    EvalConfig,
+    SegmenterRunner,
+    enumerate_pairs,
+    evaluate,
+    jitter_box,
+    load_case,
+    make_prompt,
+    pair_rng,
+)
 from samri.geometry import take_slice
+from samri.inference.embeddings import EmbeddingCache
 from samri.inference.segmenter import Segmenter, interior_point, mask_box
 from samri.volume import ImageVolume
-
-from .conftest import ellipsoid_mask, synthetic_array
+from tests.helpers import ellipsoid_mask, synthetic_array
 
 AFFINE = np.diag([2.0, 0.5, 1.0, 1.0])  # anisotropic voxels: 2 x 0.5 x 1 mm
 

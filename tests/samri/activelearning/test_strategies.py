@@ -9,10 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samri.inference.embeddings import EmbeddingCache
-from samri.errors import SamriInputError
-from samri.intensity import WindowSettings
-from samri.inference.segmenter import Segmenter
 from samri.activelearning.config import ALConfig, load_al_config, parse_al_config
 from samri.activelearning.novelty import DescriptorStore, cosine_distance, novelty_scores, pooled_descriptor
 from samri.activelearning.sampling import head_mask, sample_slices
@@ -20,10 +16,13 @@ from samri.activelearning.scorer import StudyScorer
 from samri.activelearning.scores import is_current, make_record, model_version
 from samri.activelearning.selection import Candidate, NothingToAnnotate, Reservations, combined_values, rank
 from samri.activelearning.uncertainty import grid_boxes, jitter_boxes, study_uncertainty
+from samri.errors import SamriInputError
+from samri.inference.embeddings import EmbeddingCache
+from samri.inference.segmenter import Segmenter
+from samri.intensity import WindowSettings
+from tests.helpers import synthetic_array
 
-from .conftest import synthetic_array
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _scorer(model, **kw) -> StudyScorer:

@@ -15,7 +15,7 @@ from samri.dicomweb.seg import label_to_seg, seg_to_label
 from samri.dicomweb.series import series_to_volume
 from samri.errors import SamriInputError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 STUDIES = REPO / "data" / "studies"
 
 

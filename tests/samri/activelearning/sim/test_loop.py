@@ -14,8 +14,7 @@ from samri.activelearning.sim.pool import build_pool, slab_affine, slab_indices
 from samri.activelearning.sim.report import markdown_table, write_report
 from samri.cli import main
 from samri.errors import SamriInputError
-
-from .conftest import ellipsoid_mask, synthetic_array
+from tests.helpers import ellipsoid_mask, synthetic_array
 
 
 @pytest.fixture()

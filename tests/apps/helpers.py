@@ -1,4 +1,4 @@
-"""Fixtures for the MONAI Label app tests: a real server over sample studies, and a tiny registry."""
+"""Helpers of the MONAI Label app tests: what they know about a live server, and apps built in process."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from samri import sample_data as data
-from samri.testing.server import ServerProcess, copy_app, start_server
+from samri.testing.server import ServerProcess, copy_app
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "apps" / "samri"
@@ -45,30 +44,6 @@ class LiveServer:
     @property
     def url(self) -> str:
         return self.process.base_url
-
-
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory):
-    """One ``monailabel start_server`` per test module: a copy of apps/samri over fresh sample studies.
-
-    Precompute is off (tests time clicks, and background encoding would compete for the 2 cores);
-    the embedding cache lives in the temporary folder.
-    """
-    root = tmp_path_factory.mktemp("samri_server")
-    studies = root / "studies"
-    written = data.write_sample_studies(studies)
-    truth = {s.study_id: np.asarray(nib.load(str(s.label)).dataobj) for s in written}
-    affines = {s.study_id: nib.load(str(s.image)).affine for s in written}
-    app = copy_app(APP_DIR, root / "app")
-    process = start_server(app_dir=app, studies=studies, log_path=root / "server.log",
-                           conf={"precompute": "false", "cache_dir": str(root / "embedding_cache")})
-    try:
-        yield LiveServer(process=process, studies=studies, images=[s.study_id for s in written], truth=truth,
-                         label_names={s.study_id: s.label_names for s in written}, affines=affines)
-    finally:
-        process.stop()
-
-
 
 
 @contextmanager
