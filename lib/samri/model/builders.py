@@ -221,7 +221,7 @@ def resolve_decoder(decoder: str | os.PathLike) -> Path:
     """Path of a decoder reference (``package:NAME`` = shipped in ``samri/assets``)."""
     text = str(decoder)
     if text.startswith("package:"):
-        return Path(__file__).resolve().parent / "assets" / text.split(":", 1)[1]
+        return Path(__file__).resolve().parents[1] / "assets" / text.split(":", 1)[1]
     return Path(text).expanduser()
 
 
