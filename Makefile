@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz
+.PHONY: setup sysdeps sample-data run test test-fast lint bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,8 +56,16 @@ run-ohif: sample-data sysdeps-ohif
 	$(VENV)/bin/samri dicom serve --storage $(ORTHANC_STORAGE) --orthanc-port $(ORTHANC_PORT) \
 		--studies $(STUDIES) $(OHIF_LABELS) --host $(HOST) --port $(PORT) --conf model $(MODEL) $(CONF)
 
-test: setup
+# make test: ruff, then the whole suite (~15 min on 2 cores); make test-fast: ruff, then everything not
+# marked slow (no real weights, no long server runs).
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 # The seeded fuzz suite at full size: malformed requests against a real server (tests/apps/test_fuzz.py;
 # make test runs it with 300). FUZZ_SEED picks another sequence.

@@ -17,7 +17,6 @@ import os
 from tempfile import gettempdir
 from typing import Any
 
-import samri
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -27,11 +26,12 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+import samri
 from lib.configs.samri import SamriConfig
 from lib.configs.settings import AppSettings
 from lib.http_errors import unknown_image
-from lib.runtime import SamriRuntime
 from lib.infers.samri_infer import DATASTORE_IMAGE_KEY, IMAGE_FIELD_KEY
+from lib.runtime import SamriRuntime
 from lib.server import RequestLanes, harden_server, serving_fastapi_app
 from lib.server.params import reject_final_save
 from lib.server.settings import ServerSettings
@@ -89,8 +89,9 @@ class MyApp(MONAILabelApp):
 
             self.studies = self.studies.rstrip("/").strip()
             return init_dicomweb_datastore(self.studies, conf=self.conf)
-        from lib.datastore.local import SamriLocalDatastore
         from monailabel.config import settings
+
+        from lib.datastore.local import SamriLocalDatastore
 
         logger.info("Init Datastore for: %s", self.studies)
         return SamriLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
@@ -101,8 +102,9 @@ class MyApp(MONAILabelApp):
         """MONAI Label's sessions, with ``uncompress`` archives checked before unpacking (no tar slip)."""
         if not load:
             return None
-        from lib.datastore.sessions import SamriSessions
         from monailabel.config import settings
+
+        from lib.datastore.sessions import SamriSessions
 
         return SamriSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY)
 

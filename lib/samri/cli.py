@@ -59,8 +59,8 @@ def build_segmenter(args: argparse.Namespace):
     """(registry, Segmenter) from the common model options."""
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache
-    from samri.model.builders import load_model
     from samri.inference.segmenter import Segmenter
+    from samri.model.builders import load_model
 
     registry = load_registry()
     model = load_model(registry.spec(args.model), checkpoint=args.checkpoint, decoder=args.decoder)
@@ -92,8 +92,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from samri.config import load_registry
-    from samri.inference.request import run_request
     from samri.inference.prompts import parse_request
+    from samri.inference.request import run_request
     from samri.volume import load_image, prepare_volume, save_label
 
     params = read_params(args.params)
@@ -125,7 +125,8 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 def cmd_default_decoder(args: argparse.Namespace) -> int:
     from samri.train.recipe import train_default_decoder
 
-    summary = train_default_decoder(out=args.out, work_dir=args.work_dir, cache_dir=args.cache_dir or default_cache_dir(),
+    summary = train_default_decoder(out=args.out, work_dir=args.work_dir,
+                                    cache_dir=args.cache_dir or default_cache_dir(),
                                     config=args.config)
     print(json.dumps(summary, indent=1, default=str))
     return 0
@@ -150,7 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_al_sim(args: argparse.Namespace) -> int:
-    """Simulated annotation loop (`samri.activelearning.sim.loop`); writes the figure, CSV, JSON and report.md to ``--out``."""
+    """Simulated annotation loop (`samri.activelearning.sim.loop`); figure, CSV, JSON and report.md in ``--out``."""
     import shlex
 
     from samri.activelearning.sim.loop import load_sim_config, run_simulation

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from samri.model.checkpoints import file_mode
 from samri.errors import SamriInputError
 from samri.intensity import WindowSettings, check_volume, window_volume
+from samri.model.checkpoints import file_mode
 
 logger = logging.getLogger(__name__)
 

@@ -413,12 +413,14 @@ def _save_and_check(page, server, orthanc, study: MrStudy, mask: np.ndarray, art
     seg_uid = new[0]["0020000E"]["Value"][0]
     import requests
 
-    meta = requests.get(f"{orthanc.dicomweb_root}/studies/{study.study_uid}/series/{seg_uid}/metadata", timeout=30).json()
+    meta = requests.get(f"{orthanc.dicomweb_root}/studies/{study.study_uid}/series/{seg_uid}/metadata",
+                        timeout=30).json()
     from pydicom.dataset import Dataset
 
     header = Dataset.from_json(meta[0], bulk_data_uri_handler=lambda *a: b"")
     seg_file = requests.get(f"{orthanc.dicomweb_root}/studies/{study.study_uid}/series/{seg_uid}/instances/"
-                            f"{header.SOPInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"'},
+                            f"{header.SOPInstanceUID}",
+                            headers={"Accept": 'multipart/related; type="application/dicom"'},
                             timeout=60)
     (artifacts / "ohif_saved_seg.multipart").write_bytes(seg_file.content)
     assert header.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
@@ -437,7 +439,8 @@ def _save_and_check(page, server, orthanc, study: MrStudy, mask: np.ndarray, art
     metrics = {"seg_uid": seg_uid, "viewer_voxels": int(mask.sum()), "read_back_voxels": int(back.sum()),
                "viewer_slices": sorted(set(np.nonzero(mask)[2].tolist())),
                "read_back_slices": sorted(set(np.nonzero(back)[2].tolist())),
-               "equal": bool(np.array_equal(back, mask)), "equal_slice_reversed": bool(np.array_equal(back[:, :, ::-1], mask))}
+               "equal": bool(np.array_equal(back, mask)), "equal_slice_reversed": bool(np.array_equal(back[:, :, ::-1],
+                                                                                                      mask))}
     write_json(artifacts / "ohif_saved_seg_check.json", metrics)
     assert back.sum() == mask.sum(), metrics
     # voxel-exact, no mirroring: OHIF's SEG export writes labelmap frame i onto the i-th image of dcmjs'

@@ -54,7 +54,8 @@ def fake_mricron(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, samri.sample_data; print(sorted(m for m in ('nibabel', 'nilearn', 'numpy') if m in sys.modules))"
+    code = ("import sys, samri.sample_data; "
+            "print(sorted(m for m in ('nibabel', 'nilearn', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

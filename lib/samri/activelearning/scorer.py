@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from samri.errors import SamriInputError
 from samri.activelearning.config import ALConfig
 from samri.activelearning.novelty import DescriptorStore, pooled_descriptor
 from samri.activelearning.sampling import head_mask, sample_slices
 from samri.activelearning.scores import file_signature, make_record
 from samri.activelearning.uncertainty import study_uncertainty
+from samri.errors import SamriInputError
 
 logger = logging.getLogger(__name__)
 

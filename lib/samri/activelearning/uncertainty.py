@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samri.geometry import SliceGeometry, in_plane_axes, take_slice
 from samri.activelearning.config import UncertaintySettings
+from samri.geometry import SliceGeometry, in_plane_axes, take_slice
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class SliceUncertainty:
 
     def to_dict(self) -> dict:
         out = {"slice": self.index, "uncertainty": round(self.value, 4), "pred_iou": round(self.iou, 4),
-               "stability": round(self.stability, 4), "agreement": round(self.agreement, 4), "fill": round(self.fill, 4), "prompts": self.prompts}
+               "stability": round(self.stability, 4), "agreement": round(self.agreement, 4),
+               "fill": round(self.fill, 4), "prompts": self.prompts}
         if self.label_disagreement is not None:
             out["label_disagreement"] = round(self.label_disagreement, 4)
         return out
@@ -241,8 +242,8 @@ def study_uncertainty(segmenter, volume, indices: Sequence[int], settings: Uncer
         head: ``(X, Y, Z)`` bool head mask (default: `samri.activelearning.sampling.head_mask`).
         seed: seed of the box jitter (per slice: ``seed + index``), so scores are reproducible.
     """
-    from samri.inference.embeddings import get_embeddings
     from samri.activelearning.sampling import head_mask
+    from samri.inference.embeddings import get_embeddings
 
     if head is None:
         head = head_mask(volume.windowed)
@@ -253,7 +254,8 @@ def study_uncertainty(segmenter, volume, indices: Sequence[int], settings: Uncer
     slices = []
     for index in indices:
         rng = np.random.default_rng(seed + int(index))
-        parts = self_prompt_uncertainty(segmenter, embeddings[index], geom, take_slice(head, axis, index), settings, rng)
+        parts = self_prompt_uncertainty(segmenter, embeddings[index], geom, take_slice(head, axis, index), settings,
+                                        rng)
         value = parts["value"]
         result = SliceUncertainty(index=int(index), value=value, iou=parts["iou"], stability=parts["stability"],
                                   agreement=parts["agreement"], fill=parts["fill"], prompts=int(parts["prompts"]))

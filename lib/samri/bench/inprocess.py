@@ -72,11 +72,11 @@ def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int =
 
     from monai.losses import DiceFocalLoss
 
-    from samri.inference.embeddings import encode_slices
-    from samri.intensity import slice_to_model_input
     from samri.geometry import SliceGeometry, in_plane_axes, take_slice
-    from samri.inference.segmenter import mask_box
+    from samri.inference.embeddings import encode_slices
     from samri.inference.prompts import SlicePrompt
+    from samri.inference.segmenter import mask_box
+    from samri.intensity import slice_to_model_input
     from samri.train.stage2 import decoder_forward, encode_prompts, low_res_target
 
     ks = np.flatnonzero(gt.any(axis=(0, 1)))
@@ -88,7 +88,8 @@ def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int =
     targets = torch.stack([low_res_target(g, m, model.low_res_size) for g, m in zip(geoms, masks)])
     loss_fn = DiceFocalLoss(sigmoid=True, lambda_dice=1.0, lambda_focal=10.0, gamma=2.0)
     cached = encode_slices(model, volume, axis, picks)
-    images = torch.stack([slice_to_model_input(take_slice(volume.windowed, axis, k), model.preprocessing) for k in picks])
+    images = torch.stack([slice_to_model_input(take_slice(volume.windowed, axis, k),
+                                               model.preprocessing) for k in picks])
 
     def make_step(full: bool):
         net = copy.deepcopy(model)  # the caller's model stays untouched
@@ -125,9 +126,9 @@ def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = No
     """
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache, encode_slices
-    from samri.model.builders import load_model
-    from samri.inference.segmenter import Segmenter, interior_point, mask_box
     from samri.inference.prompts import SlicePrompt
+    from samri.inference.segmenter import Segmenter, interior_point, mask_box
+    from samri.model.builders import load_model
     from samri.volume import load_image, prepare_volume
 
     studies = Path(studies)
@@ -149,7 +150,7 @@ def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = No
     first_ms = []
     for i in ks[-5:]:
         fresh = Segmenter(model, EmbeddingCache())  # empty cache: encoder + decoder
-        first_ms += timed_ms(lambda i=i: fresh.predict_slice(volume, axis, int(i), SlicePrompt(box=box)), 1)
+        first_ms += timed_ms(lambda i=i: fresh.predict_slice(volume, axis, int(i), SlicePrompt(box=box)), 1)  # noqa: B023 (called at once)
 
     segmenter = Segmenter(model, EmbeddingCache())
     segmenter.predict_slice(volume, axis, mid, SlicePrompt(box=box))
@@ -322,9 +323,12 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
         t = report["training_step"]
         lines += ["", f"## Training step (batch of {t['batch']} slices, box prompts, DiceFocal + AdamW)", "",
                   "| step | p50 ms | p95 ms |", "|---|---|---|",
-                  f"| stage 2: mask decoder on cached embeddings | {t['decoder_step_ms']['p50']} | {t['decoder_step_ms']['p95']} |",
-                  f"| full model (encoder forward + backward too) | {t['full_step_ms']['p50']} | {t['full_step_ms']['p95']} |",
-                  "", f"A decoder step is **{t['full_over_decoder']}x** cheaper than a full-model step (target >= 15x).",
+                  f"| stage 2: mask decoder on cached embeddings | {t['decoder_step_ms']['p50']} "
+                  f"| {t['decoder_step_ms']['p95']} |",
+                  f"| full model (encoder forward + backward too) | {t['full_step_ms']['p50']} "
+                  f"| {t['full_step_ms']['p95']} |",
+                  "",
+                  f"A decoder step is **{t['full_over_decoder']}x** cheaper than a full-model step (target >= 15x).",
                   "", TRAINING_REPORT_LINE]
     if "http" in report:
         h = report["http"]

@@ -63,9 +63,9 @@ def upload_sample_studies(studies: Path, url: str, *, labels: bool = False) -> d
         raise SamriInputError("studies", str(studies), "holds no *.nii.gz volume (run `samri sample-data` first)")
     uids = dict(zip((p.name.split(".")[0] for p in images), upload_images(images, url)))
     if labels:
-        from samri.sample_data import load_label_names
         from samri.dicomweb.seg import label_to_seg
         from samri.dicomweb.upload import search_series, store_datasets
+        from samri.sample_data import load_label_names
         from samri.volume import load_image
 
         names = load_label_names(studies) if (Path(studies) / "label_names.json").is_file() else {}

@@ -169,7 +169,7 @@ def volume_to_dicom_series(array: np.ndarray, affine: np.ndarray, *, patient_id:
         STOW-RS.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     arr = np.asarray(array)
     if arr.ndim == 4 and arr.shape[3] == 1:

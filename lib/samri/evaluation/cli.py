@@ -53,7 +53,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=30, help="smallest object area in a slice, pixels (SAMRI: 30)")
     p.add_argument("--slice-step", type=int, default=1, help="2d: only slices whose index is a multiple of this")
     p.add_argument("--max-pairs", type=int, default=None, help="2d: at most this many slices per structure and image")
-    p.add_argument("--jitter", type=float, default=0.0, help="box edge jitter, fraction of the longest side (SAMRI ~0.04)")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="box edge jitter, fraction of the longest side (SAMRI ~0.04)")
     p.add_argument("--variant", action="append", default=[],
                    help="contrast-shift variant NAME[:STRENGTH]: bias, inverted, noise, rician, lowres (repeat)")
     p.add_argument("--seed", type=int, default=0, help="seed of jitter and variants")
@@ -159,11 +160,11 @@ def command_line(args: argparse.Namespace) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Validate everything, load images and models, run, print the headline table; 0 on success."""
     from samri.config import load_registry
-    from samri.inference.embeddings import EmbeddingCache
     from samri.evaluation.protocol import SegmenterRunner, evaluate, load_case, plan
-    from samri.model.builders import load_model
-    from samri.inference.segmenter import Segmenter
     from samri.evaluation.report import machine_info
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.inference.segmenter import Segmenter
+    from samri.model.builders import load_model
 
     config = build_config(args)
     registry = load_registry()
@@ -182,7 +183,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         m["decoder"] = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder
         runners[m["key"]] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
                                             progress=not args.no_progress)
-        described[m["key"]] = (f"{m['spec'].description or m['spec'].name}; weights {m['checkpoint'] or m['spec'].checkpoint}"
+        described[m["key"]] = (f"{m['spec'].description or m['spec'].name}; "
+                               f"weights {m['checkpoint'] or m['spec'].checkpoint}"
                                + (f"; decoder {m['decoder']}" if m["decoder"] else ""))
     meta = {"models": described, "command": command_line(args), "machine": machine_info()}
     summary = evaluate(cases, runners, config, args.out, window=registry.window, resume=args.resume,

@@ -27,13 +27,27 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from samri.errors import SamriInputError
+from samri.evaluation.metrics import (
+    DEFAULT_NSD_TOLERANCE_MM,
+    bucket_of,
+    fixed_cutoffs,
+    segmentation_metrics,
+    tertile_cutoffs,
+)
+from samri.evaluation.variants import (  # noqa: F401
+    Case,
+    check_cases,
+    image_id,
+    label_names_for,
+    load_case,
+    parse_variant,
+    select_structures,
+    variant_cases,
+)
 from samri.geometry import check_axis, in_plane_axes, take_slice
-from samri.intensity import WindowSettings
-from samri.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, bucket_of, fixed_cutoffs, segmentation_metrics, tertile_cutoffs
-from samri.inference.segmenter import interior_point, mask_box
 from samri.inference.prompts import SlicePrompt
-from samri.evaluation.variants import (Case, check_cases, image_id, label_names_for, load_case, parse_variant,  # noqa: F401
-                            select_structures, variant_cases)
+from samri.inference.segmenter import interior_point, mask_box
+from samri.intensity import WindowSettings
 from samri.volume import prepare_volume
 
 logger = logging.getLogger(__name__)
@@ -171,7 +185,8 @@ def enumerate_pairs(cases: Sequence[Case], config: EvalConfig) -> list[Pair]:
             pairs += [Pair(case.name, name, value, int(k), int(areas[k]), float(areas[k]) / plane) for k in ok]
     cut = tertile_cutoffs(p.fraction for p in pairs)
     fixed = fixed_cutoffs(config.mode)
-    return [Pair(**{**asdict(p), "bucket_samri": bucket_of(p.fraction, cut), "bucket_fixed": bucket_of(p.fraction, fixed)})
+    return [Pair(**{**asdict(p), "bucket_samri": bucket_of(p.fraction, cut), "bucket_fixed": bucket_of(p.fraction,
+                                                                                                       fixed)})
             for p in pairs]
 
 
@@ -249,7 +264,8 @@ def evaluate_case(model: str, runner: Runner, case: Case, pairs: Sequence[Pair],
     for pair, kind in tqdm(sorted(todo, key=lambda t: (t[0].slice, t[0].structure)), desc=desc, unit="pair",
                            disable=not progress):
         gt2d = take_slice(case.label, axis, pair.slice) == pair.value
-        prompt = make_prompt(gt2d, kind, config.jitter, pair_rng(config.seed, case.name, pair.structure, pair.slice, kind))
+        prompt = make_prompt(gt2d, kind, config.jitter, pair_rng(config.seed, case.name, pair.structure, pair.slice,
+                                                                 kind))
         start = time.perf_counter()
         if config.mode == "3d":
             pred3d = np.asarray(runner.propagate(volume, axis, {pair.slice: prompt}), dtype=bool)
@@ -264,7 +280,8 @@ def evaluate_case(model: str, runner: Runner, case: Case, pairs: Sequence[Pair],
             metrics = segmentation_metrics(pred, gt2d, spacing_2d, config.nsd_tolerance_mm)
             row = _row(model, case, pair, kind, config, spacing_2d, pred, metrics, seconds)
         ctx.store.append(row)
-        ctx.showcase.offer(row, lambda: (take_slice(volume.windowed, axis, pair.slice), gt2d, pred, prompt,
+        # offer() calls the lambda at once (never stored), so the loop variables are the current ones
+        ctx.showcase.offer(row, lambda: (take_slice(volume.windowed, axis, pair.slice), gt2d, pred, prompt,  # noqa: B023
                                          spacing_2d))
         written += 1
     return written

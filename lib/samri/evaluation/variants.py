@@ -88,8 +88,13 @@ def make_variant(image: np.ndarray, variant: VariantSpec | str, seed: int = 0) -
 
     The same ``(image, variant, seed)`` always gives the same output.
     """
-    from monai.transforms import (RandBiasField, RandGaussianNoise, RandRicianNoise, Resize,
-                                  ScaleIntensityRangePercentiles)
+    from monai.transforms import (
+        RandBiasField,
+        RandGaussianNoise,
+        RandRicianNoise,
+        Resize,
+        ScaleIntensityRangePercentiles,
+    )
 
     spec = parse_variant(variant) if isinstance(variant, str) else variant
     arr = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -194,7 +199,8 @@ def load_case(image_path: str | Path, label_path: str | Path, *, names: Mapping[
                                                                    rtol=0.0, atol=GRID_ATOL_MM):
         raise SamriInputError("label", str(label_path),
                               f"not on the grid of image {image_path}: shape {label_img.array.shape} vs "
-                              f"{image.array.shape}, affines equal: {np.allclose(image.affine, label_img.affine, atol=GRID_ATOL_MM)}")
+                              f"{image.array.shape}, affines equal: "
+                              f"{np.allclose(image.affine, label_img.affine, atol=GRID_ATOL_MM)}")
     label = np.asarray(label_img.array)
     if label.dtype.kind == "f":
         label = np.rint(label)
@@ -213,7 +219,8 @@ def check_cases(cases: Sequence[Case], wanted: Sequence[str] | None) -> None:
         raise SamriInputError("image", [], "give at least one --image/--label pair")
     for case in cases:
         if not case.structures:
-            raise SamriInputError("labels", list(wanted or []), f"none of these structures is in the label of {case.name}")
+            raise SamriInputError("labels", list(wanted or []),
+                                  f"none of these structures is in the label of {case.name}")
     if wanted:
         found = {k for c in cases for k in c.structures} | {str(v) for c in cases for v in c.structures.values()}
         missing = [w for w in wanted if w not in found]

@@ -1,1 +1,2 @@
-"""Click -> mask: `prompts` (request schema), `embeddings` (cache), `segmenter`, `propagation` (3D), `request` (`run_request`)."""
+"""Click -> mask: `prompts` (request schema), `embeddings` (cache), `segmenter`, `propagation` (3D),
+`request` (`run_request`)."""

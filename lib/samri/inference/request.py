@@ -11,8 +11,8 @@ import torch
 
 from samri.errors import SamriInputError
 from samri.geometry import in_plane_axes, put_slice
-from samri.inference.segmenter import PropagationBudget, Segmenter, SliceResult
 from samri.inference.prompts import VolumeRequest, parse_request
+from samri.inference.segmenter import PropagationBudget, Segmenter, SliceResult
 
 logger = logging.getLogger(__name__)
 

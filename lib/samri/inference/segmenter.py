@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
+from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
 
@@ -123,7 +123,8 @@ class Segmenter:
         if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
             return self._box_search(embedding, geom, prompt)
         multimask = len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
-        low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom, self.model.device)),
+        low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom,
+                                                                                                self.model.device)),
                                          multimask)
         best = int(torch.argmax(iou[0])) if multimask else 0
         low_res = low_res[:, best:best + 1]

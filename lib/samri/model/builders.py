@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,9 +19,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from samri.model.checkpoints import load_strict, read_checkpoint, read_decoder_checkpoint, unwrap_state_dict
 from samri.errors import CheckpointError, SamriInputError
 from samri.intensity import Preprocessing
+from samri.model.checkpoints import load_strict, read_checkpoint, read_decoder_checkpoint, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,8 @@ def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamMod
                               f"the model's {model.input_size}")
     mode = envelope["metadata"].get("point_prompts", model.point_prompts)
     if mode not in POINT_PROMPT_MODES:
-        raise CheckpointError("decoder", str(path), f"metadata point_prompts={mode!r} not in {list(POINT_PROMPT_MODES)}")
+        raise CheckpointError("decoder", str(path),
+                              f"metadata point_prompts={mode!r} not in {list(POINT_PROMPT_MODES)}")
     state = unwrap_state_dict(envelope["mask_decoder"], path, field="decoder")
     load_strict(model.mask_decoder, state, path, field="decoder", prefix="mask_decoder.")
     model.preprocessing = prep

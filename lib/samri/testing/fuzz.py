@@ -250,7 +250,8 @@ def datastore_cases(target: Target, rng: random.Random) -> Iterator[FuzzCase]:
 
     def bad_label_info() -> FuzzCase:
         kind, content = rng.choice(labels)
-        return FuzzCase("datastore:label_info", "PUT", "/datastore/label", query={"image": target.image, "tag": "final"},
+        return FuzzCase("datastore:label_info", "PUT", "/datastore/label", query={"image": target.image,
+                                                                                  "tag": "final"},
                         data={"params": rng.choice(label_infos)}, files={"label": ("l.nii.gz", content)},
                         fields=("params", "label_info", "label"))
 

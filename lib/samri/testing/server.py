@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from samri.processes import stop_process_group
-
 from samri.bench.http import http_click_benchmark  # noqa: F401  (one import for `samri bench`)
+from samri.processes import stop_process_group
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ def train_from_args(args: argparse.Namespace) -> int:
     from samri.config import config_dir, load_registry, read_yaml
     from samri.inference.embeddings import EmbeddingCache
     from samri.model.builders import load_model
-    from samri.train.stage1 import find_studies
     from samri.train.run import dist_info, init_distributed, run_training
+    from samri.train.stage1 import find_studies
     from samri.train.stage2 import TrainSettings
 
     init_distributed()

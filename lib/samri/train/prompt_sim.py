@@ -17,8 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from samri.errors import SamriInputError
-from samri.inference.segmenter import PropagationSettings, mask_box
 from samri.inference.prompts import SlicePrompt
+from samri.inference.segmenter import PropagationSettings, mask_box
 
 SIM_MODES = ("box", "point", "box_point", "points_neg", "propagated_box")
 
@@ -111,7 +111,8 @@ def pick_mode(settings: SimSettings, rng: np.random.Generator) -> str:
     return names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
 
-def correction_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
+def correction_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
+                                                                                                   int] | None:
     """Where an annotator would click next: inside the larger error region.
 
     Returns:

@@ -6,10 +6,11 @@ areas, inverted contrast, noise, other variants and seeds) stays unseen by train
 decoder is evaluated on.
 
 Checkpoint choice: every ``validation.label_stride``-th AAL structure (by voxel value, with its
-other-hemisphere twin) is taken out of the training studies and put into a validation study of its own (the original Colin27 image
-with only those structures named), so the best epoch is the one that segments *structures it never
-trained on* best, which is what an annotator's new structure (or a Brodmann area) asks of it. Its
-image is the original Colin27, so stage 1 encodes no extra slice (the cache is keyed by content).
+other-hemisphere twin) is taken out of the training studies and put into a validation study of its
+own (the original Colin27 image with only those structures named), so the best epoch is the one
+that segments *structures it never trained on* best, which is what an annotator's new structure
+(or a Brodmann area) asks of it. Its image is the original Colin27, so stage 1 encodes no extra slice
+(the cache is keyed by content).
 
 Run: ``samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt`` (``make default-decoder``).
 """
@@ -64,9 +65,9 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
     """
     import nibabel as nib
 
-    from samri.sample_data import load_label_names, write_sample_studies
     from samri.evaluation.report import write_atomic
     from samri.evaluation.variants import make_variant
+    from samri.sample_data import load_label_names, write_sample_studies
     from samri.volume import save_label
 
     write_sample_studies(sample_dir)
@@ -79,7 +80,8 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
         out_names[VALIDATION_STUDY] = held
         val_ids.append(VALIDATION_STUDY)
         for sub in ("", "labels/final"):
-            _copy_if_missing(sample_dir / sub / f"{VALIDATION_SOURCE}.nii.gz", out_dir / sub / f"{VALIDATION_STUDY}.nii.gz")
+            _copy_if_missing(sample_dir / sub / f"{VALIDATION_SOURCE}.nii.gz",
+                             out_dir / sub / f"{VALIDATION_STUDY}.nii.gz")
     for study, variant, seed in TRAINING_VOLUMES:
         if study not in names:
             logger.warning("recipe source %s not installed; skipped", study)
@@ -110,13 +112,13 @@ def _copy_if_missing(src: Path, dst: Path) -> None:
 def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None) -> dict:
     """Build the studies, train ``litemedsam``'s decoder with ``configs/training_default_decoder.yaml``,
     and copy the best decoder to ``out`` (atomically). Returns the run summary."""
-    from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
     from samri.config import config_dir, load_registry, read_yaml
-    from samri.sample_data import load_label_names
     from samri.inference.embeddings import EmbeddingCache
     from samri.model.builders import load_model
-    from samri.train.stage1 import find_studies
+    from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
+    from samri.sample_data import load_label_names
     from samri.train.run import run_training
+    from samri.train.stage1 import find_studies
     from samri.train.stage2 import TrainSettings
 
     cfg = read_yaml(config or config_dir() / "training_default_decoder.yaml", field="config")

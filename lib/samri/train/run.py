@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from samri.model.checkpoints import save_decoder_checkpoint
 from samri.inference.embeddings import EmbeddingCache
+from samri.model.checkpoints import save_decoder_checkpoint
 from samri.train.stage1 import DataStats, Study, split_by_study, stage1, write_manifest
 from samri.train.stage2 import DecoderTrainer, SampleSource, TrainSettings
 

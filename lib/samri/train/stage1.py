@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from samri.inference.embeddings import EmbeddingCache, EmbeddingKey, get_embeddings
 from samri.errors import SamriInputError
 from samri.geometry import take_slice
+from samri.inference.embeddings import EmbeddingCache, EmbeddingKey, get_embeddings
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 
-from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.geometry import SliceGeometry, in_plane_axes
-from samri.train.prompt_sim import PROPAGATION_OFFSETS, SimSettings, correction_click, pick_mode, simulate_prompt
+from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
+from samri.train.prompt_sim import PROPAGATION_OFFSETS, SimSettings, correction_click, pick_mode, simulate_prompt
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def low_res_target(geom: SliceGeometry, mask: np.ndarray, size: int) -> torch.Te
     return F.interpolate(full, size=(size, size), mode="area")[0].round()
 
 
-def encode_prompts(model, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(model, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt]) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
     """Frozen prompt encoder per sample, padded to one batch: sparse ``(B, n, C)``, dense ``(B, C, h, w)``.
 
     Sparse prompts are padded with SAM's not-a-point token, as SAM pads its own point prompts.
@@ -201,7 +202,8 @@ class DecoderTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "seg_loss": float(seg_loss.detach()), "iou_loss": float(iou_loss.detach())}
+        return {"loss": float(loss.detach()), "seg_loss": float(seg_loss.detach()),
+                "iou_loss": float(iou_loss.detach())}
 
     @torch.no_grad()
     def validate(self, samples: Sequence[SliceSample], modes: Sequence[str] = ("box", "box_point", "point"),

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samri.model.checkpoints import atomic_write, file_mode, read_decoder_checkpoint
 from samri.errors import SamriInputError
+from samri.model.checkpoints import atomic_write, file_mode, read_decoder_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,8 @@ def test_listed_same_origin_and_originless_requests_are_served() -> None:
 
 def test_body_limit_is_413() -> None:
     client = TestClient(monailabel_like_app())
-    resp = client.put("/datastore/label", content=b"{" + b" " * 2000 + b"}", headers={"content-type": "application/json"})
+    resp = client.put("/datastore/label", content=b"{" + b" " * 2000 + b"}",
+                      headers={"content-type": "application/json"})
     assert resp.status_code == 413
 
 

@@ -239,7 +239,8 @@ def _ohif_seg_frame_sources(datasets) -> tuple[list[str], list[str]]:
     iop = np.asarray([float(v) for v in display[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
     ref = np.asarray([float(v) for v in display[0].ImagePositionPatient])
-    dcmjs = sorted(display, key=lambda d: -float((np.asarray([float(v) for v in d.ImagePositionPatient]) - ref) @ normal))
+    dcmjs = sorted(display,
+                   key=lambda d: -float((np.asarray([float(v) for v in d.ImagePositionPatient]) - ref) @ normal))
     return [str(d.SOPInstanceUID) for d in display], [str(d.SOPInstanceUID) for d in dcmjs]
 
 

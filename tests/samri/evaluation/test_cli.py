@@ -61,7 +61,8 @@ def tiny_registry(tmp_path, monkeypatch):
 @pytest.mark.parametrize("change, field", [
     ({"--label": "shape"}, "label"), ({"--label": "affine"}, "label"), ({"--label": "empty"}, "label"),
     ({"--model": "no_such_model"}, "model"), ({"--prompts": ""}, "prompts"), ({"--prompts": "box,lasso"}, "prompts"),
-    ({"--labels": "body,nothing"}, "labels"), ({"--variant": "blur"}, "variant"), ({"--decoder": "missing.pt"}, "decoder"),
+    ({"--labels": "body,nothing"}, "labels"), ({"--variant": "blur"}, "variant"), ({"--decoder": "missing.pt"},
+                                                                                   "decoder"),
     ({"--jitter": "2"}, "jitter"), ({"--label-names": "missing.json"}, "label-names")])
 def test_bad_input_fails_before_any_work(files, tmp_path, change, field):
     options = {"--image": str(files["image"]), "--label": str(files["label"]), "--model": "litemedsam",
@@ -122,7 +123,8 @@ def test_litemedsam_on_sample_studies(tmp_path):
     studies = tmp_path / "studies"
     write_sample_studies(studies, sources=[source])
     out = tmp_path / "eval"
-    argv = ["--image", str(studies / f"{study}.nii.gz"), "--label", str(studies / "labels" / "final" / f"{study}.nii.gz"),
+    argv = ["--image", str(studies / f"{study}.nii.gz"), "--label",
+            str(studies / "labels" / "final" / f"{study}.nii.gz"),
             "--model", "litemedsam", "--labels", labels, "--prompts", "box,point,box+point", "--slice-step", "2",
             "--max-pairs", "1", "--variant", "bias", "--out", str(out), "--no-progress"]
     assert run(argv) == 0

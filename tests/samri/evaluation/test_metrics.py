@@ -125,8 +125,10 @@ def test_fixed_thresholds():
 
 
 def test_aggregate_skips_undefined_hd95_and_counts_empty():
-    rows = [{"dice": 1.0, "hd95_mm": 0.0, "nsd": 1.0, "pred_empty": False, "bucket_samri": "small", "bucket_fixed": "large"},
-            {"dice": 0.5, "hd95_mm": 4.0, "nsd": 0.5, "pred_empty": False, "bucket_samri": "large", "bucket_fixed": "large"},
+    rows = [{"dice": 1.0, "hd95_mm": 0.0, "nsd": 1.0, "pred_empty": False, "bucket_samri": "small",
+             "bucket_fixed": "large"},
+            {"dice": 0.5, "hd95_mm": 4.0, "nsd": 0.5, "pred_empty": False, "bucket_samri": "large",
+             "bucket_fixed": "large"},
             {"dice": 0.0, "hd95_mm": float("nan"), "nsd": 0.0, "pred_empty": True, "bucket_samri": "large",
              "bucket_fixed": "large"}]
     s = aggregate_with_buckets(rows)

@@ -1,4 +1,4 @@
-"""The evaluation protocol (samri.evaluation.protocol + samri.evaluation.report) on synthetic volumes with known answers."""
+"""The evaluation protocol (samri.evaluation.protocol + .report) on synthetic volumes with known answers."""
 
 from __future__ import annotations
 

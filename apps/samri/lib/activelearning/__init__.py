@@ -9,9 +9,9 @@ from ..runtime import SamriRuntime
 
 def samri_strategies(runtime: SamriRuntime) -> dict[str, Any]:
     """``{"samri_uncertainty", "samri_novelty", "samri_combined"}`` sharing one reservation book."""
-    from samri.errors import SamriInputError
     from samri.activelearning.config import ALConfig, load_al_config
     from samri.activelearning.selection import Reservations
+    from samri.errors import SamriInputError
 
     from .strategies import STRATEGIES, SamriStrategy
 

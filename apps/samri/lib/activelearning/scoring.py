@@ -74,11 +74,11 @@ class SamriScoring(ScoringMethod):
             return self._score(request, datastore)
 
     def _scorer(self):
-        from samri.config import load_registry
         from samri.activelearning.config import load_al_config
         from samri.activelearning.novelty import DescriptorStore
         from samri.activelearning.scorer import StudyScorer
         from samri.activelearning.scores import encoder_version, model_version
+        from samri.config import load_registry
 
         config = load_al_config()
         if config.threads and in_job_subprocess():

@@ -60,10 +60,10 @@ class SamriStrategy(Strategy):
         self.reservations = reservations
 
     def __call__(self, request: Mapping[str, Any], datastore) -> dict[str, Any]:
-        from samri.errors import SamriInputError
         from samri.activelearning.config import load_al_config
         from samri.activelearning.scores import refresh, scores_of
         from samri.activelearning.selection import NothingToAnnotate, rank
+        from samri.errors import SamriInputError
 
         try:
             config = load_al_config()

@@ -8,8 +8,8 @@ from typing import Any
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
-from ..runtime import SamriRuntime
 from ..infers.samri_infer import SamriInfer
+from ..runtime import SamriRuntime
 from ..trainers.samri_trainer import TRAINER_NAME, SamriTrainer
 
 logger = logging.getLogger(__name__)

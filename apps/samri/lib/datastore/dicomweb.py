@@ -37,6 +37,7 @@ from filelock import FileLock
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
+
 from samri.dicomweb.upload import DicomWebError, quick_retries
 from samri.errors import SamriInputError
 

@@ -38,11 +38,19 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
+
 from samri.errors import SamriInputError
 
 from .history import LabelVersion, clean_staging, keep_version, list_versions, staging_folder
-from .labelcheck import (TooLarge, allowed_extensions, check_image_file, check_label_file, check_on_grid, read_grid,
-                         volume_extension)
+from .labelcheck import (
+    TooLarge,
+    allowed_extensions,
+    check_image_file,
+    check_label_file,
+    check_on_grid,
+    read_grid,
+    volume_extension,
+)
 from .names import check_inside, check_name, name_problem
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+
 from samri.dicomweb.upload import DicomWebError
 from samri.errors import SamriInputError
 

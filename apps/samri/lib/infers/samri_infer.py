@@ -25,14 +25,14 @@ from typing import Any, Callable
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from samri.errors import SamriInputError
-from samri.inference.request import run_request
 from samri.inference.propagation import PropagationBudget
+from samri.inference.request import run_request
 
-from ..server.context import current as current_request
 from ..http_errors import http_errors
+from ..runtime import SamriRuntime
+from ..server.context import current as current_request
 from .options import parse_options
 from .result import write_result
-from ..runtime import SamriRuntime
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..configs.settings import AppSettings
 from .client_state import ClientStateStore
-from .models import ModelHolder, DecoderSelector
+from .models import DecoderSelector, ModelHolder
 from .precompute import Activity, Precomputer
 from .volumes import VolumeStore
 

@@ -190,8 +190,8 @@ class ModelHolder:
 
     def _load(self, files: tuple[FileSignature, FileSignature, DecoderChoice]):
         from samri.config import load_registry
-        from samri.model.builders import load_model
         from samri.inference.segmenter import Segmenter
+        from samri.model.builders import load_model
 
         start = time.perf_counter()
         spec = load_registry().spec(self.settings.model)

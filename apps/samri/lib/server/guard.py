@@ -6,8 +6,8 @@ read, overwrite and delete studies on ``127.0.0.1``. SAMRI's default instead:
 
 * a request without an ``Origin`` header (3D Slicer, curl, scripts) is served;
 * a same-origin browser request (OHIF at ``/ohif/`` on this server) is served: its ``Origin`` equals
-  ``scheme://Host`` and the host is loopback, an IP literal, this machine's name or listed (so a DNS-rebinding name is not
-  trusted by default);
+  ``scheme://Host`` and the host is loopback, an IP literal, this machine's name or listed (so a
+  DNS-rebinding name is not trusted by default);
 * an origin listed in ``--conf cors_origins`` (comma-separated) or ``MONAI_LABEL_CORS_ORIGINS`` is
   served with CORS headers (credentials allowed);
 * any other origin gets 403 before anything runs, preflight included (a cross-site form POST is

@@ -1,7 +1,8 @@
 """Hardening of the MONAI Label 0.8.5 routes this app serves, installed when the server constructs the app.
 
 MONAI Label registers its routes before it constructs the app (in the server's lifespan), so the app
-can put checked versions in front of some of them (the router matches in order, so the first wins). What is replaced, and why:
+can put checked versions in front of some of them (the router matches in order, so the first wins).
+What is replaced, and why:
 
 ==============================  ==================================================================
 ``POST /infer/{model}``         `infer_route`: every field checked first (4xx naming it), run in a
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
@@ -136,7 +137,7 @@ def _task_routes(role_user: str, role_annotator: str, role_admin: str) -> dict[t
     def run_train(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
                   enqueue: Optional[bool] = False, user: User = Depends(RBAC(role_admin))):
         name = _known("trainers", "model", model)
-        check = getattr(getattr(app_instance(), "_trainers")[name], "check_request", None)
+        check = getattr(app_instance()._trainers[name], "check_request", None)
         if check is not None:  # a bad option is a 422 now, not a failed background job later
             check({"model": name, **(params or {})})
         return train.run_model(name, params, run_sync, enqueue)
@@ -145,7 +146,8 @@ def _task_routes(role_user: str, role_annotator: str, role_admin: str) -> dict[t
                     user: User = Depends(RBAC(role_annotator))):
         return scoring.run_method(_known("scoring", "method", method), params, run_sync)
 
-    def run_batch(model: str, images: Optional[batch_infer.BatchInferImageType] = batch_infer.BatchInferImageType.IMAGES_ALL,
+    def run_batch(model: str,
+                  images: Optional[batch_infer.BatchInferImageType] = batch_infer.BatchInferImageType.IMAGES_ALL,
                   params: Optional[dict] = None, run_sync: Optional[bool] = False,
                   user: User = Depends(RBAC(role_admin))):
         return batch_infer.run(_known("infers", "model", model), images, params, run_sync)

@@ -125,12 +125,13 @@ class Simulation:
     # --- training and evaluation ------------------------------------------------------------------
     def train(self, labelled: Sequence[str]) -> dict:
         """Fine-tune the current decoder on ``labelled`` (train = validation: no study is spared)."""
-        from samri.train.stage1 import Study
         from samri.train.run import run_training
+        from samri.train.stage1 import Study
         from samri.train.stage2 import TrainSettings
 
         c = self.config
-        settings = TrainSettings(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, max_steps_per_epoch=c.steps_per_epoch,
+        settings = TrainSettings(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size,
+                                 max_steps_per_epoch=c.steps_per_epoch,
                                  max_val_samples=c.max_val_samples, seed=c.seed)
         studies = [Study(s.study_id, s.image, s.label, s.label_names) for s in map(self.by_id, labelled)]
         start = time.perf_counter()
@@ -152,9 +153,9 @@ class Simulation:
         return out
 
     def _dices(self, study: SimStudy) -> list[float]:
-        from samri.inference.embeddings import get_embeddings
         from samri.evaluation.protocol import make_prompt
         from samri.geometry import SliceGeometry
+        from samri.inference.embeddings import get_embeddings
         from samri.volume import load_image, prepare_volume
 
         volume = prepare_volume(load_image(study.image), self.window)
@@ -239,8 +240,8 @@ def run_simulation(config: SimConfig, work_dir: str | Path, *, progress: bool = 
 
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache
-    from samri.model.builders import load_model
     from samri.inference.segmenter import Segmenter
+    from samri.model.builders import load_model
 
     start = time.perf_counter()
     work_dir = Path(work_dir)
@@ -253,7 +254,8 @@ def run_simulation(config: SimConfig, work_dir: str | Path, *, progress: bool = 
     rounds = min(config.rounds, len(pool_ids) - 1)
     registry = load_registry()
     model = load_model(registry.spec(config.model))
-    sim = Simulation(config=config, studies=studies, segmenter=Segmenter(model, EmbeddingCache(cache_dir=work_dir / "cache")),
+    segmenter = Segmenter(model, EmbeddingCache(cache_dir=work_dir / "cache"))
+    sim = Simulation(config=config, studies=studies, segmenter=segmenter,
                      window=registry.window, work_dir=work_dir)
     sim.base_state = copy.deepcopy(model.mask_decoder.state_dict())
     results: dict[str, Any] = {"base_dice": sim.evaluate(), "curves": {}, "picks": {}}

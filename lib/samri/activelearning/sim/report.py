@@ -104,7 +104,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, *, command: st
             f"{results['timings']['score']} s, evaluation {results['timings']['eval']} s).", "",
             f"Model `{cfg.get('model')}`; {len([p for p in results['pool'] if not p['held_out']])} pool studies, "
             f"{len([p for p in results['pool'] if p['held_out']])} held out; start `{cfg.get('start')}`; "
-            f"{cfg.get('epochs')} epochs x {cfg.get('steps_per_epoch')} steps of batch {cfg.get('batch_size')} per round.",
+            f"{cfg.get('epochs')} epochs x {cfg.get('steps_per_epoch')} steps of batch {cfg.get('batch_size')} "
+            "per round.",
             "", "![Dice vs annotated studies](al_sim.png)", "", markdown_table(results), "", "Studies:", ""]
     text += [f"- `{p['id']}`: {p['variant']}{' (held out)' if p['held_out'] else ''}, {p['structures']} structures"
              for p in results["pool"]]

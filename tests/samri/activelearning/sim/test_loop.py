@@ -71,14 +71,15 @@ def test_simulation_runs_every_strategy_and_writes_the_report(sim_studies: Path,
     results = run_simulation(config, tmp_path / "work", progress=False)
     pool = {"src_a", "src_a__noise-0.05", "src_a__inverted", "src_b"}
     assert set(results["curves"]) == set(config.strategies)
-    for strategy, curve in results["curves"].items():
+    for curve in results["curves"].values():
         assert [p["annotated"] for p in curve] == [1, 2, 3]
         added = [p["study"] for p in curve]
         assert added[0] == "src_a" and len(set(added)) == 3 and set(added) <= pool  # never a held-out study
         assert all(0.0 <= p["mean"] <= 1.0 for p in curve)
     assert results["curves"]["first"][1]["study"] == "src_a__inverted"  # MONAI Label's First: sorted ids
     seen = results["picks"]["samri_uncertainty"][0]["scores"]
-    assert set(seen) == pool - {"src_a"} and results["picks"]["samri_uncertainty"][0]["study"] == max(seen, key=seen.get)
+    assert set(seen) == pool - {"src_a"} and results["picks"]["samri_uncertainty"][0]["study"] == max(seen,
+                                                                                                      key=seen.get)
     first_points = {s: c[0]["mean"] for s, c in results["curves"].items()}
     assert len(set(first_points.values())) == 1  # the start round is shared
 
