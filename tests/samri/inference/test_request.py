@@ -1,7 +1,7 @@
 """samri.inference.request.run_request: the 3D budget, cancellation and what the summary reports.
 
-Propagation runs on the fake decoder of `test_predict` (the ground-truth ellipsoid inside the
-prompt box), so every slice count below is exact.
+Propagation runs on the fake decoder of `fakes` (the ground-truth ellipsoid inside the prompt box;
+fixtures `fake` and `segmenter` in this folder's conftest), so every slice count below is exact.
 """
 
 from __future__ import annotations
@@ -13,27 +13,13 @@ import pytest
 import torch
 
 from samri.errors import SamriInputError
-from samri.inference.embeddings import EmbeddingCache
 from samri.inference.request import InteractiveResult, run_request
 from samri.inference.segmenter import PropagationBudget, PropagationSettings, Segmenter
 from tests.helpers import VOLUME_SHAPE
 
-from .fakes import CENTER_K, FakeDecoder, object_slices
+from .fakes import CENTER_K, object_slices
 
 POINT_3D = {"foreground": [[20, 24, CENTER_K]]}
-
-
-@pytest.fixture()
-def fake(monkeypatch, gt_mask) -> FakeDecoder:
-    fake = FakeDecoder(gt_mask)
-    monkeypatch.setattr(Segmenter, "embedding", lambda self, v, a, i: fake.embedding(self, v, a, i))
-    monkeypatch.setattr(Segmenter, "decode", lambda self, e, g, p: fake.decode(self, e, g, p))
-    return fake
-
-
-@pytest.fixture()
-def segmenter(tiny_model) -> Segmenter:
-    return Segmenter(tiny_model, EmbeddingCache())
 
 
 def test_3d_slice_budget_gives_a_partial_result_around_the_click(fake, segmenter, prepared_volume):
