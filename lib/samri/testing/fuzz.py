@@ -25,10 +25,13 @@ import os
 import random
 import struct
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+#: an absolute archive member the tar-slip cases aim at (must never appear).
+ABSOLUTE_TARGET = os.path.join(tempfile.gettempdir(), "samri-evil.txt")
 #: values that are wrong for most keys (types, magnitudes, shapes).
 WRONG_VALUES: tuple[Any, ...] = (
     None, True, False, 0, -1, 1.5, float("nan"), 2**63, -(10**30), 10**400, "", "x", "../x", [], {}, [1, 2],
@@ -291,7 +294,7 @@ def datastore_cases(target: Target, rng: random.Random) -> Iterator[FuzzCase]:
                         data={"info": rng.choice(NOT_OBJECTS[:9])}, fields=("info",))
 
     def tar_slip() -> FuzzCase:
-        member = rng.choice(("../../outside/evil.txt", "/tmp/samri-evil.txt", "a/../../evil.txt"))
+        member = rng.choice(("../../outside/evil.txt", ABSOLUTE_TARGET, "a/../../evil.txt"))
         return FuzzCase("session:tar-slip", "PUT", "/session/", query={"uncompress": "true"},
                         files={"files": ("study.tar.gz", _tar_with(member))}, fields=("member", "files", "archive"))
 
@@ -339,4 +342,4 @@ def tree_digest(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[
     return out
 
 
-__all__ = ["FuzzCase", "Target", "datastore_cases", "generate", "infer_cases", "nifti_bytes", "tree_digest"]
+__all__ = ["ABSOLUTE_TARGET", "FuzzCase", "Target", "datastore_cases", "generate", "infer_cases", "nifti_bytes", "tree_digest"]
