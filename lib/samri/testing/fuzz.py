@@ -342,4 +342,5 @@ def tree_digest(root: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[
     return out
 
 
-__all__ = ["ABSOLUTE_TARGET", "FuzzCase", "Target", "datastore_cases", "generate", "infer_cases", "nifti_bytes", "tree_digest"]
+__all__ = ["ABSOLUTE_TARGET", "FuzzCase", "Target", "datastore_cases", "generate", "infer_cases", "nifti_bytes",
+           "tree_digest"]
