@@ -124,10 +124,11 @@ def run_benchmarks(*, model_name: str | None = None, checkpoint: str | None = No
     ``clients`` > 0 (with ``http``): also `samri.bench.clients.multi_client_benchmark` on the same server,
     ``repeats`` clicks per client (``report["http_clients"]``).
     """
+    from samri.annotator import interior_point
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache, encode_slices
     from samri.inference.prompts import SlicePrompt
-    from samri.inference.segmenter import Segmenter, interior_point, mask_box
+    from samri.inference.segmenter import Segmenter, mask_box
     from samri.model.builders import load_model
     from samri.volume import load_image, prepare_volume
 

@@ -47,6 +47,14 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompts", default="box,point,box+point", help="comma list of box, point, box+point")
     p.add_argument("--axis", type=int, choices=[0, 1, 2], default=2, help="slicing axis of the voxel grid")
     p.add_argument("--mode", choices=["2d", "3d"], default="2d", help="2d: every slice; 3d: one prompt + propagation")
+    p.add_argument("--protocol", choices=["single", "clicks"], default="single",
+                   help="single: one prompt per pair (Dice/HD95/NSD); clicks: first interaction + corrective "
+                        "clicks through the server's request path (NoC@80/85/90, Dice after each click)")
+    p.add_argument("--first", default="box,point", help="clicks: first interactions, comma list of box, point")
+    p.add_argument("--max-clicks", type=int, default=20, help="clicks: interactions per session, the first included")
+    p.add_argument("--human-seconds", type=float, default=2.0, help="clicks: annotator seconds per interaction")
+    p.add_argument("--max-slices-3d", type=int, default=96,
+                   help="3d requests: slice budget, as the server's --conf max_slices_3d (0 = none)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--labels", default=None, help="comma list of structure names or values to evaluate")
     p.add_argument("--label-names", type=Path, default=None, help="JSON with structure names (see below)")
@@ -136,9 +144,12 @@ def build_config(args: argparse.Namespace):
         raise SamriInputError("labels", args.labels, "give at least one structure name")
     if args.batch_size < 1:
         raise SamriInputError("batch-size", args.batch_size, "must be at least 1")
+    first = tuple(f.strip() for f in (args.first or "").split(",") if f.strip())
     return EvalConfig(prompts=prompts, mode=args.mode, axis=args.axis, min_size=args.min_size, jitter=args.jitter,
                       seed=args.seed, slice_step=args.slice_step, max_pairs=args.max_pairs,
-                      nsd_tolerance_mm=args.nsd_tolerance, labels=labels, variants=tuple(args.variant)).validate()
+                      nsd_tolerance_mm=args.nsd_tolerance, labels=labels, variants=tuple(args.variant),
+                      protocol=args.protocol, first=first, max_clicks=args.max_clicks,
+                      human_seconds_per_click=args.human_seconds).validate()
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -150,6 +161,8 @@ def command_line(args: argparse.Namespace) -> str:
         for value in getattr(args, flag) or []:
             words += [f"--{flag}", str(value)]
     words += ["--prompts", args.prompts, "--mode", args.mode, "--axis", str(args.axis)]
+    if args.protocol == "clicks":
+        words += ["--protocol", "clicks", "--first", args.first, "--max-clicks", str(args.max_clicks)]
     for flag in ("labels", "label_names", "min_size", "slice_step", "max_pairs", "jitter", "seed", "nsd_tolerance"):
         value = getattr(args, flag)
         if value is not None:
@@ -163,10 +176,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from samri.evaluation.protocol import SegmenterRunner, evaluate, load_case, plan
     from samri.evaluation.report import machine_info
     from samri.inference.embeddings import EmbeddingCache
-    from samri.inference.segmenter import Segmenter
+    from samri.inference.segmenter import PropagationBudget, Segmenter
     from samri.model.builders import load_model
 
     config = build_config(args)
+    if args.max_slices_3d < 0:
+        raise SamriInputError("max-slices-3d", args.max_slices_3d, "must be >= 0 (0 = no budget)")
     registry = load_registry()
     models = parse_models(args, registry)
     if len(args.image) != len(args.label):
@@ -182,11 +197,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = load_model(m["spec"], checkpoint=m["checkpoint"], decoder=m["decoder"])
         m["decoder"] = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder
         runners[m["key"]] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
-                                            progress=not args.no_progress)
+                                            progress=not args.no_progress,
+                                            budget_3d=PropagationBudget(max_slices=args.max_slices_3d or None))
         described[m["key"]] = (f"{m['spec'].description or m['spec'].name}; "
                                f"weights {m['checkpoint'] or m['spec'].checkpoint}"
                                + (f"; decoder {m['decoder']}" if m["decoder"] else ""))
     meta = {"models": described, "command": command_line(args), "machine": machine_info()}
+    if config.protocol == "clicks":
+        from samri.evaluation.clicks_run import evaluate_clicks
+
+        summary = evaluate_clicks(cases, runners, config, args.out, window=registry.window, resume=args.resume,
+                                  progress=not args.no_progress, meta=meta)
+        for model, by_first in summary["results"].items():
+            for key, s in by_first.items():
+                print(f"{model:24s} {key:12s} n={s['n']:5d} dice@1={s['dice_at'][0]} dice@5="
+                      f"{s['dice_at'][min(4, len(s['dice_at']) - 1)]} noc85={s['noc']['85']} "
+                      f"fail85={s['failure_rate']['85']} seconds85={s['seconds_to_85']}")
+        print(f"wrote {args.out / 'summary.json'}, {args.out / 'sessions.jsonl'}, {args.out / 'report.md'}")
+        return 0
     summary = evaluate(cases, runners, config, args.out, window=registry.window, resume=args.resume,
                        progress=not args.no_progress, meta=meta)
     for model, by_prompt in summary["results"].items():

@@ -170,3 +170,75 @@ def make_figures(out: Path, rows: Sequence[Mapping], summary: Mapping, showcase)
                 overlays[model] = name
     figures["overlays"] = overlays
     return figures
+
+
+# --- the clicks protocol ------------------------------------------------------------------------
+MODEL_STYLES = ("-", "--", "-.", ":")
+
+
+def clicks_curves_figure(out: Path, summary: Mapping) -> str:
+    """``clicks_curves.png``: mean Dice after each interaction, one panel per first interaction."""
+    plt = _plt()
+    firsts = list(dict.fromkeys(k for by_first in summary["results"].values() for k in by_first))
+    fig, axes = plt.subplots(1, len(firsts), figsize=(4.2 * len(firsts), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], firsts):
+        for n, (model, by_first) in enumerate(summary["results"].items()):
+            s = by_first.get(key)
+            if not s or not s.get("n"):
+                continue
+            clicks = np.arange(1, len(s["dice_at"]) + 1)
+            ax.plot(clicks, s["dice_at"], MODEL_STYLES[n % len(MODEL_STYLES)], marker="o", markersize=3,
+                    label=f"{model} (NoC@85 {s['noc']['85']:.2f})")
+        for t in (0.80, 0.85, 0.90):
+            ax.axhline(t, color="#999999", linewidth=0.6, alpha=0.6)
+        ax.set_title(f"first interaction: {key.split(':', 1)[1]}", fontsize=9)
+        ax.set_xlabel("interactions")
+        ax.set_ylabel("mean Dice")
+        ax.set_ylim(0, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out / "clicks_curves.png")
+
+
+def _draw_session(ax, case: tuple) -> None:
+    row, image, gt, pred, spacing = case
+    pred = np.zeros_like(gt) if pred is None else pred
+    box = None if row["box"] is None else np.asarray(row["box"], dtype=np.float64)
+    rs, cs, lo = _crop([gt, pred], box, gt.shape)
+    ax.imshow(image[rs, cs].T, cmap="gray", origin="lower", interpolation="nearest",
+              aspect=float(spacing[1]) / float(spacing[0]))
+    for mask, color in ((gt, "#2ca02c"), (pred, "#d62728")):
+        crop = mask[rs, cs].T.astype(float)
+        if crop.any() and crop.min() < 1:
+            ax.contour(crop, levels=[0.5], colors=color, linewidths=1.2)
+    if box is not None:
+        r0, c0, r1, c1 = box - np.array([lo[0], lo[1], lo[0], lo[1]])
+        ax.add_patch(_plt().Rectangle((r0 - 0.5, c0 - 0.5), r1 - r0 + 1, c1 - c0 + 1, fill=False,
+                                      edgecolor="#f0e442", linewidth=1.0))
+    axis = int(row["axis"])
+    in_plane = [a for a in range(3) if a != axis]
+    for point in row["clicks"]:
+        ijk, label = point[:3], point[3]
+        if ijk[axis] != row["slice"]:
+            continue  # 3D: a click on another slice
+        r, c = ijk[in_plane[0]] - lo[0], ijk[in_plane[1]] - lo[1]
+        ax.plot(r, c, "*" if label else "x", color="#f0e442", markersize=7, markeredgecolor="black",
+                markeredgewidth=0.4)
+    ax.set_title(f"{row['structure']} ({row['image']})\nslice {row['slice']}, {row['first']}: NoC@85 "
+                 f"{row['noc']['85']}, Dice {row['dice_curve'][-1]:.2f}", fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def clicks_worst_figure(out: Path, model: str, cases: Sequence[tuple]) -> str | None:
+    """``clicks_worst_<model>.png``: the sessions with most interactions to 0.85, clicks drawn."""
+    if not cases:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(cases), figsize=(2.4 * len(cases), 2.9), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        _draw_session(ax, case)
+    fig.tight_layout()
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", model)
+    return _save(fig, out / f"clicks_worst_{safe}.png")

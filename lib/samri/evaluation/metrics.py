@@ -58,6 +58,19 @@ def _onehot(mask: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """MONAI's Dice of two same-shape bool masks (2D or 3D); 1.0 when both are empty."""
+    from monai.metrics import compute_dice
+
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    if not gt.any() and not pred.any():
+        return 1.0
+    return float(compute_dice(_onehot(pred), _onehot(gt), include_background=True)[0, 0])
+
+
 def segmentation_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                          nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> PairMetrics:
     """Dice, HD95 (mm) and NSD of a binary prediction against a non-empty ground truth.
@@ -68,7 +81,7 @@ def segmentation_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[flo
         spacing: physical size of a pixel/voxel along each array axis, mm (length = ``gt.ndim``).
         nsd_tolerance_mm: boundary tolerance of the normalised surface Dice, mm.
     """
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
     pred = np.asarray(pred, dtype=bool)
     gt = np.asarray(gt, dtype=bool)
@@ -80,7 +93,7 @@ def segmentation_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[flo
         raise ValueError("ground truth is empty: metrics are undefined")
     spacing = [float(s) for s in spacing]
     y_pred, y = _onehot(pred), _onehot(gt)
-    dice = float(compute_dice(y_pred, y, include_background=True)[0, 0])
+    score = dice(pred, gt)
     if not pred.any():
         return PairMetrics(dice=0.0, hd95_mm=float("nan"), nsd=0.0, pred_empty=True)
     with warnings.catch_warnings():
@@ -89,7 +102,7 @@ def segmentation_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[flo
                                               spacing=spacing)[0, 0])
         nsd = float(compute_surface_dice(y_pred, y, class_thresholds=[float(nsd_tolerance_mm)],
                                          include_background=True, spacing=spacing)[0, 0])
-    return PairMetrics(dice=dice, hd95_mm=hd if np.isfinite(hd) else float("nan"), nsd=nsd, pred_empty=False)
+    return PairMetrics(dice=score, hd95_mm=hd if np.isfinite(hd) else float("nan"), nsd=nsd, pred_empty=False)
 
 
 # --- size buckets -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from samri.annotator import simulate_prompt
 from samri.errors import SamriInputError
 from samri.evaluation.metrics import (
     DEFAULT_NSD_TOLERANCE_MM,
@@ -46,7 +47,6 @@ from samri.evaluation.variants import (  # noqa: F401
 )
 from samri.geometry import check_axis, in_plane_axes, take_slice
 from samri.inference.prompts import SlicePrompt
-from samri.inference.segmenter import interior_point, mask_box
 from samri.intensity import WindowSettings
 from samri.volume import prepare_volume
 
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 PROMPTS = ("box", "point", "box+point")
 MODES = ("2d", "3d")
+#: ``single``: one prompt per pair (Dice, HD95, NSD); ``clicks``: the interactive protocol (`samri.evaluation.clicks`)
+PROTOCOLS = ("single", "clicks")
+FIRST_INTERACTIONS = ("box", "point")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class EvalConfig:
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         labels: structure names (or values) to keep; None = every structure in the label.
         variants: contrast-shift variants (`samri.evaluation.variants`), evaluated besides each original image.
+        protocol: one of `PROTOCOLS`.
+        first: clicks protocol: first interactions, subset of `FIRST_INTERACTIONS`.
+        max_clicks: clicks protocol: interactions per session, the first included.
+        human_seconds_per_click: clicks protocol: annotator time per interaction.
     """
 
     prompts: tuple[str, ...] = PROMPTS
@@ -85,6 +92,10 @@ class EvalConfig:
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
     labels: tuple[str, ...] | None = None
     variants: tuple[str, ...] = ()
+    protocol: str = "single"
+    first: tuple[str, ...] = FIRST_INTERACTIONS
+    max_clicks: int = 20
+    human_seconds_per_click: float = 2.0
 
     def validate(self) -> "EvalConfig":
         if not self.prompts:
@@ -94,6 +105,14 @@ class EvalConfig:
                 raise SamriInputError("prompts", p, f"unknown prompt type; use {list(PROMPTS)}")
         if self.mode not in MODES:
             raise SamriInputError("mode", self.mode, f"must be one of {list(MODES)}")
+        if self.protocol not in PROTOCOLS:
+            raise SamriInputError("protocol", self.protocol, f"must be one of {list(PROTOCOLS)}")
+        if not self.first or any(f not in FIRST_INTERACTIONS for f in self.first):
+            raise SamriInputError("first", ",".join(self.first), f"use a comma list of {list(FIRST_INTERACTIONS)}")
+        if not 1 <= self.max_clicks <= 100:
+            raise SamriInputError("max-clicks", self.max_clicks, "must be 1..100")
+        if not self.human_seconds_per_click >= 0:
+            raise SamriInputError("human-seconds", self.human_seconds_per_click, "must be >= 0")
         check_axis(self.axis)
         checks = (("min-size", self.min_size, self.min_size >= 1), ("jitter", self.jitter, 0.0 <= self.jitter <= 0.5),
                   ("slice-step", self.slice_step, self.slice_step >= 1),
@@ -138,8 +157,9 @@ class Runner(Protocol):
 class SegmenterRunner:
     """`Runner` over a `samri.inference.segmenter.Segmenter`: batch-encodes needed slices once with a progress bar."""
 
-    def __init__(self, segmenter, *, batch_size: int = 4, progress: bool = True) -> None:
+    def __init__(self, segmenter, *, batch_size: int = 4, progress: bool = True, budget_3d=None) -> None:
         self.segmenter = segmenter
+        self.budget_3d = budget_3d  # a PropagationBudget, as the server's max_slices_3d
         self.batch_size = batch_size
         self.progress = progress
         self.encode_seconds = 0.0
@@ -157,6 +177,13 @@ class SegmenterRunner:
 
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt]) -> np.ndarray:
         return self.segmenter.propagate(volume, axis, seeds).mask
+
+    def request(self, volume, params, *, mode: str, axis: int, previous_logits):
+        """One client request through the server's path (`samri.inference.request.run_request`)."""
+        from samri.inference.request import run_request
+
+        return run_request(self.segmenter, volume, params, mode=mode, axis=axis, previous_logits=previous_logits,
+                           budget=self.budget_3d if mode == "3d" else None)
 
 
 # --- pairs and prompts --------------------------------------------------------------------------
@@ -193,27 +220,6 @@ def enumerate_pairs(cases: Sequence[Case], config: EvalConfig) -> list[Pair]:
 def pair_rng(seed: int, image: str, structure: str, index: int, prompt: str) -> np.random.Generator:
     """RNG of one pair's prompt: the same for every model and variant."""
     return np.random.default_rng([seed, zlib.crc32(f"{image}|{structure}|{index}|{prompt}".encode())])
-
-
-def jitter_box(box: np.ndarray, shape: tuple[int, int], jitter: float, rng: np.random.Generator) -> np.ndarray:
-    """Move each edge of ``(r0, c0, r1, c1)`` by up to ``jitter`` x the longest side (uniform, clipped)."""
-    if jitter <= 0:
-        return box
-    amount = jitter * max(shape)
-    b = box + rng.uniform(-amount, amount, size=4)
-    r0, r1 = sorted((b[0], b[2]))
-    c0, c1 = sorted((b[1], b[3]))
-    h, w = shape
-    return np.array([np.clip(r0, 0, h - 1), np.clip(c0, 0, w - 1), np.clip(r1, 0, h - 1), np.clip(c1, 0, w - 1)])
-
-
-def make_prompt(gt: np.ndarray, kind: str, jitter: float = 0.0, rng: np.random.Generator | None = None) -> SlicePrompt:
-    """Prompt derived from a ``(H, W)`` ground-truth mask: ``box``, ``point`` or ``box+point``."""
-    rng = rng or np.random.default_rng(0)
-    box = jitter_box(mask_box(gt), gt.shape, jitter, rng) if "box" in kind else None
-    if "point" not in kind:
-        return SlicePrompt(box=box)
-    return SlicePrompt(points=interior_point(gt)[None], labels=np.ones(1, dtype=np.int64), box=box)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -264,8 +270,8 @@ def evaluate_case(model: str, runner: Runner, case: Case, pairs: Sequence[Pair],
     for pair, kind in tqdm(sorted(todo, key=lambda t: (t[0].slice, t[0].structure)), desc=desc, unit="pair",
                            disable=not progress):
         gt2d = take_slice(case.label, axis, pair.slice) == pair.value
-        prompt = make_prompt(gt2d, kind, config.jitter, pair_rng(config.seed, case.name, pair.structure, pair.slice,
-                                                                 kind))
+        prompt = simulate_prompt(gt2d, kind, jitter=config.jitter,
+                                 rng=pair_rng(config.seed, case.name, pair.structure, pair.slice, kind))
         start = time.perf_counter()
         if config.mode == "3d":
             pred3d = np.asarray(runner.propagate(volume, axis, {pair.slice: prompt}), dtype=bool)

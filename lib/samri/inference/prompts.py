@@ -156,16 +156,20 @@ class VolumeRequest:
         return SlicePrompt(points=rc, labels=self.point_labels[on_slice], box=box)
 
     def prompted_slices(self) -> list[int]:
-        """Slices that carry a prompt for 3D propagation (point slices, else the ROI's middle)."""
-        if len(self.points):
-            fg_slices = sorted(set(self.foreground[:, self.axis].tolist()))
-            if fg_slices:
-                return fg_slices
+        """Slices that carry a prompt for 3D propagation: every slice with a foreground point, and
+        the ROI's middle slice (the box the user drew stays a seed when clicks are added elsewhere)."""
+        slices = set(self.foreground[:, self.axis].tolist()) if len(self.foreground) else set()
         if self.roi is not None:
             lo, hi = self.roi_range()
-            return [(lo + hi) // 2]
-        raise SamriInputError("foreground", self.foreground.tolist(),
-                              "empty prompt: give at least one foreground point or an roi box")
+            slices.add((lo + hi) // 2)
+        if not slices:
+            raise SamriInputError("foreground", self.foreground.tolist(),
+                                  "empty prompt: give at least one foreground point or an roi box")
+        return sorted(int(k) for k in slices)
+
+    def background_slices(self) -> list[int]:
+        """Slices holding a background (negative) point."""
+        return sorted({int(k) for k in self.background[:, self.axis].tolist()}) if len(self.background) else []
 
 
 #: magnitude beyond which no voxel index is plausible; checked on the Python value before any

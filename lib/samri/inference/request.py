@@ -85,6 +85,8 @@ def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode
     if should_stop is not None:
         budget = replace(budget, should_stop=should_stop)
     prompted = request.prompted_slices()
+    # a negative click on a slice of this client's previous result refines that slice (mask prompt)
+    prompted = sorted(set(prompted) | {k for k in request.background_slices() if k in previous_logits})
     budget.check_seeds(len(prompted), "foreground")
     seeds = {}
     for index in prompted:

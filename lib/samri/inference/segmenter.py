@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
@@ -22,7 +21,7 @@ from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
-           "VolumeResult", "interior_point", "mask_box"]
+           "VolumeResult", "mask_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +63,6 @@ class VolumeResult:
     axis: int = 2
     stops: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
-
-
-def interior_point(mask: np.ndarray) -> np.ndarray | None:
-    """``(r, c)`` of the maximum of the distance transform (deepest inside point); None if empty."""
-    if not mask.any():
-        return None
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return np.array(np.unravel_index(int(np.argmax(dist)), mask.shape), dtype=np.float64)
 
 
 #: half sizes of the candidate boxes of `Segmenter._box_search`, as fractions of the slice's longest side

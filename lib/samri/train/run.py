@@ -52,7 +52,7 @@ class TrainResult:
 #: a progress callback: gets one event dict (``phase`` plus counters), must return fast.
 ProgressFn = Callable[[dict[str, Any]], None]
 #: prompt modes every validation pass scores (each validation pair is decoded once per mode).
-VAL_MODES = ("box", "box_point", "point")
+VAL_MODES = ("box", "box+point", "point")
 
 
 def dist_info() -> tuple[int, int]:

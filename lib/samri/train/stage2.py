@@ -15,10 +15,17 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 
+from samri.annotator import (
+    PROPAGATION_OFFSETS,
+    SimSettings,
+    corrective_click,
+    pick_mode,
+    simulate_prompt,
+    training_prompt,
+)
 from samri.geometry import SliceGeometry, in_plane_axes
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
-from samri.train.prompt_sim import PROPAGATION_OFFSETS, SimSettings, correction_click, pick_mode, simulate_prompt
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
 logger = logging.getLogger(__name__)
@@ -174,31 +181,43 @@ class DecoderTrainer:
         return embeddings, masks, geoms, targets
 
     def step(self, samples: Sequence[SliceSample], rng: np.random.Generator) -> dict[str, float]:
-        """One optimiser step: a simulated prompt per sample, then for some a correction click."""
+        """One optimiser step: a simulated prompt per sample, then for some corrective-click rounds.
+
+        A corrected sample gets 1..``sim.correction_rounds`` clicks in sequence, each placed by
+        `samri.annotator.corrective_click` on the previous round's prediction and sent with all
+        clicks so far and the previous logits as the mask prompt, as a client's next click is served.
+        """
         self.decoder.train()
         embeddings, masks, geoms, targets = self.batch(samples)
         prompts = []
         for s, m in zip(samples, masks):
             mode = pick_mode(self.settings.sim, rng)
             near = self.source.neighbour(s, rng) if mode == "propagated_box" else None
-            prompts.append(simulate_prompt(m, mode, self.settings.sim, rng, neighbour=near))
+            prompts.append(training_prompt(m, mode, self.settings.sim, rng, neighbour=near))
         logits, seg_loss, iou_loss = self._forward(samples, prompts, geoms, targets, embeddings)
         loss = seg_loss + self.settings.iou_weight * iou_loss
         corrected = [n for n in range(len(samples)) if rng.random() < self.settings.sim.correction_prob]
-        if corrected:
+        max_rounds = self.settings.sim.correction_rounds if corrected else 0
+        rounds = int(rng.integers(1, max_rounds + 1)) if max_rounds > 1 else max_rounds
+        round_losses = []
+        current = {n: (prompts[n], logits[n:n + 1].detach()) for n in corrected}
+        for _ in range(rounds):
             follow = []
             for n in corrected:
-                pred = geoms[n].logits_to_slice(logits[n:n + 1].detach())[0, 0].cpu().numpy() > 0
-                click = correction_click(pred, masks[n], rng)
-                p = prompts[n]
+                p, previous = current[n]
+                pred = geoms[n].logits_to_slice(previous)[0, 0].cpu().numpy() > 0
+                click = corrective_click(pred, masks[n], rng)
                 pts, lbl = p.points, p.labels
                 if click is not None:
                     pts, lbl = np.concatenate([pts, click[0][None]]), np.concatenate([lbl, [click[1]]])
-                follow.append(SlicePrompt(points=pts, labels=lbl, box=p.box, mask_logits=logits[n:n + 1].detach()))
+                follow.append(SlicePrompt(points=pts, labels=lbl, box=p.box, mask_logits=previous))
             idx = torch.as_tensor(corrected)
-            _, seg2, iou2 = self._forward([samples[n] for n in corrected], follow, [geoms[n] for n in corrected],
-                                          targets[idx], embeddings[idx])
-            loss = loss + seg2 + self.settings.iou_weight * iou2
+            logits2, seg2, iou2 = self._forward([samples[n] for n in corrected], follow,
+                                                [geoms[n] for n in corrected], targets[idx], embeddings[idx])
+            round_losses.append(seg2 + self.settings.iou_weight * iou2)
+            current = {n: (follow[k], logits2[k:k + 1].detach()) for k, n in enumerate(corrected)}
+        if round_losses:
+            loss = loss + torch.stack(round_losses).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -206,16 +225,16 @@ class DecoderTrainer:
                 "iou_loss": float(iou_loss.detach())}
 
     @torch.no_grad()
-    def validate(self, samples: Sequence[SliceSample], modes: Sequence[str] = ("box", "box_point", "point"),
+    def validate(self, samples: Sequence[SliceSample], modes: Sequence[str] = ("box", "box+point", "point"),
                  on_batch: Callable[[int, int], None] | None = None) -> dict:
-        """Fixed-seed prompts without jitter; Dice at slice resolution; loss in the low-res frame.
+        """The evaluation's deterministic prompts (`samri.annotator.simulate_prompt` without a
+        generator: tight box, deepest point); Dice at slice resolution; loss in the low-res frame.
+        Figures are keyed ``dice_<mode>`` with ``+`` spelled ``_`` (``dice_box_point``).
 
         Args:
             on_batch: called with ``(pairs done, pairs total)`` (over all modes) after every batch.
         """
         self.decoder.eval()
-        rng = np.random.default_rng(1234)
-        sim = SimSettings(mode_weights={"box": 1.0}, box_jitter=0.0)
         out: dict[str, Any] = {}
         losses = []
         for k, mode in enumerate(modes):
@@ -223,7 +242,7 @@ class DecoderTrainer:
             for start in range(0, len(samples), self.settings.batch_size):
                 chunk = samples[start:start + self.settings.batch_size]
                 embeddings, masks, geoms, targets = self.batch(chunk)
-                prompts = [simulate_prompt(m, mode, sim, rng) for m in masks]
+                prompts = [simulate_prompt(m, mode) for m in masks]
                 logits, seg_loss, _ = self._forward(chunk, prompts, geoms, targets, embeddings)
                 if mode == "box":
                     losses.append(float(seg_loss) * len(chunk))
@@ -232,7 +251,7 @@ class DecoderTrainer:
                     dices.append(2 * (pred & m).sum() / max(pred.sum() + m.sum(), 1))
                 if on_batch is not None:
                     on_batch(k * len(samples) + start + len(chunk), len(modes) * len(samples))
-            out[f"dice_{mode}"] = float(np.mean(dices)) if dices else 0.0
+            out[f"dice_{mode.replace('+', '_')}"] = float(np.mean(dices)) if dices else 0.0
         out["loss"] = float(sum(losses) / max(len(samples), 1))
         out["dice"] = out.get("dice_box", 0.0)
         return out

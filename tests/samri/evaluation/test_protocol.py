@@ -17,14 +17,11 @@ from samri.evaluation.protocol import (
     SegmenterRunner,
     enumerate_pairs,
     evaluate,
-    jitter_box,
     load_case,
-    make_prompt,
-    pair_rng,
 )
 from samri.geometry import take_slice
 from samri.inference.embeddings import EmbeddingCache
-from samri.inference.segmenter import Segmenter, interior_point, mask_box
+from samri.inference.segmenter import Segmenter
 from samri.volume import ImageVolume
 from tests.helpers import ellipsoid_mask, synthetic_array
 
@@ -163,29 +160,6 @@ def test_models_side_by_side_see_identical_pairs_and_prompts(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| a | box+point | 1.000" in report and "noise" in report
     assert_tables_well_formed(report)
-
-
-def test_prompts_from_ground_truth():
-    gt = ellipsoid_mask()[:, :, 15]
-    np.testing.assert_array_equal(make_prompt(gt, "box").box, mask_box(gt))
-    point = make_prompt(gt, "point")
-    assert point.box is None and point.labels.tolist() == [1]
-    np.testing.assert_array_equal(point.points[0], interior_point(gt))
-    both = make_prompt(gt, "box+point")
-    assert both.box is not None and len(both.points) == 1
-
-
-def test_jitter_is_bounded_seeded_and_per_pair():
-    gt = ellipsoid_mask()[:, :, 15]
-    tight = mask_box(gt)
-    boxes = [make_prompt(gt, "box", 0.04, pair_rng(0, "syn", "big", k, "box")).box for k in range(20)]
-    limit = 0.04 * max(gt.shape)
-    assert all(np.abs(b - tight).max() <= limit + 1e-9 for b in boxes)
-    assert len({tuple(b) for b in boxes}) == 20
-    again = make_prompt(gt, "box", 0.04, pair_rng(0, "syn", "big", 0, "box")).box
-    np.testing.assert_array_equal(again, boxes[0])
-    clipped = jitter_box(np.array([0.0, 0.0, 3.0, 3.0]), (10, 10), 0.5, np.random.default_rng(0))
-    assert clipped.min() >= 0 and clipped[2] <= 9 and clipped[0] <= clipped[2]
 
 
 def test_enumerate_pairs_min_size_step_max_and_buckets():

@@ -20,8 +20,8 @@ from samri.inference.segmenter import (
     PropagationSettings,
     Segmenter,
     SliceResult,
-    interior_point,
 )
+from samri.annotator import interior_point
 from tests.helpers import VOLUME_SHAPE, synthetic_array
 
 from .fakes import CENTER_K, FakeDecoder, box_around, object_slices

@@ -15,8 +15,8 @@ from samri.inference.segmenter import (
     Segmenter,
     SliceResult,
     VolumeResult,
-    interior_point,
 )
+from samri.annotator import interior_point
 from tests.helpers import VOLUME_SHAPE
 
 

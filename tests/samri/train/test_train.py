@@ -143,7 +143,7 @@ def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
 
 def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_tiny_model, tmp_path):
     """Every sample prompted the way 3D propagation prompts: the box of a slice 1-2 away (+ margin)."""
-    from samri.train.prompt_sim import SimSettings
+    from samri.annotator import SimSettings
     from samri.train.stage2 import DecoderTrainer, SampleSource
 
     model = fresh_tiny_model
@@ -166,6 +166,44 @@ def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_ti
     out = trainer.step(indices[0].samples[:4], np.random.default_rng(1))
     assert np.isfinite(out["loss"]) and out["loss"] > 0
     assert any(not torch.equal(before[k], v) for k, v in model.mask_decoder.state_dict().items())
+
+
+def test_step_runs_corrective_rounds_in_sequence_with_the_logits_fed_back(studies_dir, fresh_tiny_model):
+    """SAM-style iterative training: each round adds one corrective click and feeds the last logits."""
+    from samri.annotator import SimSettings
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    settings = _settings(sim=SimSettings(mode_weights={"box": 1.0}, correction_prob=1.0, correction_rounds=3))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)
+    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    calls = []
+    forward = trainer._forward
+
+    def recording(samples, prompts, *args):
+        calls.append(prompts)
+        return forward(samples, prompts, *args)
+
+    trainer._forward = recording
+    rng = np.random.default_rng(0)
+    while True:  # rounds are drawn from 1..3: step until a 3-round step shows up
+        calls.clear()
+        out = trainer.step(indices[0].samples[:2], rng)
+        if len(calls) == 4:
+            break
+    assert np.isfinite(out["loss"])
+    first, *rounds = calls
+    assert all(p.mask_logits is None for p in first)
+    for k, prompts in enumerate(rounds, start=1):
+        for p in prompts:
+            assert p.mask_logits is not None and p.box is not None
+            assert len(p.points) <= k  # one click per round (none once a prediction is exact)
+    assert any(len(p.points) == 3 for p in rounds[-1])
 
 
 def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh_tiny_model, tmp_path):

@@ -153,7 +153,7 @@ class Simulation:
         return out
 
     def _dices(self, study: SimStudy) -> list[float]:
-        from samri.evaluation.protocol import make_prompt
+        from samri.annotator import simulate_prompt
         from samri.geometry import SliceGeometry
         from samri.inference.embeddings import get_embeddings
         from samri.volume import load_image, prepare_volume
@@ -170,7 +170,8 @@ class Simulation:
         dices = []
         for n, (z, v) in enumerate(pairs):
             gt = label[:, :, z] == v
-            prompt = make_prompt(gt, "box", self.config.eval_jitter, np.random.default_rng(self.config.seed + n))
+            prompt = simulate_prompt(gt, "box", jitter=self.config.eval_jitter,
+                                     rng=np.random.default_rng(self.config.seed + n))
             pred = self.segmenter.decode(emb[z], geom, prompt).mask
             dices.append(2.0 * np.logical_and(pred, gt).sum() / max(pred.sum() + gt.sum(), 1))
         return dices
