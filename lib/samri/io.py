@@ -6,8 +6,11 @@ and renamed over the target with ``os.replace``. A reader therefore sees the old
 one, never half of one; on any exception (``KeyboardInterrupt`` included) the temporary file is
 removed and the target is untouched.
 
-The temporary name keeps the target's suffix (``.x.nii.gz.tmp-ab12.nii.gz``), so writers that infer
-the format from the extension (nibabel, ITK, ``np.save``) work on it.
+`atomic_path` hands out a temporary *path* whose name keeps the target's suffix
+(``.x.nii.gz.tmp-ab12.nii.gz``), so writers that infer the format from the name (nibabel, ITK) work
+on it. Writes through a file object (`atomic_write`, `write_bytes`, `write_json`, `copy_file`) use
+a ``.part`` suffix instead (``.x.nii.gz.tmp-ab12.part``): MONAI Label's datastore matches
+``*.nii.gz`` with fnmatch, which also matches hidden files, so such a name is never taken for a volume.
 
 Nothing heavy is imported here (no torch, no nibabel).
 """
@@ -28,6 +31,7 @@ from typing import IO, Any, Callable, Iterator
 logger = logging.getLogger(__name__)
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+_PART = ".part"  # temporary suffix of writes through a file object (never matches a volume pattern)
 _MAX_PREFIX = 80  # characters of the target's name kept in the temporary name (names are <= 255 bytes)
 
 
@@ -67,7 +71,7 @@ def temp_file(folder: str | os.PathLike, *, prefix: str = ".", suffix: str = "")
 
 
 def _fsync(path: Path) -> None:
-    """Flush ``path``'s data to disk where the platform allows opening a file read-only for that."""
+    """Flush ``path`` (a file, or a folder after a rename) to disk where the platform allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -82,7 +86,7 @@ def _fsync(path: Path) -> None:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, tmp_dir: str | os.PathLike | None = None,
-                mode: int | None = None) -> Iterator[Path]:
+                mode: int | None = None, suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on any exception it is removed.
 
     Args:
@@ -90,32 +94,40 @@ def atomic_path(path: str | os.PathLike, *, tmp_dir: str | os.PathLike | None = 
         tmp_dir: folder for the temporary file instead of the target's folder (must be on the same
             file system, e.g. a staging folder that a folder watcher ignores).
         mode: permissions of the result (default `file_mode`).
+        suffix: how the temporary name ends (default: the target's `format_suffix`).
+        durable: fsync the file before and its folder after the rename (False for caches, whose lost
+            files are recomputed: still atomic, just not forced to disk).
 
     The temporary file exists (empty) when yielded; the writer may overwrite or truncate it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(tmp_dir if tmp_dir is not None else path.parent,
-                    prefix=f".{path.name[:_MAX_PREFIX]}.tmp-", suffix=format_suffix(path.name))
+                    prefix=f".{path.name[:_MAX_PREFIX]}.tmp-",
+                    suffix=format_suffix(path.name) if suffix is None else suffix)
     try:
         yield tmp
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.chmod(tmp, file_mode() if mode is None else mode)  # a writer may have recreated the file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync(path.parent)  # make the rename itself durable where the platform allows
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True,
-                 tmp_dir: str | os.PathLike | None = None) -> Path:
-    """Call ``write(file)`` on a temporary file (see `atomic_path`), then rename it over ``path``."""
+                 tmp_dir: str | os.PathLike | None = None, durable: bool = True) -> Path:
+    """Call ``write(file)`` on a temporary file (see `atomic_path`), then rename it over ``path``.
+
+    ``binary=False`` opens the file as UTF-8 text.
+    """
     path = Path(path)
-    with atomic_path(path, tmp_dir=tmp_dir) as tmp:
+    with atomic_path(path, tmp_dir=tmp_dir, suffix=_PART, durable=durable) as tmp:
         with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
     return path
 
 
@@ -138,7 +150,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike, *, mode: int | Non
               tmp_dir: str | os.PathLike | None = None) -> Path:
     """Copy ``src``'s content to ``dst`` atomically; ``mode`` sets its permissions (else `file_mode`)."""
     dst = Path(dst)
-    with atomic_path(dst, tmp_dir=tmp_dir, mode=mode) as tmp:
+    with atomic_path(dst, tmp_dir=tmp_dir, mode=mode, suffix=_PART) as tmp:
         shutil.copyfile(src, tmp)
     return dst
 
@@ -186,3 +198,9 @@ def file_signature(path: str | os.PathLike | None) -> FileSignature | None:
     except OSError:
         return None
     return FileSignature(path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+def signature_text(path: str | os.PathLike | None) -> str | None:
+    """`FileSignature.text` of ``path`` (``"<mtime_ns>:<size>"``, what score records store), or None."""
+    sig = file_signature(path)
+    return None if sig is None else sig.text

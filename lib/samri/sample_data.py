@@ -19,7 +19,7 @@ expects)::
 All arrays are in the files' own voxel order (i, j, k) = (axis 0, 1, 2); both sources are
 RAS-aligned 1 mm grids, so axis 2 is inferior -> superior (axial slices).
 
-Every file is written atomically (temporary file in the target folder, then ``os.replace``), so
+Every file is written atomically (`samri.io`: temporary file in the target folder, then rename), so
 a killed run never leaves a half-written study for the datastore to pick up.
 """
 
@@ -29,7 +29,6 @@ import gzip
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samri.errors import SamriInputError
+from samri.io import write_bytes, write_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import nibabel as nib
@@ -222,7 +222,7 @@ def write_sample_studies(
     if merged != all_names or not (out / LABEL_NAMES_FILE).is_file():
         ordered = {sid: merged[sid] for sid in sorted(merged)}  # names stay in value order
         text = json.dumps(ordered, indent=2) + "\n"
-        _write_bytes_atomic(out / LABEL_NAMES_FILE, text.encode("utf-8"))
+        write_text(out / LABEL_NAMES_FILE, text)
     return studies
 
 
@@ -367,33 +367,8 @@ def _nifti(data: np.ndarray, affine: np.ndarray, xform_code: int) -> nib.Nifti1I
 def _save_nifti_atomic(img: nib.Nifti1Image, path: Path) -> None:
     """Save ``img`` gzip-compressed to ``path`` (``*.nii.gz``) atomically.
 
-    The image is serialised in memory and written to ``.<name>.<random>.part`` in the same
-    folder, then renamed. The temporary name deliberately does not end in ``.nii.gz``: MONAI
-    Label's datastore matches ``*.nii.gz`` with fnmatch, which also matches hidden files.
+    The image is serialised in memory and written with `samri.io.write_bytes`, whose temporary
+    name deliberately does not end in ``.nii.gz``: MONAI Label's datastore matches ``*.nii.gz``
+    with fnmatch, which also matches hidden files.
     """
-    _write_bytes_atomic(path, gzip.compress(img.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0))
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
+    write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0))

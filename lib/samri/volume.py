@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from samri.errors import SamriInputError
 from samri.intensity import WindowSettings, check_volume, window_volume
-from samri.model.checkpoints import file_mode
+from samri.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +120,8 @@ def save_label(path: str | os.PathLike, label: np.ndarray, affine: np.ndarray) -
     label = np.asarray(label)
     if label.ndim != 3:
         raise SamriInputError("label", f"shape {label.shape}", "a 3D label volume is needed")
-    suffix = "".join(p.suffixes[-2:]) if p.name.endswith(".nii.gz") else p.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=suffix or ".nii.gz", dir=p.parent)
-    os.close(fd)
-    try:
-        _write_label_file(Path(tmp), label, np.asarray(affine, dtype=np.float64))
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p, suffix=None if p.suffix else ".nii.gz") as tmp:  # no suffix: NIfTI
+        _write_label_file(tmp, label, np.asarray(affine, dtype=np.float64))
     return p
 
 

@@ -61,7 +61,8 @@ def _publish_other_decoder(app) -> None:
     """Make a decoder with other weights live in the app's store (what a trainer run does)."""
     import copy
 
-    from samri.model.checkpoints import atomic_write, save_decoder_checkpoint
+    from samri.io import write_json
+    from samri.model.checkpoints import save_decoder_checkpoint
 
     model = app.runtime.segmenter().model
     decoder = copy.deepcopy(model.mask_decoder)
@@ -69,8 +70,7 @@ def _publish_other_decoder(app) -> None:
     root = app.runtime.settings.decoder_store
     save_decoder_checkpoint(root / "versions" / "v0001.pt", mask_decoder=decoder, base_model=model.spec.base_name,
                             preprocessing=model.preprocessing.to_dict(), metadata={"note": "test"})
-    atomic_write(root / "live.json", lambda f: json.dump({"version": "v0001", "file": "versions/v0001.pt"}, f),
-                 binary=False)
+    write_json(root / "live.json", {"version": "v0001", "file": "versions/v0001.pt"})
 
 
 def test_scores_are_stored_and_recomputed_only_when_the_model_changes(make_app) -> None:

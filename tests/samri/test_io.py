@@ -20,6 +20,7 @@ from samri.io import (
     file_signature,
     format_suffix,
     move_file,
+    signature_text,
     temp_file,
     write_bytes,
     write_json,
@@ -71,6 +72,18 @@ def test_atomic_path_keeps_the_format_suffix(tmp_path):
     assert format_suffix("a.nii.gz") == ".nii.gz"
     assert format_suffix("table.csv.GZ") == ".csv.GZ"
     assert format_suffix("README") == ""
+
+
+def test_file_object_writes_stage_under_a_part_name(tmp_path):
+    """A hidden ``*.nii.gz`` temp would be listed by MONAI Label's fnmatch scan: these end in ``.part``."""
+    seen = []
+
+    def write(f):
+        seen.append(Path(f.name).name)
+        f.write(b"x")
+
+    atomic_write(tmp_path / "s1.nii.gz", write)
+    assert seen[0].startswith(".s1.nii.gz.tmp-") and seen[0].endswith(".part")
 
 
 def test_atomic_path_mode_follows_file_mode_even_if_the_writer_recreates_the_file(tmp_path):
@@ -128,6 +141,8 @@ def test_file_signature_changes_on_rewrite_and_is_none_when_missing(tmp_path):
     write_text(path, "b")  # same size, maybe the same mtime: the new inode still tells
     assert file_signature(path) != first
     hash(first)  # usable as a cache key
+    assert signature_text(path) == file_signature(path).text
+    assert signature_text(tmp_path / "missing") is None and signature_text(None) is None
 
 
 def test_import_is_light():

@@ -115,6 +115,6 @@ class DescriptorStore:
         self._memory[key] = vec
         if self.root is None:
             return
-        from samri.model.checkpoints import atomic_write
+        from samri.io import atomic_write
 
         atomic_write(self._path(key), lambda f: np.save(f, vec, allow_pickle=False))

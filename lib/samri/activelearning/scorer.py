@@ -19,9 +19,10 @@ import numpy as np
 from samri.activelearning.config import ALConfig
 from samri.activelearning.novelty import DescriptorStore, pooled_descriptor
 from samri.activelearning.sampling import head_mask, sample_slices
-from samri.activelearning.scores import file_signature, make_record
+from samri.activelearning.scores import make_record
 from samri.activelearning.uncertainty import study_uncertainty
 from samri.errors import SamriInputError
+from samri.io import signature_text
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class StudyScorer:
 
     # --- scores -----------------------------------------------------------------------------------
     def uncertainty_inputs(self, image: str | Path, original: str | Path | None) -> dict[str, Any]:
-        return {"image": file_signature(image), "original": file_signature(original)}
+        return {"image": signature_text(image), "original": signature_text(original)}
 
     def uncertainty(self, image: str | Path, *, original: str | Path | None = None, array: np.ndarray | None = None,
                     key: str | None = None) -> dict[str, Any]:
@@ -125,7 +126,7 @@ class StudyScorer:
     def descriptor_key(self, image: str | Path, key: str | None = None) -> str:
         """Store key: encoder, the study (path + file signature, or ``key``), slice sampling, pooling."""
         c = self.config
-        ident = key if key is not None else f"{image}@{file_signature(image)}"
+        ident = key if key is not None else f"{image}@{signature_text(image)}"
         return f"{self.segmenter.model.cache_key()}|{ident}|{c.slices}|{c.pooling}:{c.grid_size}"
 
     def descriptor(self, image: str | Path, *, array: np.ndarray | None = None, key: str | None = None) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -47,17 +46,6 @@ def model_version(model, decoder_version: str | None) -> str:
 def encoder_version(model) -> str:
     """Identity of the embeddings (novelty depends on the encoder only)."""
     return hashlib.blake2b(model.cache_key().encode(), digest_size=8).hexdigest()
-
-
-def file_signature(path: str | os.PathLike | None) -> str | None:
-    """``"<mtime_ns>:<size>"`` of a file, or None when there is none."""
-    if not path:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{st.st_mtime_ns}:{st.st_size}"
 
 
 def now() -> str:

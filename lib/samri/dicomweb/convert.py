@@ -268,7 +268,7 @@ def nifti_to_dicom_series(path: str | os.PathLike, *, patient_id: str | None = N
 
 def write_series(datasets: Sequence, folder: str | os.PathLike) -> list[Path]:
     """Save datasets as ``<folder>/<SOPInstanceUID>.dcm`` (each file written atomically)."""
-    from samri.model.checkpoints import atomic_write
+    from samri.io import atomic_write
 
     folder = Path(folder)
     out = []

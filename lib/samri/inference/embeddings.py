@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from samri.errors import SamriInputError
 from samri.geometry import check_axis, take_slice
 from samri.intensity import slice_to_model_input
+from samri.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +117,8 @@ class EmbeddingCache:
         if self.cache_dir is None:
             return
         path = self.cache_dir / key.relative_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, half.numpy(), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a cache: atomic (readers never see half a file) but not fsynced (a lost file is recomputed)
+        atomic_write(path, lambda f: np.save(f, half.numpy(), allow_pickle=False), durable=False)
 
     def slice_lock(self, key: EmbeddingKey) -> threading.Lock:
         """The lock held while ``key`` is being encoded (kept for the cache's lifetime: tiny)."""

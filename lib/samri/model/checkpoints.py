@@ -5,22 +5,21 @@ A decoder checkpoint (what the trainer publishes) is a ``torch.save``'d dict::
     {"format": "samri-decoder", "format_version": 1, "base_model": "litemedsam",
      "preprocessing": {...}, "metadata": {...}, "mask_decoder": {<state dict>}}
 
-Everything is loaded with ``weights_only=True`` and written atomically (temp file, then rename).
+Everything is loaded with ``weights_only=True`` and written atomically (`samri.io`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from samri.errors import CheckpointError
+from samri.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -29,37 +28,8 @@ DECODER_FORMAT_VERSION = 1
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 
 
-@functools.lru_cache(maxsize=1)
-def file_mode() -> int:
-    """Permissions a normally created file gets (0o666 less the umask); mkstemp's 0o600 is not that.
-
-    Read once: ``os.umask`` can only be read by setting it, which must not race with other threads.
-    """
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True) -> Path:
-    """Call ``write(file)`` on a temp file in the target folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` atomically (see `atomic_write`)."""
+    """``torch.save`` atomically (see `samri.io.atomic_write`)."""
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

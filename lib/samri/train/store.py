@@ -15,21 +15,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from samri.errors import SamriInputError
-from samri.model.checkpoints import atomic_write, file_mode, read_decoder_checkpoint
+from samri.io import copy_file, write_json
+from samri.model.checkpoints import read_decoder_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """``data`` as indented JSON at ``path`` (temp file + rename; see `samri.model.checkpoints.atomic_write`)."""
-    return atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str), binary=False)
+    """Deprecated name of `samri.io.write_json`, kept only while `samri.train.stage1` still imports it."""
+    return write_json(path, data)
 
 
 def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
@@ -104,23 +103,13 @@ class DecoderStore:
             return {"published": False, "version": None, "reason": reason}
         index = self.index()
         version = f"v{len(index) + 1:04d}"
-        target = self.root / "versions" / f"{version}.pt"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(candidate, tmp)
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        copy_file(candidate, self.root / "versions" / f"{version}.pt")
         entry = {"version": version, "file": f"versions/{version}.pt", "val_dice": new_dice,
                  "baseline_val_dice": old_dice, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "gate": reason, "metrics": {"val": new, "baseline_val": old},
                  "training_data": envelope["metadata"].get("training_data")}
-        write_json_atomic(self.root / "index.json", index + [entry])
-        write_json_atomic(self.live_file, entry)
+        write_json(self.root / "index.json", index + [entry])
+        write_json(self.live_file, entry)
         logger.info("published decoder %s (%s)", version, reason)
         return {"published": True, "version": version, "reason": reason}
 
@@ -142,6 +131,6 @@ class DecoderStore:
         if version not in names:
             raise SamriInputError("version", version, f"unknown; published versions: {names + ['base']}")
         entry = index[names.index(version)]
-        write_json_atomic(self.live_file, entry)
+        write_json(self.live_file, entry)
         logger.info("rolled back to decoder %s", version)
         return entry

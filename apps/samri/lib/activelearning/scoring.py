@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from samri.io import signature_text
+
 from ..http_errors import http_errors
 from ..runtime import SamriRuntime
 
@@ -148,7 +150,7 @@ class SamriScoring(ScoringMethod):
         for image_id in images:
             if image_id in labelled:
                 continue
-            inputs[image_id] = {"image": _signature(datastore.get_image_uri(image_id))}
+            inputs[image_id] = {"image": signature_text(datastore.get_image_uri(image_id))}
             old = scores_of(datastore.get_image_info(image_id)).get("novelty")
             if not force and is_current(old, version=version, config=config_key, inputs=inputs[image_id]):
                 summary["current"].append(image_id)
@@ -179,12 +181,6 @@ class SamriScoring(ScoringMethod):
                                               "labelled": len(labelled & set(descriptors))})
                 summary["computed"].append(image_id)
             write_score(datastore, image_id, record)
-
-
-def _signature(path: str | None) -> str | None:
-    from samri.activelearning.scores import file_signature
-
-    return file_signature(path)
 
 
 def _progress(items, desc: str):

@@ -40,6 +40,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from samri.dicomweb.upload import DicomWebError, quick_retries
 from samri.errors import SamriInputError
+from samri.io import move_file
 
 from .segindex import SegIndex
 
@@ -132,8 +133,7 @@ class SamriDicomWebDatastore(DICOMWebDatastore):
         """Write through ``.incoming/`` and rename: a crash never leaves a partial file where it is read."""
         from samri.volume import save_label
 
-        tmp = save_label(self._incoming / final.name, array, affine)
-        os.replace(tmp, final)
+        move_file(save_label(self._incoming / final.name, array, affine), final)
 
     def _register(self, image_id: str, name: str, info: dict[str, Any], tag: str | None = None) -> None:
         ext = ".nii.gz"

@@ -18,11 +18,11 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from samri.io import copy_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +97,8 @@ def keep_version(studies: str | os.PathLike, tag: str, image_id: str, current: P
     stamp = _stamp()
     while (folder / f"{stamp}{ext}").exists() or (folder / f"{stamp}.json").exists():
         stamp = _stamp()
-    dest = folder / f"{stamp}{ext}"
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(current, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    (folder / f"{stamp}.json").write_text(json.dumps(dict(info), indent=1, default=str))
+    dest = copy_file(current, folder / f"{stamp}{ext}")
+    write_json(folder / f"{stamp}.json", dict(info))
     logger.info("label %s/%s: previous version kept as %s", tag, image_id, dest)
     return LabelVersion(stamp=stamp, path=dest, info=dict(info))
 

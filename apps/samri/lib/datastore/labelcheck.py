@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from samri.errors import SamriInputError
+from samri.io import FileSignature, file_signature
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ def header_voxels(path: str | os.PathLike, field: str) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_cached(path: str, _mtime_ns: int, _size: int) -> Grid:
+def _grid_cached(sig: FileSignature) -> Grid:
+    path = sig.path
     if path.lower().endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
@@ -169,8 +171,10 @@ def read_grid(path: str | os.PathLike) -> Grid:
     """
     p = str(path)
     try:
-        st = os.stat(p)
-        return _grid_cached(p, st.st_mtime_ns, st.st_size)
+        sig = file_signature(p)
+        if sig is None:
+            raise FileNotFoundError(f"no such file: {p!r}")
+        return _grid_cached(sig)
     except SamriInputError:
         raise
     except Exception as exc:  # corrupt files surface many exception types

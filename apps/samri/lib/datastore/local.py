@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +39,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from samri.errors import SamriInputError
+from samri.io import move_file, temp_file
 
 from .history import LabelVersion, clean_staging, keep_version, list_versions, staging_folder
 from .labelcheck import (
@@ -166,41 +166,23 @@ class SamriLocalDatastore(LocalDatastore):
 
     def _stage(self, source: str | os.PathLike, ext: str) -> Path:
         """Copy ``source`` into the staging folder (same file system as the studies)."""
-        from samri.model.checkpoints import file_mode
-
-        fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=ext, dir=staging_folder(self.root))
-        os.close(fd)
+        staged = temp_file(staging_folder(self.root), prefix="upload-", suffix=ext)
         try:
-            shutil.copyfile(source, tmp)
-            os.chmod(tmp, file_mode())
+            shutil.copyfile(source, staged)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
             raise
-        return Path(tmp)
+        return staged
 
     def _stage_array(self, array, affine) -> Path:
         from samri.volume import save_label
 
-        fd, tmp = tempfile.mkstemp(prefix="label-", suffix=".nii.gz", dir=staging_folder(self.root))
-        os.close(fd)
-        return save_label(tmp, array, affine)
+        return save_label(temp_file(staging_folder(self.root), prefix="label-", suffix=".nii.gz"), array, affine)
 
     @staticmethod
     def _move_into(staged: Path, dest: Path) -> None:
         """Rename ``staged`` over ``dest``; across file systems, copy next to ``dest`` first."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staged, dest)
-        except OSError:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-            os.close(fd)
-            try:
-                shutil.copyfile(staged, tmp)
-                os.chmod(tmp, os.stat(staged).st_mode & 0o777)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        move_file(staged, dest)
 
     # --- images -----------------------------------------------------------------------------------
     def get_image_uri(self, image_id: str) -> str:

@@ -23,26 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from samri.errors import SamriInputError
+from samri.io import FileSignature, file_signature
 
 from ..configs.settings import AppSettings
 
 logger = logging.getLogger(__name__)
 
-FileSignature = tuple[str, int, int] | None
 
 
 class ModelUnavailable(RuntimeError):
     """The configured model cannot be loaded: a server configuration problem, not the request's."""
-
-
-def _signature(path: Path | None) -> FileSignature:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return str(path), st.st_mtime_ns, st.st_size
 
 
 @dataclass(frozen=True)
@@ -75,7 +65,7 @@ class DecoderSelector:
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._live_sig: FileSignature | str = "unread"
+        self._live_sig: FileSignature | None | str = "unread"
         self._live: dict[str, Any] | None = None
         self._base_model: str | None = None
 
@@ -96,7 +86,7 @@ class DecoderSelector:
     def live(self) -> dict[str, Any] | None:
         """The store's live entry (re-read only when ``live.json`` changed), or None (base decoder)."""
         path = self.root / "live.json"
-        sig = _signature(path)
+        sig = file_signature(path)
         with self._lock:
             if sig == self._live_sig:
                 return self._live
@@ -154,7 +144,7 @@ class ModelHolder:
         self._served: dict[str, Any] = {}
         self.loads = 0
 
-    def _files(self) -> tuple[FileSignature, FileSignature, DecoderChoice]:
+    def _files(self) -> tuple[FileSignature | None, FileSignature | None, DecoderChoice]:
         """Signatures of the weight files to serve now, and the decoder choice (its path may not exist)."""
         if self._checkpoint_path is None:
             from samri.config import load_registry
@@ -163,7 +153,7 @@ class ModelHolder:
             spec = load_registry().spec(self.settings.model).with_checkpoint(self.settings.checkpoint)
             self._checkpoint_path = resolve_checkpoint(spec) or Path(os.devnull)
         choice = self.decoders.choose()
-        return _signature(self._checkpoint_path), _signature(choice.path), choice
+        return file_signature(self._checkpoint_path), file_signature(choice.path), choice
 
     def segmenter(self):
         """The current segmenter; loads or reloads under a lock when the weight files changed."""
@@ -188,7 +178,7 @@ class ModelHolder:
                 logger.error("keeping the previous model: reloading %s failed (%s)", files, exc)
             return self._segmenter
 
-    def _load(self, files: tuple[FileSignature, FileSignature, DecoderChoice]):
+    def _load(self, files: tuple[FileSignature | None, FileSignature | None, DecoderChoice]):
         from samri.config import load_registry
         from samri.inference.segmenter import Segmenter
         from samri.model.builders import load_model

@@ -1,6 +1,6 @@
 """A bounded cache of windowed volumes, so a click does not re-read and re-window its NIfTI.
 
-Key: the file's real path, modification time (ns) and size; a rewritten file is read again.
+Key: the file's `samri.io.FileSignature` (real path, size, mtime, inode); a rewritten file is read again.
 One lock per key makes concurrent first requests (or a request and the precompute worker) read a
 file once.
 """
@@ -15,23 +15,23 @@ from collections import OrderedDict
 from pathlib import Path
 
 from samri.errors import SamriInputError
+from samri.io import FileSignature, file_signature
 from samri.volume import PreparedVolume, load_image, prepare_volume
 
 logger = logging.getLogger(__name__)
 
-VolumeKey = tuple[str, int, int]
+VolumeKey = FileSignature
 
 
 def file_key(path: str | os.PathLike, field_name: str = "image") -> VolumeKey:
-    """``(real path, mtime_ns, size)`` of an image file; raises naming ``field_name`` if missing."""
+    """`samri.io.FileSignature` of an image file under its real path; raises naming ``field_name`` if missing."""
     real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except OSError:
-        raise SamriInputError(field_name, str(path), "image file not found") from None
+    key = file_signature(real)
+    if key is None:
+        raise SamriInputError(field_name, str(path), "image file not found")
     if not Path(real).is_file():
         raise SamriInputError(field_name, str(path), "is not an image file (DICOM folders are not supported)")
-    return real, st.st_mtime_ns, st.st_size
+    return key
 
 
 class VolumeStore:
@@ -64,7 +64,7 @@ class VolumeStore:
                 return hit
             start = time.perf_counter()
             try:
-                volume = prepare_volume(load_image(key[0], field_name), self.window, field_name)
+                volume = prepare_volume(load_image(key.path, field_name), self.window, field_name)
             except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)
@@ -76,7 +76,7 @@ class VolumeStore:
                 while len(self._items) > self.max_items:
                     self._items.popitem(last=False)
                 self.stats["loads"] += 1
-            logger.info("prepared %s %s in %.2f s", key[0], volume.shape, time.perf_counter() - start)
+            logger.info("prepared %s %s in %.2f s", key.path, volume.shape, time.perf_counter() - start)
             return volume
 
     def _lookup(self, key: VolumeKey) -> PreparedVolume | None:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from samri.train.store import write_json_atomic
+from samri.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class RunRecord:
 
     def write(self, data: dict[str, Any]) -> None:
         """Replace the record (temp file + rename)."""
-        write_json_atomic(self.path, data)
+        write_json(self.path, data)
 
 
 def _now() -> str:

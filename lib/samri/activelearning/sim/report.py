@@ -10,13 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+from samri.io import write_bytes, write_text
+
 logger = logging.getLogger(__name__)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from samri.model.checkpoints import atomic_write
-
-    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -77,9 +73,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    from samri.model.checkpoints import atomic_write
-
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    write_bytes(path, buf.getvalue())
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path, *, command: str | None = None) -> dict[str, Path]:
@@ -87,7 +81,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, *, command: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "al_sim.json", "csv": out / "al_sim.csv", "png": out / "al_sim.png", "md": out / "report.md"}
-    _atomic_text(paths["json"], json.dumps({**results, "command": command}, indent=1, default=str) + "\n")
+    write_text(paths["json"], json.dumps({**results, "command": command}, indent=1, default=str) + "\n")
     rows = table_rows(results)
     buf = io.StringIO()
     first = ["strategy", "annotated", "added", "dice"]
@@ -95,7 +89,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, *, command: st
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_text(paths["csv"], buf.getvalue())
+    write_text(paths["csv"], buf.getvalue())
     plot(results, paths["png"])
     cfg = results.get("config", {})
     text = ["# Simulated annotation loop (`samri al-sim`)", "",
@@ -109,5 +103,5 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, *, command: st
             "", "![Dice vs annotated studies](al_sim.png)", "", markdown_table(results), "", "Studies:", ""]
     text += [f"- `{p['id']}`: {p['variant']}{' (held out)' if p['held_out'] else ''}, {p['structures']} structures"
              for p in results["pool"]]
-    _atomic_text(paths["md"], "\n".join(text) + "\n")
+    write_text(paths["md"], "\n".join(text) + "\n")
     return paths
