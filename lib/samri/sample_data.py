@@ -26,7 +26,6 @@ a killed run never leaves a half-written study for the datastore to pick up.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import os
 import time
@@ -36,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samri.errors import SamriInputError
-from samri.io import write_bytes, write_text
+from samri.io import write_bytes
+from samri.labels import LABEL_NAMES_FILE, load_label_names, write_label_names
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import nibabel as nib
@@ -49,7 +49,6 @@ __all__ = [
     "SOURCES",
     "SampleStudy",
     "available_sources",
-    "load_label_names",
     "write_sample_studies",
 ]
 
@@ -60,7 +59,6 @@ _DEFAULT_MRICRON_DIR = "/usr/share/mricron/templates"
 #: Known sources, in the order they are written; value = the study id each one produces.
 SOURCES: dict[str, str] = {"mni152": "mni152_t1", "colin27": "colin27_t1"}
 
-LABEL_NAMES_FILE = "label_names.json"
 LABELS_SUBDIR = ("labels", "final")
 
 #: MNI152 tissue labels (voxel values). "csf" is everything inside the brain mask where neither
@@ -151,23 +149,6 @@ def _nilearn_mni152_installed() -> bool:
     return all(Path(p).is_file() for p in paths)
 
 
-def load_label_names(studies_dir: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
-    """Read ``label_names.json`` from a datastore folder.
-
-    Args:
-        studies_dir: the folder given to :func:`write_sample_studies`.
-
-    Returns:
-        ``{study_id: {label name: voxel value}}``; an empty dict when the file is absent.
-    """
-    path = Path(studies_dir) / LABEL_NAMES_FILE
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    return {str(sid): {str(k): int(v) for k, v in names.items()} for sid, names in raw.items()}
-
-
 def write_sample_studies(
     out_dir: str | os.PathLike[str],
     sources: Sequence[str] | str | None = None,
@@ -220,9 +201,7 @@ def write_sample_studies(
     all_names = load_label_names(out)
     merged = {**all_names, **{s.study_id: s.label_names for s in studies}}
     if merged != all_names or not (out / LABEL_NAMES_FILE).is_file():
-        ordered = {sid: merged[sid] for sid in sorted(merged)}  # names stay in value order
-        text = json.dumps(ordered, indent=2) + "\n"
-        write_text(out / LABEL_NAMES_FILE, text)
+        write_label_names(out, merged)  # studies sorted by id, names stay in value order
     return studies
 
 

@@ -25,7 +25,7 @@ from fastapi import HTTPException
 
 from apps.samri.lib.trainers.options import defaults, parse_train_options
 from apps.samri.lib.trainers.records import ProgressRecorder, RunRecord, progress_stats, remove_stale_runs
-from apps.samri.lib.trainers.studies import collect_studies, label_names_from_info
+from apps.samri.lib.trainers.studies import collect_studies
 from samri.bench.http import post_infer
 from samri.errors import SamriInputError
 from samri.testing.server import copy_app, start_server
@@ -98,22 +98,6 @@ def train(app, **options) -> dict:
 
 
 # --- pure helpers -------------------------------------------------------------------------------
-def test_label_names_from_slicer_label_info() -> None:
-    info = {"label_info": [{"name": "background", "idx": 0}, {"name": "slab", "idx": 1, "color": [1, 0, 0]},
-                           {"name": "blob", "idx": 2}], "ts": 1, "name": "s0.nii.gz"}
-    assert label_names_from_info(info) == {"slab": 1, "blob": 2}
-    assert label_names_from_info({"label_names": {"a": 3}}) == {"a": 3}
-    assert label_names_from_info({"name": "s0.nii.gz", "ts": 3}) is None
-    assert label_names_from_info(None) is None
-    for bad, field in (({"label_info": [{"name": "a", "idx": 1}, {"name": "b", "idx": 1}]}, "label_info[1].idx"),
-                       ({"label_info": [{"name": "a", "idx": "x"}]}, "label_info[0].idx"),
-                       ({"label_info": [{"name": "", "idx": 1}]}, "label_info[0].name"),
-                       ({"label_info": "a"}, "label_info")):
-        with pytest.raises(SamriInputError) as info_err:
-            label_names_from_info(bad)
-        assert info_err.value.field == field
-
-
 def test_train_options_defaults_overrides_and_errors() -> None:
     cfg = {"epochs": 3, "optimizer": {"lr": 1e-4}, "gate": {"margin": 0.01}, "include_labels": ["a", "b"]}
     assert defaults(cfg) == {"max_epochs": 3, "max_steps_per_epoch": 0, "max_slices": 0, "max_val_samples": 256,

@@ -13,8 +13,9 @@ from samri.config import load_registry
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
 from samri.inference.segmenter import Segmenter, mask_box
+from samri.labels import load_label_names
 from samri.model.builders import load_model
-from samri.sample_data import available_sources, load_label_names, write_sample_studies
+from samri.sample_data import available_sources, write_sample_studies
 from samri.volume import load_image, prepare_volume
 
 pytestmark = pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 
 from samri import sample_data as data
 from samri.errors import SamriInputError
+from samri.labels import load_label_names
 
 COLIN_INSTALLED = "colin27" in data.available_sources()
 needs_colin = pytest.mark.skipif(
@@ -78,7 +79,7 @@ def test_layout(datastore: tuple[Path, list[data.SampleStudy]]) -> None:
         expected |= {s.image, s.label}
     expected.add(out / "label_names.json")
     assert set(_files(out)) == expected  # no temporary files left behind
-    assert data.load_label_names(out) == {s.study_id: s.label_names for s in studies}
+    assert load_label_names(out) == {s.study_id: s.label_names for s in studies}
 
 
 def test_images_and_labels_share_grid(datastore: tuple[Path, list[data.SampleStudy]]) -> None:
@@ -149,7 +150,7 @@ def test_fake_colin27_and_overwrite(fake_mricron: Path, tmp_path: Path) -> None:
     (out / "label_names.json").write_text(json.dumps({"other": {"x": 1}}))
     [study] = data.write_sample_studies(out, sources=["colin27"])
     assert study.label_names == {"Region_L": 1, "Region_R": 2, "Vermis_1": 3}
-    assert data.load_label_names(out) == {"other": {"x": 1}, "colin27_t1": study.label_names}
+    assert load_label_names(out) == {"other": {"x": 1}, "colin27_t1": study.label_names}
     src = nib.load(fake_mricron / "aal.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(nib.load(study.label).dataobj), np.asanyarray(src.dataobj))
 
@@ -196,7 +197,3 @@ def test_failed_write_leaves_no_file(fake_mricron: Path, tmp_path: Path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         data.write_sample_studies(out, sources=["colin27"])
     assert [p for p in _files(out)] == []
-
-
-def test_load_label_names_absent(tmp_path: Path) -> None:
-    assert data.load_label_names(tmp_path) == {}

@@ -339,15 +339,15 @@ def multi_client_benchmark(base_url: Any, image_id: str, truth: np.ndarray, labe
 
 def load_truth(studies: Any, image_id: str) -> tuple[np.ndarray, dict[str, int]]:
     """(``(X, Y, Z)`` ground truth, ``{name: value}``) of a study in a sample-studies folder."""
-    import json
     from pathlib import Path
 
     import nibabel as nib
 
+    from samri.labels import load_label_names
+
     studies = Path(studies)
     truth = np.asarray(nib.load(str(studies / "labels" / "final" / f"{image_id}.nii.gz")).dataobj)
-    names = json.loads((studies / "label_names.json").read_text())[image_id]
-    return truth, {str(k): int(v) for k, v in names.items()}
+    return truth, load_label_names(studies)[image_id]
 
 
 __all__ = ["CLIENT_STRUCTURES", "STRUCTURE_3D", "TARGETS", "check_answer", "load_truth", "multi_client_benchmark",

@@ -65,10 +65,10 @@ def upload_sample_studies(studies: Path, url: str, *, labels: bool = False) -> d
     if labels:
         from samri.dicomweb.seg import label_to_seg
         from samri.dicomweb.upload import search_series, store_datasets
-        from samri.sample_data import load_label_names
+        from samri.labels import load_label_names
         from samri.volume import load_image
 
-        names = load_label_names(studies) if (Path(studies) / "label_names.json").is_file() else {}
+        names = load_label_names(studies)
         existing = {item.get("0020000E", {}).get("Value", [""])[0] for item in search_series(url, Modality="SEG")}
         for image in images:
             stem = image.name.split(".")[0]

@@ -11,8 +11,9 @@ import pytest
 
 from samri.config import load_registry
 from samri.inference.embeddings import EmbeddingCache
+from samri.labels import load_label_names
 from samri.model.builders import load_model
-from samri.sample_data import load_label_names, write_sample_studies
+from samri.sample_data import write_sample_studies
 from samri.train.run import run_training
 from samri.train.stage1 import Study
 from samri.train.stage2 import TrainSettings

@@ -220,13 +220,9 @@ def load_labels(path: str | os.PathLike | None, studies: str) -> tuple[str, ...]
 
         names = _names_from(read_yaml(path, field="labels"), str(path))
     elif studies and not studies.startswith(("http://", "https://")):
-        from samri.sample_data import load_label_names
+        from samri.labels import load_label_names
 
-        try:
-            names = _names_from(load_label_names(studies), "label_names.json")
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable %s/label_names.json (%s)", studies, exc)
-            names = []
+        names = _names_from(load_label_names(studies, strict=False), "label_names.json")
     else:
         names = []
     return tuple(names) if names else (DEFAULT_LABEL,)

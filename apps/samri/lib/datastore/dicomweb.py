@@ -41,6 +41,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from samri.dicomweb.upload import DicomWebError, quick_retries
 from samri.errors import SamriInputError
 from samri.io import move_file
+from samri.labels import label_info_entries, label_names_from_info
 
 from .segindex import SegIndex
 
@@ -222,7 +223,7 @@ class SamriDicomWebDatastore(DICOMWebDatastore):
                 affine = nib.load(image_path).affine
                 self._write_nifti(path, label, affine)
                 info = {"SeriesInstanceUID": ref.seg_uid, "StudyInstanceUID": ref.study_uid,
-                        "label_info": [{"name": n, "idx": v} for n, v in names.items()]}
+                        "label_info": label_info_entries(names)}
                 self._register(image_id, path.name, info, FINAL)
                 logger.info("label of %s from SEG %s: %d segments", image_id, ref.seg_uid, len(names))
                 return str(path)
@@ -260,7 +261,6 @@ class SamriDicomWebDatastore(DICOMWebDatastore):
                     Path(converted).unlink(missing_ok=True)
 
     def _save_final(self, image_id: str, image_path: str, label_filename: str, label_info: dict[str, Any]) -> str:
-        from lib.trainers.studies import label_names_from_info
         from samri.volume import load_image
 
         from .segindex import compact_values, label_on_image_grid
@@ -277,7 +277,7 @@ class SamriDicomWebDatastore(DICOMWebDatastore):
         self._write_nifti(path, relabelled, nib.load(image_path).affine)
         info = {k: v for k, v in label_info.items() if k != "label_info"}
         info.update({"SeriesInstanceUID": seg_uid, "StudyInstanceUID": study,
-                     "label_info": [{"name": n, "idx": v} for n, v in seg_names.items()]})
+                     "label_info": label_info_entries(seg_names)})
         self._register(image_id, path.name, info, FINAL)
         logger.info("final label of %s saved as SEG %s (%s)", image_id, seg_uid, ", ".join(seg_names))
         return image_id

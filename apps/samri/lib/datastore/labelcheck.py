@@ -18,10 +18,11 @@ Rules for a label (`check_label_file`):
   stored with the image's affine (`CheckedLabel.rewrite`);
 * non-negative integer values; a float volume whose values are all integral is accepted and
   cast (`CheckedLabel.cast`); NaN/inf or fractions are refused; an all-zero label is accepted;
-* ``label_info``, when given, a list of ``{"name": non-empty str, "idx": int >= 0}`` (``value``
-  is read for ``idx`` like the trainer does; other keys such as ``color`` are kept), no name with
-  two values nor value with two names, and every non-zero value of the label among the ``idx``
-  values (entries for segments absent from the volume are fine: 3D Slicer lists every segment).
+* ``label_info``, when given (`samri.labels.check_label_info`), a list of ``{"name": non-empty
+  str, "idx": int >= 0}`` (``value`` is read for ``idx`` like the trainer does; other keys such as
+  ``color`` are kept), no name with two values nor value with two names, and every non-zero value
+  of the label among the ``idx`` values (entries for segments absent from the volume are fine:
+  3D Slicer lists every segment).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 
 from samri.errors import SamriInputError
 from samri.io import FileSignature, file_signature
+from samri.labels import check_label_info
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +256,6 @@ def integer_values(array: np.ndarray, field: str = "label") -> tuple[np.ndarray,
     return arr, values, cast
 
 
-def _entry_value(entry: Mapping[str, Any], field: str) -> int:
-    value = entry.get("idx", entry.get("value"))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or int(value) != value or value < 0:
-        raise SamriInputError(f"{field}.idx", value, "must be a non-negative integer voxel value")
-    return int(value)
-
-
 def declares_geometry(path: str | os.PathLike) -> bool:
     """Whether a (readable) volume file states its voxel-to-world geometry at all."""
     p = Path(path)
@@ -294,31 +288,6 @@ def load_label(path: str | os.PathLike, field: str = "label"):
         raise SamriInputError(field, p.name, f"cannot be read as an image ({exc})") from exc
     array = check_volume(np.asarray(data), field)
     return ImageVolume(array=np.asarray(array), affine=np.asarray(data.affine, dtype=np.float64), path=p)
-
-
-def check_label_info(info: Mapping[str, Any] | None) -> tuple[set[int], dict[str, int]] | None:
-    """``(idx values, {name: value} without background)`` of ``info["label_info"]``; None if absent.
-
-    Raises:
-        SamriInputError: ``label_info`` not a list, an entry without a string name or an integer idx,
-            a name with two values or a value with two names.
-    """
-    if not isinstance(info, Mapping) or "label_info" not in info:
-        return None
-    entries = info["label_info"]
-    if not isinstance(entries, list):
-        raise SamriInputError("label_info", entries, 'must be a list of {"name": str, "idx": int}')
-    idx: set[int] = set()
-    for n, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise SamriInputError(f"label_info[{n}]", entry, 'must be {"name": str, "idx": int}')
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise SamriInputError(f"label_info[{n}].name", name, "must be a non-empty string")
-        idx.add(_entry_value(entry, f"label_info[{n}]"))
-    from ..trainers.studies import label_names_from_info  # the trainer's reading: what is stored must parse
-
-    return idx, label_names_from_info({"label_info": entries}) or {}
 
 
 def check_label_file(label_path: str | os.PathLike, image_path: str | os.PathLike,

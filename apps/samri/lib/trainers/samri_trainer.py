@@ -57,12 +57,13 @@ from typing import Any, Mapping
 from monailabel.interfaces.tasks.train import TrainTask
 
 from samri.errors import SamriInputError
+from samri.labels import load_label_names
 
 from ..http_errors import http_errors
 from ..runtime import SamriRuntime
 from .options import TrainOptions, defaults, parse_train_options, read_training_config
 from .records import ProgressRecorder, RunRecord, pid_alive, progress_stats, publish_lock, remove_stale_runs
-from .studies import collect_studies, fallback_label_names
+from .studies import collect_studies
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class SamriTrainer(TrainTask):
         from samri.train.stage2 import TrainSettings
 
         settings = self.settings
-        studies, skipped = collect_studies(datastore, fallback_names=fallback_label_names(settings.studies))
+        studies, skipped = collect_studies(datastore, fallback_names=load_label_names(settings.studies, strict=False))
         if not studies:
             detail = "; ".join(f"{k}: {v}" for k, v in skipped.items())
             raise SamriInputError("studies", settings.studies, "no annotated study (no image has a usable "

@@ -14,7 +14,6 @@ scaled by ``z_step`` (its origin moved to the first kept slice).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from samri.errors import SamriInputError
+from samri.labels import load_label_names, write_label_names
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,8 @@ def slab_affine(affine: np.ndarray, first: int, z_step: int) -> np.ndarray:
 
 
 def _names(studies_dir: Path, source: str, wanted: Sequence[str]) -> dict[str, int]:
-    path = studies_dir / "label_names.json"
-    names = json.loads(path.read_text()).get(source, {}) if path.is_file() else {}
-    return {k: int(v) for k, v in names.items() if not wanted or k in wanted}
+    names = load_label_names(studies_dir).get(source, {})
+    return {k: v for k, v in names.items() if not wanted or k in wanted}
 
 
 def build_pool(studies_dir: str | Path, out_dir: str | Path, *, pool: Mapping[str, Sequence[str]],
@@ -136,5 +135,5 @@ def build_pool(studies_dir: str | Path, out_dir: str | Path, *, pool: Mapping[st
     ids = [s.study_id for s in out]
     if len(set(ids)) != len(ids):
         raise SamriInputError("simulation.pool", ids, "study ids repeat (a variant listed twice)")
-    (out_dir / "label_names.json").write_text(json.dumps({s.study_id: s.label_names for s in out}, indent=1))
+    write_label_names(out_dir, {s.study_id: s.label_names for s in out})
     return out
