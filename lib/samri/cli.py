@@ -90,6 +90,17 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from samri.cohorts import CohortRecipe, write_cohort
+
+    recipe = CohortRecipe(seed=args.seed, subjects=args.subjects, annotate=args.annotate)
+    manifest = write_cohort(args.out, recipe, mricron_dir=args.mricron_dir)
+    for sid, spec in manifest["subjects"].items():
+        print(f"{sid}: {spec['split']} ({spec['contrast']}, seed {spec['seed']})")
+    print(f"{len(manifest.get('structures', {}))} structures; manifest {Path(args.out) / 'cohort.json'}")
+    return 0
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from samri.config import load_registry
     from samri.inference.prompts import parse_request
@@ -180,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", default=None, help="comma list of mni152,colin27 (default: all installed)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("cohort", help="write a held-out test cohort (deformed MNI152, JHU + Harvard-Oxford labels)")
+    p.add_argument("out", type=Path, help="datastore folder (images, labels/final, label_names.json, cohort.json)")
+    p.add_argument("--subjects", type=int, default=4, help="pseudo-subjects (default 4)")
+    p.add_argument("--annotate", type=int, default=0, help="how many of them to mark 'annotate'; the rest are 'test'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mricron-dir", type=Path, default=None,
+                   help="mricron-data templates (default $SAMRI_MRICRON_DIR or /usr/share/mricron/templates)")
+    p.set_defaults(func=cmd_cohort)
 
     p = sub.add_parser("segment", help="run one request (MONAI Label schema) offline and write the label")
     p.add_argument("image", type=Path)

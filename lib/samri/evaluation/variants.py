@@ -19,6 +19,12 @@ noise      additive Gaussian noise, ``RandGaussianNoise``, std = s x the 99.5th 
 rician     Rician noise (MRI magnitude images), ``RandRicianNoise``, same std      0.05
 lowres     lower resolution: ``Resize`` down by factor s (area) then back up        2
            (trilinear): s-mm voxels resampled onto the 1-mm grid
+t2like     T2-like contrast inside the head: ``ScaleIntensityRangePercentiles``    0.05
+           (0.5-99.5 % -> 0..1, unclipped), then the non-monotone piecewise-linear
+           remap `T2LIKE_KNOTS` (CSF bright, grey matter mid, white matter dark;
+           the darkest and brightest tails turn back); each knot height is
+           jittered uniformly in ``[-s, s]`` by the seed (``s <= 0.1``, so the
+           CSF > GM > WM order holds); background stays 0
 ========== ===================================================================== ================
 """
 
@@ -38,7 +44,18 @@ from samri.volume import ImageVolume, load_image
 GRID_ATOL_MM = 1e-3
 
 #: name -> default strength (None: the variant takes no strength)
-VARIANTS: dict[str, float | None] = {"bias": 0.2, "inverted": None, "noise": 0.05, "rician": 0.05, "lowres": 2.0}
+VARIANTS: dict[str, float | None] = {"bias": 0.2, "inverted": None, "noise": 0.05, "rician": 0.05, "lowres": 2.0,
+                                     "t2like": 0.05}
+
+#: ``t2like`` remap: (T1 intensity inside the head, 0 = 0.5th and 1 = 99.5th percentile) -> output in
+#: [0, 1]. On the MNI152 template CSF sits near 0-0.35, grey matter 0.4-0.75, white matter 0.8-1.0;
+#: below 0 (air/bone partial volume) and above 1 (fat) the curve turns back, as in T2-weighted MRI.
+T2LIKE_KNOTS: tuple[tuple[float, float], ...] = (
+    (-0.2, 0.3), (0.0, 0.9), (0.15, 1.0), (0.35, 0.85), (0.6, 0.5), (0.8, 0.25), (0.95, 0.15), (1.0, 0.2),
+    (1.2, 0.45),
+)
+#: largest ``t2like`` strength (knot jitter): smaller than half of every CSF/GM/WM gap in `T2LIKE_KNOTS`
+T2LIKE_MAX_JITTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,8 +87,10 @@ def parse_variant(text: str) -> VariantSpec:
         strength = float(value)
     except ValueError:
         raise SamriInputError("variant", text, "strength must be a number") from None
-    if not np.isfinite(strength) or strength <= 0 or (name == "lowres" and strength < 1):
-        raise SamriInputError("variant", text, "strength must be positive (lowres: a factor >= 1)")
+    if not np.isfinite(strength) or strength <= 0 or (name == "lowres" and strength < 1) \
+            or (name == "t2like" and strength > T2LIKE_MAX_JITTER):
+        raise SamriInputError("variant", text, "strength must be positive (lowres: a factor >= 1; "
+                              f"t2like: at most {T2LIKE_MAX_JITTER})")
     return VariantSpec(name, strength)
 
 
@@ -110,6 +129,8 @@ def make_variant(image: np.ndarray, variant: VariantSpec | str, seed: int = 0) -
         scaled = np.asarray(t(arr[head][None]))[0]
         out = np.zeros_like(arr)
         out[head] = np.clip(scaled, 0.0, 1.0)
+    elif spec.name == "t2like":
+        out = _t2like(arr, head, spec.strength, seed)
     elif spec.name in ("noise", "rician"):
         top = float(np.percentile(arr[head], 99.5)) if head.any() else float(arr.max())
         std = spec.strength * max(top, 1e-6)
@@ -125,6 +146,21 @@ def make_variant(image: np.ndarray, variant: VariantSpec | str, seed: int = 0) -
     else:  # pragma: no cover - parse_variant guards the names
         raise SamriInputError("variant", spec.name, f"unknown variant; known: {sorted(VARIANTS)}")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _t2like(arr: np.ndarray, head: np.ndarray, jitter: float, seed: int) -> np.ndarray:
+    """`T2LIKE_KNOTS` applied to the head voxels of ``arr`` (``(X, Y, Z)``), knot heights jittered by ``seed``."""
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    out = np.zeros_like(arr)
+    if not head.any():
+        return out
+    t = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=False)
+    scaled = np.asarray(t(arr[head][None]))[0]
+    xs = np.array([k[0] for k in T2LIKE_KNOTS])
+    heights = np.array([k[1] for k in T2LIKE_KNOTS]) + np.random.default_rng(seed).uniform(-jitter, jitter, len(xs))
+    out[head] = np.clip(np.interp(scaled, xs, heights), 0.01, 1.0)  # a head voxel never becomes background
+    return out
 
 
 # --- labelled cases ------------------------------------------------------------------------------

@@ -60,3 +60,33 @@ def test_parse_variant():
         with pytest.raises(SamriInputError) as err:
             parse_variant(bad)
         assert err.value.field == "variant"
+
+
+def _tissue_phantom() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """T1-like nested shells: CSF 0.3 outside grey matter 0.6 outside white matter 0.9, background 0."""
+    idx = np.indices((30, 30, 30)) - 14.5
+    r = np.sqrt((idx**2).sum(0))
+    masks = {"wm": r < 6, "gm": (r >= 6) & (r < 10), "csf": (r >= 10) & (r < 13), "bg": r >= 13}
+    image = 0.3 * masks["csf"] + 0.6 * masks["gm"] + 0.9 * masks["wm"]
+    image = image + 0.01 * np.random.default_rng(0).standard_normal(image.shape) * ~masks["bg"]
+    return image.astype(np.float32), masks
+
+
+@pytest.mark.parametrize("strength", [None, 0.1])
+def test_t2like_makes_csf_bright_grey_mid_white_dark_and_background_zero(strength):
+    image, masks = _tissue_phantom()
+    for seed in range(4):
+        out = make_variant(image, "t2like" if strength is None else f"t2like:{strength}", seed=seed)
+        mean = {k: float(out[m].mean()) for k, m in masks.items()}
+        assert mean["csf"] > mean["gm"] + 0.15 and mean["gm"] > mean["wm"] + 0.15, mean
+        assert (out[masks["bg"]] == 0).all() and (out[~masks["bg"]] > 0).all() and out.max() <= 1.0
+
+
+def test_t2like_is_not_a_plain_inversion_and_depends_on_seed():
+    image, masks = _tissue_phantom()
+    t2, inverted = make_variant(image, "t2like", seed=0), make_variant(image, "inverted")
+    assert abs(float(t2[masks["gm"]].mean()) - float(inverted[masks["gm"]].mean())) > 0.05
+    assert not np.allclose(t2, make_variant(image, "t2like", seed=1))
+    with pytest.raises(SamriInputError) as err:
+        parse_variant("t2like:0.5")  # a jitter that could break the CSF > GM > WM order
+    assert err.value.field == "variant"
