@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz
+.PHONY: setup sysdeps sample-data run test test-fast lint bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,23 +84,29 @@ clean:
 default-decoder: sample-data
 	$(VENV)/bin/samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt
 
-# docs/EVALUATION.md: SAMRI's protocol on the sample studies (see docs/evaluation/PREAMBLE.md)
+# The test split (docs/EVALUATION.md): pseudo-subjects no training or checkpoint choice saw.
+TEST_SPLIT ?= data/test-split
+test-split: sample-data
+	$(VENV)/bin/samri cohort $(TEST_SPLIT) --subjects 4 --seed 0
+
+# docs/EVALUATION.md: clicks to an accurate mask on the test split, 2D and 3D, first box and first point
+# (see docs/evaluation/PREAMBLE.md). A fixed subset of structures (both atlases, both sides) bounds the CPU time.
 EVAL_DIR ?= docs/evaluation
-# embeddings kept on disk so make evaluate / make heldout re-runs only decode
+# embeddings kept on disk so re-runs only decode
 EVAL_CACHE ?= data/embedding_cache
 EVAL_MODELS ?= --model litemedsam --model samri_lite
-EVAL_LABELS ?= Caudate_L,Caudate_R,Putamen_L,Putamen_R,Pallidum_L,Pallidum_R,Thalamus_L,Thalamus_R,Hippocampus_L,Hippocampus_R,Amygdala_L,Amygdala_R,Insula_L,Cingulum_Ant_L,Precentral_L,Cerebelum_6_L,grey_matter,white_matter
-EVAL_LABELS_3D ?= Caudate_L,Caudate_R,Putamen_L,Putamen_R,Thalamus_L,Thalamus_R
-COLIN := --image $(STUDIES)/colin27_t1.nii.gz --label $(STUDIES)/labels/final/colin27_t1.nii.gz
-MNI := --image $(STUDIES)/mni152_t1.nii.gz --label $(STUDIES)/labels/final/mni152_t1.nii.gz
+EVAL_LABELS ?= jhu_genu_of_corpus_callosum,jhu_splenium_of_corpus_callosum,jhu_cerebral_peduncle_l,jhu_anterior_limb_of_internal_capsule_r,jhu_posterior_limb_of_internal_capsule_l,jhu_superior_corona_radiata_r,jhu_external_capsule_l,jhu_cingulum_cingulate_gyrus_r,jhu_superior_longitudinal_fasciculus_l,jhu_middle_cerebellar_peduncle,ho_insular_cortex_l,ho_precentral_gyrus_r,ho_superior_frontal_gyrus_l,ho_temporal_pole_r,ho_frontal_pole_l,ho_postcentral_gyrus_r,ho_lingual_gyrus_l,ho_cingulate_gyrus_anterior_division_r,ho_superior_temporal_gyrus_posterior_division_l,ho_occipital_pole_r
+EVAL_LABELS_3D ?= jhu_genu_of_corpus_callosum,jhu_cerebral_peduncle_l,jhu_posterior_limb_of_internal_capsule_l,ho_insular_cortex_l,ho_precentral_gyrus_r,ho_cingulate_gyrus_anterior_division_r
+SUBJECTS := $(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--image $(TEST_SPLIT)/$(s).nii.gz --label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
+SUBJECTS_3D := $(foreach s,cohort_s00_t1 cohort_s01_t2like,--image $(TEST_SPLIT)/$(s).nii.gz --label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 
-evaluate: sample-data
-	$(VENV)/bin/samri evaluate $(COLIN) $(MNI) --labels $(EVAL_LABELS) $(EVAL_MODELS) \
-		--prompts box,point,box+point --axis 2 --mode 2d --slice-step 3 --max-pairs 6 \
-		--variant bias --variant inverted --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/2d
-	$(VENV)/bin/samri evaluate $(COLIN) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) \
-		--prompts box,box+point --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/3d
-	$(PY) -m samri.evaluation.report $(EVAL_DIR)/2d $(EVAL_DIR)/3d --doc docs/EVALUATION.md \
+evaluate: test-split
+	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks \
+		--first box,point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
+		--out $(EVAL_DIR)/clicks-2d
+	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks \
+		--first box,point --max-clicks 8 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
+	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d --doc docs/EVALUATION.md \
 		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
 # docs/decoder-heldout: the shipped decoder vs plain LiteMedSAM on structures and contrasts no training saw:

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from samri.errors import SamriInputError
 from samri.io import write_bytes, write_text
-from samri.sample_data import LABEL_NAMES_FILE, LABELS_SUBDIR, MNI152_TISSUES, load_label_names
+from samri.labels import load_label_names, write_label_names
+from samri.sample_data import LABELS_SUBDIR, MNI152_TISSUES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import nibabel as nib
@@ -52,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 logger = logging.getLogger(__name__)
 
 __all__ = ["CONTRASTS", "CohortRecipe", "clean_name", "make_subject", "merge_atlases", "plan_subjects",
-           "read_jhu_names", "structure_names", "write_cohort"]
+           "read_jhu_names", "split_hemispheres", "structure_names", "write_cohort"]
 
 COHORT_FILE = "cohort.json"
 README_FILE = "README.md"
@@ -84,6 +85,9 @@ class CohortRecipe:
         contrasts: contrast of subject ``k`` is ``contrasts[k % len(contrasts)]`` (`CONTRASTS`).
         min_voxels: structures smaller than this on the template grid are dropped.
         ho_offset: added to Harvard-Oxford values.
+        ho_right: Harvard-Oxford's areas are bilateral; a voxel right of the midline (world x > 0,
+            RAS) gets value + ``ho_right`` so each hemisphere is a structure of its own (``_l``/``_r``),
+            as an annotator outlines one gyrus at a time; 0 keeps them bilateral.
         ho_tissue: template tissue (`samri.sample_data.MNI152_TISSUES`) that Harvard-Oxford areas
             are restricted to; ``None`` keeps the whole brain mask.
         sigma_range, magnitude_range: ``Rand3DElasticd`` smoothing (voxels) and magnitude.
@@ -96,6 +100,7 @@ class CohortRecipe:
     contrasts: tuple[str, ...] = ("t1", "t2like", "inverted+bias", "lowres+noise")
     min_voxels: int = 200
     ho_offset: int = 100
+    ho_right: int = 50
     ho_tissue: str | None = "grey_matter"
     sigma_range: tuple[float, float] = (6.0, 8.0)
     magnitude_range: tuple[float, float] = (150.0, 300.0)
@@ -106,7 +111,8 @@ class CohortRecipe:
     def validate(self) -> None:
         """Raise `SamriInputError` naming the first bad field."""
         bounds = (("seed", self.seed, 0, 2**31 - 1), ("subjects", self.subjects, 1, _MAX_SUBJECTS),
-                  ("annotate", self.annotate, 0, self.subjects), ("min_voxels", self.min_voxels, 1, 10**9))
+                  ("annotate", self.annotate, 0, self.subjects), ("min_voxels", self.min_voxels, 1, 10**9),
+                  ("ho_right", self.ho_right, 0, 100))
         for field, value, low, high in bounds:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise SamriInputError(field, value, f"an integer in [{low}, {high}]")
@@ -151,10 +157,27 @@ def read_jhu_names(path: Path) -> dict[int, str]:
     return names
 
 
-def read_ho_names(path: Path) -> dict[int, str]:
-    """``configs/harvard_oxford_cortical_names.json`` ({FSL name: value}) -> {value: name}."""
+def read_ho_names(path: Path, right: int = 0) -> dict[int, str]:
+    """``configs/harvard_oxford_cortical_names.json`` ({FSL name: value}) -> {value: name}; with
+    ``right`` > 0 one entry per hemisphere: ``value: name_L`` and ``value + right: name_R``."""
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return {int(v): str(k) for k, v in raw.items()}
+    names = {int(v): str(k) for k, v in raw.items()}
+    if not right:
+        return names
+    if max(names) >= right:
+        raise SamriInputError("ho_right", right, f"Harvard-Oxford values reach {max(names)}")
+    return {**{v: f"{n}_L" for v, n in names.items()}, **{v + right: f"{n}_R" for v, n in names.items()}}
+
+
+def split_hemispheres(atlas: np.ndarray, affine: np.ndarray, right: int) -> np.ndarray:
+    """``(X, Y, Z)`` labels with ``right`` added to labelled voxels whose world x (RAS mm) is > 0."""
+    import numpy as np
+
+    if not right:
+        return atlas
+    i, j, k = np.meshgrid(*(np.arange(n) for n in atlas.shape[:3]), indexing="ij", sparse=True)
+    world_x = affine[0, 0] * i + affine[0, 1] * j + affine[0, 2] * k + affine[0, 3]
+    return np.where((atlas > 0) & (world_x > 0), atlas + right, atlas)
 
 
 def structure_names(jhu: dict[int, str], ho: dict[int, str], ho_offset: int) -> dict[int, str]:
@@ -314,7 +337,7 @@ class _Template:
             t1, tissue = self.given or _load_mni152()
             names = _names(self.mricron_dir, self.recipe)
             jhu = atlas_on_grid(self.mricron_dir / JHU_ATLAS, t1)
-            ho = atlas_on_grid(self.mricron_dir / HO_ATLAS, t1)
+            ho = split_hemispheres(atlas_on_grid(self.mricron_dir / HO_ATLAS, t1), t1.affine, self.recipe.ho_right)
             labels, kept, dropped = merge_atlases(jhu, ho, np.asarray(tissue.dataobj), self.recipe, names)
             self.built = {"image": np.asarray(t1.dataobj, dtype=np.float32), "labels": labels, "kept": kept,
                           "dropped": dropped, "affine": t1.affine, "sform": int(t1.header["sform_code"]) or 2}
@@ -325,7 +348,7 @@ def _names(mricron_dir: Path, recipe: CohortRecipe) -> dict[int, str]:
     from samri.config import config_dir
 
     return structure_names(read_jhu_names(mricron_dir / JHU_NAMES),
-                           read_ho_names(config_dir() / HO_NAMES_CONFIG), recipe.ho_offset)
+                           read_ho_names(config_dir() / HO_NAMES_CONFIG, recipe.ho_right), recipe.ho_offset)
 
 
 def _check_mricron(mricron_dir: Path) -> None:
@@ -410,7 +433,7 @@ def write_cohort(out_dir: str | os.PathLike[str], recipe: CohortRecipe | None = 
                     spec["contrast"], len(subject_names[sid]), time.perf_counter() - start)
 
     merged = {**existing, **subject_names}
-    write_text(out / LABEL_NAMES_FILE, json.dumps({k: merged[k] for k in sorted(merged)}, indent=2) + "\n")
+    write_label_names(out, merged)
     if lazy.built:
         manifest["structures"] = {names[v]: n for v, n in lazy.built["kept"].items()}
         manifest["dropped"] = {names[v]: n for v, n in lazy.built["dropped"].items()}
@@ -449,8 +472,9 @@ Written by `samri cohort` (`samri.cohorts`); regenerate with
 
 - Image: nilearn's MNI152 2009a T1 template (McConnell Brain Imaging Centre; free use with attribution).
 - Labels: mricron-data's `{JHU_ATLAS}` (values 1..48; Mori et al. 2008, JHU ICBM-DTI-81) and
-  `{HO_ATLAS}` (values + {r['ho_offset']}; Desikan et al. 2006, Makris et al. 2006), resampled (nearest)
-  onto the template, inside its brain mask, Harvard-Oxford restricted to `{r['ho_tissue']}`; JHU wins overlaps;
+  `{HO_ATLAS}` (values + {r['ho_offset']}, right hemisphere + {r['ho_right']} more; Desikan et al. 2006,
+  Makris et al. 2006), resampled (nearest) onto the template, inside its brain mask, Harvard-Oxford
+  restricted to `{r['ho_tissue']}`; JHU wins overlaps;
   structures under {r['min_voxels']} voxels dropped ({atlas}). Names: `label_names.json`.
 - Subjects: `monai.transforms.Rand3DElasticd` (sigma {r['sigma_range']} voxels, magnitude {r['magnitude_range']},
   rotation +-{r['rotate_rad']} rad, scale +-{r['scale']}, translation +-{r['translate_vox']} voxels; image

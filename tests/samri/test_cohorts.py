@@ -27,7 +27,7 @@ REAL_MRICRON = Path("/usr/share/mricron/templates")
 SHAPE = (24, 28, 22)
 AFFINE = np.array([[1.0, 0, 0, -12.0], [0, 1.0, 0, -14.0], [0, 0, 1.0, -11.0], [0, 0, 0, 1]])
 #: tiny cohort: small structures allowed, the default contrasts (one on a 1.5 mm grid)
-TINY = CohortRecipe(min_voxels=5)
+TINY = CohortRecipe(min_voxels=5, ho_right=0)  # bilateral areas here; the split has its own test
 
 
 def _tiny_template() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
@@ -180,8 +180,8 @@ def test_real_atlases_are_named_and_resample_onto_a_template_grid():
     from samri.cohorts import HO_ATLAS, JHU_ATLAS, JHU_NAMES, _names
 
     names = _names(REAL_MRICRON, CohortRecipe())
-    assert len(names) == 96 and len(set(names.values())) == 96
-    assert names[48] == "jhu_tapetum_l" and names[101] == "ho_frontal_pole" and names[148] == "ho_occipital_pole"
+    assert len(names) == 144 and len(set(names.values())) == 144  # 48 tracts + 48 areas x 2 hemispheres
+    assert names[48] == "jhu_tapetum_l" and names[101] == "ho_frontal_pole_l" and names[198] == "ho_occipital_pole_r"
     assert len(read_jhu_names(REAL_MRICRON / JHU_NAMES)) == 48
     coarse = np.diag([6.0, 6.0, 6.0, 1.0])
     coarse[:3, 3] = (-96, -132, -72)
@@ -190,3 +190,22 @@ def test_real_atlases_are_named_and_resample_onto_a_template_grid():
         values = set(np.unique(atlas_on_grid(REAL_MRICRON / atlas, target)).tolist()) - {0}
         assert values and {v + offset for v in values} <= set(names)
     assert MNI152_TISSUES["grey_matter"] == 2
+
+
+def test_harvard_oxford_hemispheres_become_structures_of_their_own(tmp_path):
+    import numpy as np
+
+    from samri.cohorts import read_ho_names, split_hemispheres
+
+    atlas = np.zeros((6, 2, 2), np.int32)
+    atlas[1, :, :] = 3  # left of the midline
+    atlas[4, :, :] = 3  # right
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[0, 3] = -2.5  # voxel i sits at x = i - 2.5 mm
+    split = split_hemispheres(atlas, affine, 50)
+    assert set(np.unique(split[1])) == {3} and set(np.unique(split[4])) == {53} and not split[0].any()
+    path = tmp_path / "ho.json"
+    path.write_text('{"Frontal Pole": 1, "Insular Cortex": 2}')
+    assert read_ho_names(path, 50) == {1: "Frontal Pole_L", 2: "Insular Cortex_L", 51: "Frontal Pole_R",
+                                       52: "Insular Cortex_R"}
+    assert read_ho_names(path) == {1: "Frontal Pole", 2: "Insular Cortex"}

@@ -49,9 +49,10 @@ def bench_structure(studies: Path) -> tuple[str, Path, np.ndarray, str]:
     """(study id, image path, ``(X, Y, Z)`` bool ground truth, label name) for the benchmark."""
     import nibabel as nib
 
-    from samri.sample_data import load_label_names, write_sample_studies
+    from samri.labels import LABEL_NAMES_FILE, load_label_names
+    from samri.sample_data import write_sample_studies
 
-    if not (studies / "label_names.json").is_file():
+    if not (studies / LABEL_NAMES_FILE).is_file():
         write_sample_studies(studies)
     names = load_label_names(studies)
     for study, label in BENCH_STRUCTURES:

@@ -32,6 +32,7 @@ from samri.evaluation.metrics import BUCKETS, fixed_cutoffs, tertile_cutoffs
 from samri.evaluation.protocol import Case, EvalConfig, Pair, pair_rng, plan, variant_cases
 from samri.geometry import in_plane_axes, take_slice
 from samri.intensity import WindowSettings
+from samri.io import write_text
 from samri.volume import prepare_volume
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ class SessionStore:
     """``sessions.jsonl`` appended line by line; on ``resume`` an identical run's lines are kept."""
 
     def __init__(self, out_dir: Path, *, run_config: Mapping, resume: bool = False) -> None:
-        from samri.evaluation.report import write_atomic
-
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in ("summary.json", "report.md"):
@@ -63,8 +62,8 @@ class SessionStore:
                 except json.JSONDecodeError:  # a line cut short by an interruption
                     continue
         self._done = {tuple(r[k] for k in KEY) for r in self._rows}
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
-        write_atomic(run_path, json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
+        write_text(run_path, json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def done(self, key: tuple) -> bool:
@@ -220,8 +219,6 @@ def evaluate_clicks(cases: Sequence[Case], runners: Mapping[str, Any], config: E
     Returns:
         The summary written to ``out_dir/summary.json``.
     """
-    from samri.evaluation.report import write_atomic
-
     if not runners:
         raise SamriInputError("model", [], "give at least one --model")
     pairs = plan(cases, config)
@@ -252,11 +249,11 @@ def evaluate_clicks(cases: Sequence[Case], runners: Mapping[str, Any], config: E
                                "fixed": list(fixed_cutoffs(config.mode))}, **(meta or {})}
     summary = build_clicks_summary(store.rows(), config, info)
     summary["figures"] = clicks_figures(out, summary, worst)
-    write_atomic(out / "report.md", render_clicks_markdown(summary))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_text(out / "report.md", render_clicks_markdown(summary))
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     run_path = out / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
-    write_atomic(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
+    write_text(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
     return summary
 
 

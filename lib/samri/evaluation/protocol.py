@@ -71,7 +71,8 @@ class EvalConfig:
         jitter: max shift of each box edge as a fraction of the slice's longest side (SAMRI ~0.04).
         seed: seed of the jitter and of the contrast-shift variants.
         slice_step: 2D: only slices with ``index % slice_step == 0`` (bounds the encoder's work).
-        max_pairs: 2D: at most this many slices per structure and image, evenly spaced; None = all.
+        max_pairs: 2D: at most this many slices per structure and image, evenly spaced (1: the middle
+            one); None = all.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         labels: structure names (or values) to keep; None = every structure in the label.
         variants: contrast-shift variants (`samri.evaluation.variants`), evaluated besides each original image.
@@ -207,7 +208,9 @@ def enumerate_pairs(cases: Sequence[Case], config: EvalConfig) -> list[Pair]:
                     pairs.append(Pair(case.name, name, value, k, int(gt.sum()), float(gt.mean())))
                 continue
             ok = ok[ok % config.slice_step == 0]
-            if config.max_pairs and ok.size > config.max_pairs:
+            if config.max_pairs == 1 and ok.size > 1:
+                ok = ok[[ok.size // 2]]  # one slice: the middle of the structure's extent, not its edge
+            elif config.max_pairs and ok.size > config.max_pairs:
                 ok = ok[np.unique(np.round(np.linspace(0, ok.size - 1, config.max_pairs)).astype(int))]
             pairs += [Pair(case.name, name, value, int(k), int(areas[k]), float(areas[k]) / plane) for k in ok]
     cut = tertile_cutoffs(p.fraction for p in pairs)

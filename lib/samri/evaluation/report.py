@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import platform
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from samri.errors import SamriInputError
 from samri.evaluation.metrics import BUCKETS, aggregate, aggregate_with_buckets
+from samri.io import write_text
 
 COLUMNS = ("model", "image", "variant", "structure", "label_value", "mode", "axis", "slice", "prompt", "gt_px",
            "gt_size_mm", "fraction", "bucket_samri", "bucket_fixed", "pred_px", "dice", "hd95_mm", "nsd",
@@ -38,19 +38,6 @@ KEY = ("model", "image", "variant", "structure", "slice", "prompt")
 _INT = {"label_value", "axis", "slice", "gt_px", "pred_px"}
 _FLOAT = {"gt_size_mm", "fraction", "dice", "hd95_mm", "nsd", "seconds"}
 SCHEMA_VERSION = 1
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parse_row(raw: Mapping[str, str]) -> dict | None:
@@ -86,8 +73,8 @@ class PairStore:
             with open(self.csv_path, newline="", encoding="utf-8") as f:
                 self._rows = [r for r in map(_parse_row, csv.DictReader(f)) if r is not None]
         self._done = {tuple(r[k] for k in KEY) for r in self._rows}
-        write_atomic(self.csv_path, self._csv_text(self._rows))  # header + kept rows (drops a cut line)
-        write_atomic(run_path, json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
+        write_text(self.csv_path, self._csv_text(self._rows))  # header + kept rows (drops a cut line)
+        write_text(run_path, json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
 
@@ -205,11 +192,11 @@ def finish(out_dir: str | Path, rows: Sequence[Mapping], config, info: Mapping, 
     out = Path(out_dir)
     summary = build_summary(rows, config, info)
     summary["figures"] = make_figures(out, rows, summary, showcase)
-    write_atomic(out / "report.md", render_markdown(summary))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_text(out / "report.md", render_markdown(summary))
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     run_path = out / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
-    write_atomic(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
+    write_text(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
     return summary
 
 
@@ -356,7 +343,7 @@ def compose(run_dirs: Sequence[str | Path], doc: str | Path, *, command: str, ti
     if preamble.strip():
         header += [preamble.strip(), ""]
     doc.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(doc, "\n".join(header) + "\n" + "\n".join(parts))
+    write_text(doc, "\n".join(header) + "\n" + "\n".join(parts))
     return doc
 
 

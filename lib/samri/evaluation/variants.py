@@ -30,7 +30,6 @@ t2like     T2-like contrast inside the head: ``ScaleIntensityRangePercentiles`` 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -203,12 +202,13 @@ def label_names_for(image_path: Path, label_path: Path) -> dict[str, int] | None
         and label_path.name == image_path.name and label_path.parent.parent.name == "labels"
     folders = (image_path.parent, label_path.parent, label_path.parent.parent.parent) if own_label \
         else (label_path.parent,)
+    from samri.labels import LABEL_NAMES_FILE, load_label_names
+
     for folder in folders:
-        path = folder / "label_names.json"
-        if path.is_file():
-            names = json.loads(path.read_text()).get(image_id(image_path))
-            if isinstance(names, dict):
-                return {str(k): int(v) for k, v in names.items()}
+        if (folder / LABEL_NAMES_FILE).is_file():
+            names = load_label_names(folder).get(image_id(image_path))
+            if names is not None:
+                return dict(names)
     return None
 
 

@@ -156,12 +156,14 @@ class VolumeRequest:
         return SlicePrompt(points=rc, labels=self.point_labels[on_slice], box=box)
 
     def prompted_slices(self) -> list[int]:
-        """Slices that carry a prompt for 3D propagation: every slice with a foreground point, and
-        the ROI's middle slice (the box the user drew stays a seed when clicks are added elsewhere)."""
+        """Slices that carry a prompt for 3D propagation: every slice with a foreground point; a flat
+        ROI's slice (a 2D box stays a seed when clicks are added on other slices); a 3D ROI's middle
+        slice when there is no foreground point (with points it bounds them and boxes their slices)."""
         slices = set(self.foreground[:, self.axis].tolist()) if len(self.foreground) else set()
         if self.roi is not None:
             lo, hi = self.roi_range()
-            slices.add((lo + hi) // 2)
+            if lo == hi or not slices:
+                slices.add((lo + hi) // 2)
         if not slices:
             raise SamriInputError("foreground", self.foreground.tolist(),
                                   "empty prompt: give at least one foreground point or an roi box")

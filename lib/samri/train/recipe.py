@@ -17,9 +17,7 @@ Run: ``samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt`` (``m
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +63,10 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
     """
     import nibabel as nib
 
-    from samri.evaluation.report import write_atomic
     from samri.evaluation.variants import make_variant
-    from samri.sample_data import load_label_names, write_sample_studies
+    from samri.io import copy_file
+    from samri.labels import load_label_names, write_label_names
+    from samri.sample_data import write_sample_studies
     from samri.volume import save_label
 
     write_sample_studies(sample_dir)
@@ -89,8 +88,8 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
         study_id = study if variant is None else f"{study}~{variant.replace(':', '')}"
         target = out_dir / f"{study_id}.nii.gz"
         out_names[study_id] = names[study]
-        shutil.copyfile(sample_dir / "labels" / "final" / f"{study}.nii.gz",
-                        out_dir / "labels" / "final" / f"{study_id}.nii.gz")
+        labels = ("labels", "final")
+        copy_file(sample_dir.joinpath(*labels, f"{study}.nii.gz"), out_dir.joinpath(*labels, f"{study_id}.nii.gz"))
         if target.exists():
             continue
         img = nib.load(str(sample_dir / f"{study}.nii.gz"))
@@ -98,15 +97,15 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
         if variant is not None:
             array = make_variant(array, variant, seed=seed)
         save_label(target, np.asarray(array, dtype=np.float32), img.affine)
-    write_atomic(out_dir / "label_names.json", json.dumps(out_names, indent=1))
+    write_label_names(out_dir, out_names)
     return out_dir, val_ids
 
 
 def _copy_if_missing(src: Path, dst: Path) -> None:
+    from samri.io import copy_file
+
     if not dst.exists():
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+        copy_file(src, dst)
 
 
 def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None) -> dict:
@@ -114,9 +113,9 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
     and copy the best decoder to ``out`` (atomically). Returns the run summary."""
     from samri.config import config_dir, load_registry, read_yaml
     from samri.inference.embeddings import EmbeddingCache
+    from samri.labels import load_label_names
     from samri.model.builders import load_model
     from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
-    from samri.sample_data import load_label_names
     from samri.train.run import run_training
     from samri.train.stage1 import find_studies
     from samri.train.stage2 import TrainSettings

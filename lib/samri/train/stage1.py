@@ -79,7 +79,7 @@ class DataStats:
 
 def find_studies(studies_dir: str | Path, tag: str = "final") -> list[Study]:
     """Studies of a MONAI Label local datastore folder that have a ``labels/<tag>`` volume."""
-    from samri.sample_data import load_label_names
+    from samri.labels import load_label_names
 
     root = Path(studies_dir)
     if not root.is_dir():
@@ -294,8 +294,8 @@ def label_slice(label: np.ndarray, sample: SliceSample) -> np.ndarray:
 
 def write_manifest(path: Path, indices: Sequence[StudyIndex], stats: DataStats) -> None:
     """A human-readable record of what stage 1 produced (atomic)."""
-    from samri.train.store import write_json_atomic
+    from samri.io import write_json
 
-    write_json_atomic(path, {"stats": stats.to_dict(), "studies": [
+    write_json(path, {"stats": stats.to_dict(), "studies": [
         {"study_id": i.study.study_id, "image": str(i.study.image), "label": str(i.study.label),
          "content_key": i.content_key, "shape": list(i.shape), "samples": len(i.samples)} for i in indices]})

@@ -26,11 +26,6 @@ from samri.model.checkpoints import read_decoder_checkpoint
 logger = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Deprecated name of `samri.io.write_json`, kept only while `samri.train.stage1` still imports it."""
-    return write_json(path, data)
-
-
 def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
     """The publish gate: ``(publish, reason)``.
 

@@ -172,6 +172,9 @@ def test_enumerate_pairs_min_size_step_max_and_buckets():
     assert all(p.slice % 4 == 0 for p in enumerate_pairs([case], EvalConfig(slice_step=4)))
     capped = enumerate_pairs([case], EvalConfig(max_pairs=2))
     assert max(sum(p.structure == s for p in capped) for s in ("big", "small", "sheet")) == 2
+    full = {s: [p.slice for p in pairs if p.structure == s] for s in ("big", "small", "sheet")}
+    for p in enumerate_pairs([case], EvalConfig(max_pairs=1)):  # one slice: the middle of the extent
+        assert p.slice == full[p.structure][len(full[p.structure]) // 2]
     assert not enumerate_pairs([case], EvalConfig(min_size=10_000))
 
 

@@ -216,7 +216,10 @@ def test_prompted_slices():
     assert parse_request({"roi": [0, 5, 0, 5, 10, 20]}, SHAPE).prompted_slices() == [15]
     # background points alone do not seed propagation
     req = parse_request({"background": [[1, 1, 2]], "roi": [0, 5, 0, 5, 10, 20]}, SHAPE)
-    assert req.prompted_slices() == [15]
+    assert req.prompted_slices() == [15] and req.background_slices() == [2]
+    # a 3D ROI with points bounds them; a flat ROI (a 2D box) stays a seed beside clicks elsewhere
+    assert parse_request({"foreground": [[1, 1, 12]], "roi": [0, 5, 0, 5, 10, 20]}, SHAPE).prompted_slices() == [12]
+    assert parse_request({"foreground": [[1, 1, 12]], "roi": [0, 5, 0, 5, 7, 7]}, SHAPE).prompted_slices() == [7, 12]
 
 
 # --- SlicePrompt --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from samri.annotator import interior_point
 from samri.errors import SamriInputError
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
@@ -21,7 +22,6 @@ from samri.inference.segmenter import (
     Segmenter,
     SliceResult,
 )
-from samri.annotator import interior_point
 from tests.helpers import VOLUME_SHAPE, synthetic_array
 
 from .fakes import CENTER_K, FakeDecoder, box_around, object_slices

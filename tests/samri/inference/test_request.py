@@ -174,3 +174,14 @@ def test_run_request_bad_params(segmenter, prepared_volume, params, field, mode)
         run_request(segmenter, prepared_volume, params, mode=mode)
     assert err.value.field == field
     assert segmenter.cache.stats["encoded"] == 0  # rejected before any encoding
+
+
+def test_3d_negative_click_on_a_slice_of_the_previous_result_refines_that_slice(fake, segmenter, prepared_volume):
+    """A negative click seeds its slice only where this client's previous logits give a mask to cut."""
+    params = {**POINT_3D, "background": [[2, 2, CENTER_K + 2]]}
+    plain = run_request(segmenter, prepared_volume, params, mode="3d", budget=PropagationBudget(max_slices=3))
+    assert sorted(plain.slices) == [CENTER_K - 1, CENTER_K, CENTER_K + 1]  # no previous result: not a seed
+    previous = {CENTER_K + 2: torch.zeros(1, 1, 4, 4)}
+    refined = run_request(segmenter, prepared_volume, params, mode="3d", previous_logits=previous,
+                          budget=PropagationBudget(max_slices=2))
+    assert sorted(refined.slices) == [CENTER_K, CENTER_K + 2]  # both prompted slices, then the budget

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from samri.annotator import interior_point
 from samri.errors import SamriInputError
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
@@ -16,7 +17,6 @@ from samri.inference.segmenter import (
     SliceResult,
     VolumeResult,
 )
-from samri.annotator import interior_point
 from tests.helpers import VOLUME_SHAPE
 
 

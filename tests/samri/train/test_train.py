@@ -253,7 +253,7 @@ def test_publish_killed_midway_leaves_live_state(tiny_model, tmp_path, monkeypat
     def boom(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr("samri.train.store.shutil.copyfile", boom)
+    monkeypatch.setattr("samri.io.shutil.copyfile", boom)  # killed while the version is copied
     with pytest.raises(KeyboardInterrupt):
         store.publish(_fake_candidate(tmp_path, tiny_model, "b.pt", 0.9, 0.7))
     assert store.live_file.read_bytes() == live_before
