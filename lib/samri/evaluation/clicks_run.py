@@ -28,8 +28,9 @@ import numpy as np
 
 from samri.errors import SamriInputError
 from samri.evaluation.clicks import TARGETS, aggregate_sessions, session_2d, session_3d, session_figures, target_key
-from samri.evaluation.metrics import BUCKETS, fixed_cutoffs, tertile_cutoffs
-from samri.evaluation.protocol import Case, EvalConfig, Pair, pair_rng, plan, variant_cases
+from samri.evaluation.metrics import BUCKETS
+from samri.evaluation.protocol import Case, EvalConfig, Pair, pair_rng, plan, run_info, variant_cases
+from samri.evaluation.report import mark_running, start_run, write_outputs
 from samri.geometry import in_plane_axes, take_slice
 from samri.intensity import WindowSettings
 from samri.io import write_text
@@ -45,17 +46,10 @@ class SessionStore:
 
     def __init__(self, out_dir: Path, *, run_config: Mapping, resume: bool = False) -> None:
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "report.md"):
-            (self.out / stale).unlink(missing_ok=True)
         self.path = self.out / "sessions.jsonl"
-        run_path = self.out / "run.json"
-        config = json.loads(json.dumps(run_config))
+        config, keep = start_run(self.out, run_config, self.path, resume)
         self._rows: list[dict] = []
-        if resume and self.path.is_file() and run_path.is_file():
-            if json.loads(run_path.read_text()).get("config") != config:
-                raise SamriInputError("resume", str(self.out), "the folder holds a run with other settings; "
-                                      "use a new --out or drop --resume")
+        if keep:
             for line in self.path.read_text().splitlines():
                 try:
                     self._rows.append(json.loads(line))
@@ -63,7 +57,7 @@ class SessionStore:
                     continue
         self._done = {tuple(r[k] for k in KEY) for r in self._rows}
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
-        write_text(run_path, json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
+        mark_running(self.out, config)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def done(self, key: tuple) -> bool:
@@ -241,26 +235,11 @@ def evaluate_clicks(cases: Sequence[Case], runners: Mapping[str, Any], config: E
                              "encode_seconds": round(getattr(runner, "encode_seconds", 0.0), 1)}
     finally:
         store.close()
-    info = {"images": [{"name": c.name, "variant": c.variant, "path": str(c.image.path or ""),
-                        "shape": list(c.label.shape), "spacing_mm": [round(s, 4) for s in c.image.spacing],
-                        "structures": len(c.structures)} for c in all_cases],
-            "timing": {**timing, "total_seconds": round(time.perf_counter() - start, 1)},
-            "bucket_cutoffs": {"samri": list(tertile_cutoffs(p.fraction for p in pairs)),
-                               "fixed": list(fixed_cutoffs(config.mode))}, **(meta or {})}
+    info = run_info(all_cases, pairs, config, timing, start, meta)
     summary = build_clicks_summary(store.rows(), config, info)
     summary["figures"] = clicks_figures(out, summary, worst)
-    write_text(out / "report.md", render_clicks_markdown(summary))
-    write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-    run_path = out / "run.json"
-    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
-    write_text(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
+    write_outputs(out, render_clicks_markdown(summary), summary)
     return summary
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    return str(obj)
 
 
 def clicks_figures(out: Path, summary: Mapping, worst: WorstCases) -> dict:

@@ -345,10 +345,16 @@ def evaluate(cases: Sequence[Case], runners: Mapping[str, Runner], config: EvalC
                                  "encode_seconds": round(getattr(runner, "encode_seconds", 0.0), 1)}
     finally:
         store.close()
-    info = {"images": [{"name": c.name, "variant": c.variant, "path": str(c.image.path or ""),
+    info = run_info(all_cases, pairs, config, ctx.timing, start, meta)
+    return report.finish(out_dir, store.rows(), config, info, showcase)
+
+
+def run_info(all_cases: Sequence[Case], pairs: Sequence[Pair], config: EvalConfig, timing: Mapping,
+             start: float, meta: Mapping | None) -> dict:
+    """The summary's facts about a run: images, timing (``start`` = its perf_counter), bucket cutoffs, ``meta``."""
+    return {"images": [{"name": c.name, "variant": c.variant, "path": str(c.image.path or ""),
                         "shape": list(c.label.shape), "spacing_mm": [round(s, 4) for s in c.image.spacing],
                         "structures": len(c.structures)} for c in all_cases],
-            "timing": {**ctx.timing, "total_seconds": round(time.perf_counter() - start, 1)},
+            "timing": {**timing, "total_seconds": round(time.perf_counter() - start, 1)},
             "bucket_cutoffs": {"samri": list(tertile_cutoffs(p.fraction for p in pairs)),
                                "fixed": list(fixed_cutoffs(config.mode))}, **(meta or {})}
-    return report.finish(out_dir, store.rows(), config, info, showcase)

@@ -53,28 +53,50 @@ def _parse_row(raw: Mapping[str, str]) -> dict | None:
         return None
 
 
+def start_run(out: Path, run_config: Mapping, data_file: Path, resume: bool) -> tuple[dict, bool]:
+    """Prepare a run folder: stale outputs removed; returns (JSON config, keep the rows in ``data_file``).
+
+    Rows are kept only on ``resume`` with an identical earlier config (else `SamriInputError`).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "report.md"):
+        (out / stale).unlink(missing_ok=True)
+    run_path = out / "run.json"
+    config = json.loads(json.dumps(run_config))
+    keep = resume and data_file.is_file() and run_path.is_file()
+    if keep and json.loads(run_path.read_text()).get("config") != config:
+        raise SamriInputError("resume", str(out), "the folder holds a run with other settings; "
+                              "use a new --out or drop --resume")
+    return config, keep
+
+
+def mark_running(out: Path, config: Mapping) -> None:
+    write_text(out / "run.json", json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
+
+
+def write_outputs(out: Path, markdown: str, summary: Mapping) -> None:
+    """``report.md``, then ``summary.json`` (last: its presence means a finished run), then ``run.json`` complete."""
+    write_text(out / "report.md", markdown)
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    run_path = out / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    write_text(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
+
+
 class PairStore:
     """``pairs.csv`` written row by row; on ``resume`` the rows of an identical earlier run are kept."""
 
     def __init__(self, out_dir: str | Path, *, run_config: Mapping, resume: bool = False) -> None:
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "report.md"):
-            (self.out / stale).unlink(missing_ok=True)
         self.csv_path = self.out / "pairs.csv"
-        run_path = self.out / "run.json"
-        config = json.loads(json.dumps(run_config))
+        config, keep = start_run(self.out, run_config, self.csv_path, resume)
         self._rows: list[dict] = []
-        if resume and self.csv_path.is_file() and run_path.is_file():
-            previous = json.loads(run_path.read_text()).get("config")
-            if previous != config:
-                raise SamriInputError("resume", str(self.out), "the folder holds a run with other settings; "
-                                      "use a new --out or drop --resume")
+        if keep:
             with open(self.csv_path, newline="", encoding="utf-8") as f:
                 self._rows = [r for r in map(_parse_row, csv.DictReader(f)) if r is not None]
         self._done = {tuple(r[k] for k in KEY) for r in self._rows}
         write_text(self.csv_path, self._csv_text(self._rows))  # header + kept rows (drops a cut line)
-        write_text(run_path, json.dumps({"config": config, "status": "running", "started": time.time()}, indent=2))
+        mark_running(self.out, config)
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
 
@@ -192,11 +214,7 @@ def finish(out_dir: str | Path, rows: Sequence[Mapping], config, info: Mapping, 
     out = Path(out_dir)
     summary = build_summary(rows, config, info)
     summary["figures"] = make_figures(out, rows, summary, showcase)
-    write_text(out / "report.md", render_markdown(summary))
-    write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-    run_path = out / "run.json"
-    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
-    write_text(run_path, json.dumps({**run, "status": "complete", "finished": time.time()}, indent=2))
+    write_outputs(out, render_markdown(summary), summary)
     return summary
 
 
