@@ -57,7 +57,9 @@ def slab_studies(tmp_path_factory) -> list[Study]:
 def test_short_run_on_real_mri_lowers_validation_loss(slab_studies, tmp_path):
     registry = load_registry()
     model = load_model(registry.spec("litemedsam"))
-    settings = TrainSettings(lr=2e-4, epochs=2, batch_size=8, max_steps_per_epoch=10, max_val_samples=32, seed=0)
+    # lr 1e-4 (the recipe's): at 2e-4 the second epoch's box Dice collapses for seeds 0 and 2 (to 0.0-0.16
+    # from a 0.25-0.28 start, old and new prompt simulation alike), so the assertion below was luck
+    settings = TrainSettings(lr=1e-4, epochs=2, batch_size=8, max_steps_per_epoch=10, max_val_samples=32, seed=0)
     result = run_training(slab_studies, model=model, out_dir=tmp_path / "run", settings=settings,
                           window=registry.window, cache=EmbeddingCache(cache_dir=tmp_path / "cache"),
                           min_pixels=30, val_fraction=0.25, progress=False)
