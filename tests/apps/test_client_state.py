@@ -40,5 +40,8 @@ def test_state_lru_bounds() -> None:
     for n in range(5):
         small.update(("t", f"c{n}", "img"), label="a", content_key="k", logits={0: _logits(n)})
     assert len(small) == 3 and small.nbytes <= 3 * 8 * 8 * 4
+    small.update(("t", "big", "img"), label="a", content_key="k", logits={i: _logits(i) for i in range(4)})
+    assert small.previous(("t", "big", "img"), label="a", content_key="k") == {}  # over max_bytes alone
+    assert len(small) == 3 and small.nbytes <= 3 * 8 * 8 * 4
 
 

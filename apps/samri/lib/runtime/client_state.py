@@ -3,19 +3,19 @@
 A key is ``(task, client_id, image)``; its entry remembers the label and the image content it was
 made for, and ``{slice index: (1, 1, s, s) low-res logits}``. A request with another label, another
 image content or ``reset_state`` starts over. Clients without a ``client_id`` get no state (they
-could not be told apart, and one client must never see another's masks). The store is an LRU bounded
-by entries and bytes, guarded by one lock.
+could not be told apart, and one client must never see another's masks). The store is a
+`cachetools.LRUCache` sized in bytes of logits and also bounded in entries, guarded by one lock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable
 
 import torch
+from cachetools import LRUCache
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,15 @@ class ClientStateStore:
 
     Args:
         max_entries: most (task, client, image) entries kept.
-        max_bytes: most bytes of logits kept over all entries.
+        max_bytes: most bytes of logits kept over all entries; an entry larger than this on its
+            own is not kept (its client's next click starts over).
     """
 
     def __init__(self, *, max_entries: int = 256, max_bytes: int = 256 << 20) -> None:
-        self.max_entries = int(max_entries)
+        self.max_entries = max(1, int(max_entries))
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[Hashable, ClientState] = OrderedDict()
-        self._bytes = 0
+        self._entries: LRUCache[Hashable, ClientState] = LRUCache(maxsize=self.max_bytes,
+                                                                  getsizeof=lambda entry: entry.nbytes)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -61,7 +62,7 @@ class ClientStateStore:
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return self._bytes
+            return int(self._entries.currsize)
 
     def previous(self, key: Hashable | None, *, label: str, content_key: str,
                  reset: bool = False) -> dict[int, torch.Tensor]:
@@ -69,13 +70,12 @@ class ClientStateStore:
         if key is None:
             return {}
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.get(key)  # a hit becomes the most recently used
             if entry is None:
                 return {}
             if reset or entry.label != label or entry.content_key != content_key:
-                self._drop(key)
+                self._entries.pop(key, None)
                 return {}
-            self._entries.move_to_end(key)
             return dict(entry.logits)
 
     def update(self, key: Hashable | None, *, label: str, content_key: str,
@@ -86,20 +86,13 @@ class ClientStateStore:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.label != label or entry.content_key != content_key:
-                if entry is not None:
-                    self._drop(key)
                 entry = ClientState(label=label, content_key=content_key)
-                self._entries[key] = entry
-            self._bytes -= entry.nbytes
             entry.logits.update({int(i): t.detach().cpu() for i, t in logits.items()})
-            self._bytes += entry.nbytes
-            self._entries.move_to_end(key)
-            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
-                oldest = next(iter(self._entries))
+            try:
+                self._entries[key] = entry  # (re)sized; evicts the least recently used beyond max_bytes
+            except ValueError:  # larger than max_bytes on its own
+                self._entries.pop(key, None)
+                logger.debug("refinement state %s (%d bytes) exceeds max_bytes; not kept", key, entry.nbytes)
+            while len(self._entries) > self.max_entries:
+                oldest, _ = self._entries.popitem()
                 logger.debug("evicting refinement state %s", oldest)
-                self._drop(oldest)
-
-    def _drop(self, key: Hashable) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.nbytes

@@ -11,8 +11,9 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
+
+from cachetools import LRUCache
 
 from samri.errors import SamriInputError
 from samri.io import FileSignature, file_signature
@@ -35,7 +36,7 @@ def file_key(path: str | os.PathLike, field_name: str = "image") -> VolumeKey:
 
 
 class VolumeStore:
-    """LRU of `samri.volume.PreparedVolume` per image file version.
+    """LRU (`cachetools.LRUCache`) of `samri.volume.PreparedVolume` per image file version.
 
     Args:
         window: the registry's `samri.intensity.WindowSettings`.
@@ -45,7 +46,7 @@ class VolumeStore:
     def __init__(self, *, window, max_items: int = 4) -> None:
         self.window = window
         self.max_items = max(1, int(max_items))
-        self._items: OrderedDict[VolumeKey, PreparedVolume] = OrderedDict()
+        self._items: LRUCache[VolumeKey, PreparedVolume] = LRUCache(maxsize=self.max_items)
         self._lock = threading.Lock()
         self._loading: dict[VolumeKey, threading.Lock] = {}
         self.stats = {"hits": 0, "loads": 0}
@@ -71,18 +72,14 @@ class VolumeStore:
                 raise
             with self._lock:
                 self._loading.pop(key, None)
-                self._items[key] = volume
-                self._items.move_to_end(key)
-                while len(self._items) > self.max_items:
-                    self._items.popitem(last=False)
+                self._items[key] = volume  # evicts the least recently used beyond max_items
                 self.stats["loads"] += 1
             logger.info("prepared %s %s in %.2f s", key.path, volume.shape, time.perf_counter() - start)
             return volume
 
     def _lookup(self, key: VolumeKey) -> PreparedVolume | None:
         with self._lock:
-            hit = self._items.get(key)
+            hit = self._items.get(key)  # a hit becomes the most recently used
             if hit is not None:
-                self._items.move_to_end(key)
                 self.stats["hits"] += 1
             return hit
