@@ -7,7 +7,8 @@ Layout of a store folder (the app's ``model/decoders``)::
     live.json               {"version": "v0003", "file": "versions/v0003.pt", ...}: what is served
 
 Every file is written to a temp file and renamed, so a killed run leaves the previous state.
-Servers watch ``live.json``'s mtime and reload on change.
+Servers watch ``live.json``'s mtime and reload on change. `DecoderStore` is the only reader and
+writer of these files (the app's ``DecoderSelector`` caches `DecoderStore.live` per file version).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 
 from samri.errors import SamriInputError
 from samri.io import copy_file, write_json
-from samri.model.checkpoints import read_decoder_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +43,19 @@ def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
     return False, f"refused: val Dice {new_dice:.4f} does not beat live {live_dice:.4f} (gate_margin 0)"
 
 
+_READ = object()  # `DecoderStore.resolve`: read live.json
+
+
 class DecoderStore:
     """Versions of decoders for one base model.
 
     Args:
         root: store folder.
-        base_model: registry name the decoders must belong to.
+        base_model: registry name the decoders must belong to (needed by `publish` only; a
+            reader of the live version can leave it out).
     """
 
-    def __init__(self, root: str | os.PathLike, *, base_model: str) -> None:
+    def __init__(self, root: str | os.PathLike, *, base_model: str | None = None) -> None:
         self.root = Path(root)
         self.base_model = base_model
 
@@ -64,12 +68,44 @@ class DecoderStore:
         return json.loads(path.read_text()) if path.is_file() else []
 
     def live(self) -> dict[str, Any] | None:
-        """The live entry, or None when the plain base decoder is served."""
-        return json.loads(self.live_file.read_text()) if self.live_file.is_file() else None
+        """The live entry, or None when the plain base decoder is served.
+
+        Raises:
+            ValueError: ``live.json`` is not JSON or not an entry (``version`` and ``file`` strings).
+            OSError: it cannot be read.
+        """
+        try:
+            live = json.loads(self.live_file.read_text())
+        except FileNotFoundError:
+            return None
+        if not (isinstance(live, dict) and isinstance(live.get("version"), str) and isinstance(live.get("file"), str)):
+            raise ValueError(f"{self.live_file}: unexpected content {str(live)[:200]}")
+        return live
 
     def live_path(self) -> Path | None:
-        live = self.live()
-        return None if live is None else self.root / live["file"]
+        return self.resolve()[1]
+
+    def version_file(self, version: str) -> Path:
+        """The file a published ``vNNNN`` is (or would be) stored in."""
+        return self.root / "versions" / f"{version}.pt"
+
+    def resolve(self, pinned: str | None = None, *, live: Any = _READ) -> tuple[str, Path | None]:
+        """``(version, decoder file)`` to serve: ``("base", None)`` for the base model's own decoder.
+
+        Args:
+            pinned: a published ``vNNNN`` (its file, which may not exist), ``"base"``, or None for
+                the live version.
+            live: the live entry if the caller already holds it (a cache of `live`); read otherwise.
+        """
+        if pinned == "base":
+            return "base", None
+        if pinned:
+            return pinned, self.version_file(pinned)
+        if live is _READ:
+            live = self.live()
+        if live is None:
+            return "base", None
+        return live["version"], self.root / live["file"]
 
     def publish(self, candidate: str | os.PathLike, *, margin: float = 0.0) -> dict[str, Any]:
         """Publish ``candidate`` if it passes `gate` against the live decoder.
@@ -82,6 +118,10 @@ class DecoderStore:
         Returns:
             ``{"published": bool, "version": str | None, "reason": str}``.
         """
+        from samri.model.checkpoints import read_decoder_checkpoint  # torch: only publishing needs it
+
+        if self.base_model is None:
+            raise ValueError("DecoderStore.publish needs the store's base_model")
         envelope = read_decoder_checkpoint(candidate)
         if envelope["base_model"] != self.base_model:
             raise SamriInputError("decoder", str(candidate), f"is for base model '{envelope['base_model']}', "
@@ -98,7 +138,7 @@ class DecoderStore:
             return {"published": False, "version": None, "reason": reason}
         index = self.index()
         version = f"v{len(index) + 1:04d}"
-        copy_file(candidate, self.root / "versions" / f"{version}.pt")
+        copy_file(candidate, self.version_file(version))
         entry = {"version": version, "file": f"versions/{version}.pt", "val_dice": new_dice,
                  "baseline_val_dice": old_dice, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "gate": reason, "metrics": {"val": new, "baseline_val": old},

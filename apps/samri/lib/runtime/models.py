@@ -1,4 +1,5 @@
-"""The served model: `ModelHolder` (lazy load, reload on file change) and `DecoderSelector`.
+"""The served model: `ModelHolder` (lazy load, reload on file change), `DecoderSelector` and
+`load_model_with_decoder` (the network with the chosen decoder, else the base; the trainer uses it too).
 
 Constructing `SamriRuntime` is cheap (the server builds the app again in a subprocess for every
 train and scoring job): the network, the embedding cache, the volume cache and the precompute worker
@@ -7,13 +8,13 @@ and size), so a decoder written by the trainer is served without a restart.
 
 Which decoder is served (`DecoderSelector`, checked on every request): ``--conf decoder`` if
 given; else ``--conf decoder_version`` (a pinned published version, or ``base``); else the live
-version of the trainer's store ``<app>/model/decoders/live.json`` (`samri.train.store`), so
-publishing or rolling back in any process is picked up by the next request.
+version of the trainer's store ``<app>/model/decoders/live.json`` (read by
+`samri.train.store.DecoderStore` only; the selector caches it per file version), so publishing or
+rolling back in any process is picked up by the next request.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -24,12 +25,11 @@ from typing import Any
 
 from samri.errors import SamriInputError
 from samri.io import FileSignature, file_signature
+from samri.train.store import DecoderStore
 
 from ..configs.settings import AppSettings
 
 logger = logging.getLogger(__name__)
-
-
 
 class ModelUnavailable(RuntimeError):
     """The configured model cannot be loaded: a server configuration problem, not the request's."""
@@ -56,7 +56,10 @@ class DecoderChoice:
 
 
 class DecoderSelector:
-    """Resolves `DecoderChoice` from the settings and the store's ``live.json`` (cheap: one stat).
+    """Resolves `DecoderChoice` from the settings and the store's live entry (cheap: one stat).
+
+    A thin cache over `samri.train.store.DecoderStore`: the live entry is re-read only when
+    ``live.json`` changed, and an unreadable one keeps the previous choice.
 
     Args:
         settings: ``decoder``, ``decoder_version`` and the store folder (``settings.decoder_store``).
@@ -65,6 +68,7 @@ class DecoderSelector:
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        self._reader = DecoderStore(settings.decoder_store)
         self._live_sig: FileSignature | None | str = "unread"
         self._live: dict[str, Any] | None = None
         self._base_model: str | None = None
@@ -73,10 +77,8 @@ class DecoderSelector:
     def root(self) -> Path:
         return self.settings.decoder_store
 
-    def store(self):
+    def store(self) -> DecoderStore:
         """The `samri.train.store.DecoderStore` of this app and model (reads the registry once)."""
-        from samri.train.store import DecoderStore
-
         if self._base_model is None:
             from samri.config import load_registry
 
@@ -85,21 +87,18 @@ class DecoderSelector:
 
     def live(self) -> dict[str, Any] | None:
         """The store's live entry (re-read only when ``live.json`` changed), or None (base decoder)."""
-        path = self.root / "live.json"
+        path = self._reader.live_file
         sig = file_signature(path)
         with self._lock:
             if sig == self._live_sig:
                 return self._live
             try:
-                live = json.loads(path.read_text()) if sig is not None else None
-                if live is not None and not (isinstance(live, dict) and isinstance(live.get("version"), str)
-                                             and isinstance(live.get("file"), str)):
-                    raise ValueError(f"unexpected content {str(live)[:200]}")
-            except FileNotFoundError:
-                live, sig = None, None
+                live = self._reader.live()
             except (OSError, ValueError) as exc:
                 logger.error("ignoring unreadable %s (%s); keeping the previous decoder choice", path, exc)
                 return self._live
+            if live is None:
+                sig = None
             self._live_sig, self._live = sig, live
             return live
 
@@ -113,14 +112,43 @@ class DecoderSelector:
         if settings.decoder is not None:
             return DecoderChoice("conf", None, settings.decoder)
         pinned = settings.decoder_version
-        if pinned == "base":
-            return DecoderChoice("pinned", "base", None)
         if pinned:
-            return DecoderChoice("pinned", pinned, self.root / "versions" / f"{pinned}.pt")
-        live = self.live()
-        if live is None:
-            return DecoderChoice("store", "base", None)
-        return DecoderChoice("store", live["version"], self.root / live["file"])
+            return DecoderChoice("pinned", *self._reader.resolve(pinned))
+        return DecoderChoice("store", *self._reader.resolve(live=self.live()))
+
+
+def load_model_with_decoder(settings: AppSettings, choice: DecoderChoice, *, registry=None):
+    """The network of ``settings.model`` with ``choice``'s decoder, else with the base model's own.
+
+    The base decoder is used when the chosen file does not exist (yet), or when a published or
+    pinned decoder cannot be applied to this model (e.g. ``--conf model`` changed); a
+    ``--conf decoder`` that cannot be applied is an error. Shared by `ModelHolder` (serving) and
+    the trainer (which starts from what is served).
+
+    Returns:
+        ``(model, served)``: the `samri.model.builders.SamModel` and ``choice.summary()`` updated
+        to what was loaded (``version`` ``"base"`` on a fallback, with ``requested`` and
+        ``missing`` or ``error``).
+    """
+    from samri.config import load_registry
+    from samri.model.builders import load_model
+
+    spec = (registry or load_registry()).spec(settings.model)
+    decoder = choice.path if choice.path is not None and choice.path.is_file() else None
+    served = {**choice.summary(), "path": None if decoder is None else str(decoder)}
+    if choice.path is not None and decoder is None:
+        logger.warning("decoder %s (%s) does not exist (yet): using the model's own decoder",
+                       choice.path, choice.source)
+        served.update(version="base", requested=choice.version, missing=str(choice.path))
+    try:
+        model = load_model(spec, checkpoint=settings.checkpoint, decoder=decoder, device=settings.device)
+    except (SamriInputError, OSError, RuntimeError) as exc:
+        if choice.source == "conf" or decoder is None:
+            raise
+        logger.error("published decoder %s cannot be applied (%s): using the model's own decoder", decoder, exc)
+        model = load_model(spec, checkpoint=settings.checkpoint, decoder=None, device=settings.device)
+        served.update(path=None, version="base", requested=choice.version, error=str(exc))
+    return model, served
 
 
 class ModelHolder:
@@ -179,31 +207,14 @@ class ModelHolder:
             return self._segmenter
 
     def _load(self, files: tuple[FileSignature | None, FileSignature | None, DecoderChoice]):
-        from samri.config import load_registry
         from samri.inference.segmenter import Segmenter
-        from samri.model.builders import load_model
 
         start = time.perf_counter()
-        spec = load_registry().spec(self.settings.model)
         choice = files[2]
-        decoder = choice.path if files[1] is not None else None
-        served = {**choice.summary(), "path": None if decoder is None else str(decoder)}
-        if choice.path is not None and decoder is None:
-            logger.warning("decoder %s (%s) does not exist (yet): serving the model's own decoder",
-                           choice.path, choice.source)
-            served.update(version="base", requested=choice.version, missing=str(choice.path))
-        try:
-            model = load_model(spec, checkpoint=self.settings.checkpoint, decoder=decoder, device=self.settings.device)
-        except (SamriInputError, OSError, RuntimeError) as exc:
-            if choice.source == "conf" or decoder is None:
-                raise
-            # a published decoder that does not fit this model (e.g. --conf model changed): serve the base
-            logger.error("published decoder %s cannot be applied (%s): serving the model's own decoder", decoder, exc)
-            model = load_model(spec, checkpoint=self.settings.checkpoint, decoder=None, device=self.settings.device)
-            served.update(path=None, version="base", requested=choice.version, error=str(exc))
+        model, served = load_model_with_decoder(self.settings, choice)
         self.loads += 1
         self._served = served
-        logger.info("loaded model %s (decoder %s, %s) in %.1f s", spec.name, served["path"], choice.source,
+        logger.info("loaded model %s (decoder %s, %s) in %.1f s", model.spec.name, served["path"], choice.source,
                     time.perf_counter() - start)
         return Segmenter(model, self.cache)
 

@@ -15,7 +15,8 @@ One run:
 1. every datastore image with a ``final`` label becomes a `samri.train.stage1.Study`, its values
    named through the stored ``label_info`` (`studies.collect_studies`);
 2. the network is loaded with the decoder this app serves (`DecoderSelector`: the store's live
-   version, a pinned ``decoder_version`` or ``--conf decoder``), so the run's
+   version, a pinned ``decoder_version`` or ``--conf decoder``; `load_model_with_decoder`, as
+   the server loads it), so the run's
    ``metrics.baseline_val`` is that decoder on the same validation studies;
 3. `samri.train.run.run_training`: stage 1 through the app's shared embedding cache, stage 2
    trains only the mask decoder;
@@ -61,6 +62,7 @@ from samri.labels import load_label_names
 
 from ..http_errors import http_errors
 from ..runtime import SamriRuntime
+from ..runtime.models import load_model_with_decoder
 from .options import TrainOptions, defaults, parse_train_options, read_training_config
 from .records import ProgressRecorder, RunRecord, pid_alive, progress_stats, publish_lock, remove_stale_runs
 from .studies import collect_studies
@@ -214,7 +216,9 @@ class SamriTrainer(TrainTask):
                                   f"'final' label){': ' + detail if detail else ''}")
         registry = load_registry()
         choice = self.runtime.decoders.choose()
-        model, started_from = self._load_model(registry, choice)
+        # a private copy of the served network: a run never touches what is being served
+        model, served = load_model_with_decoder(settings, choice, registry=registry)
+        started_from = served["version"] or served["path"]
         cache = EmbeddingCache(cache_dir=settings.cache_dir, max_memory_bytes=settings.cache_memory_bytes)
         include = cfg.get("include_labels")
         ignored = {s.study_id: sorted(set(s.label_names) - set(include)) for s in studies} if include else {}
@@ -248,19 +252,3 @@ class SamriTrainer(TrainTask):
                 "ignored_labels": {k: v for k, v in ignored.items() if v},
                 "labels": {s.study_id: dict(s.label_names) for s in studies},
                 "slices_encoded": result.stats.get("slices_encoded"), "options": options.summary()}
-
-    def _load_model(self, registry, choice) -> tuple[Any, str]:
-        """A private copy of the served network (and the name of its decoder for the stats)."""
-        from samri.model.builders import load_model
-
-        spec = registry.spec(self.settings.model)
-        path = choice.path if choice.path is not None and choice.path.is_file() else None
-        name = "base" if path is None else (choice.version or str(path))
-        try:
-            model = load_model(spec, checkpoint=self.settings.checkpoint, decoder=path, device=self.settings.device)
-        except SamriInputError as exc:
-            if choice.source == "conf" or path is None:
-                raise
-            logger.error("published decoder %s cannot be applied (%s): starting from the base decoder", path, exc)
-            model, name = load_model(spec, checkpoint=self.settings.checkpoint, device=self.settings.device), "base"
-        return model, name
