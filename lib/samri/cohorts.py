@@ -9,7 +9,8 @@ tissue classes. A cohort written here differs in both what is segmented and how 
   ``nilearn.image.resample_to_img`` (nearest). Every label is kept inside the template's brain
   mask, Harvard-Oxford areas only on its grey matter (the thr0 atlas also covers white matter and
   the space around the brain); where the two atlases overlap JHU wins; structures under
-  ``min_voxels`` voxels are dropped. Names are ``jhu_<name>`` / ``ho_<name>`` identifiers;
+  ``min_voxels`` voxels are dropped. Names are ``jhu_<name>`` / ``ho_<name>`` identifiers
+  (all of this in `samri.atlases`);
 - subjects: a seeded ``monai.transforms.Rand3DElasticd`` (smooth elastic field plus a small
   affine; image bilinear, label nearest) per subject, then a contrast (`CONTRASTS`) made with
   `samri.evaluation.variants.make_variant`; ``lowres+noise`` is written on a 1.5 mm grid.
@@ -41,26 +42,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from samri.atlases import (
+    HO_ATLAS,
+    JHU_ATLAS,
+    atlas_on_grid,
+    check_mricron_dir,
+    merge_atlases,
+    read_structure_names,
+    split_hemispheres,
+)
 from samri.errors import SamriInputError
 from samri.io import write_bytes, write_text
 from samri.labels import load_label_names, write_label_names
 from samri.sample_data import LABELS_SUBDIR, MNI152_TISSUES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    import nibabel as nib
     import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONTRASTS", "CohortRecipe", "clean_name", "make_subject", "merge_atlases", "plan_subjects",
-           "read_jhu_names", "split_hemispheres", "structure_names", "write_cohort"]
+__all__ = ["CONTRASTS", "CohortRecipe", "make_subject", "plan_subjects", "write_cohort"]
 
 COHORT_FILE = "cohort.json"
 README_FILE = "README.md"
-JHU_ATLAS = "JHU-WhiteMatter-labels-1mm.nii.gz"
-JHU_NAMES = "JHU-WhiteMatter-labels-1mm.nii.txt"
-HO_ATLAS = "HarvardOxford-cort-maxprob-thr0-1mm.nii.gz"
-HO_NAMES_CONFIG = "harvard_oxford_cortical_names.json"  # in configs/: FSL name -> value (1..48)
 _GZIP_LEVEL = 6
 _MAX_SUBJECTS = 1000
 
@@ -131,112 +135,6 @@ class CohortRecipe:
     def data_fields(self) -> dict[str, Any]:
         """`as_dict` less what does not change a subject's voxels (``subjects`` and ``annotate``)."""
         return {k: v for k, v in self.as_dict().items() if k not in ("subjects", "annotate")}
-
-
-# --- names ---------------------------------------------------------------------------------------
-def clean_name(prefix: str, raw: str) -> str:
-    """``"jhu", "Fornix_(cres)_/_Stria"`` -> ``"jhu_fornix_cres_stria"``: lower case, runs of anything
-    but letters and digits -> one underscore, apostrophes dropped (``Heschl's`` -> ``heschls``)."""
-    body = re.sub(r"[^0-9a-z]+", "_", raw.replace("'", "").lower()).strip("_")
-    if not body:
-        raise SamriInputError("name", raw, "a structure name needs a letter or digit")
-    return f"{prefix}_{body}"
-
-
-def read_jhu_names(path: Path) -> dict[int, str]:
-    """mricron's ``JHU-*.nii.txt``: ``<value><TAB><name>`` lines (CRLF tolerated); 0 (Unclassified) skipped."""
-    names: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        parts = line.split(maxsplit=1)
-        if not parts:
-            continue
-        if len(parts) < 2 or not parts[0].isdigit():
-            raise SamriInputError(str(path), line, f"line {lineno} is not '<value> <name>'")
-        if int(parts[0]) > 0:
-            names[int(parts[0])] = parts[1].strip()
-    return names
-
-
-def read_ho_names(path: Path, right: int = 0) -> dict[int, str]:
-    """``configs/harvard_oxford_cortical_names.json`` ({FSL name: value}) -> {value: name}; with
-    ``right`` > 0 one entry per hemisphere: ``value: name_L`` and ``value + right: name_R``."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    names = {int(v): str(k) for k, v in raw.items()}
-    if not right:
-        return names
-    if max(names) >= right:
-        raise SamriInputError("ho_right", right, f"Harvard-Oxford values reach {max(names)}")
-    return {**{v: f"{n}_L" for v, n in names.items()}, **{v + right: f"{n}_R" for v, n in names.items()}}
-
-
-def split_hemispheres(atlas: np.ndarray, affine: np.ndarray, right: int) -> np.ndarray:
-    """``(X, Y, Z)`` labels with ``right`` added to labelled voxels whose world x (RAS mm) is > 0."""
-    import numpy as np
-
-    if not right:
-        return atlas
-    i, j, k = np.meshgrid(*(np.arange(n) for n in atlas.shape[:3]), indexing="ij", sparse=True)
-    world_x = affine[0, 0] * i + affine[0, 1] * j + affine[0, 2] * k + affine[0, 3]
-    return np.where((atlas > 0) & (world_x > 0), atlas + right, atlas)
-
-
-def structure_names(jhu: dict[int, str], ho: dict[int, str], ho_offset: int) -> dict[int, str]:
-    """Merged label value -> clean unique name (JHU values as-is, Harvard-Oxford + ``ho_offset``)."""
-    if jhu and ho and max(jhu) >= ho_offset + min(ho):
-        raise SamriInputError("ho_offset", ho_offset, f"JHU values reach {max(jhu)}: offset too small")
-    out = {v: clean_name("jhu", n) for v, n in jhu.items()}
-    out.update({v + ho_offset: clean_name("ho", n) for v, n in ho.items()})
-    seen: dict[str, int] = {}
-    for value, name in out.items():
-        if name in seen:
-            raise SamriInputError("names", name, f"values {seen[name]} and {value} clean to the same name")
-        seen[name] = value
-    return out
-
-
-# --- atlas on the template ----------------------------------------------------------------------
-def atlas_on_grid(path: Path, template: nib.Nifti1Image) -> np.ndarray:
-    """Integer atlas ``path`` resampled (nearest) onto ``template``'s grid: ``template.shape[:3]`` int32."""
-    import nibabel as nib
-    import numpy as np
-    from nilearn.image import resample_to_img
-
-    atlas = nib.load(path)
-    out = resample_to_img(atlas, template, interpolation="nearest", force_resample=True, copy_header=True)
-    return np.rint(np.asarray(out.dataobj)).astype(np.int32).reshape(template.shape[:3])
-
-
-def merge_atlases(jhu: np.ndarray, ho: np.ndarray, tissue: np.ndarray, recipe: CohortRecipe,
-                  names: dict[int, str]) -> tuple[np.ndarray, dict[int, int], dict[int, int]]:
-    """One label map from two atlases on the template grid (all ``(X, Y, Z)``).
-
-    JHU values are kept, Harvard-Oxford values are offset by ``recipe.ho_offset``; JHU wins where both
-    label a voxel. Everything outside ``tissue > 0`` (the brain mask) is 0, Harvard-Oxford also
-    outside ``tissue == MNI152_TISSUES[recipe.ho_tissue]``. Structures under ``recipe.min_voxels``
-    are set to 0.
-
-    Returns:
-        (uint8 labels, {value: voxels} kept, {value: voxels} dropped as too small).
-
-    Raises:
-        SamriInputError: a value present in an atlas has no name in ``names``.
-    """
-    import numpy as np
-
-    brain = tissue > 0
-    ho_zone = brain if recipe.ho_tissue is None else tissue == MNI152_TISSUES[recipe.ho_tissue]
-    merged = np.where(ho_zone & (ho > 0), ho + recipe.ho_offset, 0)
-    merged = np.where(brain & (jhu > 0), jhu, merged).astype(np.int32)
-    counts = np.bincount(merged.ravel())
-    present = {int(v): int(counts[v]) for v in np.flatnonzero(counts) if v}
-    unnamed = sorted(set(present) - set(names))
-    if unnamed:
-        raise SamriInputError("atlas", unnamed[:10], "label values with no name")
-    kept = {v: n for v, n in present.items() if n >= recipe.min_voxels}
-    dropped = {v: n for v, n in present.items() if n < recipe.min_voxels}
-    merged[~np.isin(merged, list(kept))] = 0
-    dtype = np.uint8 if max(kept, default=0) < 256 else np.int16
-    return merged.astype(dtype), kept, dropped
 
 
 # --- subjects ------------------------------------------------------------------------------------
@@ -345,17 +243,7 @@ class _Template:
 
 
 def _names(mricron_dir: Path, recipe: CohortRecipe) -> dict[int, str]:
-    from samri.config import config_dir
-
-    return structure_names(read_jhu_names(mricron_dir / JHU_NAMES),
-                           read_ho_names(config_dir() / HO_NAMES_CONFIG, recipe.ho_right), recipe.ho_offset)
-
-
-def _check_mricron(mricron_dir: Path) -> None:
-    missing = [f for f in (JHU_ATLAS, JHU_NAMES, HO_ATLAS) if not (mricron_dir / f).is_file()]
-    if missing:
-        raise SamriInputError("mricron_dir", str(mricron_dir), f"missing {', '.join(missing)} (Debian package "
-                              "mricron-data, or set SAMRI_MRICRON_DIR / --mricron-dir)")
+    return read_structure_names(mricron_dir, ho_right=recipe.ho_right, ho_offset=recipe.ho_offset)
 
 
 def _check_existing(out: Path, recipe: CohortRecipe) -> dict[str, Any]:
@@ -406,7 +294,7 @@ def write_cohort(out_dir: str | os.PathLike[str], recipe: CohortRecipe | None = 
     recipe = recipe or CohortRecipe()
     plan = plan_subjects(recipe)
     folder = Path(mricron_dir) if mricron_dir is not None else _mricron_dir()
-    _check_mricron(folder)
+    check_mricron_dir(folder)
     out = Path(out_dir)
     previous = _check_existing(out, recipe)
     manifest: dict[str, Any] = {"seed": recipe.seed, "recipe": recipe.as_dict(), "subjects": plan}
