@@ -9,7 +9,6 @@ Screenshots and the server's result go to ``$SAMRI_TEST_ARTIFACTS`` (default ``t
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -281,7 +280,3 @@ def page(browser, artifacts_dir: Path, request: pytest.FixtureRequest):
     finally:
         (artifacts_dir / f"{request.node.name}.console.log").write_text("\n".join(log.lines) + "\n")
         context.close()
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
