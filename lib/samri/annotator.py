@@ -21,7 +21,7 @@ point; positive when that region is missed object, negative when it is false pos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -208,3 +208,30 @@ def corrective_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.G
         return None
     region, label = found
     return interior_point(region, rng, depth, spacing), label
+
+
+# --- a session on one slice ---------------------------------------------------------------------
+def slice_session(decode: Callable[[SlicePrompt], tuple[np.ndarray, Any]], truth: np.ndarray, *, first: str,
+                  max_clicks: int) -> list[float]:
+    """Dice after each interaction of the protocol's annotator on one ``(H, W)`` slice.
+
+    The first interaction is ``first`` (``box`` or ``point``, deterministic as in evaluation),
+    then corrective clicks (`corrective_click`), each sent with the box, *all* clicks so far and
+    the previous logits as the mask prompt, as a client's next click is served. ``decode`` maps a
+    prompt to ``(mask (H, W) bool, low-res logits)``. Stops early on an exact mask (the curve
+    keeps its last value), so the list always has ``max_clicks`` entries.
+    """
+    from samri.evaluation.metrics import dice
+
+    truth = np.asarray(truth, dtype=bool)
+    prompt = simulate_prompt(truth, check_kind(first, ("box", "point"), "first"))
+    curve: list[float] = []
+    while len(curve) < max_clicks:
+        mask, logits = decode(prompt)
+        curve.append(dice(mask, truth))
+        click = corrective_click(mask, truth)
+        if click is None:
+            break
+        prompt = SlicePrompt(points=np.concatenate([prompt.points, click[0][None]]),
+                             labels=np.concatenate([prompt.labels, [click[1]]]), box=prompt.box, mask_logits=logits)
+    return curve + [curve[-1]] * (max_clicks - len(curve))

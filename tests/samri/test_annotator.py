@@ -13,6 +13,7 @@ from samri.annotator import (
     jitter_box,
     pick_mode,
     simulate_prompt,
+    slice_session,
     training_prompt,
 )
 from samri.errors import SamriInputError
@@ -154,3 +155,37 @@ def test_random_corrective_clicks_stay_in_the_region():
         assert label == 1 and truth[int(point[0]), int(point[1])] and not missed[int(point[0]), int(point[1])]
     with pytest.raises(SamriInputError, match="prediction"):
         corrective_click(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
+
+
+def test_slice_session_of_a_perfect_decoder_needs_one_interaction():
+    truth = _disc()
+    curve = slice_session(lambda prompt: (truth.copy(), "logits"), truth, first="box", max_clicks=5)
+    assert curve == [1.0] * 5
+
+
+def test_slice_session_feeds_the_logits_back_and_accumulates_clicks():
+    """Each interaction carries the box, every click so far and the previous decode's logits."""
+    truth = _disc(radius=8)
+    prompts = []
+
+    def stuck(prompt):  # never improves: half the disc, whatever the prompt
+        prompts.append(prompt)
+        return truth & (np.arange(64)[None, :] < 24), f"logits{len(prompts)}"
+
+    curve = slice_session(stuck, truth, first="box", max_clicks=4)
+    assert len(curve) == 4 and len(set(curve)) == 1 and curve[0] < 0.85
+    assert prompts[0].mask_logits is None and len(prompts[0].points) == 0
+    for k, prompt in enumerate(prompts[1:], start=1):
+        assert prompt.mask_logits == f"logits{k}"
+        assert np.array_equal(prompt.box, prompts[0].box)
+        assert len(prompt.points) == k and prompt.labels.tolist() == [1] * k  # the missed half: positive
+        assert all(truth[int(r), int(c)] and c >= 24 for r, c in prompt.points)
+
+
+def test_slice_session_point_first_starts_at_the_deepest_point():
+    truth = _disc()
+    seen = []
+    slice_session(lambda p: (seen.append(p) or truth.copy(), None), truth, first="point", max_clicks=3)
+    assert len(seen) == 1 and seen[0].box is None and seen[0].points.tolist() == [[20.0, 24.0]]
+    with pytest.raises(SamriInputError):
+        slice_session(lambda p: (truth, None), truth, first="box+point", max_clicks=3)

@@ -103,8 +103,10 @@ class Segmenter:
     def decode(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
         """Prompt encoder + mask decoder on one embedding ``(C, h, w)``.
 
-        A single point without box or mask is ambiguous, so three masks are predicted and the
-        one with the best predicted IoU is kept (SAM's recommendation); otherwise one mask.
+        A single point without box or mask is ambiguous, so for SAM-trained decoders
+        (``point_prompts == "native"``) three masks are predicted and the one with the best
+        predicted IoU is kept (SAM's recommendation); otherwise one mask (decoders our trainer
+        wrote, ``"single"``, learned points on that output only).
         Models trained with boxes only (``point_prompts == "box_search"``, e.g. LiteMedSAM) turn
         a points-only prompt into a search over boxes around the points (`_box_search`).
         """
@@ -113,7 +115,8 @@ class Segmenter:
         prompt.check_inside((geom.height, geom.width))
         if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
             return self._box_search(embedding, geom, prompt)
-        multimask = len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
+        multimask = (len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
+                     and self.point_prompts == "native")
         low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom,
                                                                                                 self.model.device)),
                                          multimask)

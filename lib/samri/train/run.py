@@ -145,6 +145,12 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
         val = trainer.validate(val_samples, VAL_MODES, on_batch=lambda done, total: emit(
             {"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "pairs_done": done,
              "pairs_total": total}))
+        if settings.validation_clicks:
+            val.update(trainer.validate_clicks(val_samples, max_clicks=settings.validation_clicks,
+                                               on_sample=lambda done, total: emit(
+                {"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "clicks_done": done,
+                 "clicks_total": total})))
+        val["score"] = selection_score(val)
         seconds["validation"] += time.perf_counter() - t0
         budget["validations"] += 1
         return val
@@ -182,12 +188,12 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
                   "steps": len(losses), **val}
         history.append(record)
         logger.info("epoch %d: %s", epoch, record)
-        new_candidate = bool(losses) and (candidate is None or val["dice"] > candidate["dice"])
-        if new_candidate or val["dice"] > best["dice"]:
+        new_candidate = bool(losses) and (candidate is None or val["score"] > candidate["score"])
+        if new_candidate or val["score"] > best["score"]:
             state = _decoder_state(model)
             if new_candidate:
                 candidate, candidate_state = dict(val, epoch=epoch), state
-            if val["dice"] > best["dice"]:
+            if val["score"] > best["score"]:
                 best, best_state = dict(val, epoch=epoch), state
         emit({"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "val": val, "best": best})
         if stop_check is not None and stop_check():
@@ -204,6 +210,12 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     model.mask_decoder.load_state_dict(best_state)
     return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline,
                        candidate=candidate, budget=budget, seconds=seconds)
+
+
+def selection_score(val: dict[str, Any]) -> float:
+    """What picks the epoch and gates publishing: the clicks protocol's mean Dice over its curves
+    (first box and first point, interactions 1..``validation_clicks``) when it ran, else box Dice."""
+    return float(val["clicks_score"]) if "clicks_score" in val else float(val.get("dice", 0.0))
 
 
 def _steps_per_epoch(n_samples: int, settings: TrainSettings) -> int:
@@ -234,9 +246,10 @@ def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainS
 
 
 def point_prompt_mode(val: dict[str, Any]) -> str:
-    """Serve points-only clicks natively only if the decoder learned them (validation Dice of one
-    interior point at least half the box Dice); otherwise keep the box search around the points."""
-    return "native" if val.get("dice_point", 0.0) >= 0.5 * val.get("dice_box", 0.0) else "box_search"
+    """Serve points-only clicks on the single-mask output our trainer trains (``"single"``) if the
+    decoder learned them (validation Dice of one interior point at least half the box Dice);
+    otherwise keep the box search around the points."""
+    return "single" if val.get("dice_point", 0.0) >= 0.5 * val.get("dice_box", 0.0) else "box_search"
 
 
 def _trainable_decoder(model, world: int) -> torch.nn.Module:

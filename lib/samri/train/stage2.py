@@ -21,6 +21,7 @@ from samri.annotator import (
     corrective_click,
     pick_mode,
     simulate_prompt,
+    slice_session,
     training_prompt,
 )
 from samri.geometry import SliceGeometry, in_plane_axes
@@ -30,13 +31,18 @@ from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
 logger = logging.getLogger(__name__)
 
+#: first interactions of the clicks validation (the evaluation protocol's)
+CLICK_FIRSTS = ("box", "point")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Stage-2 settings (and the run's stage-1 budget); see ``configs/training.yaml``.
 
     The built-in defaults leave a run unbounded (every labelled slice, every sample per epoch);
-    the app's ``training.yaml`` sets the budget a request runs under.
+    the app's ``training.yaml`` sets the budget a request runs under. ``validation_clicks`` > 0
+    also runs the clicks protocol (that many interactions) on the validation pairs, and its mean
+    Dice then picks the epoch and gates publishing (`samri.train.run.selection_score`).
     """
 
     lr: float = 1e-4
@@ -50,6 +56,7 @@ class TrainSettings:
     max_steps_per_epoch: int | None = None
     max_val_samples: int = 256
     max_slices: int | None = None
+    validation_clicks: int = 0
     seed: int = 0
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -63,6 +70,7 @@ class TrainSettings:
                    max_steps_per_epoch=_positive_or_none(cfg.get("max_steps_per_epoch")),
                    max_val_samples=int(cfg.get("max_val_samples", 256)),
                    max_slices=_positive_or_none(cfg.get("max_slices")), seed=int(cfg.get("seed", 0)),
+                   validation_clicks=int(cfg.get("validation_clicks", 0)),
                    sim=SimSettings(**prompts))
 
 
@@ -254,4 +262,42 @@ class DecoderTrainer:
             out[f"dice_{mode.replace('+', '_')}"] = float(np.mean(dices)) if dices else 0.0
         out["loss"] = float(sum(losses) / max(len(samples), 1))
         out["dice"] = out.get("dice_box", 0.0)
+        return out
+
+    def validate_clicks(self, samples: Sequence[SliceSample], firsts: Sequence[str] = CLICK_FIRSTS,
+                        max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None) -> dict:
+        """The clicks protocol on validation pairs (`samri.annotator.slice_session`), decoded as
+        served (`samri.inference.segmenter.Segmenter.decode` on the cached embedding).
+
+        Returns:
+            ``{"clicks_<first>": [mean Dice after interaction 1..max_clicks], "noc85_<first>": mean
+            NoC@85 (failures count ``max_clicks``), "clicks_score": mean Dice over every curve and
+            interaction}``; the score rewards a good first mask and corrections that improve it.
+        """
+        from samri.evaluation.clicks import noc
+        from samri.inference.segmenter import Segmenter
+
+        self.decoder.eval()
+        segmenter = Segmenter(self.model, self.source.cache)
+        out: dict[str, Any] = {}
+        curves_all = []
+        for k, first in enumerate(firsts):
+            curves = []
+            for n, s in enumerate(samples):
+                embedding, geom = self.source.embedding(s), self.source.geometry(s)
+
+                def decode(prompt: SlicePrompt, embedding=embedding, geom=geom):
+                    res = segmenter.decode(embedding, geom, prompt)
+                    return res.mask, res.low_res_logits
+
+                curves.append(slice_session(decode, self.source.target(s), first=first, max_clicks=max_clicks))
+                if on_sample is not None:
+                    on_sample(k * len(samples) + n + 1, len(firsts) * len(samples))
+            curves = np.asarray(curves, dtype=np.float64).reshape(-1, max_clicks)
+            curves_all.append(curves)
+            out[f"clicks_{first}"] = [round(float(v), 4) for v in curves.mean(axis=0)] if len(curves) else []
+            reached = [noc(c, 0.85) or max_clicks for c in curves]
+            out[f"noc85_{first}"] = float(np.mean(reached)) if reached else float(max_clicks)
+        stacked = np.concatenate(curves_all) if curves_all else np.zeros((0, max_clicks))
+        out["clicks_score"] = float(stacked.mean()) if stacked.size else 0.0
         return out

@@ -29,18 +29,19 @@ logger = logging.getLogger(__name__)
 def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
     """The publish gate: ``(publish, reason)``.
 
-    A candidate is published when its validation Dice beats the live decoder's on the same
-    studies, or (``margin`` > 0) is at most ``margin`` below it. With margin 0 it must improve.
+    A candidate is published when its validation score (`samri.train.run.selection_score`: the
+    clicks protocol's mean Dice, else box Dice) beats the live decoder's on the same studies, or
+    (``margin`` > 0) is at most ``margin`` below it. With margin 0 it must improve.
     """
     if new_dice > live_dice:
-        return True, f"improved: val Dice {new_dice:.4f} > live {live_dice:.4f}"
+        return True, f"improved: val score {new_dice:.4f} > live {live_dice:.4f}"
     if margin > 0 and new_dice >= live_dice - margin:
-        return True, (f"within margin: val Dice {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
+        return True, (f"within margin: val score {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
                       f"{live_dice:.4f}, gate_margin {margin}")
     if margin > 0:
-        return False, (f"refused: val Dice {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
+        return False, (f"refused: val score {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
                        f"{live_dice:.4f}, more than gate_margin {margin}")
-    return False, f"refused: val Dice {new_dice:.4f} does not beat live {live_dice:.4f} (gate_margin 0)"
+    return False, f"refused: val score {new_dice:.4f} does not beat live {live_dice:.4f} (gate_margin 0)"
 
 
 _READ = object()  # `DecoderStore.resolve`: read live.json
@@ -128,7 +129,8 @@ class DecoderStore:
                                   f"this store serves '{self.base_model}'")
         metrics = envelope["metadata"].get("metrics", {})
         new, old = metrics.get("val", {}), metrics.get("baseline_val", {})
-        new_dice, old_dice = float(new.get("dice", 0.0)), float(old.get("dice", 0.0))
+        # the run's selection score (clicks protocol, else box Dice), computed alike for both
+        new_dice, old_dice = (float(m.get("score", m.get("dice", 0.0))) for m in (new, old))
         if new.get("epoch", 1) == 0:
             return {"published": False, "version": None,
                     "reason": "refused: no trained epoch (the file holds the starting decoder, "

@@ -128,7 +128,7 @@ def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
     assert len(result.history) == 2 and all(h["train_loss"] is not None for h in result.history)
     envelope = read_decoder_checkpoint(result.checkpoint)
     meta = envelope["metadata"]
-    assert envelope["base_model"] == "tiny" and meta["point_prompts"] in ("native", "box_search")
+    assert envelope["base_model"] == "tiny" and meta["point_prompts"] in ("single", "box_search")
     assert set(meta["training_data"]["val_studies"]).isdisjoint(meta["training_data"]["train_studies"])
     assert "val" in meta["metrics"] and "baseline_val" in meta["metrics"]
     assert (tmp_path / "run" / "manifest.json").is_file()
@@ -214,6 +214,37 @@ def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh
     assert min(h["loss"] for h in result.history) < result.baseline["loss"]
 
 
+def test_clicks_validation_picks_the_epoch_and_gates_by_its_score(studies_dir, fresh_tiny_model, tmp_path):
+    """``validation_clicks`` runs the protocol per epoch; its mean Dice is the selection score."""
+    from samri.train.run import selection_score
+
+    settings = _settings(epochs=1, max_steps_per_epoch=2, max_val_samples=4, validation_clicks=3)
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          progress=False)
+    for val in (result.baseline, *result.history):
+        for first in ("box", "point"):
+            curve = val[f"clicks_{first}"]
+            assert len(curve) == 3 and all(0.0 <= d <= 1.0 for d in curve)
+            assert 1.0 <= val[f"noc85_{first}"] <= 3.0
+        assert val["score"] == pytest.approx(np.mean(val["clicks_box"] + val["clicks_point"]), abs=1e-3)
+    meta = read_decoder_checkpoint(result.checkpoint)["metadata"]["metrics"]
+    assert meta["val"]["score"] == selection_score(meta["val"])
+    assert selection_score({"dice": 0.7}) == 0.7  # runs without clicks validation: box Dice
+
+
+def test_gate_compares_selection_scores_when_present(tiny_model, tmp_path):
+    from samri.model.checkpoints import save_decoder_checkpoint
+
+    store = DecoderStore(tmp_path / "decoders", base_model="tiny")
+    path = save_decoder_checkpoint(tmp_path / "s.pt", mask_decoder=tiny_model.mask_decoder,
+                                   base_model=tiny_model.spec.name, preprocessing=tiny_model.preprocessing.to_dict(),
+                                   metadata={"metrics": {"val": {"dice": 0.5, "score": 0.8, "epoch": 1},
+                                                         "baseline_val": {"dice": 0.7, "score": 0.6}}})
+    out = store.publish(path)
+    assert out["published"] and "0.8000 > live 0.6000" in out["reason"]
+
+
 def _fake_candidate(tmp_path, model, name: str, val: float, baseline: float, epoch: int = 1) -> Path:
     from samri.model.checkpoints import save_decoder_checkpoint
 
@@ -296,5 +327,5 @@ def test_torchrun_two_cpu_processes(studies_dir, tiny_config_dir, tmp_path):
 def test_point_prompt_mode_follows_validation():
     from samri.train.run import point_prompt_mode
 
-    assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.7}) == "native"
+    assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.7}) == "single"
     assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.1}) == "box_search"
