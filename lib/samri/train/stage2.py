@@ -51,6 +51,7 @@ class TrainSettings:
     lambda_focal: float = 10.0
     focal_gamma: float = 2.0
     iou_weight: float = 1.0
+    click_weight: float = 0.0
     epochs: int = 4
     batch_size: int = 8
     max_steps_per_epoch: int | None = None
@@ -66,6 +67,7 @@ class TrainSettings:
         return cls(lr=float(opt.get("lr", 1e-4)), weight_decay=float(opt.get("weight_decay", 0.1)),
                    lambda_dice=float(loss.get("lambda_dice", 1.0)), lambda_focal=float(loss.get("lambda_focal", 10.0)),
                    focal_gamma=float(loss.get("focal_gamma", 2.0)), iou_weight=float(loss.get("iou_weight", 1.0)),
+                   click_weight=float(loss.get("click_weight", 0.0)),
                    epochs=int(cfg.get("epochs", 4)), batch_size=int(cfg.get("batch_size", 8)),
                    max_steps_per_epoch=_positive_or_none(cfg.get("max_steps_per_epoch")),
                    max_val_samples=int(cfg.get("max_val_samples", 256)),
@@ -120,6 +122,32 @@ def low_res_target(geom: SliceGeometry, mask: np.ndarray, size: int) -> torch.Te
     """``(1, s, s)`` float target of a slice mask in the decoder's low-res frame."""
     full = torch.as_tensor(geom.mask_to_input(mask), dtype=torch.float32)[None, None]
     return F.interpolate(full, size=(size, size), mode="area")[0].round()
+
+
+def click_loss(logits: torch.Tensor, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt],
+               input_size: int) -> torch.Tensor:
+    """Binary cross-entropy of the logits at each prompt's clicks against their labels.
+
+    The Dice/focal loss weighs a click's pixel like any other of the ``s x s`` frame, so a decoder
+    can ignore a negative click at almost no cost; this term makes every click count.
+
+    Args:
+        logits: ``(B, 1, s, s)`` decoder logits (low-res frame = model-input frame x ``s / input_size``).
+        prompts: one per row; points in slice pixels ``(r, c)``. Rows without points add nothing.
+    Returns:
+        the mean over rows with points (0 when none has any).
+    """
+    size = logits.shape[-1]
+    terms = []
+    for n, (geom, prompt) in enumerate(zip(geoms, prompts)):
+        if not len(prompt.points):
+            continue
+        xy = geom.points_to_input(prompt.points)
+        idx = np.clip(np.round((xy + 0.5) * size / input_size - 0.5), 0, size - 1).astype(np.int64)
+        values = logits[n, 0, torch.as_tensor(idx[:, 1]), torch.as_tensor(idx[:, 0])]
+        target = torch.as_tensor(prompt.labels, dtype=values.dtype, device=values.device)
+        terms.append(F.binary_cross_entropy_with_logits(values, target))
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
 
 
 def encode_prompts(model, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt]) -> tuple[torch.Tensor,
@@ -179,6 +207,8 @@ class DecoderTrainer:
             union = (pred | (targets > 0.5)).flatten(1).sum(1).float().clamp(min=1)
             true_iou = inter / union
         iou_loss = F.mse_loss(iou_pred[:, 0], true_iou)
+        if self.settings.click_weight:
+            seg_loss = seg_loss + self.settings.click_weight * click_loss(logits, geoms, prompts, self.model.input_size)
         return logits, seg_loss, iou_loss
 
     def batch(self, samples: Sequence[SliceSample]):

@@ -214,6 +214,23 @@ def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh
     assert min(h["loss"] for h in result.history) < result.baseline["loss"]
 
 
+def test_click_loss_is_low_only_where_the_logits_agree_with_the_clicks():
+    from samri.train.stage2 import click_loss
+
+    geom = SliceGeometry(40, 48, 64)  # low-res frame 16: 4 input pixels per logit
+    logits = torch.full((2, 1, 16, 16), -8.0)
+    logits[:, :, :8, :8] = 8.0  # object in the top-left quarter of the input frame
+    inside, outside = [5.0, 5.0], [35.0, 40.0]
+    agree = [SlicePrompt(points=[inside, outside], labels=[1, 0]), SlicePrompt()]
+    disagree = [SlicePrompt(points=[outside, inside], labels=[1, 0]), SlicePrompt()]
+    assert float(click_loss(logits, [geom] * 2, agree, 64)) < 1e-3
+    assert float(click_loss(logits, [geom] * 2, disagree, 64)) > 7.0
+    assert float(click_loss(logits, [geom] * 2, [SlicePrompt(), SlicePrompt()], 64)) == 0.0
+    logits.requires_grad_(True)
+    click_loss(logits, [geom] * 2, disagree, 64).backward()
+    assert int((logits.grad != 0).sum()) == 2  # only the two clicked logits
+
+
 def test_clicks_validation_picks_the_epoch_and_gates_by_its_score(studies_dir, fresh_tiny_model, tmp_path):
     """``validation_clicks`` runs the protocol per epoch; its mean Dice is the selection score."""
     from samri.train.run import selection_score
@@ -310,6 +327,7 @@ def test_cli_train_and_publish(studies_dir, tiny_config_dir, tmp_path, monkeypat
     assert main(["train", "--studies", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
 
 
+@pytest.mark.slow  # two processes, each importing torch
 def test_torchrun_two_cpu_processes(studies_dir, tiny_config_dir, tmp_path):
     env = {**os.environ, "SAMRI_CONFIG_DIR": str(tiny_config_dir), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO / "lib")}
