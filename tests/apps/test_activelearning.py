@@ -165,6 +165,7 @@ def _wait_for_startup_scoring(url: str, timeout_s: float = 300.0) -> list[dict]:
     raise AssertionError(f"startup scoring jobs did not finish in {timeout_s} s")
 
 
+@pytest.mark.slow  # a live server and its startup scoring jobs
 def test_activelearning_endpoints_over_http(al_server) -> None:
     server, studies = al_server
     url = server.base_url

@@ -191,6 +191,7 @@ def test_info_lists_the_trainer_and_the_live_decoder(make_app) -> None:
     assert info["samri"]["model"] == {"loaded": False}  # /info/ loads nothing
 
 
+@pytest.mark.slow  # three training runs in process
 def test_train_publishes_serves_without_restart_and_rolls_back(make_app, tmp_path: Path) -> None:
     app = make_app()
     write_study(tmp_path / "studies", "mismatch", seed=5, label=np.zeros((10, 10, 10), np.uint8))

@@ -94,6 +94,7 @@ def test_main_cli_maps_bad_input_to_exit_2(files, tmp_path, capsys):
     assert code == 2 and "label" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole evaluation run, two models and a variant
 def test_tiny_models_side_by_side_through_the_cli(files, tmp_path, tiny_registry, fresh_tiny_model, capsys):
     decoder = save_decoder_checkpoint(tmp_path / "ft.pt", mask_decoder=fresh_tiny_model.mask_decoder,
                                       base_model="tiny", preprocessing={"input_size": 64}, metadata={"v": 1})
