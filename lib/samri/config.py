@@ -63,7 +63,9 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
                                 description=str(entry.get("description", "")).strip(),
                                 random_init=bool(entry.get("random_init", False)),
                                 point_prompts=str(entry.get("point_prompts", "native")),
-                                decoder=entry.get("decoder"), base=entry.get("base"))
+                                decoder=entry.get("decoder"), base=entry.get("base"),
+                                backend=str(entry.get("backend", "torch")),
+                                precision=str(entry.get("precision", "auto")))
     window = WindowSettings(**(data.get("window") or {}))
     default = data.get("default_model", next(iter(specs)))
     if default not in specs:

@@ -56,6 +56,10 @@ class ModelSpec:
         decoder: decoder-only checkpoint applied by default (a path, or ``package:NAME`` for a
             file shipped in ``samri/assets``); ``load_model(decoder=...)`` overrides it.
         base: for a variant that only adds a decoder, the entry whose encoder it shares.
+        backend: inference runtime when served (`samri.model.backends.BACKENDS`: ``torch``,
+            ``openvino`` or ``auto``); applied by `samri.model.backends.apply_backend`, never by
+            `load_model` (training keeps PyTorch).
+        precision: ``fp32``, ``bf16`` or ``auto`` (`samri.model.backends.PRECISIONS`).
     """
 
     name: str
@@ -67,6 +71,8 @@ class ModelSpec:
     point_prompts: str = "native"
     decoder: str | None = None
     base: str | None = None
+    backend: str = "torch"
+    precision: str = "auto"
 
     @property
     def base_name(self) -> str:
@@ -77,6 +83,11 @@ class ModelSpec:
         if self.point_prompts not in POINT_PROMPT_MODES:
             raise SamriInputError(f"models.{self.name}.point_prompts", self.point_prompts,
                                   f"must be one of {list(POINT_PROMPT_MODES)}")
+        from samri.model.backends import BACKENDS, PRECISIONS, check_option
+
+        object.__setattr__(self, "backend", check_option(f"models.{self.name}.backend", self.backend, BACKENDS))
+        object.__setattr__(self, "precision",
+                           check_option(f"models.{self.name}.precision", self.precision, PRECISIONS))
 
     def with_checkpoint(self, checkpoint: str | os.PathLike | None) -> "ModelSpec":
         return self if checkpoint is None else replace(self, checkpoint=str(checkpoint))
@@ -95,6 +106,9 @@ class SamModel(nn.Module):
         decoder_info: metadata of an applied decoder checkpoint, or ``{}``.
         point_prompts: how points-only prompts are served (see `ModelSpec`); a decoder
             checkpoint's metadata may set it.
+        backend_key: ``""`` for PyTorch eager fp32, else ``"openvino-bf16"``...: part of
+            `cache_key` (set by `samri.model.backends.apply_backend`).
+        backend_info: which backend serves and why (for ``/info/``).
     """
 
     def __init__(self, *, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
@@ -108,6 +122,8 @@ class SamModel(nn.Module):
         self.encoder_id = ""
         self.decoder_info: dict[str, Any] = {}
         self.point_prompts = spec.point_prompts
+        self.backend_key = ""
+        self.backend_info: dict[str, Any] = {"backend": "torch", "precision": "fp32"}
 
     @property
     def input_size(self) -> int:
@@ -129,8 +145,10 @@ class SamModel(nn.Module):
         return next(self.parameters()).device
 
     def cache_key(self) -> str:
-        """Identity of the embeddings this model produces (encoder weights + preprocessing)."""
-        return f"{self.encoder_id}-{self.preprocessing.key()}"
+        """Identity of the embeddings this model produces (encoder weights + preprocessing, and the
+        backend and precision unless PyTorch eager fp32: their embeddings are other values)."""
+        key = f"{self.encoder_id}-{self.preprocessing.key()}"
+        return f"{key}-{self.backend_key}" if self.backend_key else key
 
 
 # --- architecture builders ----------------------------------------------------------------------
