@@ -148,6 +148,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.clients < 0 or (args.clients and not args.http):
         raise SamriInputError("clients", args.clients, "a positive count, with --http (they click on a live server)")
+    if args.backend or args.backends_only:
+        return _bench_backends(args)
     report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
                             studies=args.studies, repeats=args.repeats, http=args.http,
                             train=not args.no_train, clients=args.clients)
@@ -157,6 +159,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text + "\n")
     if args.markdown:
         write_markdown(report, args.markdown)
+    print(text)
+    return 0
+
+
+def _bench_backends(args: argparse.Namespace) -> int:
+    """``samri bench --backend A --backend B [--backends-only]``: backends side by side (`samri.bench.backends`)."""
+    import shlex
+    import sys
+
+    from samri.bench.backends import backend_figures, backends_markdown, update_section
+    from samri.bench.inprocess import run_benchmarks, write_markdown
+
+    figures = backend_figures(args.backend or ["torch", "auto"], model_name=args.model, checkpoint=args.checkpoint,
+                              decoder=args.decoder, studies=args.studies, repeats=args.repeats,
+                              export_dir=args.export_dir)
+    command = "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    figures["command"] = command
+    if args.backends_only:
+        report = figures
+        if args.markdown:
+            update_section(args.markdown, backends_markdown(figures, command))
+    else:
+        report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
+                                studies=args.studies, repeats=args.repeats, http=args.http,
+                                train=not args.no_train, clients=args.clients)
+        report["backends"] = figures.pop("backends")
+        report["backends_run"] = figures
+        if args.markdown:
+            write_markdown(report, args.markdown)
+            update_section(args.markdown, backends_markdown({**figures, "backends": report["backends"]}, command))
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
     print(text)
     return 0
 
@@ -251,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--decoder", default=None)
+    p.add_argument("--backend", action="append", default=[],
+                   help="inference backend to measure side by side, repeatable: torch, openvino, openvino:fp32, "
+                        "openvino:bf16, auto (torch is always measured: the reference); JSON under backends.<name>")
+    p.add_argument("--backends-only", action="store_true",
+                   help="only the backend comparison (--markdown then updates just its section)")
+    p.add_argument("--export-dir", type=Path, default=None,
+                   help="export cache of the optimized backends (default $SAMRI_BACKEND_CACHE or ~/.cache/samri)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("al-sim", help="simulated annotation loop: active-learning strategies vs random")

@@ -50,3 +50,24 @@ def test_loader_falls_back_to_the_base_decoder_except_for_conf(tmp_path: Path, t
     assert "error" in served
     with pytest.raises(SamriInputError):
         load_model_with_decoder(settings, DecoderChoice("conf", None, broken))
+
+
+def test_holder_serves_through_the_configured_backend(tmp_path: Path, tiny_registry: Path, monkeypatch) -> None:
+    """`ModelHolder` hands its settings' backend to `samri.model.backends.apply_backend`; /info/ shows it."""
+    from apps.samri.lib.runtime.models import ModelHolder
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.model import backends
+
+    calls = []
+
+    def fake_apply(model, backend, precision, *, export_dir):
+        calls.append((backend, precision, export_dir))
+        model.backend_info = {"backend": "openvino", "precision": "bf16"}
+        return model
+
+    monkeypatch.setattr(backends, "apply_backend", fake_apply)
+    settings = _settings(tmp_path, backend="openvino", precision="bf16", backend_cache_dir=tmp_path / "exports")
+    holder = ModelHolder(settings=settings, cache=EmbeddingCache())
+    holder.segmenter()
+    assert calls == [("openvino", "bf16", tmp_path / "exports")]
+    assert holder.info()["backend"] == {"backend": "openvino", "precision": "bf16"}

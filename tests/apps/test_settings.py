@@ -16,6 +16,12 @@ def test_settings_defaults(tmp_path: Path) -> None:
     assert s.model == "samri_lite" and s.precompute is True and s.decoder is None
     assert s.cache_dir == tmp_path / "app" / "model" / "embedding_cache"
     assert s.labels == (DEFAULT_LABEL,)
+    assert (s.backend, s.precision) == ("torch", "auto")  # the registry entry's
+    assert s.backend_cache_dir == tmp_path / "app" / "model" / "backend_cache"
+    fast = AppSettings.from_conf({"backend": "OpenVINO", "precision": "bf16", "backend_cache_dir": str(tmp_path / "x")},
+                                 app_dir=tmp_path, studies=str(tmp_path))
+    assert (fast.backend, fast.precision, fast.backend_cache_dir) == ("openvino", "bf16", tmp_path / "x")
+    assert fast.summary()["backend"] == "openvino"
 
 
 def test_settings_parse_keys(tmp_path: Path) -> None:
@@ -33,6 +39,10 @@ def test_settings_parse_keys(tmp_path: Path) -> None:
     ({"precompute": "maybe"}, "precompute"),
     ({"cache_memory_mb": "lots"}, "cache_memory_mb"),
     ({"labels": "/no/such/labels.json"}, "labels"),
+    ({"backend": "tensorrt"}, "backend"),
+    ({"precision": "int3"}, "precision"),
+    ({"backend": "torch", "precision": "bf16"}, "precision"),
+    ({"backend": "openvino", "device": "cuda"}, "backend"),
 ])
 def test_settings_errors_name_the_key(tmp_path: Path, conf: dict, field: str) -> None:
     with pytest.raises(SamriInputError) as info:

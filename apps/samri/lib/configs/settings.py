@@ -25,6 +25,15 @@
                           ``<app>/model/embedding_cache``); ``none`` keeps embeddings in memory
 ``cache_memory_mb``       bound of the in-memory embedding LRU (default 1024)
 ``device``                torch device for the network (default ``cpu``)
+``backend``               inference runtime of the encoder and decoder: ``torch`` (PyTorch eager fp32),
+                          ``openvino`` (CPU) or ``auto`` (OpenVINO on a CPU device, PyTorch on CUDA);
+                          default: the registry entry's ``backend`` (``torch``). The first load exports
+                          the network (about 30 s on 2 cores, once per weights: cached in
+                          ``backend_cache_dir``); a backend that cannot serve falls back to PyTorch
+                          and ``/info/`` says which serves (`samri.model.backends`)
+``precision``             ``fp32``, ``bf16`` or ``auto`` (bf16 where the CPU has native bf16, with
+                          OpenVINO only); default: the registry entry's (``auto``)
+``backend_cache_dir``     folder of the exported networks (default ``<app>/model/backend_cache``)
 ``max_slices_3d``         most slices one ``samri_3d`` request predicts, prompted slices included
                           (default 96: twice the axial extent of the longest deep grey structure,
                           about 40 mm, at 1 mm). Propagation alternates up and down, so a result cut
@@ -62,9 +71,12 @@ from ..server.settings import SERVER_CONF_KEYS
 logger = logging.getLogger(__name__)
 
 CONF_KEYS = ("model", "checkpoint", "decoder", "decoder_version", "labels", "precompute", "cache_dir",
-             "cache_memory_mb", "device", "max_slices_3d", "max_seconds_3d") + SERVER_CONF_KEYS
+             "cache_memory_mb", "device", "max_slices_3d", "max_seconds_3d", "backend", "precision",
+             "backend_cache_dir") + SERVER_CONF_KEYS
 #: folder of the trainer's published decoder versions, under ``<app>/model``.
 DECODER_STORE_DIR = "decoders"
+#: default folder of the exported networks (`samri.model.backends`), under ``<app>/model``.
+BACKEND_CACHE_DIR = "backend_cache"
 #: ``decoder_version`` values: ``vNNNN`` or ``base``.
 _VERSION_RE = re.compile(r"^(v\d{4,}|base)$")
 #: label used when neither a labels file nor the studies name any.
@@ -101,6 +113,9 @@ class AppSettings:
         device: torch device string.
         max_slices_3d: slice budget of one 3D request.
         max_seconds_3d: wall-clock budget of one 3D request, seconds.
+        backend: ``torch``, ``openvino`` or ``auto`` (`samri.model.backends.apply_backend`).
+        precision: ``fp32``, ``bf16`` or ``auto``.
+        backend_cache_dir: folder of the exported networks.
     """
 
     app_dir: Path
@@ -116,6 +131,9 @@ class AppSettings:
     device: str = "cpu"
     max_slices_3d: int = 96
     max_seconds_3d: float = 40.0
+    backend: str = "torch"
+    precision: str = "auto"
+    backend_cache_dir: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -155,6 +173,8 @@ class AppSettings:
         if memory_bytes <= 0:
             raise SamriInputError("cache_memory_mb", memory_mb, "must be positive")
         labels = load_labels(conf.get("labels"), studies)
+        backend, precision = _backend(conf, spec)
+        backend_cache_dir = _optional_path(conf.get("backend_cache_dir")) or app_dir / "model" / BACKEND_CACHE_DIR
         unknown = sorted(set(conf) - set(CONF_KEYS))
         if unknown:
             logger.info("conf keys not used by SAMRI (left to MONAI Label): %s", unknown)
@@ -162,6 +182,7 @@ class AppSettings:
                    decoder_version=decoder_version, labels=labels,
                    precompute=parse_bool(conf.get("precompute", "true"), "precompute"),
                    cache_dir=cache_dir, cache_memory_bytes=memory_bytes, device=str(conf.get("device", "cpu")),
+                   backend=backend, precision=precision, backend_cache_dir=backend_cache_dir,
                    extra={k: conf[k] for k in unknown}, **_budget_3d(conf))
 
     @property
@@ -174,7 +195,19 @@ class AppSettings:
         return {"model": self.model, "checkpoint": _str(self.checkpoint), "decoder": _str(self.decoder),
                 "decoder_version": self.decoder_version, "precompute": self.precompute,
                 "cache_dir": _str(self.cache_dir), "device": self.device, "labels": len(self.labels),
-                "max_slices_3d": self.max_slices_3d, "max_seconds_3d": self.max_seconds_3d}
+                "max_slices_3d": self.max_slices_3d, "max_seconds_3d": self.max_seconds_3d,
+                "backend": self.backend, "precision": self.precision}
+
+
+def _backend(conf: Mapping[str, Any], spec) -> tuple[str, str]:
+    """``backend`` and ``precision`` (conf, else the registry entry's), checked now so a bad value
+    stops the server at start with the key and the value named (`samri.model.backends.resolve_backend`)."""
+    from samri.model.backends import resolve_backend
+
+    backend = str(conf.get("backend") or spec.backend).strip().lower()
+    precision = str(conf.get("precision") or spec.precision).strip().lower()
+    resolve_backend(backend, precision, str(conf.get("device", "cpu")), have_openvino=True)
+    return backend, precision
 
 
 def _budget_3d(conf: Mapping[str, Any]) -> dict[str, Any]:

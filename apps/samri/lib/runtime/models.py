@@ -212,6 +212,9 @@ class ModelHolder:
         start = time.perf_counter()
         choice = files[2]
         model, served = load_model_with_decoder(self.settings, choice)
+        from samri.model.backends import apply_backend  # serving only: the trainer keeps PyTorch
+
+        apply_backend(model, self.settings.backend, self.settings.precision, export_dir=self.settings.backend_cache_dir)
         self.loads += 1
         self._served = served
         logger.info("loaded model %s (decoder %s, %s) in %.1f s", model.spec.name, served["path"], choice.source,
@@ -224,4 +227,5 @@ class ModelHolder:
             return {"loaded": False}
         return {"loaded": True, "name": seg.model.spec.name, "encoder": seg.model.cache_key(),
                 "decoder": dict(seg.model.decoder_info), "decoder_version": self._served.get("version"),
-                "decoder_source": dict(self._served), "loads": self.loads}
+                "decoder_source": dict(self._served), "loads": self.loads,
+                "backend": dict(getattr(seg.model, "backend_info", {}))}

@@ -1,0 +1,185 @@
+"""``samri bench --backend torch --backend openvino:bf16 ...``: inference backends side by side.
+
+Every backend serves the same model in one process, and each measurement goes round the backends
+in turn (encoder slice by slice, click by click), so a change of load on a shared machine hits all
+of them alike and the ratios to PyTorch eager stay comparable. Per backend (``report["backends"]``):
+model ready time (export or cache), encoder seconds per slice, the first (uncached) click, cached
+clicks, and agreement with eager PyTorch on the benchmark slice (embedding cosine and max abs,
+mask Dice of the box and box+point clicks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+#: the reference every ratio and agreement figure is taken against
+REFERENCE = "torch"
+SECTION_TITLE = "## Inference backends (encoder and click, side by side)"
+
+
+def parse_backend(text: str) -> tuple[str, str, str]:
+    """``"openvino:bf16"`` -> ``(name, backend, precision)``; ``"auto"`` -> ``("auto", "auto", "auto")``."""
+    from samri.model.backends import BACKENDS, PRECISIONS, check_option
+
+    backend, _, precision = str(text).strip().lower().partition(":")
+    backend = check_option("backend", backend, BACKENDS)
+    precision = check_option("backend precision", precision or "auto", PRECISIONS)
+    return text.strip().lower(), backend, precision
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else round(2.0 * float((a & b).sum()) / total, 4)
+
+
+def backend_figures(backends: list[str], *, model_name: str | None = None, checkpoint: str | None = None,
+                    decoder: str | None = None, studies: str | Path = "data/studies", repeats: int = 30,
+                    encoder_slices: int = 5, export_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Measure each of ``backends`` (``torch``, ``openvino``, ``openvino:fp32``, ``auto``, ...) in turn.
+
+    Args:
+        backends: backend specs (`parse_backend`); ``torch`` is added first when missing (the reference).
+        repeats: cached clicks per kind and backend.
+        encoder_slices: slices encoded per backend.
+        export_dir: the export cache (default `samri.model.export_cache.default_export_dir`).
+
+    Returns:
+        ``{"reference": "torch", "backends": {name: figures}, "load_average_1m": {"start", "end"}}``.
+    """
+    import torch
+
+    from samri.annotator import interior_point
+    from samri.bench.inprocess import bench_structure, percentiles, timed_ms
+    from samri.config import load_registry
+    from samri.inference.embeddings import EmbeddingCache, encode_slices
+    from samri.inference.prompts import SlicePrompt
+    from samri.inference.segmenter import Segmenter, mask_box
+    from samri.model.backends import apply_backend
+    from samri.model.builders import load_model
+    from samri.model.openvino_runtime import agreement
+    from samri.volume import load_image, prepare_volume
+
+    specs = [parse_backend(b) for b in backends]
+    if REFERENCE not in [name for name, _, _ in specs]:
+        specs.insert(0, parse_backend(REFERENCE))
+    if len({name for name, _, _ in specs}) != len(specs):
+        raise SamriInputError("backend", backends, "each backend once")
+    load_start = round(os.getloadavg()[0], 2)
+    studies = Path(studies)
+    study, image_path, gt, label = bench_structure(studies)
+    registry = load_registry()
+    spec = registry.spec(model_name)
+    volume = prepare_volume(load_image(image_path), registry.window)
+    axis = 2
+    ks = np.flatnonzero(gt.any(axis=(0, 1)))
+    mid = int(ks[len(ks) // 2])
+    plane = gt[:, :, mid]
+    box, point = mask_box(plane), interior_point(plane)
+
+    models, out = {}, {}
+    for name, backend, precision in specs:
+        start = time.perf_counter()
+        model = load_model(spec, checkpoint=checkpoint, decoder=decoder)
+        models[name] = apply_backend(model, backend, precision, export_dir=export_dir)
+        info = dict(models[name].backend_info)
+        out[name] = {"requested": f"{backend}/{precision}", "serves": f"{info['backend']}/{info['precision']}",
+                     "ready_s": round(time.perf_counter() - start, 2), "reason": info.get("reason")}
+        logger.info("bench backend %s: %s", name, out[name])
+
+    encoder_ms: dict[str, list[float]] = {n: [] for n in models}
+    first_ms: dict[str, list[float]] = {n: [] for n in models}
+    for i in list(ks[:encoder_slices]):
+        for name, model in models.items():
+            encoder_ms[name] += timed_ms(lambda m=model, i=i: encode_slices(m, volume, axis, [int(i)]), 1)
+    for i in list(ks[-3:]):
+        for name, model in models.items():
+            fresh = Segmenter(model, EmbeddingCache())  # empty cache: encoder + decoder
+            first_ms[name] += timed_ms(
+                lambda s=fresh, i=i: s.predict_slice(volume, axis, int(i), SlicePrompt(box=box)), 1)
+
+    segmenters = {n: Segmenter(m, EmbeddingCache()) for n, m in models.items()}
+    clicks = {"box": SlicePrompt(box=box), "box_point": SlicePrompt(box=box, points=[point], labels=[1]),
+              "points_only": SlicePrompt(points=[point], labels=[1])}
+    results = {n: {k: s.predict_slice(volume, axis, mid, p) for k, p in clicks.items()} for n, s in segmenters.items()}
+    clicks["refinement"] = None  # per backend: its own previous logits
+    click_ms: dict[str, dict[str, list[float]]] = {n: {k: [] for k in clicks} for n in models}
+    for _ in range(repeats):
+        for kind in clicks:
+            for name, seg in segmenters.items():
+                prompt = clicks[kind] or SlicePrompt(box=box, points=[point], labels=[1],
+                                                     mask_logits=results[name]["box"].low_res_logits)
+                click_ms[name][kind] += timed_ms(lambda s=seg, p=prompt: s.predict_slice(volume, axis, mid, p), 1)
+
+    ref_emb = encode_slices(models[REFERENCE], volume, axis, [mid])
+    ref_enc = float(np.median(encoder_ms[REFERENCE]))
+    ref_click = float(np.median(click_ms[REFERENCE]["box"]))
+    for name in models:
+        emb = encode_slices(models[name], volume, axis, [mid])
+        agree = agreement(ref_emb, emb)
+        enc = percentiles(encoder_ms[name])
+        out[name].update({
+            "encoder_s_per_slice": {k: (round(v / 1000.0, 3) if k != "n" else v) for k, v in enc.items()},
+            "first_click_ms": percentiles(first_ms[name]),
+            "cached_click_ms": {k: percentiles(v) for k, v in click_ms[name].items()},
+            "speedup_vs_torch": {"encoder": round(ref_enc / float(np.median(encoder_ms[name])), 2),
+                                 "box_click": round(ref_click / float(np.median(click_ms[name]["box"])), 2)},
+            "vs_torch": {"embedding_cosine": agree["cosine"], "embedding_max_abs": round(agree["max_abs"], 5),
+                         "mask_dice": {k: _dice(results[REFERENCE][k].mask, results[name][k].mask)
+                                       for k in ("box", "box_point", "points_only")}},
+        })
+    return {"reference": REFERENCE, "model": spec.name, "torch_threads": torch.get_num_threads(),
+            "data": {"study": study, "label": label, "axis": axis, "slice": mid},
+            "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+            "backends": out}
+
+
+def backends_markdown(report: dict[str, Any], command: str = "") -> list[str]:
+    """The docs/BENCHMARKS.md section (lines) for ``report["backends"]`` (`backend_figures`)."""
+    r = report
+    lines = ["", SECTION_TITLE, "",
+             f"`{command or 'samri bench --backend torch --backend openvino:fp32 --backend openvino:bf16'}`: "
+             f"model `{r['model']}`, `{r['data']['study']}` {r['data']['label']} axis {r['data']['axis']} slice "
+             f"{r['data']['slice']}; all backends in one process, measured in turn. 1-minute load average "
+             f"{r['load_average_1m']['start']} at the start, {r['load_average_1m']['end']} at the end on this "
+             "machine's 2 shared CPUs: read the ratios, not the absolute times.", "",
+             "| backend (serves) | ready s | encoder s/slice p50 | x eager | first click ms | cached box click "
+             "ms p50 / p95 | x eager | box+point / points-only / refinement ms p50 | embedding cosine, max abs "
+             "vs eager | mask Dice vs eager (box, box+point, points) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, b in r["backends"].items():
+        c, v = b["cached_click_ms"], b["vs_torch"]
+        d = v["mask_dice"]
+        lines.append(f"| {name} ({b['serves']}) | {b['ready_s']} | {b['encoder_s_per_slice']['p50']} | "
+                     f"{b['speedup_vs_torch']['encoder']} | {b['first_click_ms']['p50']} | {c['box']['p50']} / "
+                     f"{c['box']['p95']} | {b['speedup_vs_torch']['box_click']} | {c['box_point']['p50']} / "
+                     f"{c['points_only']['p50']} / {c['refinement']['p50']} | {v['embedding_cosine']}, "
+                     f"{v['embedding_max_abs']} | {d['box']}, {d['box_point']}, {d['points_only']} |")
+    return lines
+
+
+def update_section(path: str | Path, lines: list[str], title: str = SECTION_TITLE) -> Path:
+    """Replace the section starting with ``title`` in a markdown file (up to the next ``## ``), or append it."""
+    from samri.io import write_text
+
+    path = Path(path)
+    old = path.read_text().splitlines() if path.is_file() else []
+    body = list(lines)
+    if title in old:
+        start = old.index(title)
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
+        while start > 0 and old[start - 1] == "":
+            start -= 1
+        new = old[:start] + body + ([""] if end < len(old) else []) + old[end:]
+    else:
+        new = old + body
+    return write_text(path, "\n".join(new).rstrip("\n") + "\n")

@@ -1,0 +1,58 @@
+"""samri.bench.backends: backend specs, the report's shape, and its docs/BENCHMARKS.md section."""
+
+from __future__ import annotations
+
+import pytest
+
+from samri.bench.backends import SECTION_TITLE, backend_figures, backends_markdown, parse_backend, update_section
+from samri.errors import SamriInputError
+
+
+def test_parse_backend():
+    assert parse_backend("torch") == ("torch", "torch", "auto")
+    assert parse_backend("OpenVINO:BF16") == ("openvino:bf16", "openvino", "bf16")
+    assert parse_backend("auto") == ("auto", "auto", "auto")
+    with pytest.raises(SamriInputError, match="backend precision"):
+        parse_backend("openvino:int2")
+    with pytest.raises(SamriInputError, match="backend="):
+        parse_backend("tvm")
+
+
+def _figures(name: str, serves: str) -> dict:
+    p = {"p50": 10.0, "p95": 12.0, "n": 3}
+    return {"serves": serves, "ready_s": 1.0, "encoder_s_per_slice": {"p50": 0.5, "p95": 0.6, "n": 5},
+            "first_click_ms": p, "cached_click_ms": {k: p for k in ("box", "box_point", "points_only", "refinement")},
+            "speedup_vs_torch": {"encoder": 1.0, "box_click": 1.0},
+            "vs_torch": {"embedding_cosine": 1.0, "embedding_max_abs": 0.0,
+                         "mask_dice": {"box": 1.0, "box_point": 1.0, "points_only": 1.0}}}
+
+
+def test_markdown_section_is_replaced_not_repeated(tmp_path):
+    report = {"model": "samri_lite", "data": {"study": "s", "label": "l", "axis": 2, "slice": 3},
+              "load_average_1m": {"start": 1.0, "end": 2.0},
+              "backends": {"torch": _figures("torch", "torch/fp32"), "openvino:bf16": _figures("o", "openvino/bf16")}}
+    lines = backends_markdown(report, "samri bench --backend torch")
+    assert any(line.startswith("| openvino:bf16 (openvino/bf16) |") for line in lines)
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# SAMRI benchmarks\n\n## Training step\n\nx\n")
+    update_section(doc, lines)
+    update_section(doc, lines)  # regenerated: still one section
+    text = doc.read_text()
+    assert text.count(SECTION_TITLE) == 1 and text.startswith("# SAMRI benchmarks") and "## Training step" in text
+    doc.write_text(f"# B\n\n{SECTION_TITLE}\n\nold\n\n## After\n\ny\n")
+    update_section(doc, lines)
+    text = doc.read_text()
+    assert "old" not in text and text.index(SECTION_TITLE) < text.index("## After") and text.count(SECTION_TITLE) == 1
+
+
+@pytest.mark.slow
+def test_backend_figures_tiny_model(tiny_registry, sample_studies_dir, tmp_path):
+    """The report's shape on the tiny model: torch is added as the reference; ratios and agreement per backend."""
+    pytest.importorskip("openvino")
+    report = backend_figures(["openvino:fp32"], studies=sample_studies_dir, repeats=2, encoder_slices=2,
+                             export_dir=tmp_path)
+    assert list(report["backends"]) == ["torch", "openvino:fp32"]
+    fast = report["backends"]["openvino:fp32"]
+    assert fast["serves"] == "openvino/fp32" and fast["cached_click_ms"]["box"]["n"] == 2
+    assert fast["vs_torch"]["embedding_cosine"] > 0.9999 and fast["vs_torch"]["mask_dice"]["box"] == 1.0
+    assert report["backends"]["torch"]["speedup_vs_torch"] == {"encoder": 1.0, "box_click": 1.0}
