@@ -138,7 +138,7 @@ def cmd_default_decoder(args: argparse.Namespace) -> int:
 
     summary = train_default_decoder(out=args.out, work_dir=args.work_dir,
                                     cache_dir=args.cache_dir or default_cache_dir(),
-                                    config=args.config)
+                                    config=args.config, init_decoder=args.init_decoder)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("data/default-decoder"))
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--init-decoder", type=Path, default=None,
+                   help="start from this decoder-only checkpoint (the recipe's second stage)")
     p.set_defaults(func=cmd_default_decoder)
 
     p = sub.add_parser("bench", help="speed figures: encoder, cached/uncached click, 3D, memory")

@@ -19,6 +19,7 @@ from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
 from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
+from samri.inference.refine import CLICK_MERGES, local_merge
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
            "VolumeResult", "mask_box"]
@@ -76,12 +77,19 @@ class Segmenter:
         model: a `samri.model.builders.SamModel`.
         cache: the shared `samri.inference.embeddings.EmbeddingCache`.
         propagation: 3D stopping rules.
+        click_merge: ``"local"``: a refinement (clicks + the previous logits) changes the previous
+            mask only in the changed regions that hold a click it got wrong
+            (`samri.inference.refine.local_merge`); ``"global"``: the decoder's new mask as it is.
     """
 
-    def __init__(self, model, cache: EmbeddingCache, *, propagation: PropagationSettings = PropagationSettings()):
+    def __init__(self, model, cache: EmbeddingCache, *, propagation: PropagationSettings = PropagationSettings(),
+                 click_merge: str = "local"):
+        if click_merge not in CLICK_MERGES:
+            raise SamriInputError("click_merge", click_merge, f"must be one of {list(CLICK_MERGES)}")
         self.model = model
         self.cache = cache
         self.propagation = propagation
+        self.click_merge = click_merge
         self._dense_pe: torch.Tensor | None = None
 
     def dense_pe(self) -> torch.Tensor:
@@ -114,7 +122,7 @@ class Segmenter:
             raise SamriInputError("prompt", "empty", "give at least one point or a box")
         prompt.check_inside((geom.height, geom.width))
         if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
-            return self._box_search(embedding, geom, prompt)
+            return self._merged(geom, prompt, self._box_search(embedding, geom, prompt))
         multimask = (len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
                      and self.point_prompts == "native")
         low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom,
@@ -123,7 +131,16 @@ class Segmenter:
         best = int(torch.argmax(iou[0])) if multimask else 0
         low_res = low_res[:, best:best + 1]
         mask = geom.logits_to_slice(low_res)[0, 0].numpy() > 0.0
-        return SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best]))
+        return self._merged(geom, prompt, SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best])))
+
+    def _merged(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult) -> SliceResult:
+        """`click_merge` ``"local"``: keep a refinement's changes local to the clicks it answers."""
+        if self.click_merge != "local" or prompt.mask_logits is None or not len(prompt.points):
+            return result
+        merged = local_merge(geom, prompt.mask_logits, result.low_res_logits, prompt.points, prompt.labels)
+        if merged is None:
+            return result
+        return SliceResult(mask=merged[0], low_res_logits=merged[1], iou=result.iou)
 
     @property
     def point_prompts(self) -> str:

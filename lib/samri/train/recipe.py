@@ -101,6 +101,17 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
     return out_dir, val_ids
 
 
+def _decoder_identity(path: Path) -> dict:
+    """Name, version and sha256 of a decoder file (the recipe records what a stage started from)."""
+    import hashlib
+
+    from samri.model.checkpoints import read_decoder_checkpoint
+
+    meta = read_decoder_checkpoint(path)["metadata"]
+    return {"file": Path(path).name, "version": meta.get("version"),
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def _copy_if_missing(src: Path, dst: Path) -> None:
     from samri.io import copy_file
 
@@ -108,9 +119,14 @@ def _copy_if_missing(src: Path, dst: Path) -> None:
         copy_file(src, dst)
 
 
-def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None) -> dict:
-    """Build the studies, train ``litemedsam``'s decoder with ``configs/training_default_decoder.yaml``,
-    and copy the best decoder to ``out`` (atomically). Returns the run summary."""
+def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None,
+                          init_decoder: Path | None = None) -> dict:
+    """Build the studies, train ``litemedsam``'s decoder with ``configs/training_default_decoder.yaml``
+    (or ``config``), and copy the best decoder to ``out`` (atomically). Returns the run summary.
+
+    ``init_decoder`` starts from that decoder-only checkpoint instead of LiteMedSAM's own decoder
+    (the recipe's second stage, `configs/training_default_decoder_clicks.yaml`, starts from the first's).
+    """
     from samri.config import config_dir, load_registry, read_yaml
     from samri.inference.embeddings import EmbeddingCache
     from samri.labels import load_label_names
@@ -124,7 +140,7 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
     stride = int(cfg.get("validation", {}).get("label_stride", 0))
     studies, val_ids = build_training_studies(work_dir / "samples", work_dir / "studies", label_stride=stride)
     registry = load_registry()
-    model = load_model(registry.spec("litemedsam"))
+    model = load_model(registry.spec("litemedsam"), decoder=init_decoder)
     result = run_training(find_studies(studies), model=model, out_dir=work_dir / "run",
                           settings=TrainSettings.from_config(cfg), window=registry.window,
                           cache=EmbeddingCache(cache_dir=cache_dir), min_pixels=int(cfg.get("min_pixels", 30)),
@@ -132,6 +148,8 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
                           val_studies=val_ids or None)
     envelope = read_decoder_checkpoint(result.checkpoint)
     metadata = dict(envelope["metadata"], recipe="samri default-decoder (samri.train.recipe)",
+                    recipe_config=str(config or "configs/training_default_decoder.yaml"),
+                    init_decoder=None if init_decoder is None else _decoder_identity(init_decoder),
                     training_volumes=[f"{s}{'~' + v if v else ''} seed {seed}" for s, v, seed in TRAINING_VOLUMES],
                     validation=({"study": VALIDATION_STUDY, "label_stride": stride,
                                  "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {}))}

@@ -1,0 +1,84 @@
+"""Local merge of a corrective click's result (FocalClick's "progressive merge").
+
+A corrective click says one thing: *here* the previous mask is wrong. A decoder that follows the
+click often changes the mask elsewhere too (a negative click in a leak can also erase part of the
+object), so the new prediction is accepted only inside the changed regions that contain a click the
+previous mask got wrong; everywhere else the previous mask stays. That keeps every correction local,
+so Dice does not fall when a click is answered too broadly.
+
+Frames: masks ``(H, W)`` bool slice pixels; clicks ``(r, c)``; logits ``(1, 1, s, s)`` in the
+decoder's low-res frame (`samri.geometry.SliceGeometry`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from samri.geometry import SliceGeometry
+
+CLICK_MERGES = ("local", "global")
+
+
+def disagreeing_clicks(previous: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(K, 2)`` int ``(r, c)`` of the clicks ``previous`` contradicts (positive outside, negative inside)."""
+    if not len(points):
+        return np.zeros((0, 2), dtype=np.int64)
+    h, w = previous.shape
+    rc = np.clip(np.round(np.asarray(points, dtype=np.float64)), 0, [h - 1, w - 1]).astype(np.int64)
+    wrong = previous[rc[:, 0], rc[:, 1]] != (np.asarray(labels) == 1)
+    return rc[wrong]
+
+
+#: a click's region of influence: this many times its distance to the previous mask's boundary
+FOCUS_SCALE = 2.0
+
+
+def _near_clicks(previous: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+    """Pixels within `FOCUS_SCALE` x each click's distance to the previous mask's boundary of it.
+
+    A negative click deep inside a false positive, or a positive click far into missed object,
+    has a large region of influence; one near the boundary a small one (FocalClick's focus crop).
+    """
+    inside = ndimage.distance_transform_edt(previous)
+    outside = ndimage.distance_transform_edt(~previous)
+    rr, cc = np.indices(previous.shape)
+    near = np.zeros(previous.shape, dtype=bool)
+    for r, c in clicks:
+        radius = FOCUS_SCALE * max(float(inside[r, c] if previous[r, c] else outside[r, c]), 1.0)
+        near |= (rr - r) ** 2 + (cc - c) ** 2 <= radius ** 2
+    return near
+
+
+def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: torch.Tensor, points: np.ndarray,
+                labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor] | None:
+    """The previous mask with only the click-bearing changes of the new one.
+
+    Args:
+        previous_logits, new_logits: ``(1, 1, s, s)``; the previous request's and this one's.
+        points, labels: every click of the request, ``(N, 2)`` ``(r, c)`` and ``(N,)`` 1/0.
+
+    Returns:
+        ``(mask (H, W) bool, logits (1, 1, s, s))`` -- the logits are the new ones inside the accepted
+        regions and the previous ones elsewhere (fed back with the next click) -- or None when
+        there is nothing to merge (no click contradicts the previous mask, or the new prediction
+        changed none of those clicks' pixels): the caller keeps the new prediction as it is.
+    """
+    previous = geom.logits_to_slice(previous_logits.float())[0, 0].numpy() > 0.0
+    new = geom.logits_to_slice(new_logits.float())[0, 0].numpy() > 0.0
+    clicks = disagreeing_clicks(previous, points, labels)
+    if not len(clicks):
+        return None
+    regions, _ = ndimage.label(previous ^ new, structure=np.ones((3, 3), dtype=bool))
+    ids = {int(v) for v in regions[clicks[:, 0], clicks[:, 1]] if v}
+    if not ids:
+        return None
+    accept = np.isin(regions, sorted(ids)) & _near_clicks(previous, clicks)
+    mask = np.where(accept, new, previous)
+    size = new_logits.shape[-1]
+    accept_input = torch.as_tensor(geom.mask_to_input(accept), dtype=torch.float32)[None, None]
+    accept_low = F.adaptive_max_pool2d(accept_input, size) > 0.5
+    logits = torch.where(accept_low, new_logits.float(), previous_logits.float().to(new_logits.device))
+    return mask, logits
