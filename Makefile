@@ -80,9 +80,12 @@ bench: sample-data
 clean:
 	rm -rf $(VENV) data
 
-# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only); see lib/samri/train/recipe.py.
+# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in two stages: prompts, then
+# corrective clicks from the first stage's decoder; see lib/samri/train/recipe.py and docs/DECODER.md.
 default-decoder: sample-data
-	$(VENV)/bin/samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt
+	$(VENV)/bin/samri default-decoder --out data/default-decoder/stage1_decoder.pt
+	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage1_decoder.pt \
+		--config configs/training_default_decoder_clicks.yaml --out lib/samri/assets/samri_lite_decoder.pt
 
 # The test split (docs/EVALUATION.md): pseudo-subjects no training or checkpoint choice saw.
 TEST_SPLIT ?= data/test-split
@@ -102,10 +105,10 @@ SUBJECTS_3D := $(foreach s,cohort_s00_t1 cohort_s01_t2like,--image $(TEST_SPLIT)
 
 evaluate: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks \
-		--first box,point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
+		--first box,point --max-clicks 10 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
 		--out $(EVAL_DIR)/clicks-2d
 	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks \
-		--first box,point --max-clicks 8 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
+		--first box,point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
 	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d --doc docs/EVALUATION.md \
 		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 

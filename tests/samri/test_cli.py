@@ -157,7 +157,10 @@ def test_cli_precompute_fills_cache(tmp_path, capsys):
 def test_shipped_samri_lite_decoder_loads_on_litemedsam():
     model = load_model(load_registry().spec("samri_lite"))
     assert model.decoder_info["path"].endswith("samri_lite_decoder.pt")
-    assert model.spec.base_name == "litemedsam" and model.point_prompts in ("native", "box_search")
+    assert model.spec.base_name == "litemedsam" and model.point_prompts == "single"
+    # stage 2 of the recipe: trained for corrective clicks from stage 1's decoder, chosen by the clicks score
+    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_clicks.yaml"
+    assert model.decoder_info["metrics"]["val"]["score"] > model.decoder_info["metrics"]["baseline_val"]["score"]
     data = model.decoder_info["training_data"]
     # trained on the two recipe sources only; validated on AAL structures held out of training
     assert set(data["train_studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "mni152_t1"}

@@ -110,7 +110,8 @@ class ProgressRecorder:
         if "val" in event:
             self.data["val"] = {"epoch": event.get("epoch"), **event["val"]}
             self.data["best"] = event.get("best")
-            keys = ("epoch", "dice", "dice_box", "dice_box_point", "dice_point", "loss")
+            keys = ("epoch", "score", "dice", "dice_box", "dice_box_point", "dice_point", "noc85_box", "noc85_point",
+                    "loss")
             self.data.setdefault("val_history", []).append({k: self.data["val"].get(k) for k in keys})
         if urgent or self.clock() - self._last >= self.min_interval_s:
             self.flush()

@@ -242,9 +242,11 @@ class SamriTrainer(TrainTask):
         logger.info("publish: %s (live decoder: %s)", publish, live)
         return {**publish, "live": live, "started_from": started_from,
                 "val_dice": result.candidate.get("dice"), "baseline_val_dice": result.baseline.get("dice"),
+                "val_score": result.candidate.get("score"), "baseline_val_score": result.baseline.get("score"),
                 "best_epoch": result.candidate.get("epoch"), "epoch": len(result.history),
                 "total_epochs": options.epochs,
-                "history": [{k: h.get(k) for k in ("epoch", "steps", "train_loss", "loss", "dice")}
+                "history": [{k: h.get(k) for k in ("epoch", "steps", "train_loss", "loss", "dice", "score", "noc85_box",
+                                                   "noc85_point")}
                             for h in result.history],
                 "budget": result.budget, "seconds": result.seconds,
                 "studies": result.stats.get("studies_used", []),
