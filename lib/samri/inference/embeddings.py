@@ -12,13 +12,13 @@ import hashlib
 import logging
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 
 from samri.errors import SamriInputError
 from samri.geometry import check_axis, take_slice
@@ -47,14 +47,16 @@ class EmbeddingCache:
 
     Args:
         cache_dir: folder for the disk tier; None keeps embeddings in memory only.
-        max_memory_bytes: bound of the in-memory LRU (fp16 bytes; 2 MiB per 256x64x64 embedding).
+        max_memory_bytes: bound of the in-memory LRU (`cachetools.LRUCache` sized in fp16 bytes;
+            2 MiB per 256x64x64 embedding). An embedding larger than the bound is not kept in
+            memory (only on disk, when there is a disk tier).
     """
 
     def __init__(self, *, cache_dir: str | os.PathLike | None = None, max_memory_bytes: int = 1 << 30) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_memory_bytes = int(max_memory_bytes)
-        self._memory: OrderedDict[EmbeddingKey, torch.Tensor] = OrderedDict()
-        self._memory_bytes = 0
+        self._memory: LRUCache[EmbeddingKey, torch.Tensor] = LRUCache(maxsize=max(1, self.max_memory_bytes),
+                                                                      getsizeof=_tensor_bytes)
         self._lock = threading.Lock()
         self._slice_locks: dict[EmbeddingKey, threading.Lock] = {}
         self.stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "encoded": 0}
@@ -63,9 +65,8 @@ class EmbeddingCache:
     def get(self, key: EmbeddingKey) -> torch.Tensor | None:
         """fp32 ``(C, h, w)`` embedding or None."""
         with self._lock:
-            hit = self._memory.get(key)
+            hit = self._memory.get(key)  # a hit becomes the most recently used
             if hit is not None:
-                self._memory.move_to_end(key)
                 self.stats["memory_hits"] += 1
                 return hit.float()
         loaded = self._read_disk(key)
@@ -89,16 +90,10 @@ class EmbeddingCache:
         return self.cache_dir is not None and (self.cache_dir / key.relative_path()).is_file()
 
     def _remember(self, key: EmbeddingKey, half: torch.Tensor) -> None:
-        size = half.numel() * half.element_size()
         with self._lock:
-            old = self._memory.pop(key, None)
-            if old is not None:
-                self._memory_bytes -= old.numel() * old.element_size()
-            self._memory[key] = half
-            self._memory_bytes += size
-            while self._memory_bytes > self.max_memory_bytes and len(self._memory) > 1:
-                _, evicted = self._memory.popitem(last=False)
-                self._memory_bytes -= evicted.numel() * evicted.element_size()
+            self._memory.pop(key, None)
+            if _tensor_bytes(half) <= self._memory.maxsize:
+                self._memory[key] = half  # evicts least recently used entries down to the bound
 
     def _read_disk(self, key: EmbeddingKey) -> torch.Tensor | None:
         if self.cache_dir is None:
@@ -124,6 +119,10 @@ class EmbeddingCache:
         """The lock held while ``key`` is being encoded (kept for the cache's lifetime: tiny)."""
         with self._lock:
             return self._slice_locks.setdefault(key, threading.Lock())
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:

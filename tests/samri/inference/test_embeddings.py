@@ -176,17 +176,20 @@ def test_lru_bound_is_respected():
     assert cache.get(keys[0]) is not None  # refresh 0: 1 is now the oldest
     for k in keys[3:]:
         cache.put(k, torch.randn(32, 8, 8))
-    assert cache._memory_bytes <= cache.max_memory_bytes
+    assert cache._memory.currsize <= cache.max_memory_bytes
     assert len(cache._memory) == 3
     assert [k in cache for k in keys] == [True, False, False, True, True]
     assert cache.get(keys[1]) is None
 
 
-def test_lru_keeps_at_least_one_entry():
-    cache = EmbeddingCache(max_memory_bytes=10)
+def test_an_embedding_over_the_memory_bound_is_kept_on_disk_only(tmp_path):
+    cache = EmbeddingCache(cache_dir=tmp_path, max_memory_bytes=10)
     cache.put(key(0), torch.randn(32, 8, 8))
-    cache.put(key(1), torch.randn(32, 8, 8))
-    assert key(1) in cache and key(0) not in cache
+    assert len(cache._memory) == 0 and key(0) in cache
+    assert cache.get(key(0)) is not None and cache.stats["disk_hits"] == 1
+    memory_only = EmbeddingCache(max_memory_bytes=10)
+    memory_only.put(key(1), torch.randn(32, 8, 8))
+    assert key(1) not in memory_only
 
 
 def test_lru_replacing_a_key_does_not_double_count():
@@ -195,7 +198,7 @@ def test_lru_replacing_a_key_does_not_double_count():
         cache.put(key(0), torch.randn(32, 8, 8))
     cache.put(key(1), torch.randn(32, 8, 8))
     assert key(0) in cache and key(1) in cache
-    assert cache._memory_bytes == 2 * EMB_BYTES
+    assert cache._memory.currsize == 2 * EMB_BYTES
 
 
 def test_evicted_entry_comes_back_from_disk(tmp_path):
