@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: bump when the exported graphs change (wrapper signature, inputs, outputs): old folders are then stale
 EXPORT_FORMAT = 1
 MANIFEST = "manifest.json"
+#: exports kept per part and backend (newest first); older ones (other weights, other versions) are removed
+KEEP_PER_PART = 4
 #: where exports go when no folder is configured (``$SAMRI_BACKEND_CACHE``, else the user's cache)
 CACHE_ENV = "SAMRI_BACKEND_CACHE"
 
@@ -193,4 +195,23 @@ def export_folder(root: str | os.PathLike, key: ExportKey, build: Callable[[Path
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         logger.info("exported %s in %.1f s", folder, time.perf_counter() - start)
+        prune(root, key, keep=KEEP_PER_PART)
         return folder
+
+
+def prune(root: Path, key: ExportKey, keep: int = KEEP_PER_PART) -> list[Path]:
+    """Remove all but the ``keep`` newest export folders of ``key``'s part and backend (``key``'s own stays).
+
+    A decoder the trainer publishes gets its own export, so without this the folder would grow by
+    one export per published version. Returns the removed folders.
+    """
+    prefix = f"{key.part}-"
+    mine = key.folder_name()
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix)
+               and f"-{key.backend}-" in p.name and p.name != mine]
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = folders[max(keep - 1, 0):]
+    for old in removed:
+        logger.info("removing old export %s", old)
+        discard(old)
+    return removed

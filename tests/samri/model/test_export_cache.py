@@ -10,6 +10,7 @@ import pytest
 
 from samri.model.export_cache import (
     EXPORT_FORMAT,
+    KEEP_PER_PART,
     MANIFEST,
     ExportKey,
     check_export,
@@ -100,6 +101,17 @@ def test_concurrent_exports_of_one_key_agree(tmp_path):
     for t in threads:
         t.join()
     assert len(set(out)) == 1 and build.calls == 1 and check_export(out[0], KEY) is None
+
+
+def test_old_exports_of_a_part_are_pruned(tmp_path):
+    keys = [ExportKey(**{**KEY.to_dict(), "fingerprint": f"w{i}"}) for i in range(6)]
+    decoder = ExportKey(**{**KEY.to_dict(), "part": "decoder"})
+    export_folder(tmp_path, decoder, Builder())
+    for key in keys:
+        export_folder(tmp_path, key, Builder())
+    left = sorted(p.name.split("-")[1] for p in tmp_path.iterdir() if p.name.startswith("encoder-"))
+    assert len(left) == KEEP_PER_PART and keys[-1].fingerprint in left  # the newest stay
+    assert (tmp_path / decoder.folder_name()).is_dir()  # another part is not touched
 
 
 def test_default_export_dir_follows_environment(monkeypatch, tmp_path):
