@@ -55,7 +55,8 @@ def __dir__() -> list[str]:
 
 def load_segmenter(name: str = "samri_lite", *, checkpoint: str | os.PathLike | None = None,
                    decoder: str | os.PathLike | None = None, device: str = "cpu",
-                   cache_dir: str | os.PathLike | None = None) -> Segmenter:
+                   cache_dir: str | os.PathLike | None = None, backend: str | None = None,
+                   precision: str | None = None) -> Segmenter:
     """A `Segmenter` for the registry model ``name`` (``configs/models.yaml``, or ``$SAMRI_CONFIG_DIR``).
 
     Args:
@@ -63,13 +64,17 @@ def load_segmenter(name: str = "samri_lite", *, checkpoint: str | os.PathLike | 
         decoder: a decoder-only checkpoint applied on top (default: the registry's).
         device: where the model runs.
         cache_dir: embeddings also kept on disk there (default: memory only).
+        backend, precision: inference runtime (``torch``, ``openvino``, ``auto``) and ``fp32``/``bf16``/
+            ``auto`` (default: the registry entry's; see `samri.model.backends`).
     """
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache
     from samri.inference.segmenter import Segmenter
+    from samri.model.backends import apply_backend
     from samri.model.builders import load_model
 
     model = load_model(load_registry().spec(name), checkpoint=checkpoint, decoder=decoder, device=device)
+    apply_backend(model, backend, precision)
     return Segmenter(model, EmbeddingCache(cache_dir=cache_dir))
 
 

@@ -7,8 +7,10 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 import samri
+from samri.errors import SamriInputError
 from tests.helpers import write_tiny_studies
 
 
@@ -29,7 +31,9 @@ def test_public_names():
 def test_readme_example_on_tiny_model(tmp_path, tiny_registry):
     studies = write_tiny_studies(tmp_path / "studies", ids=("tiny_a",))
     segmenter = samri.load_segmenter("tiny")
-    assert isinstance(segmenter, samri.Segmenter)
+    assert isinstance(segmenter, samri.Segmenter) and segmenter.model.backend_info["backend"] == "torch"
+    with pytest.raises(SamriInputError, match="backend"):
+        samri.load_segmenter("tiny", backend="fast")
     image = samri.load_image(studies / "tiny_a.nii.gz")
     volume = samri.prepare_volume(image)
     result = samri.run_request(segmenter, volume, {"roi": [10, 30, 10, 26, 4, 4]}, mode="3d")
