@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,8 +74,14 @@ FUZZ_SEED ?= 0
 fuzz: sample-data
 	SAMRI_FUZZ_COUNT=$(FUZZ_COUNT) SAMRI_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -rA tests/apps/test_fuzz.py
 
+# BACKENDS: inference backends measured side by side with PyTorch eager (samri.bench.backends).
+BACKENDS ?= --backend torch --backend openvino:fp32 --backend openvino:bf16
 bench: sample-data
-	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http --clients 4
+	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http --clients 4 $(BACKENDS)
+
+# Only the backend comparison: updates its section of docs/BENCHMARKS.md.
+bench-backends: sample-data
+	$(VENV)/bin/samri bench --backends-only $(BACKENDS) --json docs/bench-backends.json --markdown docs/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) data

@@ -164,7 +164,10 @@ def backends_markdown(report: dict[str, Any], command: str = "") -> list[str]:
                      f"{c['box']['p95']} | {b['speedup_vs_torch']['box_click']} | {c['box_point']['p50']} / "
                      f"{c['points_only']['p50']} / {c['refinement']['p50']} | {v['embedding_cosine']}, "
                      f"{v['embedding_max_abs']} | {d['box']}, {d['box_point']}, {d['points_only']} |")
-    return lines
+    return lines + ["", "`x eager`: PyTorch eager's p50 over this backend's, same run. `ready s`: load plus export "
+                    "(first use of these weights) or export-cache check and compile. The agreement columns are one "
+                    "slice; the equivalence thresholds over several structures are in "
+                    "tests/samri/model/test_backends.py (`REAL_LIMITS`, with the figures they come from)."]
 
 
 def update_section(path: str | Path, lines: list[str], title: str = SECTION_TITLE) -> Path:

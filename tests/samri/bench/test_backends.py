@@ -39,10 +39,11 @@ def test_markdown_section_is_replaced_not_repeated(tmp_path):
     update_section(doc, lines)  # regenerated: still one section
     text = doc.read_text()
     assert text.count(SECTION_TITLE) == 1 and text.startswith("# SAMRI benchmarks") and "## Training step" in text
-    doc.write_text(f"# B\n\n{SECTION_TITLE}\n\nold\n\n## After\n\ny\n")
+    doc.write_text(f"# B\n\n{SECTION_TITLE}\n\nOLD-CONTENT\n\n## After\n\ny\n")
     update_section(doc, lines)
     text = doc.read_text()
-    assert "old" not in text and text.index(SECTION_TITLE) < text.index("## After") and text.count(SECTION_TITLE) == 1
+    assert "OLD-CONTENT" not in text and text.count(SECTION_TITLE) == 1
+    assert text.index(SECTION_TITLE) < text.index("## After")
 
 
 @pytest.mark.slow
@@ -56,3 +57,10 @@ def test_backend_figures_tiny_model(tiny_registry, sample_studies_dir, tmp_path)
     assert fast["serves"] == "openvino/fp32" and fast["cached_click_ms"]["box"]["n"] == 2
     assert fast["vs_torch"]["embedding_cosine"] > 0.9999 and fast["vs_torch"]["mask_dice"]["box"] == 1.0
     assert report["backends"]["torch"]["speedup_vs_torch"] == {"encoder": 1.0, "box_click": 1.0}
+
+
+def test_cli_bench_rejects_an_unknown_backend_before_any_work(capsys):
+    from samri.cli import main
+
+    assert main(["bench", "--backends-only", "--backend", "tvm"]) == 2
+    assert "backend='tvm'" in capsys.readouterr().err

@@ -199,22 +199,29 @@ def test_backend_choice_key():
 
 
 # --- the default model on real MRI --------------------------------------------------------------
-#: agreement with eager PyTorch fp32 on the benchmark slice, from measurements on colin27 (putamen,
-#: thalamus, hippocampus, caudate) and MNI152 (white/grey matter), 24 box and box+point clicks:
-#: fp32 embedding cosine 1.0000, max abs < 1e-5, mask Dice 1.0; bf16 cosine 0.9978-0.9987, max abs
-#: 0.07-0.13, mask Dice 0.973-1.0 (mean 0.986), mean Dice to ground truth 0.7373 vs 0.7382 eager.
-REAL_LIMITS = {"fp32": {"cosine": 0.9999, "max_abs": 1e-3, "dice": 0.999},
-               "bf16": {"cosine": 0.996, "max_abs": 0.25, "dice": 0.95}}
+#: agreement with eager PyTorch fp32, measured on colin27 (putamen, thalamus, hippocampus, caudate) and
+#: MNI152 (white/grey matter), 3 slices each, box and box+point clicks (36 pairs), shipped decoder of
+#: 2026-12-02: fp32 embedding cosine 1.0000, max abs < 1e-5, mask Dice 1.0 everywhere; bf16 embedding
+#: cosine 0.9978-0.9987, max abs 0.07-0.13, mask Dice mean 0.975 (min 0.885; encoder bf16 is most of
+#: it: with an fp32 decoder 0.974, with an fp32 encoder 0.994), Dice to ground truth +0.003 on average.
+REAL_LIMITS = {"fp32": {"cosine": 0.9999, "max_abs": 1e-3, "dice_mean": 0.999, "dice_min": 0.999, "gt_diff": 0.001},
+               "bf16": {"cosine": 0.996, "max_abs": 0.25, "dice_mean": 0.95, "dice_min": 0.85, "gt_diff": 0.03}}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
 
 
 @pytest.mark.slow
 def test_default_model_on_real_mri_matches_eager(sample_studies_dir):
-    """LiteMedSAM encoder + the shipped decoder, OpenVINO fp32 (and bf16 where native) vs eager.
+    """LiteMedSAM encoder + the shipped decoder, OpenVINO fp32 (and bf16 where native) vs eager, on
+    3 slices of the benchmark structure with box and box+point clicks.
 
     Exports go to the user's export cache (`default_export_dir`): made once per weights and
     OpenVINO version (about 30 s on 2 quiet cores), verified on every later use.
     """
     pytest.importorskip("openvino")
+    from samri.annotator import interior_point
     from samri.bench.inprocess import bench_structure
     from samri.config import load_registry
     from samri.model.export_cache import default_export_dir
@@ -224,19 +231,26 @@ def test_default_model_on_real_mri_matches_eager(sample_studies_dir):
     registry = load_registry()
     _, image, gt, _ = bench_structure(sample_studies_dir)
     volume = prepare_volume(load_image(image), registry.window)
-    k = int(np.flatnonzero(gt.any(axis=(0, 1)))[gt.any(axis=(0, 1)).sum() // 2])
-    plane = take_slice(gt, 2, k)
-    prompt = SlicePrompt(box=mask_box(plane))
-    eager = load_model(registry.spec(registry.default_model))
-    ref_emb = encode_slices(eager, volume, 2, [k])
-    ref_mask = Segmenter(eager, EmbeddingCache()).predict_slice(volume, 2, k, prompt).mask
+    ks = np.flatnonzero(gt.any(axis=(0, 1)))
+    slices = [int(ks[len(ks) * q // 4]) for q in (1, 2, 3)]
+    prompts = []
+    for k in slices:
+        plane = take_slice(gt, 2, k)
+        prompts += [(k, plane, SlicePrompt(box=mask_box(plane))),
+                    (k, plane, SlicePrompt(box=mask_box(plane), points=[interior_point(plane)], labels=[1]))]
+    eager = Segmenter(load_model(registry.spec(registry.default_model)), EmbeddingCache())
+    ref_emb = encode_slices(eager.model, volume, 2, slices[1:2])
+    ref = [eager.predict_slice(volume, 2, k, p).mask for k, _, p in prompts]
     for precision in ("fp32", "bf16") if native_bf16() else ("fp32",):
-        fast = apply_backend(load_model(registry.spec(registry.default_model)), "openvino", precision,
-                             export_dir=default_export_dir())
-        assert fast.backend_info["backend"] == "openvino", fast.backend_info
-        got = agreement(ref_emb, encode_slices(fast, volume, 2, [k]))
-        mask = Segmenter(fast, EmbeddingCache()).predict_slice(volume, 2, k, prompt).mask
-        dice = 2 * float((mask & ref_mask).sum()) / max(int(mask.sum() + ref_mask.sum()), 1)
-        limits = REAL_LIMITS[precision]
-        assert got["cosine"] >= limits["cosine"] and got["max_abs"] <= limits["max_abs"], (precision, got)
-        assert dice >= limits["dice"], (precision, dice)
+        model = apply_backend(load_model(registry.spec(registry.default_model)), "openvino", precision,
+                              export_dir=default_export_dir())
+        assert model.backend_info["backend"] == "openvino", model.backend_info
+        got = agreement(ref_emb, encode_slices(model, volume, 2, slices[1:2]))
+        fast = Segmenter(model, EmbeddingCache())
+        masks = [fast.predict_slice(volume, 2, k, p).mask for k, _, p in prompts]
+        dice = [_dice(a, b) for a, b in zip(ref, masks)]
+        gt_diff = np.mean([_dice(m, plane) - _dice(r, plane) for m, r, (_, plane, _) in zip(masks, ref, prompts)])
+        lim = REAL_LIMITS[precision]
+        assert got["cosine"] >= lim["cosine"] and got["max_abs"] <= lim["max_abs"], (precision, got)
+        assert np.mean(dice) >= lim["dice_mean"] and min(dice) >= lim["dice_min"], (precision, dice)
+        assert abs(gt_diff) <= lim["gt_diff"], (precision, gt_diff)
