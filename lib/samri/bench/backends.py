@@ -3,13 +3,14 @@
 Every backend serves the same model in one process, and each measurement goes round the backends
 in turn (encoder slice by slice, click by click), so a change of load on a shared machine hits all
 of them alike and the ratios to PyTorch eager stay comparable. Per backend (``report["backends"]``):
-model ready time (export or cache), encoder seconds per slice, the first (uncached) click, cached
-clicks, and agreement with eager PyTorch on the benchmark slice (embedding cosine and max abs,
-mask Dice of the box and box+point clicks).
+ready time (export or export-cache check, and compile, on a copy of the loaded model), encoder
+seconds per slice, the first (uncached) click, cached clicks, and agreement with eager PyTorch on
+the benchmark slice (embedding cosine and max abs, mask Dice of the box and box+point clicks).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -87,10 +88,10 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
     box, point = mask_box(plane), interior_point(plane)
 
     models, out = {}, {}
+    base = load_model(spec, checkpoint=checkpoint, decoder=decoder)  # copied per backend: the same weights
     for name, backend, precision in specs:
         start = time.perf_counter()
-        model = load_model(spec, checkpoint=checkpoint, decoder=decoder)
-        models[name] = apply_backend(model, backend, precision, export_dir=export_dir)
+        models[name] = apply_backend(copy.deepcopy(base), backend, precision, export_dir=export_dir)
         info = dict(models[name].backend_info)
         out[name] = {"requested": f"{backend}/{precision}", "serves": f"{info['backend']}/{info['precision']}",
                      "ready_s": round(time.perf_counter() - start, 2), "reason": info.get("reason")}
@@ -164,8 +165,8 @@ def backends_markdown(report: dict[str, Any], command: str = "") -> list[str]:
                      f"{c['box']['p95']} | {b['speedup_vs_torch']['box_click']} | {c['box_point']['p50']} / "
                      f"{c['points_only']['p50']} / {c['refinement']['p50']} | {v['embedding_cosine']}, "
                      f"{v['embedding_max_abs']} | {d['box']}, {d['box_point']}, {d['points_only']} |")
-    return lines + ["", "`x eager`: PyTorch eager's p50 over this backend's, same run. `ready s`: load plus export "
-                    "(first use of these weights) or export-cache check and compile. The agreement columns are one "
+    return lines + ["", "`x eager`: PyTorch eager's p50 over this backend's, same run. `ready s`: export (first use of "
+                    "these weights) or export-cache check, and compile. The agreement columns are one "
                     "slice; the equivalence thresholds over several structures are in "
                     "tests/samri/model/test_backends.py (`REAL_LIMITS`, with the figures they come from)."]
 

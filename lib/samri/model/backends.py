@@ -183,7 +183,8 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
                               "reason": f"fallback: {exc}"}
         return model
     model.image_encoder = ovr.OpenVinoEncoder(enc, encoder, part="encoder", precision=choice.precision)
-    model.mask_decoder = ovr.OpenVinoMaskDecoder(dec, decoder, part="decoder", precision=choice.precision)
+    model.mask_decoder = ovr.OpenVinoMaskDecoder(dec, decoder, part="decoder", precision=choice.precision,
+                                                 image_pe=model.prompt_encoder.get_dense_pe())
     model.backend_key = choice.key
     model.backend_info = {"backend": choice.backend, "precision": choice.precision, "requested": choice.requested,
                           "reason": choice.reason, "export_dir": str(root),

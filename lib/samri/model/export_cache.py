@@ -38,7 +38,7 @@ from samri.io import write_json
 logger = logging.getLogger(__name__)
 
 #: bump when the exported graphs change (wrapper signature, inputs, outputs): old folders are then stale
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 MANIFEST = "manifest.json"
 #: exports kept per part and backend (newest first); older ones (other weights, other versions) are removed
 KEEP_PER_PART = 4

@@ -9,10 +9,11 @@ the figures go into its manifest and an export whose check fails is not served.
 Graphs:
     encoder: ``image (1, 3, S, S)`` -> ``embedding (1, C, h, w)``; batches are run one slice at a
         time (TinyViT's trace fixes the batch size, and on a CPU a batch buys nothing).
-    decoder: SAM's ``MaskDecoder.predict_masks``: ``image_embeddings (1, C, h, w)``,
-        ``image_pe (1, C, h, w)``, ``sparse (B, N, C)``, ``dense (B, C, h, w)`` with dynamic B and N
-        -> ``masks (B, 4, s, s)`` logits, ``iou (B, 4)``; the prompt encoder stays in PyTorch (a
-        few small ops), so every prompt is encoded exactly as eager does.
+    decoder: SAM's ``MaskDecoder.predict_masks`` with the prompt encoder's positional encoding
+        ``image_pe`` built in: ``image_embeddings (1, C, h, w)``, ``sparse (B, N, C)``, ``dense (B, C,
+        h, w)`` or ``(B, C, 1, 1)`` (no mask prompt: SAM's ``no_mask_embed``, broadcast) with dynamic B
+        and N -> ``masks (B, 4, s, s)`` logits, ``iou (B, 4)``. The prompt encoder stays in PyTorch (a
+        few small ops), so every prompt is encoded exactly as eager does; a click copies no 4 MB input.
 
 The wrappers are ``nn.Module``s with the call signature of the module they replace and keep that
 module as ``eager``: an inference error is logged once and the call is answered by eager PyTorch
@@ -76,23 +77,25 @@ def encoder_fingerprint(model) -> str:
 
 
 def decoder_fingerprint(model, decoder: nn.Module | None = None) -> str:
-    """Identity of the decoder export: the mask decoder's weights and the embedding shape."""
+    """Identity of the decoder export: the mask decoder's and prompt encoder's weights (its positional
+    encoding is built in) and the embedding shape."""
     from samri.model.builders import state_fingerprint
 
     return _short_hash(state_fingerprint(decoder if decoder is not None else model.mask_decoder),
-                       model.embedding_shape)
+                       state_fingerprint(model.prompt_encoder), model.embedding_shape)
 
 
 class _DecoderGraph(nn.Module):
-    """What is traced for the decoder: ``predict_masks`` (all 4 masks; the caller picks)."""
+    """What is traced for the decoder: ``predict_masks`` (all 4 masks; the caller picks), ``image_pe`` a constant."""
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor) -> None:
         super().__init__()
         self.decoder = decoder
+        self.register_buffer("image_pe", image_pe.detach().clone())
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+    def forward(self, image_embeddings: torch.Tensor, sparse: torch.Tensor,
                 dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decoder.predict_masks(image_embeddings, image_pe, sparse, dense)
+        return self.decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
 
 
 def _check_inputs(model, eager_decoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -143,10 +146,10 @@ def _build(part: str, model, precisions: tuple[str, ...], eager_decoder: nn.Modu
             else:
                 c, h, w = model.embedding_shape
                 graph = ov.convert_model(
-                    _DecoderGraph(eager_decoder).eval(),
-                    example_input=(ref["embedding"], ref["pe"], ref["sparse"], ref["dense"]),
-                    input=[ov.PartialShape([1, c, h, w]), ov.PartialShape([1, c, h, w]),
-                           ov.PartialShape([-1, -1, c]), ov.PartialShape([-1, c, h, w])])
+                    _DecoderGraph(eager_decoder, ref["pe"]).eval(),
+                    example_input=(ref["embedding"], ref["sparse"], ref["dense"]),
+                    input=[ov.PartialShape([1, c, h, w]), ov.PartialShape([-1, -1, c]),
+                           ov.PartialShape([-1, c, -1, -1])])
         ov.save_model(graph, str(staging / MODEL_XML), compress_to_fp16=False)
         checks = {}
         for precision in precisions:
@@ -155,7 +158,7 @@ def _build(part: str, model, precisions: tuple[str, ...], eager_decoder: nn.Modu
                 out = torch.from_numpy(_run(compiled, [ref["image"].numpy()])[0])
                 checks[precision] = agreement(ref["embedding"], out)
             else:
-                out = _run(compiled, [ref[k].numpy() for k in ("embedding", "pe", "sparse", "dense")])
+                out = _run(compiled, [ref[k].numpy() for k in ("embedding", "sparse", "dense")])
                 checks[precision] = {**agreement(ref["masks"][:, :1], torch.from_numpy(out[0][:, :1])),
                                      "iou_max_abs": float(np.abs(out[1] - ref["iou"].numpy()).max())}
             logger.info("openvino %s %s vs eager on the check input: %s", part, precision, checks[precision])
@@ -256,23 +259,45 @@ class OpenVinoEncoder(_OpenVinoPart):
 class OpenVinoMaskDecoder(_OpenVinoPart):
     """Drop-in for SAM's ``MaskDecoder`` call (same keywords, same outputs; see its ``forward``).
 
+    Args:
+        image_pe: the positional encoding built into the export (``prompt_encoder.get_dense_pe()``);
+            a call with another one is answered by the eager decoder.
+
     Returns:
         ``(masks (B, M, s, s), iou (B, M))`` with ``M = 3`` when ``multimask_output`` else 1.
     """
 
+    def __init__(self, compiled, eager: nn.Module, *, part: str, precision: str, image_pe: torch.Tensor) -> None:
+        super().__init__(compiled, eager, part=part, precision=precision)
+        self.register_buffer("image_pe", image_pe.detach().clone(), persistent=False)
+        self._last_pe: tuple[torch.Tensor, bool] | None = None  # (last image_pe seen, equal to ours)
+
+    def _pe_matches(self, image_pe: torch.Tensor) -> bool:
+        """True when ``image_pe`` is the built-in one (compared once per tensor object: callers reuse one)."""
+        last = self._last_pe
+        if last is None or last[0] is not image_pe:
+            same = image_pe.shape == self.image_pe.shape and torch.equal(image_pe.detach().cpu(), self.image_pe)
+            self._last_pe = last = (image_pe, same)
+        return last[1]
+
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = (image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        tensors = (image_embeddings, sparse_prompt_embeddings, dense_prompt_embeddings)
         usable = (self.failed is None and image_embeddings.shape[0] == 1 and sparse_prompt_embeddings.shape[1] > 0
-                  and all(t.device.type == "cpu" for t in tensors))
+                  and all(t.device.type == "cpu" for t in tensors) and self._pe_matches(image_pe))
+        if usable:
+            dense = dense_prompt_embeddings
+            if dense.dim() == 4 and dense.stride(2) == 0 and dense.stride(3) == 0:
+                dense = dense[:, :, :1, :1]  # no mask prompt: one vector per prompt, broadcast in the graph
+            try:
+                masks, iou = self._infer([np.ascontiguousarray(t.detach().float().numpy())
+                                          for t in (image_embeddings, sparse_prompt_embeddings, dense)])
+            except RuntimeError as exc:
+                self._fail(exc)
+                usable = False
         if not usable:
             return self.eager(image_embeddings=image_embeddings, image_pe=image_pe,
                               sparse_prompt_embeddings=sparse_prompt_embeddings,
                               dense_prompt_embeddings=dense_prompt_embeddings, multimask_output=multimask_output)
-        try:
-            masks, iou = self._infer([np.ascontiguousarray(t.detach().float().numpy()) for t in tensors])
-        except RuntimeError as exc:
-            self._fail(exc)
-            return self.forward(*tensors, multimask_output)
         pick = slice(1, None) if multimask_output else slice(0, 1)
         return torch.from_numpy(masks[:, pick]), torch.from_numpy(iou[:, pick])
