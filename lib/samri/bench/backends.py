@@ -139,6 +139,7 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
                                        for k in ("box", "box_point", "points_only")}},
         })
     return {"reference": REFERENCE, "model": spec.name, "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
             "data": {"study": study, "label": label, "axis": axis, "slice": mid},
             "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
             "backends": out}
@@ -152,7 +153,8 @@ def backends_markdown(report: dict[str, Any], command: str = "") -> list[str]:
              f"model `{r['model']}`, `{r['data']['study']}` {r['data']['label']} axis {r['data']['axis']} slice "
              f"{r['data']['slice']}; all backends in one process, measured in turn. 1-minute load average "
              f"{r['load_average_1m']['start']} at the start, {r['load_average_1m']['end']} at the end on this "
-             "machine's 2 shared CPUs: read the ratios, not the absolute times.", "",
+             f"machine's {r.get('cpus', '?')} shared CPUs (other processes were running): read the ratios more "
+             "than the absolute times.", "",
              "| backend (serves) | ready s | encoder s/slice p50 | x eager | first click ms | cached box click "
              "ms p50 / p95 | x eager | box+point / points-only / refinement ms p50 | embedding cosine, max abs "
              "vs eager | mask Dice vs eager (box, box+point, points) |",
