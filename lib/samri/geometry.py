@@ -117,6 +117,12 @@ class SliceGeometry:
         y = (rc[:, 0] + 0.5) * self.row_scale - 0.5
         return np.stack([x, y], axis=1)
 
+    def points_to_low_res(self, rc: np.ndarray, size: int) -> np.ndarray:
+        """Slice pixels ``(N, 2)`` ``(r, c)`` -> the nearest cell ``(N, 2)`` int ``(row, col)`` of a
+        ``size x size`` decoder logit grid (the model-input frame scaled by ``size / input_size``)."""
+        xy = (self.points_to_input(rc) + 0.5) * size / self.input_size - 0.5
+        return np.clip(np.round(xy[:, ::-1]), 0, size - 1).astype(np.int64)
+
     def points_to_slice(self, xy: np.ndarray) -> np.ndarray:
         """Inverse of `points_to_input`: ``(N, 2)`` ``(x, y)`` -> ``(N, 2)`` ``(r, c)`` float."""
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)

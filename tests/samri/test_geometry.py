@@ -125,6 +125,21 @@ def test_points_round_trip_exact(h, w, size):
 
 
 @pytest.mark.parametrize("h,w,size", SHAPES)
+def test_points_to_low_res_lands_on_the_logit_the_mask_maps_back_to(h, w, size):
+    """A click's low-res cell is the cell whose logit `logits_to_slice` spreads onto the click's pixel."""
+    geom = SliceGeometry(h, w, size)
+    low = max(4, size // 4)
+    rc = np.round(random_points(h, w))
+    cells = geom.points_to_low_res(rc, low)
+    assert cells.dtype == np.int64 and cells.min() >= 0 and cells.max() <= low - 1
+    for (r, c), (i, j) in zip(rc.astype(int), cells):
+        one_hot = torch.full((1, 1, low, low), -1.0)
+        one_hot[0, 0, i, j] = 1.0
+        up = geom.logits_to_slice(one_hot)[0, 0].numpy()
+        assert up[r, c] > -1.0  # the pixel takes part of that cell's value
+
+
+@pytest.mark.parametrize("h,w,size", SHAPES)
 def test_points_to_input_frame(h, w, size):
     """(r, c) -> (x, y): x follows columns, pixel centres map to pixel centres, all inside the image."""
     geom = SliceGeometry(h, w, size)

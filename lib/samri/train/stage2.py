@@ -24,15 +24,13 @@ from samri.annotator import (
     slice_session,
     training_prompt,
 )
+from samri.evaluation.clicks import FIRST_INTERACTIONS, noc
 from samri.geometry import SliceGeometry, in_plane_axes
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
 logger = logging.getLogger(__name__)
-
-#: first interactions of the clicks validation (the evaluation protocol's)
-CLICK_FIRSTS = ("box", "point")
 
 
 @dataclass(frozen=True)
@@ -124,15 +122,14 @@ def low_res_target(geom: SliceGeometry, mask: np.ndarray, size: int) -> torch.Te
     return F.interpolate(full, size=(size, size), mode="area")[0].round()
 
 
-def click_loss(logits: torch.Tensor, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt],
-               input_size: int) -> torch.Tensor:
+def click_loss(logits: torch.Tensor, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt]) -> torch.Tensor:
     """Binary cross-entropy of the logits at each prompt's clicks against their labels.
 
     The Dice/focal loss weighs a click's pixel like any other of the ``s x s`` frame, so a decoder
     can ignore a negative click at almost no cost; this term makes every click count.
 
     Args:
-        logits: ``(B, 1, s, s)`` decoder logits (low-res frame = model-input frame x ``s / input_size``).
+        logits: ``(B, 1, s, s)`` decoder logits (`samri.geometry.SliceGeometry.points_to_low_res` frame).
         prompts: one per row; points in slice pixels ``(r, c)``. Rows without points add nothing.
     Returns:
         the mean over rows with points (0 when none has any).
@@ -142,9 +139,8 @@ def click_loss(logits: torch.Tensor, geoms: Sequence[SliceGeometry], prompts: Se
     for n, (geom, prompt) in enumerate(zip(geoms, prompts)):
         if not len(prompt.points):
             continue
-        xy = geom.points_to_input(prompt.points)
-        idx = np.clip(np.round((xy + 0.5) * size / input_size - 0.5), 0, size - 1).astype(np.int64)
-        values = logits[n, 0, torch.as_tensor(idx[:, 1]), torch.as_tensor(idx[:, 0])]
+        rows, cols = geom.points_to_low_res(prompt.points, size).T
+        values = logits[n, 0, torch.as_tensor(rows), torch.as_tensor(cols)]
         target = torch.as_tensor(prompt.labels, dtype=values.dtype, device=values.device)
         terms.append(F.binary_cross_entropy_with_logits(values, target))
     return torch.stack(terms).mean() if terms else logits.sum() * 0.0
@@ -208,7 +204,7 @@ class DecoderTrainer:
             true_iou = inter / union
         iou_loss = F.mse_loss(iou_pred[:, 0], true_iou)
         if self.settings.click_weight:
-            seg_loss = seg_loss + self.settings.click_weight * click_loss(logits, geoms, prompts, self.model.input_size)
+            seg_loss = seg_loss + self.settings.click_weight * click_loss(logits, geoms, prompts)
         return logits, seg_loss, iou_loss
 
     def batch(self, samples: Sequence[SliceSample]):
@@ -294,7 +290,7 @@ class DecoderTrainer:
         out["dice"] = out.get("dice_box", 0.0)
         return out
 
-    def validate_clicks(self, samples: Sequence[SliceSample], firsts: Sequence[str] = CLICK_FIRSTS,
+    def validate_clicks(self, samples: Sequence[SliceSample], firsts: Sequence[str] = FIRST_INTERACTIONS,
                         max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None) -> dict:
         """The clicks protocol on validation pairs (`samri.annotator.slice_session`), decoded as
         served (`samri.inference.segmenter.Segmenter.decode` on the cached embedding).
@@ -304,7 +300,6 @@ class DecoderTrainer:
             NoC@85 (failures count ``max_clicks``), "clicks_score": mean Dice over every curve and
             interaction}``; the score rewards a good first mask and corrections that improve it.
         """
-        from samri.evaluation.clicks import noc
         from samri.inference.segmenter import Segmenter
 
         self.decoder.eval()

@@ -223,11 +223,11 @@ def test_click_loss_is_low_only_where_the_logits_agree_with_the_clicks():
     inside, outside = [5.0, 5.0], [35.0, 40.0]
     agree = [SlicePrompt(points=[inside, outside], labels=[1, 0]), SlicePrompt()]
     disagree = [SlicePrompt(points=[outside, inside], labels=[1, 0]), SlicePrompt()]
-    assert float(click_loss(logits, [geom] * 2, agree, 64)) < 1e-3
-    assert float(click_loss(logits, [geom] * 2, disagree, 64)) > 7.0
-    assert float(click_loss(logits, [geom] * 2, [SlicePrompt(), SlicePrompt()], 64)) == 0.0
+    assert float(click_loss(logits, [geom] * 2, agree)) < 1e-3
+    assert float(click_loss(logits, [geom] * 2, disagree)) > 7.0
+    assert float(click_loss(logits, [geom] * 2, [SlicePrompt(), SlicePrompt()])) == 0.0
     logits.requires_grad_(True)
-    click_loss(logits, [geom] * 2, disagree, 64).backward()
+    click_loss(logits, [geom] * 2, disagree).backward()
     assert int((logits.grad != 0).sum()) == 2  # only the two clicked logits
 
 
