@@ -93,7 +93,10 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 def cmd_cohort(args: argparse.Namespace) -> int:
     from samri.cohorts import CohortRecipe, write_cohort
 
-    recipe = CohortRecipe(seed=args.seed, subjects=args.subjects, annotate=args.annotate)
+    extra = {"contrasts": tuple(c.strip() for c in args.contrasts.split(",") if c.strip())} if args.contrasts else {}
+    if args.min_voxels is not None:
+        extra["min_voxels"] = args.min_voxels
+    recipe = CohortRecipe(seed=args.seed, subjects=args.subjects, annotate=args.annotate, domain=args.domain, **extra)
     manifest = write_cohort(args.out, recipe, mricron_dir=args.mricron_dir)
     for sid, spec in manifest["subjects"].items():
         print(f"{sid}: {spec['split']} ({spec['contrast']}, seed {spec['seed']})")
@@ -233,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=4, help="pseudo-subjects (default 4)")
     p.add_argument("--annotate", type=int, default=0, help="how many of them to mark 'annotate'; the rest are 'test'")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--domain", choices=["human", "macaque"], default="human",
+                   help="human: MNI152 + JHU/Harvard-Oxford (the test split); macaque: INIA19 + NeuroMaps "
+                        "(the adaptation domain of adapt-sim)")
+    p.add_argument("--contrasts", default=None,
+                   help="comma list, subject k gets the k-th (cyclic): t1, t2like, inverted+bias, lowres+noise")
+    p.add_argument("--min-voxels", type=int, default=None, help="drop smaller structures (default 200)")
     p.add_argument("--mricron-dir", type=Path, default=None,
                    help="mricron-data templates (default $SAMRI_MRICRON_DIR or /usr/share/mricron/templates)")
     p.set_defaults(func=cmd_cohort)

@@ -51,8 +51,10 @@ from samri.atlases import (
     read_structure_names,
     split_hemispheres,
 )
+from samri.cohort_readme import cohort_readme
 from samri.errors import SamriInputError
 from samri.io import write_bytes, write_text
+from samri.neuromaps import INIA_ATLAS, INIA_T1, check_inia_files, load_macaque_template
 from samri.labels import load_label_names, write_label_names
 from samri.sample_data import LABELS_SUBDIR, MNI152_TISSUES
 
@@ -61,15 +63,19 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONTRASTS", "CohortRecipe", "make_subject", "plan_subjects", "write_cohort"]
+__all__ = ["CONTRASTS", "DOMAINS", "CohortRecipe", "make_subject", "plan_subjects", "write_cohort"]
 
 COHORT_FILE = "cohort.json"
 README_FILE = "README.md"
 _GZIP_LEVEL = 6
 _MAX_SUBJECTS = 1000
+#: ``human``: MNI152 with JHU + Harvard-Oxford (the test split); ``macaque``: INIA19 with NeuroMaps
+#: (`samri.neuromaps`, the adaptation domain of ``samri adapt-sim``). Subject ids start with the prefix.
+DOMAINS: dict[str, str] = {"human": "cohort", "macaque": "macaque"}
 
 #: contrast -> (make_variant names applied in order, isotropic voxel size in mm of the written grid;
-#: 1.0 keeps the template grid)
+#: `KEEP_GRID` (1.0) keeps the template's own grid, whatever its voxel size: MNI152 1 mm, INIA19 0.5 mm)
+KEEP_GRID = 1.0
 CONTRASTS: dict[str, tuple[tuple[str, ...], float]] = {
     "t1": ((), 1.0),
     "t2like": (("t2like",), 1.0),
@@ -83,6 +89,8 @@ class CohortRecipe:
     """Everything that decides a cohort's voxels and splits (stored as ``recipe`` in ``cohort.json``).
 
     Attributes:
+        domain: template and atlas (`DOMAINS`); ``min_voxels`` applies to either, the ``ho_*``
+            fields to ``human`` only.
         seed: cohort seed; subject ``k``'s seed derives from ``(seed, k)`` (see `plan_subjects`).
         subjects: number of pseudo-subjects.
         annotate: how many of them are marked ``"annotate"`` (the rest ``"test"``).
@@ -101,6 +109,7 @@ class CohortRecipe:
     seed: int = 0
     subjects: int = 4
     annotate: int = 0
+    domain: str = "human"
     contrasts: tuple[str, ...] = ("t1", "t2like", "inverted+bias", "lowres+noise")
     min_voxels: int = 200
     ho_offset: int = 100
@@ -120,6 +129,8 @@ class CohortRecipe:
         for field, value, low, high in bounds:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise SamriInputError(field, value, f"an integer in [{low}, {high}]")
+        if self.domain not in DOMAINS:
+            raise SamriInputError("domain", self.domain, f"one of {sorted(DOMAINS)}")
         unknown = [c for c in self.contrasts if c not in CONTRASTS]
         if not self.contrasts or unknown:
             raise SamriInputError("contrasts", list(self.contrasts), f"known contrasts: {sorted(CONTRASTS)}")
@@ -128,7 +139,9 @@ class CohortRecipe:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form: the fields, the contrasts' definitions and the atlas files."""
-        d = {**dataclasses.asdict(self), "jhu_atlas": JHU_ATLAS, "ho_atlas": HO_ATLAS, "contrast_recipes": {
+        atlas = ({"jhu_atlas": JHU_ATLAS, "ho_atlas": HO_ATLAS} if self.domain == "human"
+                 else {"template": INIA_T1, "atlas": INIA_ATLAS})
+        d = {**dataclasses.asdict(self), **atlas, "contrast_recipes": {
             c: {"variants": list(CONTRASTS[c][0]), "spacing_mm": CONTRASTS[c][1]} for c in self.contrasts}}
         return json.loads(json.dumps(d))
 
@@ -155,7 +168,7 @@ def plan_subjects(recipe: CohortRecipe) -> dict[str, dict[str, Any]]:
     for k in range(recipe.subjects):
         contrast = recipe.contrasts[k % len(recipe.contrasts)]
         seed = int(np.random.SeedSequence([recipe.seed, k]).generate_state(1)[0]) & 0x7FFFFFFF
-        sid = f"cohort_s{k:02d}_{re.sub(r'[^0-9a-z]+', '_', contrast)}"
+        sid = f"{DOMAINS[recipe.domain]}_s{k:02d}_{re.sub(r'[^0-9a-z]+', '_', contrast)}"
         plan[sid] = {"split": "annotate" if k in chosen else "test", "contrast": contrast, "seed": seed}
     if len({p["seed"] for p in plan.values()}) != len(plan):  # pragma: no cover - 2^-31 odds
         raise RuntimeError("two subjects drew one seed; choose another --seed")
@@ -210,7 +223,8 @@ def make_subject(image: np.ndarray, label: np.ndarray, affine: np.ndarray, contr
 
     variants, spacing = CONTRASTS[contrast]
     img, lab = deform(image, label, seed, recipe)
-    img, lab, affine = regrid(img, lab, affine, spacing)
+    if spacing != KEEP_GRID:
+        img, lab, affine = regrid(img, lab, affine, spacing)
     for j, variant in enumerate(variants, 1):
         img = make_variant(img, variant, seed=(seed + j) % 2**31)
     return img, lab, affine
@@ -226,7 +240,20 @@ class _Template:
     given: tuple[Any, Any] | None
     built: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def names(self) -> dict[int, str]:
+        """Label value -> structure name (the macaque domain builds the template to know them)."""
+        if self.recipe.domain == "macaque":
+            return self.get()["names"]
+        return _names(self.mricron_dir, self.recipe)
+
     def get(self) -> dict[str, Any]:
+        if not self.built and self.recipe.domain == "macaque":
+            import numpy as np
+
+            t = load_macaque_template(self.mricron_dir, self.recipe.min_voxels)
+            self.built = {"image": np.asarray(t.t1.dataobj, dtype=np.float32), "labels": t.labels, "kept": t.kept,
+                          "dropped": t.dropped, "names": t.names, "affine": t.t1.affine,
+                          "sform": int(t.t1.header["sform_code"]) or 2}
         if not self.built:
             import numpy as np
 
@@ -238,7 +265,7 @@ class _Template:
             ho = split_hemispheres(atlas_on_grid(self.mricron_dir / HO_ATLAS, t1), t1.affine, self.recipe.ho_right)
             labels, kept, dropped = merge_atlases(jhu, ho, np.asarray(tissue.dataobj), self.recipe, names)
             self.built = {"image": np.asarray(t1.dataobj, dtype=np.float32), "labels": labels, "kept": kept,
-                          "dropped": dropped, "affine": t1.affine, "sform": int(t1.header["sform_code"]) or 2}
+                          "dropped": {names[v]: n for v, n in dropped.items()}, "names": names, "affine": t1.affine, "sform": int(t1.header["sform_code"]) or 2}
         return self.built
 
 
@@ -294,14 +321,14 @@ def write_cohort(out_dir: str | os.PathLike[str], recipe: CohortRecipe | None = 
     recipe = recipe or CohortRecipe()
     plan = plan_subjects(recipe)
     folder = Path(mricron_dir) if mricron_dir is not None else _mricron_dir()
-    check_mricron_dir(folder)
+    (check_mricron_dir if recipe.domain == "human" else check_inia_files)(folder)
     out = Path(out_dir)
     previous = _check_existing(out, recipe)
     manifest: dict[str, Any] = {"seed": recipe.seed, "recipe": recipe.as_dict(), "subjects": plan}
     write_text(out / COHORT_FILE, json.dumps(manifest, indent=1) + "\n")  # first: a rerun checks it
 
     lazy = _Template(folder, recipe, template)
-    names = _names(folder, recipe)
+    names = lazy.names()
     label_dir = out.joinpath(*LABELS_SUBDIR)
     existing = load_label_names(out)
     subject_names: dict[str, dict[str, int]] = {}
@@ -324,11 +351,11 @@ def write_cohort(out_dir: str | os.PathLike[str], recipe: CohortRecipe | None = 
     write_label_names(out, merged)
     if lazy.built:
         manifest["structures"] = {names[v]: n for v, n in lazy.built["kept"].items()}
-        manifest["dropped"] = {names[v]: n for v, n in lazy.built["dropped"].items()}
+        manifest["dropped"] = dict(lazy.built["dropped"])
     else:  # every subject existed: keep what the run that built the atlas recorded
         manifest.update({k: previous[k] for k in ("structures", "dropped") if k in previous})
     write_text(out / COHORT_FILE, json.dumps(manifest, indent=1) + "\n")
-    write_text(out / README_FILE, _readme(manifest))
+    write_text(out / README_FILE, cohort_readme(manifest))
     return manifest
 
 
@@ -341,36 +368,3 @@ def _present_names(label: np.ndarray | Path, names: dict[int, str]) -> dict[str,
         label = np.asarray(nib.load(label).dataobj)
     values = np.flatnonzero(np.bincount(label.ravel().astype(np.int64)))
     return {names[int(v)]: int(v) for v in values if v}
-
-
-def _readme(manifest: dict[str, Any]) -> str:
-    r = manifest["recipe"]
-    rows = "\n".join(f"| {sid} | {s['contrast']} | {s['split']} | {s['seed']} |"
-                     for sid, s in manifest["subjects"].items())
-    contrasts = ", ".join(f"`{c}` = {v['variants'] or 'deformed only'} at {v['spacing_mm']} mm"
-                          for c, v in r["contrast_recipes"].items())
-    kept = manifest.get("structures", {})
-    atlas = (f"{sum(n.startswith('jhu_') for n in kept)} JHU + {sum(n.startswith('ho_') for n in kept)} "
-             f"Harvard-Oxford structures kept, smallest {min(kept.values())} voxels on the template grid"
-             if kept else "see cohort.json")
-    return f"""# SAMRI held-out cohort (seed {manifest['seed']})
-
-Written by `samri cohort` (`samri.cohorts`); regenerate with
-`samri cohort OUT --subjects {r['subjects']} --annotate {r['annotate']} --seed {manifest['seed']}`.
-
-- Image: nilearn's MNI152 2009a T1 template (McConnell Brain Imaging Centre; free use with attribution).
-- Labels: mricron-data's `{JHU_ATLAS}` (values 1..48; Mori et al. 2008, JHU ICBM-DTI-81) and
-  `{HO_ATLAS}` (values + {r['ho_offset']}, right hemisphere + {r['ho_right']} more; Desikan et al. 2006,
-  Makris et al. 2006), resampled (nearest) onto the template, inside its brain mask, Harvard-Oxford
-  restricted to `{r['ho_tissue']}`; JHU wins overlaps;
-  structures under {r['min_voxels']} voxels dropped ({atlas}). Names: `label_names.json`.
-- Subjects: `monai.transforms.Rand3DElasticd` (sigma {r['sigma_range']} voxels, magnitude {r['magnitude_range']},
-  rotation +-{r['rotate_rad']} rad, scale +-{r['scale']}, translation +-{r['translate_vox']} voxels; image
-  bilinear, label nearest), then the contrast (`samri.evaluation.variants.make_variant`):
-  {contrasts}.
-- Splits: `test` subjects must never be used for training or checkpoint choice.
-
-| subject | contrast | split | seed |
-|---|---|---|---|
-{rows}
-"""
