@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split adapt-cohort adapt-sim
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -134,3 +134,17 @@ heldout: sample-data
 AL_SIM_WORK ?= data/al-sim
 al-sim: sample-data
 	nice -n 10 $(VENV)/bin/samri al-sim --work-dir $(AL_SIM_WORK) --out docs/al-sim
+
+# docs/ADAPTATION.md: the adaptation experiment (samri adapt-sim, configs/adaptation.yaml). A new domain
+# (INIA19 macaque, NeuroMaps structures, T2-like): 5 studies to annotate, 3 held out; a real server trains
+# after 1, 3 and 5 finished studies. About an hour on the 2-core CPU; run nothing else meanwhile.
+ADAPT_COHORT ?= data/adapt-cohort
+ADAPT_OUT ?= data/adapt-sim
+adapt-cohort: setup sysdeps
+	$(VENV)/bin/samri cohort $(ADAPT_COHORT) --domain macaque --contrasts t2like --min-voxels 2000 \
+		--subjects 8 --annotate 5 --seed 0
+
+adapt-sim: adapt-cohort test-split
+	$(VENV)/bin/samri adapt-sim --cohort $(ADAPT_COHORT) --out $(ADAPT_OUT) --doc docs/ADAPTATION.md \
+		--preamble docs/adaptation/PREAMBLE.md
+	mkdir -p docs/adaptation && cp $(ADAPT_OUT)/summary.json docs/adaptation/summary.json

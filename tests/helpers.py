@@ -94,3 +94,27 @@ def write_study(root: Path, study_id: str, seed: int, *, label: np.ndarray | Non
     names = json.loads(names_file.read_text()) if names_file.exists() else {}
     names[study_id] = {"blob": 1, "slab": 2}
     names_file.write_text(json.dumps(names))
+
+
+#: grid of `write_fake_inia` (0.5 mm voxels)
+INIA_SHAPE = (20, 24, 18)
+
+
+def write_fake_inia(folder: Path) -> Path:
+    """An INIA19-like mricron folder: a brain ellipsoid at 0.5 mm; NeuroMaps-like value 1200 on the
+    left, 7 on the right, a 3-voxel structure 1500 and a label outside the brain. Returns ``folder``."""
+    from samri.neuromaps import INIA_ATLAS, INIA_T1
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shape, affine = INIA_SHAPE, np.diag([0.5, 0.5, 0.5, 1.0])
+    idx = np.indices(shape).astype(np.float32)
+    r = np.sqrt(sum(((idx[a] - (shape[a] - 1) / 2) / (shape[a] / 2.4)) ** 2 for a in range(3)))
+    t1 = np.where(r < 0.95, 0.5 + 0.4 * (r < 0.5), 0).astype(np.float32)
+    atlas = np.zeros(shape, np.int16)
+    atlas[:10][r[:10] < 0.9] = 1200
+    atlas[10:][r[10:] < 0.9] = 7
+    atlas[10, 12, 9:12] = 1500  # too small
+    atlas[0, 0, 0] = 99  # outside the brain: ignored
+    nib.save(nib.Nifti1Image(t1, affine), folder / INIA_T1)
+    nib.save(nib.Nifti1Image(atlas, affine), folder / INIA_ATLAS)
+    return folder

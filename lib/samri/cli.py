@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parser(sub)
 
+    from samri.adaptation.cli import add_adapt_parser
+
+    add_adapt_parser(sub)
+
     from samri.dicomweb.cli import add_dicom_parser
 
     add_dicom_parser(sub)

@@ -54,8 +54,8 @@ from samri.atlases import (
 from samri.cohort_readme import cohort_readme
 from samri.errors import SamriInputError
 from samri.io import write_bytes, write_text
-from samri.neuromaps import INIA_ATLAS, INIA_T1, check_inia_files, load_macaque_template
 from samri.labels import load_label_names, write_label_names
+from samri.neuromaps import INIA_ATLAS, INIA_T1, check_inia_files, load_macaque_template
 from samri.sample_data import LABELS_SUBDIR, MNI152_TISSUES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -265,7 +265,8 @@ class _Template:
             ho = split_hemispheres(atlas_on_grid(self.mricron_dir / HO_ATLAS, t1), t1.affine, self.recipe.ho_right)
             labels, kept, dropped = merge_atlases(jhu, ho, np.asarray(tissue.dataobj), self.recipe, names)
             self.built = {"image": np.asarray(t1.dataobj, dtype=np.float32), "labels": labels, "kept": kept,
-                          "dropped": {names[v]: n for v, n in dropped.items()}, "names": names, "affine": t1.affine, "sform": int(t1.header["sform_code"]) or 2}
+                          "dropped": {names[v]: n for v, n in dropped.items()}, "names": names,
+                          "affine": t1.affine, "sform": int(t1.header["sform_code"]) or 2}
         return self.built
 
 

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import torch
-import yaml
 from fastapi import HTTPException
 
 from apps.samri.lib.trainers.options import defaults, parse_train_options
@@ -29,36 +27,13 @@ from apps.samri.lib.trainers.studies import collect_studies
 from samri.bench.http import post_infer
 from samri.errors import SamriInputError
 from samri.testing.server import copy_app, start_server
-from tests.apps.helpers import APP_DIR, in_process_apps
-from tests.helpers import TINY_ARCHITECTURE, tiny_spec, write_study
+from tests.apps.helpers import APP_DIR, TRAINING, in_process_apps, write_tiny_config
+from tests.helpers import write_study
 
 #: above Linux's largest pid_max (2**22): no process has it.
 DEAD_PID = 2 ** 22 + 12345
 #: a blob voxel on a slice through its middle (the synthetic studies' ellipsoid, label 1 "blob").
 POINT = [20, 24, 15]
-#: short training of the tiny model that lifts its validation Dice (about 0.16 -> 0.5) in 2 epochs: a
-#: Dice-only loss (the default focal term first drives a random decoder to all-background).
-TRAINING = {"optimizer": {"lr": 1e-2, "weight_decay": 0.1}, "loss": {"lambda_focal": 0.0, "iou_weight": 0.0},
-            "epochs": 2, "batch_size": 4, "max_steps_per_epoch": 4, "min_pixels": 5, "axes": [2],
-            "val_fraction": 0.34, "seed": 0, "max_val_samples": 12, "gate": {"margin": 0.0}}
-
-
-def write_tiny_config(folder: Path) -> Path:
-    """A ``SAMRI_CONFIG_DIR``: registry with a tiny model (checkpoint file) and a short training.yaml."""
-    from samri.model.builders import load_model
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    ckpt = folder / "tiny.pth"
-    torch.save(load_model(tiny_spec()).state_dict(), ckpt)
-    models = {"default_model": "tiny", "window": {"lower_percentile": 0.5, "upper_percentile": 99.5},
-              "models": {"tiny": {"architecture": dict(TINY_ARCHITECTURE), "checkpoint": str(ckpt),
-                                  "preprocessing": {"input_size": 64}}}}
-    (folder / "models.yaml").write_text(yaml.safe_dump(models))
-    (folder / "training.yaml").write_text(yaml.safe_dump(TRAINING))
-    return folder
-
-
 def write_studies(folder: Path, n: int = 3) -> Path:
     for k in range(n):
         write_study(folder, f"s{k}", seed=k)

@@ -13,28 +13,14 @@ import pytest
 from samri.cohorts import CohortRecipe, write_cohort
 from samri.errors import SamriInputError
 from samri.labels import load_label_names
-from samri.neuromaps import INIA_ATLAS, INIA_T1, load_macaque_template
-
-SHAPE = (20, 24, 18)
-AFFINE = np.diag([0.5, 0.5, 0.5, 1.0])
+from samri.neuromaps import INIA_ATLAS, load_macaque_template
+from tests.helpers import INIA_SHAPE as SHAPE
+from tests.helpers import write_fake_inia
 
 
 @pytest.fixture()
 def inia(tmp_path: Path) -> Path:
-    """Brain ellipsoid; value 1200 on the left, 7 on the right, a 3-voxel structure 1500 and a label outside."""
-    folder = tmp_path / "mricron"
-    folder.mkdir()
-    idx = np.indices(SHAPE).astype(np.float32)
-    r = np.sqrt(sum(((idx[a] - (SHAPE[a] - 1) / 2) / (SHAPE[a] / 2.4)) ** 2 for a in range(3)))
-    t1 = np.where(r < 0.95, 0.5 + 0.4 * (r < 0.5), 0).astype(np.float32)
-    atlas = np.zeros(SHAPE, np.int16)
-    atlas[:10][r[:10] < 0.9] = 1200
-    atlas[10:][r[10:] < 0.9] = 7
-    atlas[10, 12, 9:12] = 1500  # too small
-    atlas[0, 0, 0] = 99  # outside the brain: ignored
-    nib.save(nib.Nifti1Image(t1, AFFINE), folder / INIA_T1)
-    nib.save(nib.Nifti1Image(atlas, AFFINE), folder / INIA_ATLAS)
-    return folder
+    return write_fake_inia(tmp_path / "mricron")
 
 
 def test_template_keeps_renumbers_and_names_by_original_value(inia):
