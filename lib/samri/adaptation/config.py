@@ -30,6 +30,8 @@ class AdaptConfig:
         eval_first, eval_max_clicks: first interactions and interactions per held-out session.
         original_studies, original_images, original_labels: the original domain (EVALUATION.md's
             test split): image ids and structure names measured the same way; empty = skipped.
+        original_every_round: measure the original domain after every round (default: before the
+            first and after the last only; it does not change in between unless the trainer forgets).
         human_seconds: annotator seconds per interaction (the clicks protocol's).
         seed: structure sampling.
     """
@@ -47,6 +49,7 @@ class AdaptConfig:
     original_studies: str = "data/test-split"
     original_images: tuple[str, ...] = ()
     original_labels: tuple[str, ...] = ()
+    original_every_round: bool = False
     human_seconds: float = 2.0
     seed: int = 0
 

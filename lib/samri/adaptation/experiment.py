@@ -152,11 +152,13 @@ def run_adaptation(cfg: AdaptConfig, out_dir: str | Path, *, app_dir: Path | Non
 
     def measure_round(k: int) -> dict[str, Any]:
         r = {"heldout": measurer.measure(heldout, f"k{k}_heldout", cfg.eval_first, cfg.eval_max_clicks)}
-        if original is not None:
+        if original is not None and (k in (0, cfg.rounds[-1]) or cfg.original_every_round):
             r["original"] = measurer.measure(original, f"k{k}_original", cfg.eval_first, cfg.eval_max_clicks)
         return r
 
-    server = start_server(app_dir=app, studies=out / "studies", log_path=out / "server.log", env=server_env,
+    # scoring jobs (active learning) would compete with the measurements for the 2 cores
+    env = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false", **(server_env or {})}
+    server = start_server(app_dir=app, studies=out / "studies", log_path=out / "server.log", env=env,
                           conf={"precompute": "false", "cache_dir": str(out / "cache"), "model": cfg.model})
     try:
         record["rounds"].append({"studies": 0, **measure_round(0)})

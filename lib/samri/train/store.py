@@ -26,18 +26,41 @@ from samri.io import copy_file, write_json
 logger = logging.getLogger(__name__)
 
 
-def gate(new_dice: float, live_dice: float, margin: float) -> tuple[bool, str]:
+#: clicks a candidate's mean validation NoC@85 may exceed the live decoder's before it is refused
+#: (margin 0); one pair of 16 failing one click later moves a mean of 2 x 16 sessions by 0.03.
+NOC_TOLERANCE = 0.05
+
+
+def mean_noc85(metrics: dict[str, Any]) -> float | None:
+    """Mean of a validation's ``noc85_<first>`` figures (the clicks protocol), None when it did not run."""
+    values = [float(v) for k, v in metrics.items() if k.startswith("noc85_") and v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def gate(new_dice: float, live_dice: float, margin: float, *, new_noc: float | None = None,
+         live_noc: float | None = None) -> tuple[bool, str]:
     """The publish gate: ``(publish, reason)``.
 
     A candidate is published when its validation score (`samri.train.run.selection_score`: the
     clicks protocol's mean Dice, else box Dice) beats the live decoder's on the same studies, or
-    (``margin`` > 0) is at most ``margin`` below it. With margin 0 it must improve.
+    (``margin`` > 0) is at most ``margin`` below it. With margin 0 it must improve. When both
+    validations ran the clicks protocol, the candidate's mean NoC@85 must also not exceed the live
+    decoder's by more than `NOC_TOLERANCE` (margin 0) or ``NOC_TOLERANCE + 10 * margin`` clicks: a
+    better mean Dice bought with more clicks to an accepted mask is refused.
     """
+    if new_noc is not None and live_noc is not None:
+        allowed = NOC_TOLERANCE + 10.0 * max(margin, 0.0)
+        if new_noc > live_noc + allowed:
+            return False, (f"refused: val NoC@85 {new_noc:.2f} is {new_noc - live_noc:.2f} clicks above live "
+                           f"{live_noc:.2f} (allowed {allowed:.2f}; val score {new_dice:.4f} vs {live_dice:.4f})")
+        noc = f"; val NoC@85 {new_noc:.2f} vs live {live_noc:.2f}"
+    else:
+        noc = ""
     if new_dice > live_dice:
-        return True, f"improved: val score {new_dice:.4f} > live {live_dice:.4f}"
+        return True, f"improved: val score {new_dice:.4f} > live {live_dice:.4f}{noc}"
     if margin > 0 and new_dice >= live_dice - margin:
         return True, (f"within margin: val score {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
-                      f"{live_dice:.4f}, gate_margin {margin}")
+                      f"{live_dice:.4f}, gate_margin {margin}{noc}")
     if margin > 0:
         return False, (f"refused: val score {new_dice:.4f} is {live_dice - new_dice:.4f} below live "
                        f"{live_dice:.4f}, more than gate_margin {margin}")
@@ -135,7 +158,7 @@ class DecoderStore:
             return {"published": False, "version": None,
                     "reason": "refused: no trained epoch (the file holds the starting decoder, "
                               f"val Dice {old_dice:.4f})"}
-        ok, reason = gate(new_dice, old_dice, margin)
+        ok, reason = gate(new_dice, old_dice, margin, new_noc=mean_noc85(new), live_noc=mean_noc85(old))
         if not ok:
             return {"published": False, "version": None, "reason": reason}
         index = self.index()

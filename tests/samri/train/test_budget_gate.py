@@ -12,7 +12,7 @@ from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkp
 from samri.train.run import run_training
 from samri.train.stage1 import find_studies, spread, stage1
 from samri.train.stage2 import TrainSettings
-from samri.train.store import DecoderStore, gate
+from samri.train.store import DecoderStore, gate, mean_noc85
 
 
 def _candidate(tmp_path: Path, model, name: str, val: float, live: float, epoch: int = 1) -> Path:
@@ -33,6 +33,27 @@ def test_gate_margin_decides_a_candidate_just_below_live():
     ok, reason = gate(0.78, 0.772, 0.0)
     assert ok and reason.startswith("improved")
     assert gate(0.772, 0.772, 0.0)[0] is False  # margin 0: it must improve
+
+
+def test_gate_refuses_a_better_score_that_costs_clicks():
+    ok, reason = gate(0.80, 0.77, 0.0, new_noc=3.6, live_noc=3.5)
+    assert not ok and "NoC@85 3.60" in reason and "allowed 0.05" in reason
+    ok, reason = gate(0.80, 0.77, 0.0, new_noc=3.52, live_noc=3.5)  # within NOC_TOLERANCE
+    assert ok and "NoC@85 3.52 vs live 3.50" in reason
+    assert gate(0.76, 0.77, 0.02, new_noc=3.7, live_noc=3.5)[0] is True  # margin 0.02 allows 0.25 clicks
+    assert gate(0.80, 0.77, 0.0, new_noc=None, live_noc=3.5)[0] is True  # no clicks validation: score only
+    assert mean_noc85({"noc85_box": 3.0, "noc85_point": 4.0, "dice": 0.7}) == 3.5
+    assert mean_noc85({"dice": 0.7}) is None
+
+
+def test_store_gate_reads_noc_from_the_candidate(tiny_model, tmp_path):
+    store = DecoderStore(tmp_path / "decoders", base_model="tiny")
+    path = save_decoder_checkpoint(tmp_path / "n.pt", mask_decoder=tiny_model.mask_decoder, base_model="tiny",
+                                   preprocessing=tiny_model.preprocessing.to_dict(),
+                                   metadata={"metrics": {"val": {"score": 0.8, "epoch": 1, "noc85_box": 4.0},
+                                                         "baseline_val": {"score": 0.7, "noc85_box": 3.0}}})
+    refused = store.publish(path)
+    assert not refused["published"] and "NoC@85" in refused["reason"] and store.live() is None
 
 
 def test_store_publishes_within_margin_refuses_without_and_never_the_start(tiny_model, tmp_path):
