@@ -22,7 +22,7 @@ import requests
 from fastapi import HTTPException
 
 from apps.samri.lib.trainers.options import defaults, parse_train_options
-from apps.samri.lib.trainers.records import ProgressRecorder, RunRecord, progress_stats, remove_stale_runs
+from apps.samri.lib.trainers.records import ProgressRecorder, RunRecord, pid_alive, progress_stats, remove_stale_runs
 from apps.samri.lib.trainers.studies import collect_studies
 from samri.bench.http import post_infer
 from samri.errors import SamriInputError
@@ -355,3 +355,22 @@ def test_server_trains_publishes_and_rolls_back(tmp_path: Path, tiny_config: Pat
         assert server.alive()
     finally:
         server.stop()
+
+
+def test_pid_alive_counts_a_killed_unreaped_process_as_dead() -> None:
+    """DELETE /train/ SIGKILLs the run; until MONAI Label reaps it, it is a zombie, not a live run."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while pid_alive(child.pid):  # killed but not waited for: a zombie
+            assert time.monotonic() < deadline, "a killed, unreaped process still counts as alive"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)
+    assert not pid_alive(None) and not pid_alive(True) and not pid_alive(-3)

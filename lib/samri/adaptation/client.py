@@ -41,8 +41,9 @@ def train_and_wait(base_url: str, options: Mapping[str, Any], *, poll_s: float =
     """``POST /train/samri`` with ``options``, poll ``GET /train/`` until it ends; the run's result.
 
     Returns:
-        ``{"wall_seconds", "task"}`` plus the trainer's ``last_run`` record from ``/info/``
-        (``published``, ``version``, ``seconds`` per phase, ``budget``, validation figures).
+        The trainer's ``last_run`` record from ``/info/`` (``status`` ``"done"``, ``published``,
+        ``version``, ``seconds`` per phase, ``budget``, validation figures) plus ``wall_seconds``
+        and ``task_status`` (MONAI Label's task status, ``"DONE"``).
 
     Raises:
         TrainingFailed: the request was refused (4xx/5xx), the task ended in ``ERROR``, or it ran
@@ -68,7 +69,7 @@ def train_and_wait(base_url: str, options: Mapping[str, Any], *, poll_s: float =
         raise TrainingFailed(f"training ended {task.get('status')}:\n{details}")
     info = requests.get(f"{base_url}/info/", timeout=30).json()
     last = ((info.get("train_stats") or {}).get("samri") or {}).get("last_run") or {}
-    return {"wall_seconds": round(wall, 1), "status": task.get("status"), **last}
+    return {**last, "wall_seconds": round(wall, 1), "task_status": task.get("status")}
 
 
 def live_decoder(app_dir: Path) -> tuple[str, Path | None]:

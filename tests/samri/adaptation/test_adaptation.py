@@ -99,7 +99,8 @@ def test_adapt_sim_runs_rounds_through_a_real_server(tmp_path, monkeypatch):
     previous = "base"
     for r in record["rounds"][1:]:
         t = r["training"]
-        assert t["status"] == "DONE" and t["wall_seconds"] > 0 and t["budget"]["steps"] == 2
+        assert t["task_status"] == "DONE" and t["status"] == "done"
+        assert t["wall_seconds"] > 0 and t["budget"]["steps"] == 2
         assert r["heldout"]["decoder"] == t["live"]  # measured with what the gate left live
         assert t["live"] == (t["version"] if t["published"] else previous)
         previous = t["live"]

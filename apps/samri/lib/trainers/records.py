@@ -27,16 +27,21 @@ STALE_AFTER_S = 3600.0
 
 
 def pid_alive(pid: Any) -> bool:
-    """Whether a process with this id exists (False for anything that is not a positive int)."""
+    """Whether a running process has this id (False for anything that is not a positive int).
+
+    A zombie counts as dead: MONAI Label's ``DELETE /train/`` SIGKILLs the run, which stays a zombie
+    until the server's task thread reaps it.
+    """
+    import psutil  # a dependency of monailabel
+
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 class RunRecord:
