@@ -38,7 +38,7 @@ from samri.io import write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cohort_splits", "pick_structures", "run_adaptation"]
+__all__ = ["cohort_splits", "pick_structures", "run_adaptation", "study_paths"]
 
 
 def cohort_splits(cohort: Path) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
@@ -69,7 +69,8 @@ def pick_structures(names: list[dict[str, int]], count: int, seed: int) -> tuple
     return tuple(sorted(common[int(i)] for i in chosen))
 
 
-def _paths(folder: Path, ids: list[str]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+def study_paths(folder: Path, ids: list[str]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """``(image paths, final label paths)`` of studies ``ids`` in a MONAI Label studies folder."""
     return (tuple(folder / f"{s}.nii.gz" for s in ids),
             tuple(folder / "labels" / "final" / f"{s}.nii.gz" for s in ids))
 
@@ -131,11 +132,11 @@ def run_adaptation(cfg: AdaptConfig, out_dir: str | Path, *, app_dir: Path | Non
         raise SamriInputError("rounds", list(cfg.rounds), f"the cohort has {len(annotate)} annotate studies")
     if not test:
         raise SamriInputError("cohort", str(cohort), "has no test (held-out) studies")
-    heldout = StudySet(*_paths(cohort, test), pick_structures([names[s] for s in test], cfg.heldout_structures,
+    heldout = StudySet(*study_paths(cohort, test), pick_structures([names[s] for s in test], cfg.heldout_structures,
                                                               cfg.seed))
     original = None
     if cfg.original_images:
-        original = StudySet(*_paths(Path(cfg.original_studies), list(cfg.original_images)), cfg.original_labels)
+        original = StudySet(*study_paths(Path(cfg.original_studies), list(cfg.original_images)), cfg.original_labels)
         missing = [str(p) for p in original.images + original.labels if not p.is_file()]
         if missing:
             raise SamriInputError("original_images", missing[:3], "not found (make test-split)")
@@ -168,9 +169,9 @@ def run_adaptation(cfg: AdaptConfig, out_dir: str | Path, *, app_dir: Path | Non
             while len(done) < target:
                 sid = annotate[len(done)]
                 structures = pick_structures([names[sid]], cfg.annotate_structures, cfg.seed + len(done) + 1)
-                effort = measurer.measure(StudySet(*_paths(cohort, [sid]), structures), f"annotate_{sid}",
+                effort = measurer.measure(StudySet(*study_paths(cohort, [sid]), structures), f"annotate_{sid}",
                                           (cfg.annotate_first,), cfg.annotate_max_clicks)
-                put_final_label(server.base_url, sid, _paths(cohort, [sid])[1][0], names[sid])
+                put_final_label(server.base_url, sid, study_paths(cohort, [sid])[1][0], names[sid])
                 done.append({"study": sid, **effort})
                 logger.info("finished %s with decoder %s: %s", sid, effort["decoder"], effort["headline"])
             logger.info("round K=%d: POST /train/samri %s", target, dict(cfg.train))

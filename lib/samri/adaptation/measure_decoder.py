@@ -1,0 +1,71 @@
+"""Measure any decoder on an ``adapt-sim`` run's held-out sessions (same studies, structures, protocol).
+
+Answers questions the rounds cannot, on identical sessions: would a longer training run on the same
+finished studies (``samri train --decoder ... --epochs ...``) need fewer clicks than the round's
+budget gave? ``python -m samri.adaptation.measure_decoder RUN --decoder FILE --name NAME`` writes
+``RUN/extra/NAME/`` (the clicks run) and ``RUN/extra/NAME.json`` (the headline figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["heldout_set", "measure_decoder"]
+
+
+def heldout_set(record: Mapping[str, Any]):
+    """The `samri.adaptation.measure.StudySet` of a run's held-out studies, from its ``summary.json``."""
+    from samri.adaptation.experiment import study_paths
+    from samri.adaptation.measure import StudySet
+
+    cohort = Path(record["config"]["cohort"])
+    return StudySet(*study_paths(cohort, list(record["heldout"])), tuple(record["heldout_structures"]))
+
+
+def measure_decoder(run: Path, decoder: Path | None, name: str, *, progress: bool = False) -> dict[str, Any]:
+    """Clicks figures of ``decoder`` (None: the registry's) on ``run``'s held-out sessions.
+
+    Returns:
+        ``{"decoder", "headline", "dice_at"}`` as a round's ``heldout`` entry, also written to
+        ``run/extra/<name>.json``.
+    """
+    from samri.adaptation.measure import headline, measure_clicks
+    from samri.config import load_registry
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.io import write_json
+    from samri.model.builders import load_model
+
+    record = json.loads((run / "summary.json").read_text())
+    cfg = record["config"]
+    registry = load_registry()
+    model = load_model(registry.spec(cfg["model"]), decoder=decoder)
+    result = measure_clicks(heldout_set(record), model=model,
+                            cache=EmbeddingCache(cache_dir=run / "cache", max_memory_bytes=1 << 30),
+                            key=f"{cfg['model']}@{name}", first=cfg["eval_first"], max_clicks=cfg["eval_max_clicks"],
+                            human_seconds=cfg["human_seconds"], out_dir=run / "extra" / name, window=registry.window,
+                            progress=progress)
+    out = {"decoder": str(decoder) if decoder else "base", "headline": headline(result),
+           "dice_at": {k.split(":", 1)[1]: v["dice_at"] for k, v in result.items() if k.startswith("clicks:")}}
+    write_json(run / "extra" / f"{name}.json", out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="adapt-sim output folder")
+    p.add_argument("--decoder", type=Path, default=None, help="decoder-only checkpoint (default: the registry's)")
+    p.add_argument("--name", required=True, help="name of this measurement under RUN/extra/")
+    args = p.parse_args(argv)
+    out = measure_decoder(args.run, args.decoder, args.name, progress=True)
+    print(json.dumps(out["headline"]))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
