@@ -97,7 +97,18 @@ def targets(record: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def render_adaptation(record: Mapping[str, Any], *, command: str = "make adapt-sim", preamble: str = "") -> str:
+def _extra_table(rounds: Sequence[Mapping], extra: Mapping[str, Mapping], firsts: Sequence[str]) -> list[str]:
+    """Decoders measured afterwards on the same held-out sessions (`samri.adaptation.measure_decoder`)."""
+    rows = [{"studies": f"round {r['studies']}", "heldout": r["heldout"]} for r in rounds]
+    rows += [{"studies": f"`{name}`", "heldout": {**entry, "decoder": Path(str(entry.get("decoder"))).name}}
+             for name, entry in sorted(extra.items())]
+    lines = _figures_table(rows, "heldout", firsts)
+    return ["| measured | " + lines[0].split(" | ", 1)[1]] + lines[1:]
+
+
+def render_adaptation(record: Mapping[str, Any], *, command: str = "make adapt-sim", preamble: str = "",
+                      extra: Mapping[str, Mapping] | None = None) -> str:
+    """The report's markdown; ``extra``: ``{name: measure_decoder's result}`` shown beside the rounds."""
     cfg, rounds = record["config"], record["rounds"]
     firsts = cfg["eval_first"]
     parts = [preamble.rstrip() + "\n" if preamble else "# Adaptation: fewer clicks after finished studies\n",
@@ -113,6 +124,10 @@ def render_adaptation(record: Mapping[str, Any], *, command: str = "make adapt-s
     parts += ["", "## Training rounds (`POST /train/samri` on every finished study so far)\n", *_training_table(rounds),
               "", "## Effort of the annotator on each study, with the decoder live at that moment\n",
               *_effort_table(rounds, cfg["annotate_first"]), ""]
+    if extra:
+        parts += ["## Other decoders on the same held-out sessions "
+                  "(`python -m samri.adaptation.measure_decoder RUN --decoder FILE --name NAME`)\n",
+                  *_extra_table(rounds, extra, firsts), ""]
     return "\n".join(parts)
 
 
@@ -125,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     record = json.loads((args.run / "summary.json").read_text())
     preamble = args.preamble.read_text() if args.preamble else ""
-    write_text(args.doc, render_adaptation(record, command=args.command, preamble=preamble))
+    extra = {p.stem: json.loads(p.read_text()) for p in sorted((args.run / "extra").glob("*.json"))}
+    write_text(args.doc, render_adaptation(record, command=args.command, preamble=preamble, extra=extra))
     print(f"wrote {args.doc}")
     return 0
 

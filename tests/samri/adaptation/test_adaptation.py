@@ -73,6 +73,10 @@ def test_targets_report_met_and_not_met():
     assert "Dice@1 -0.020" in lines and lines.rstrip().endswith("not met")
     text = render_adaptation(record)
     assert "| 3 | v3 | 0.650 | 0.650 | 5.00 (-50 %) |" in text and "## Training rounds" in text
+    assert "Other decoders" not in text
+    longer = {"decoder": "data/long/decoder.pt", "headline": _headline(2.5, 0.9)}
+    text = render_adaptation(record, extra={"long": longer})
+    assert "| `long` | decoder.pt | 0.900 | 0.900 | 2.50 (-75 %) |" in text and "| round 5 | v5 |" in text
 
 
 @pytest.mark.slow
