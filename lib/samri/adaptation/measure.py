@@ -23,13 +23,15 @@ class StudySet:
 
 
 def measure_clicks(studies: StudySet, *, model, cache, key: str, first: Sequence[str], max_clicks: int,
-                   human_seconds: float, out_dir: Path, window, progress: bool = False) -> dict[str, Any]:
+                   human_seconds: float, out_dir: Path, window, progress: bool = False,
+                   click_fill: bool = True) -> dict[str, Any]:
     """Run the clicks protocol (`samri.evaluation.clicks_run.evaluate_clicks`) with ``model``.
 
     Args:
         model: a loaded `samri.model.builders.SamModel` (the decoder under test applied).
         cache: the shared `samri.inference.embeddings.EmbeddingCache` (slices encoded once per run).
         key: the model's name in the summary.
+        click_fill: serve with `samri.inference.refine.fill_clicks` (the default), or without.
         out_dir: where ``summary.json``, ``sessions.jsonl`` and ``report.md`` go.
 
     Returns:
@@ -39,12 +41,14 @@ def measure_clicks(studies: StudySet, *, model, cache, key: str, first: Sequence
     from samri.evaluation.clicks_run import evaluate_clicks
     from samri.evaluation.protocol import EvalConfig, SegmenterRunner
     from samri.evaluation.variants import load_case
+    from samri.inference.refine import ClickFill
     from samri.inference.segmenter import Segmenter
 
     config = EvalConfig(mode="2d", axis=2, max_pairs=1, labels=tuple(studies.structures), protocol="clicks",
                         first=tuple(first), max_clicks=max_clicks, human_seconds_per_click=human_seconds).validate()
     cases = [load_case(image, label, wanted=config.labels) for image, label in zip(studies.images, studies.labels)]
-    runner = SegmenterRunner(Segmenter(model, cache), batch_size=4, progress=progress)
+    segmenter = Segmenter(model, cache, click_fill=ClickFill() if click_fill else None)
+    runner = SegmenterRunner(segmenter, batch_size=4, progress=progress)
     summary = evaluate_clicks(cases, {key: runner}, config, out_dir, window=window, progress=progress,
                               meta={"models": {key: key}, "command": "samri adapt-sim"})
     return {**summary["results"][key], "timing": summary.get("timing", {}).get(key)}

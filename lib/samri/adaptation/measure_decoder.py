@@ -28,8 +28,10 @@ def heldout_set(record: Mapping[str, Any]):
     return StudySet(*study_paths(cohort, list(record["heldout"])), tuple(record["heldout_structures"]))
 
 
-def measure_decoder(run: Path, decoder: Path | None, name: str, *, progress: bool = False) -> dict[str, Any]:
-    """Clicks figures of ``decoder`` (None: the registry's) on ``run``'s held-out sessions.
+def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: bool = True,
+                    progress: bool = False) -> dict[str, Any]:
+    """Clicks figures of ``decoder`` (None: the registry's) on ``run``'s held-out sessions, served
+    with or without click fill (`samri.inference.refine.fill_clicks`).
 
     Returns:
         ``{"decoder", "headline", "dice_at"}`` as a round's ``heldout`` entry, also written to
@@ -49,8 +51,8 @@ def measure_decoder(run: Path, decoder: Path | None, name: str, *, progress: boo
                             cache=EmbeddingCache(cache_dir=run / "cache", max_memory_bytes=1 << 30),
                             key=f"{cfg['model']}@{name}", first=cfg["eval_first"], max_clicks=cfg["eval_max_clicks"],
                             human_seconds=cfg["human_seconds"], out_dir=run / "extra" / name, window=registry.window,
-                            progress=progress)
-    out = {"decoder": str(decoder) if decoder else "base", "headline": headline(result),
+                            progress=progress, click_fill=click_fill)
+    out = {"decoder": str(decoder) if decoder else "base", "click_fill": click_fill, "headline": headline(result),
            "dice_at": {k.split(":", 1)[1]: v["dice_at"] for k, v in result.items() if k.startswith("clicks:")}}
     write_json(run / "extra" / f"{name}.json", out)
     return out
@@ -61,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="adapt-sim output folder")
     p.add_argument("--decoder", type=Path, default=None, help="decoder-only checkpoint (default: the registry's)")
     p.add_argument("--name", required=True, help="name of this measurement under RUN/extra/")
+    p.add_argument("--click-fill", choices=("on", "off"), default="on", help="serve with click fill (default on)")
     args = p.parse_args(argv)
-    out = measure_decoder(args.run, args.decoder, args.name, progress=True)
+    out = measure_decoder(args.run, args.decoder, args.name, click_fill=args.click_fill == "on", progress=True)
     print(json.dumps(out["headline"]))
     return 0
 

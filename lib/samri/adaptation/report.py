@@ -100,7 +100,8 @@ def targets(record: Mapping[str, Any]) -> list[str]:
 def _extra_table(rounds: Sequence[Mapping], extra: Mapping[str, Mapping], firsts: Sequence[str]) -> list[str]:
     """Decoders measured afterwards on the same held-out sessions (`samri.adaptation.measure_decoder`)."""
     rows = [{"studies": f"round {r['studies']}", "heldout": r["heldout"]} for r in rounds]
-    rows += [{"studies": f"`{name}`", "heldout": {**entry, "decoder": Path(str(entry.get("decoder"))).name}}
+    rows += [{"studies": f"`{name}`", "heldout": {**entry, "decoder": Path(str(entry.get("decoder"))).name
+                                                  + ("" if entry.get("click_fill", True) else ", no click fill")}}
              for name, entry in sorted(extra.items())]
     lines = _figures_table(rows, "heldout", firsts)
     return ["| measured | " + lines[0].split(" | ", 1)[1]] + lines[1:]

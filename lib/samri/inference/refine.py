@@ -1,4 +1,6 @@
-"""Local merge of a corrective click's result (FocalClick's "progressive merge").
+"""What a corrective click does to the previous mask: local merge and click fill.
+
+Local merge (FocalClick's "progressive merge"):
 
 A corrective click says one thing: *here* the previous mask is wrong. A decoder that follows the
 click often changes the mask elsewhere too (a negative click in a leak can also erase part of the
@@ -6,11 +8,16 @@ object), so the new prediction is accepted only inside the changed regions that 
 previous mask got wrong; everywhere else the previous mask stays. That keeps every correction local,
 so Dice does not fall when a click is answered too broadly.
 
+Click fill (`fill_clicks`): a click the decoder did not follow (a positive click left outside the
+mask, a negative one left inside) still changes the mask around it, so no click is ignored.
+
 Frames: masks ``(H, W)`` bool slice pixels; clicks ``(r, c)``; logits ``(1, 1, s, s)`` in the
 decoder's low-res frame (`samri.geometry.SliceGeometry`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,3 +89,78 @@ def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: 
     accept_low = F.adaptive_max_pool2d(accept_input, size) > 0.5
     logits = torch.where(accept_low, new_logits.float(), previous_logits.float().to(new_logits.device))
     return mask, logits
+
+
+# --- every click holds ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClickFill:
+    """How a click the decoder did not follow is applied to the mask (`fill_clicks`).
+
+    Attributes:
+        tolerance: largest windowed-intensity difference (the volume's ``[0, 1]`` window) from the
+            clicked pixel that the filled region may include.
+        radius_scale: the region's radius, times the click's distance to the mask's boundary.
+        max_radius: cap on that radius, as a fraction of the slice's longest side.
+    """
+
+    tolerance: float = 0.15
+    radius_scale: float = 1.5
+    max_radius: float = 0.3
+
+
+def fill_clicks(mask: np.ndarray, image: np.ndarray, points: np.ndarray, labels: np.ndarray,
+                settings: ClickFill = ClickFill()) -> np.ndarray:
+    """The mask with every click honoured: a positive click outside it or a negative one inside it
+    adds (removes) the connected pixels of similar intensity around the click, in a disk whose
+    radius follows the click's distance to the mask's boundary (a click deep in a missed region
+    fills more than one near the edge), and never nearer to a click of the other sign than to
+    itself. Clicks the mask already agrees with change nothing.
+
+    Args:
+        mask: ``(H, W)`` bool, the decoder's (merged) answer.
+        image: ``(H, W)`` windowed slice in ``[0, 1]``.
+        points, labels: ``(N, 2)`` ``(r, c)`` and ``(N,)`` 1 positive / 0 negative, in order.
+
+    Returns:
+        ``(H, W)`` bool; ``mask`` itself when no click disagrees.
+    """
+    h, w = mask.shape
+    rc = np.clip(np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)), 0, [h - 1, w - 1]).astype(np.int64)
+    want = np.asarray(labels).reshape(-1) == 1
+    if not len(rc) or np.all(mask[rc[:, 0], rc[:, 1]] == want):
+        return mask
+    out = mask.copy()
+    cap = max(2.0, settings.max_radius * max(h, w))
+    rr, cc = np.ogrid[:h, :w]
+    for (r, c), positive in zip(rc, want):
+        if out[r, c] == positive:
+            continue
+        if positive:
+            depth = float(ndimage.distance_transform_edt(~out)[r, c]) if out.any() else cap
+        else:
+            depth = float(ndimage.distance_transform_edt(out)[r, c])
+        radius = min(max(settings.radius_scale * depth, 2.0), cap)
+        distance2 = (rr - r) ** 2 + (cc - c) ** 2
+        region = (distance2 <= radius ** 2) & (np.abs(image - image[r, c]) <= settings.tolerance)
+        for r2, c2 in rc[want != positive]:  # never past the midline to a click that says the opposite
+            region &= distance2 < (rr - r2) ** 2 + (cc - c2) ** 2
+        if not positive:
+            region &= out
+        components, _ = ndimage.label(region)
+        chosen = components == components[r, c]
+        chosen[r, c] = True
+        out = out | chosen if positive else out & ~chosen
+    return out
+
+
+def logits_for_mask(geom: SliceGeometry, logits: torch.Tensor, before: np.ndarray, after: np.ndarray,
+                    magnitude: float = 8.0) -> torch.Tensor:
+    """``(1, 1, s, s)`` logits agreeing with ``after`` where it differs from ``before`` (``(H, W)``
+    bool), so the next click's mask prompt carries the filled or erased pixels."""
+    size = logits.shape[-1]
+    out = logits.float().clone()
+    for region, value in ((after & ~before, magnitude), (before & ~after, -magnitude)):
+        if region.any():
+            low = torch.as_tensor(geom.mask_to_input(region), dtype=torch.float32)[None, None]
+            out[F.adaptive_max_pool2d(low, size) > 0.5] = value
+    return out

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from samri.errors import SamriInputError
-from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice
+from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice, take_slice
 from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
-from samri.inference.refine import CLICK_MERGES, local_merge
+from samri.inference.refine import CLICK_MERGES, ClickFill, fill_clicks, local_merge, logits_for_mask
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
            "VolumeResult", "mask_box"]
@@ -80,16 +80,19 @@ class Segmenter:
         click_merge: ``"local"``: a refinement (clicks + the previous logits) changes the previous
             mask only in the changed regions that hold a click it got wrong
             (`samri.inference.refine.local_merge`); ``"global"``: the decoder's new mask as it is.
+        click_fill: on a refinement (a prompt with the previous logits), a click the answer still
+            contradicts changes the mask around it (`samri.inference.refine.fill_clicks`); None: off.
     """
 
     def __init__(self, model, cache: EmbeddingCache, *, propagation: PropagationSettings = PropagationSettings(),
-                 click_merge: str = "local"):
+                 click_merge: str = "local", click_fill: ClickFill | None = ClickFill()):
         if click_merge not in CLICK_MERGES:
             raise SamriInputError("click_merge", click_merge, f"must be one of {list(CLICK_MERGES)}")
         self.model = model
         self.cache = cache
         self.propagation = propagation
         self.click_merge = click_merge
+        self.click_fill = click_fill
         self._dense_pe: torch.Tensor | None = None
 
     def dense_pe(self) -> torch.Tensor:
@@ -192,9 +195,19 @@ class Segmenter:
         return SliceResult(mask=full[best], low_res_logits=low_res[best:best + 1, :1], iou=float(iou[best, 0]))
 
     def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt) -> SliceResult:
-        """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss)."""
+        """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss); on a refinement
+        every click holds in the answer (`click_fill`)."""
         axis = check_axis(axis)
-        return self.decode(self.embedding(volume, axis, index), self.slice_geometry(volume, axis), prompt)
+        geom = self.slice_geometry(volume, axis)
+        result = self.decode(self.embedding(volume, axis, index), geom, prompt)
+        if self.click_fill is None or prompt.mask_logits is None or not len(prompt.points):
+            return result
+        filled = fill_clicks(result.mask, take_slice(volume.windowed, axis, index), prompt.points, prompt.labels,
+                             self.click_fill)
+        if filled is result.mask:
+            return result
+        logits = logits_for_mask(geom, result.low_res_logits, result.mask, filled)
+        return SliceResult(mask=filled, low_res_logits=logits, iou=result.iou)
 
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,
                   bounds: tuple[int, int] | None = None, roi_box: np.ndarray | None = None,

@@ -8,7 +8,8 @@ import torch
 
 from samri.errors import SamriInputError
 from samri.geometry import SliceGeometry
-from samri.inference.refine import disagreeing_clicks, local_merge
+from samri.inference.prompts import SlicePrompt
+from samri.inference.refine import ClickFill, disagreeing_clicks, fill_clicks, local_merge, logits_for_mask
 from samri.inference.segmenter import Segmenter
 
 GEOM = SliceGeometry(64, 64, 64)  # slice = input = low-res frame: logits map 1:1 onto pixels
@@ -60,3 +61,66 @@ def test_segmenter_checks_click_merge(tiny_model):
     with pytest.raises(SamriInputError) as err:
         Segmenter(tiny_model, cache=None, click_merge="smart")
     assert err.value.field == "click_merge"
+
+
+def _two_tone() -> np.ndarray:
+    """A slice whose left half is dark (0.2) and right half bright (0.8)."""
+    image = np.full((64, 64), 0.2, dtype=np.float32)
+    image[:, 32:] = 0.8
+    return image
+
+
+def test_a_positive_click_outside_the_mask_fills_similar_pixels_around_it_and_no_further():
+    image = _two_tone()
+    mask = _disc((32, 12), 6)  # dark side
+    filled = fill_clicks(mask, image, np.array([[32.0, 27.0]]), np.array([1]))
+    assert filled[32, 27] and mask[~filled].sum() == 0  # the click holds, nothing was erased
+    added = filled & ~mask
+    assert not added[:, 32:].any()  # the bright half is another intensity: not filled
+    depth = 27 - 18  # the click's distance to the mask: 9 pixels
+    rr, cc = np.nonzero(added)
+    assert np.sqrt((rr - 32) ** 2 + (cc - 27) ** 2).max() <= ClickFill().radius_scale * depth + 1e-6
+
+
+def test_a_negative_click_inside_the_mask_erases_around_it_only_inside_the_mask():
+    image = np.full((64, 64), 0.5, dtype=np.float32)
+    mask = _disc((32, 32), 20)
+    erased = fill_clicks(mask, image, np.array([[32.0, 44.0]]), np.array([0]))
+    assert not erased[32, 44] and not (erased & ~mask).any()
+    assert erased[32, 20]  # far on the other side of the mask: kept
+    assert erased.sum() < mask.sum()
+
+
+def test_clicks_the_mask_agrees_with_change_nothing():
+    mask = _disc((32, 32), 10)
+    same = fill_clicks(mask, _two_tone(), np.array([[32.0, 32.0], [5.0, 5.0]]), np.array([1, 0]))
+    assert same is mask
+    assert fill_clicks(mask, _two_tone(), np.zeros((0, 2)), np.zeros(0)) is mask
+
+
+def test_later_clicks_are_honoured_over_earlier_ones_and_an_empty_mask_still_grows():
+    image = np.full((64, 64), 0.5, dtype=np.float32)
+    empty = np.zeros((64, 64), dtype=bool)
+    grown = fill_clicks(empty, image, np.array([[30.0, 30.0]]), np.array([1]))
+    assert grown[30, 30] and grown.sum() > 1
+    both = fill_clicks(empty, image, np.array([[30.0, 30.0], [30.0, 33.0]]), np.array([1, 0]))
+    assert both[30, 30] and not both[30, 33]
+
+
+def test_logits_for_mask_carry_the_filled_and_erased_pixels_into_the_next_mask_prompt():
+    before = _disc((20, 20), 8)
+    after = (before | _disc((40, 40), 5)) & ~_disc((20, 20), 3)
+    logits = logits_for_mask(GEOM, _logits(before), before, after)
+    assert ((GEOM.logits_to_slice(logits)[0, 0].numpy() > 0) == after).all()
+
+
+def test_segmenter_honours_every_click_of_a_refinement(segmenter, prepared_volume):
+    box = np.array([8.0, 8.0, 24.0, 24.0])
+    first = segmenter.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box))
+    clicks = np.array([[2.0, 2.0], [16.0, 16.0]])
+    for labels in (np.array([1, 0]), np.array([0, 1])):
+        refine = SlicePrompt(points=clicks, labels=labels, box=box, mask_logits=first.low_res_logits)
+        result = segmenter.predict_slice(prepared_volume, 2, 15, refine)
+        assert [bool(result.mask[2, 2]), bool(result.mask[16, 16])] == [bool(v) for v in labels]
+        again = SlicePrompt(points=clicks, labels=labels, box=box, mask_logits=result.low_res_logits)
+        assert segmenter.predict_slice(prepared_volume, 2, 15, again).mask[16, 16] == bool(labels[1])
