@@ -147,7 +147,8 @@ def fill_clicks(mask: np.ndarray, image: np.ndarray, points: np.ndarray, labels:
         if not positive:
             region &= window
         components, _ = ndimage.label(region)
-        chosen = components == components[r - r0, c - c0]
+        at_click = components[r - r0, c - c0]
+        chosen = components == at_click if at_click else np.zeros_like(region)
         chosen[r - r0, c - c0] = True
         out[r0:r1, c0:c1] = window | chosen if positive else window & ~chosen
     return out

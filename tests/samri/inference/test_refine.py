@@ -105,6 +105,9 @@ def test_later_clicks_are_honoured_over_earlier_ones_and_an_empty_mask_still_gro
     assert grown[30, 30] and grown.sum() > 1
     both = fill_clicks(empty, image, np.array([[30.0, 30.0], [30.0, 33.0]]), np.array([1, 0]))
     assert both[30, 30] and not both[30, 33]
+    # the same pixel clicked both ways: the last click decides that pixel and nothing else changes
+    same = fill_clicks(empty, image, np.array([[30.0, 30.0], [30.0, 30.0]]), np.array([0, 1]))
+    assert same[30, 30] and same.sum() == 1
 
 
 def test_logits_for_mask_carry_the_filled_and_erased_pixels_into_the_next_mask_prompt():
