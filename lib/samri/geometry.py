@@ -45,7 +45,9 @@ def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     n = volume.shape[axis]
     if not 0 <= int(index) < n:
         raise SamriInputError("slice", index, f"out of range for axis {axis} with {n} slices (0..{n - 1})")
-    return np.take(volume, int(index), axis=axis)
+    sl = [slice(None)] * volume.ndim
+    sl[axis] = int(index)
+    return volume[tuple(sl)].copy()  # a copy, as np.take gave, but ~100x faster on the last axis
 
 
 def put_slice(volume: np.ndarray, axis: int, index: int, plane: np.ndarray) -> None:
