@@ -32,7 +32,7 @@ def pid_alive(pid: Any) -> bool:
     A zombie counts as dead: MONAI Label's ``DELETE /train/`` SIGKILLs the run, which stays a zombie
     until the server's task thread reaps it.
     """
-    import psutil  # a dependency of monailabel
+    import psutil
 
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
