@@ -59,6 +59,12 @@ def _near_clicks(previous: np.ndarray, clicks: np.ndarray) -> np.ndarray:
     return near
 
 
+def _low_res_cover(geom: SliceGeometry, region: np.ndarray, size: int) -> torch.Tensor:
+    """``(1, 1, s, s)`` bool: the low-res logit cells that hold any pixel of the ``(H, W)`` region."""
+    full = torch.as_tensor(geom.mask_to_input(region), dtype=torch.float32)[None, None]
+    return F.adaptive_max_pool2d(full, size) > 0.5
+
+
 def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: torch.Tensor, points: np.ndarray,
                 labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor] | None:
     """The previous mask with only the click-bearing changes of the new one.
@@ -85,8 +91,7 @@ def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: 
     accept = np.isin(regions, sorted(ids)) & _near_clicks(previous, clicks)
     mask = np.where(accept, new, previous)
     size = new_logits.shape[-1]
-    accept_input = torch.as_tensor(geom.mask_to_input(accept), dtype=torch.float32)[None, None]
-    accept_low = F.adaptive_max_pool2d(accept_input, size) > 0.5
+    accept_low = _low_res_cover(geom, accept, size)
     logits = torch.where(accept_low, new_logits.float(), previous_logits.float().to(new_logits.device))
     return mask, logits
 
@@ -170,6 +175,5 @@ def logits_for_mask(geom: SliceGeometry, logits: torch.Tensor, before: np.ndarra
     out = logits.float().clone()
     for region, value in ((after & ~before, magnitude), (before & ~after, -magnitude)):
         if region.any():
-            low = torch.as_tensor(geom.mask_to_input(region), dtype=torch.float32)[None, None]
-            out[F.adaptive_max_pool2d(low, size) > 0.5] = value
+            out[_low_res_cover(geom, region, size)] = value
     return out
