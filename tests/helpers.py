@@ -118,3 +118,13 @@ def write_fake_inia(folder: Path) -> Path:
     nib.save(nib.Nifti1Image(t1, affine), folder / INIA_T1)
     nib.save(nib.Nifti1Image(atlas, affine), folder / INIA_ATLAS)
     return folder
+
+
+def backend_figures_stub(name: str, serves: str) -> dict:
+    """One backend's figures as `samri.bench.backends.backend_figures` reports them (made-up values)."""
+    p = {"p50": 10.0, "p95": 12.0, "n": 3}
+    return {"serves": serves, "ready_s": 1.0, "encoder_s_per_slice": {"p50": 0.5, "p95": 0.6, "n": 5},
+            "first_click_ms": p, "cached_click_ms": {k: p for k in ("box", "box_point", "points_only", "refinement")},
+            "speedup_vs_torch": {"encoder": 1.0, "box_click": 1.0},
+            "vs_torch": {"embedding_cosine": 1.0, "embedding_max_abs": 0.0,
+                         "mask_dice": {"box": 1.0, "box_point": 1.0, "points_only": 1.0}}}

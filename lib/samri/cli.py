@@ -151,7 +151,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.clients < 0 or (args.clients and not args.http):
         raise SamriInputError("clients", args.clients, "a positive count, with --http (they click on a live server)")
-    if args.backend or args.backends_only:
+    if args.backend or args.backends_only or args.contention:
         return _bench_backends(args)
     report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
                             studies=args.studies, repeats=args.repeats, http=args.http,
@@ -171,27 +171,44 @@ def _bench_backends(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from samri.bench.backends import backend_figures, backends_markdown, update_section
+    from samri.bench.backends import CONTENTION_TITLE, backend_figures, backends_markdown, update_section
     from samri.bench.inprocess import run_benchmarks, write_markdown
 
-    figures = backend_figures(args.backend or ["torch", "auto"], model_name=args.model, checkpoint=args.checkpoint,
-                              decoder=args.decoder, studies=args.studies, repeats=args.repeats,
-                              export_dir=args.export_dir)
+    def measure() -> dict:
+        return backend_figures(args.backend or ["torch", "auto"], model_name=args.model, checkpoint=args.checkpoint,
+                               decoder=args.decoder, studies=args.studies, repeats=args.repeats,
+                               export_dir=args.export_dir)
+
+    figures = measure()
     command = "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     figures["command"] = command
+    busy = None
+    if args.contention:
+        from samri.bench.contention import busy_process
+
+        with busy_process():
+            busy = measure()
     if args.backends_only:
         report = figures
+        if busy is not None:
+            report["contention"] = busy
         if args.markdown:
             update_section(args.markdown, backends_markdown(figures, command))
+            if busy is not None:
+                update_section(args.markdown, backends_markdown(busy, command, contention=True), CONTENTION_TITLE)
     else:
         report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
                                 studies=args.studies, repeats=args.repeats, http=args.http,
                                 train=not args.no_train, clients=args.clients)
         report["backends"] = figures.pop("backends")
         report["backends_run"] = figures
+        if busy is not None:
+            report["contention"] = busy
         if args.markdown:
             write_markdown(report, args.markdown)
             update_section(args.markdown, backends_markdown({**figures, "backends": report["backends"]}, command))
+            if busy is not None:
+                update_section(args.markdown, backends_markdown(busy, command, contention=True), CONTENTION_TITLE)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the backend comparison (--markdown then updates just its section)")
     p.add_argument("--export-dir", type=Path, default=None,
                    help="export cache of the optimized backends (default $SAMRI_BACKEND_CACHE or ~/.cache/samri)")
+    p.add_argument("--contention", action="store_true",
+                   help="measure the backends again while a second process keeps every core busy (JSON under "
+                        "contention.backends.<name>)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("al-sim", help="simulated annotation loop: active-learning strategies vs random")

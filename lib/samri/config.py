@@ -55,6 +55,8 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise SamriInputError("models config", str(path), "needs a 'models' mapping")
     specs = {}
+    # registry-wide inference runtime, overridable per entry (samri.model.backends)
+    default_backend, default_precision = data.get("backend", "torch"), data.get("precision", "auto")
     for name, entry in data["models"].items():
         if not isinstance(entry, dict) or "architecture" not in entry:
             raise SamriInputError(f"models.{name}", entry, "needs at least 'architecture'")
@@ -64,8 +66,8 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
                                 random_init=bool(entry.get("random_init", False)),
                                 point_prompts=str(entry.get("point_prompts", "native")),
                                 decoder=entry.get("decoder"), base=entry.get("base"),
-                                backend=str(entry.get("backend", "torch")),
-                                precision=str(entry.get("precision", "auto")))
+                                backend=str(entry.get("backend", default_backend)),
+                                precision=str(entry.get("precision", default_precision)))
     window = WindowSettings(**(data.get("window") or {}))
     default = data.get("default_model", next(iter(specs)))
     if default not in specs:

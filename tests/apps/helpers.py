@@ -66,7 +66,10 @@ def in_process_apps(tmp_path: Path, studies: Path, monkeypatch: pytest.MonkeyPat
     apps = []
 
     def make(**conf: str):
-        conf = {"cache_dir": str(tmp_path / "cache"), "precompute": "false", **conf}
+        from samri.model.export_cache import default_export_dir
+
+        conf = {"cache_dir": str(tmp_path / "cache"), "precompute": "false",
+                "backend_cache_dir": str(default_export_dir()), **conf}
         app = cls(app_dir=str(app_dir), studies=str(studies), conf=conf)
         apps.append(app)
         return app

@@ -52,22 +52,97 @@ def test_loader_falls_back_to_the_base_decoder_except_for_conf(tmp_path: Path, t
         load_model_with_decoder(settings, DecoderChoice("conf", None, broken))
 
 
-def test_holder_serves_through_the_configured_backend(tmp_path: Path, tiny_registry: Path, monkeypatch) -> None:
-    """`ModelHolder` hands its settings' backend to `samri.model.backends.apply_backend`; /info/ shows it."""
+def test_holder_serves_pytorch_at_once_then_the_configured_backend(tmp_path: Path, tiny_registry: Path,
+                                                                  monkeypatch) -> None:
+    """The first request is served by PyTorch; the backend is prepared on a copy in a thread and
+    swapped in when ready; the served model is never modified in place."""
+    import threading
+
+    import torch
+
     from apps.samri.lib.runtime.models import ModelHolder
     from samri.inference.embeddings import EmbeddingCache
     from samri.model import backends
 
-    calls = []
+    calls, release, exported = [], threading.Event(), torch.nn.Identity()
 
     def fake_apply(model, backend, precision, *, export_dir):
-        calls.append((backend, precision, export_dir))
-        model.backend_info = {"backend": "openvino", "precision": "bf16"}
+        assert release.wait(30)
+        calls.append((backend, precision, export_dir, threading.current_thread().name))
+        model.image_encoder = exported  # on the copy only
+        model.backend_info = {"backend": "openvino", "precision": "fp32"}
         return model
 
     monkeypatch.setattr(backends, "apply_backend", fake_apply)
-    settings = _settings(tmp_path, backend="openvino", precision="bf16", backend_cache_dir=tmp_path / "exports")
+    settings = _settings(tmp_path, backend="openvino", precision="fp32", backend_cache_dir=tmp_path / "exports")
     holder = ModelHolder(settings=settings, cache=EmbeddingCache())
-    holder.segmenter()
-    assert calls == [("openvino", "bf16", tmp_path / "exports")]
-    assert holder.info()["backend"] == {"backend": "openvino", "precision": "bf16"}
+    first = holder.segmenter()
+    info = holder.info()["backend"]
+    assert info["backend"] == "torch" and info["pending"].startswith("openvino fp32")
+    release.set()
+    assert holder.wait_backend(30)
+    assert calls == [("openvino", "fp32", tmp_path / "exports", "samri-backend-export")]
+    fast = holder.segmenter()
+    assert fast is not first and holder.info()["backend"] == {"backend": "openvino", "precision": "fp32"}
+    assert fast.model.mask_decoder is first.model.mask_decoder  # eager weights shared, not copied
+    assert fast.model.image_encoder is exported and first.model.image_encoder is not exported
+    assert holder.loads == 1
+
+
+def test_holder_keeps_pytorch_when_the_backend_fails_or_the_weights_changed(tmp_path: Path, tiny_registry: Path,
+                                                                            monkeypatch) -> None:
+    from apps.samri.lib.runtime.models import ModelHolder
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.model import backends
+
+    def failing(model, backend, precision, *, export_dir):
+        model.backend_info = {"backend": "torch", "precision": "fp32", "reason": "fallback: export failed"}
+        return model
+
+    monkeypatch.setattr(backends, "apply_backend", failing)
+    settings = _settings(tmp_path, backend="openvino", precision="fp32", backend_cache_dir=tmp_path / "exports")
+    holder = ModelHolder(settings=settings, cache=EmbeddingCache())
+    served = holder.segmenter()
+    assert holder.wait_backend(30) and holder.segmenter() is served
+    assert holder.info()["backend"]["reason"] == "fallback: export failed"
+
+    import threading
+
+    changed = threading.Event()
+
+    def swap_weights(model, backend, precision, *, export_dir):
+        assert changed.wait(30)  # the files changed while the export ran
+        model.backend_info = {"backend": "openvino", "precision": "fp32"}
+        return model
+
+    monkeypatch.setattr(backends, "apply_backend", swap_weights)
+    holder = ModelHolder(settings=settings, cache=EmbeddingCache())
+    served = holder.segmenter()
+    holder._loaded = ("other weights",)
+    changed.set()
+    assert holder.wait_backend(30) and holder._segmenter is served
+
+
+def test_holder_serves_a_real_openvino_export(tmp_path: Path, tiny_registry: Path) -> None:
+    """The tiny model exported for real: same masks as the PyTorch model it replaced."""
+    pytest.importorskip("openvino")
+    import numpy as np
+
+    from apps.samri.lib.runtime.models import ModelHolder
+    from samri.inference.embeddings import EmbeddingCache
+    from samri.inference.prompts import SlicePrompt
+    from samri.volume import prepare_volume
+    from tests.helpers import synthetic_array
+
+    settings = _settings(tmp_path, backend="openvino", precision="fp32", backend_cache_dir=tmp_path / "exports")
+    holder = ModelHolder(settings=settings, cache=EmbeddingCache())
+    eager = holder.segmenter()
+    volume = prepare_volume(synthetic_array())
+    prompt = SlicePrompt(box=(8, 8, 30, 24))
+    expected = eager.predict_slice(volume, 2, 10, prompt).mask
+    assert holder.wait_backend(120)
+    fast = holder.segmenter()
+    assert fast.model.backend_info["backend"] == "openvino", fast.model.backend_info
+    assert fast.model.cache_key() != eager.model.cache_key()  # fp32 OpenVINO embeddings are cached apart
+    got = fast.predict_slice(volume, 2, 10, prompt).mask
+    assert np.array_equal(got, expected) or (got != expected).mean() < 0.001

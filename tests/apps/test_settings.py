@@ -16,7 +16,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
     assert s.model == "samri_lite" and s.precompute is True and s.decoder is None
     assert s.cache_dir == tmp_path / "app" / "model" / "embedding_cache"
     assert s.labels == (DEFAULT_LABEL,)
-    assert (s.backend, s.precision) == ("torch", "auto")  # the registry entry's
+    assert (s.backend, s.precision) == ("auto", "auto")  # the registry's (configs/models.yaml)
     assert s.backend_cache_dir == tmp_path / "app" / "model" / "backend_cache"
     fast = AppSettings.from_conf({"backend": "OpenVINO", "precision": "bf16", "backend_cache_dir": str(tmp_path / "x")},
                                  app_dir=tmp_path, studies=str(tmp_path))

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 #: the reference every ratio and agreement figure is taken against
 REFERENCE = "torch"
 SECTION_TITLE = "## Inference backends (encoder and click, side by side)"
+CONTENTION_TITLE = "## Inference backends with a second process busy on every core"
 
 
 def parse_backend(text: str) -> tuple[str, str, str]:
@@ -145,13 +146,16 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
             "backends": out}
 
 
-def backends_markdown(report: dict[str, Any], command: str = "") -> list[str]:
-    """The docs/BENCHMARKS.md section (lines) for ``report["backends"]`` (`backend_figures`)."""
+def backends_markdown(report: dict[str, Any], command: str = "", *, contention: bool = False) -> list[str]:
+    """The docs/BENCHMARKS.md section (lines) for ``report["backends"]`` (`backend_figures`); ``contention``:
+    the run made while `samri.bench.contention.busy_process` kept the cores busy."""
     r = report
-    lines = ["", SECTION_TITLE, "",
+    busy = (" While it ran, a second process (PyTorch matmuls on every core, default OpenMP settings: "
+            "`samri.bench.contention`) kept the CPU busy." if contention else "")
+    lines = ["", CONTENTION_TITLE if contention else SECTION_TITLE, "",
              f"`{command or 'samri bench --backend torch --backend openvino:fp32 --backend openvino:bf16'}`: "
              f"model `{r['model']}`, `{r['data']['study']}` {r['data']['label']} axis {r['data']['axis']} slice "
-             f"{r['data']['slice']}; all backends in one process, measured in turn. 1-minute load average "
+             f"{r['data']['slice']}; all backends in one process, measured in turn.{busy} 1-minute load average "
              f"{r['load_average_1m']['start']} at the start, {r['load_average_1m']['end']} at the end on this "
              f"machine's {r.get('cpus', '?')} shared CPUs (other processes were running): read the ratios more "
              "than the absolute times.", "",

@@ -44,6 +44,9 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=None, help="NAME[@DECODER] (repeat); default: the registry's")
     p.add_argument("--checkpoint", action="append", default=None, help="full checkpoint (once, or once per --model)")
     p.add_argument("--decoder", action="append", default=None, help="decoder-only checkpoint (once, or per --model)")
+    p.add_argument("--backend", action="append", default=None,
+                   help="inference backend, torch | openvino[:fp32|bf16] | auto (repeat: every model runs with "
+                        "each, results keyed MODEL[BACKEND]); default: the registry entry's")
     p.add_argument("--prompts", default="box,point,box+point", help="comma list of box, point, box+point")
     p.add_argument("--axis", type=int, choices=[0, 1, 2], default=2, help="slicing axis of the voxel grid")
     p.add_argument("--mode", choices=["2d", "3d"], default="2d", help="2d: every slice; 3d: one prompt + propagation")
@@ -108,6 +111,19 @@ def parse_models(args: argparse.Namespace, registry) -> list[dict]:
     return out
 
 
+def parse_backends(values: list[str] | None) -> list[tuple[str, str, str] | None]:
+    """``--backend`` values as `samri.bench.backends.parse_backend` tuples; ``[None]`` (the registry's) if none."""
+    if not values:
+        return [None]
+    from samri.bench.backends import parse_backend
+
+    parsed = [parse_backend(v) for v in values]
+    names = [p[0] for p in parsed]
+    if len(set(names)) != len(names):
+        raise SamriInputError("backend", values, "a backend is given twice")
+    return parsed
+
+
 def read_label_names(path: Path | None) -> dict | None:
     if path is None:
         return None
@@ -157,7 +173,7 @@ def command_line(args: argparse.Namespace) -> str:
     words = ["samri", "evaluate"]
     for image, label in zip(args.image, args.label):
         words += ["--image", str(image), "--label", str(label)]
-    for flag in ("model", "checkpoint", "decoder", "variant"):
+    for flag in ("model", "checkpoint", "decoder", "backend", "variant"):
         for value in getattr(args, flag) or []:
             words += [f"--{flag}", str(value)]
     words += ["--prompts", args.prompts, "--mode", args.mode, "--axis", str(args.axis)]
@@ -177,6 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from samri.evaluation.report import machine_info
     from samri.inference.embeddings import EmbeddingCache
     from samri.inference.segmenter import PropagationBudget, Segmenter
+    from samri.model.backends import apply_backend
     from samri.model.builders import load_model
 
     config = build_config(args)
@@ -191,17 +208,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cases = [load_case(image, label, names=_names_for(names, image), wanted=config.labels)
              for image, label in zip(args.image, args.label)]
     plan(cases, config)  # every input error surfaces here, before a model is loaded
+    backends = parse_backends(args.backend)
     cache = EmbeddingCache(cache_dir=args.cache_dir, max_memory_bytes=1 << 30)
     runners, described = {}, {}
     for m in models:
-        model = load_model(m["spec"], checkpoint=m["checkpoint"], decoder=m["decoder"])
-        m["decoder"] = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder
-        runners[m["key"]] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
-                                            progress=not args.no_progress,
-                                            budget_3d=PropagationBudget(max_slices=args.max_slices_3d or None))
-        described[m["key"]] = (f"{m['spec'].description or m['spec'].name}; "
-                               f"weights {m['checkpoint'] or m['spec'].checkpoint}"
-                               + (f"; decoder {m['decoder']}" if m["decoder"] else ""))
+        for backend in backends:
+            model = load_model(m["spec"], checkpoint=m["checkpoint"], decoder=m["decoder"])
+            apply_backend(model, *(backend[1:] if backend else (None, None)))  # None: the registry entry's
+            key = m["key"] if args.backend is None else f"{m['key']}[{backend[0]}]"
+            runners[key] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
+                                           progress=not args.no_progress,
+                                           budget_3d=PropagationBudget(max_slices=args.max_slices_3d or None))
+            decoder = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder
+            served = getattr(model, "backend_info", {}) or {"backend": "torch", "precision": "fp32"}
+            described[key] = (f"{m['spec'].description or m['spec'].name}; "
+                              f"weights {m['checkpoint'] or m['spec'].checkpoint}"
+                              + (f"; decoder {decoder}" if decoder else "")
+                              + f"; served by {served['backend']} {served['precision']}")
     meta = {"models": described, "command": command_line(args), "machine": machine_info()}
     if config.protocol == "clicks":
         from samri.evaluation.clicks_run import evaluate_clicks

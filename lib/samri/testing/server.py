@@ -109,7 +109,9 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
     Args:
         app_dir: the app folder (``apps/samri`` or a `copy_app` copy).
         studies: the datastore folder, or a DICOMweb root URL (e.g. Orthanc's ``.../dicom-web``).
-        conf: ``--conf`` pairs (values as strings).
+        conf: ``--conf`` pairs (values as strings). ``backend_cache_dir`` defaults to the user's export
+            cache (`samri.model.export_cache.default_export_dir`): test and bench servers share one
+            export per weights instead of exporting again in every temporary app copy.
         host, port: where to listen; ``port=None`` picks a free one.
         python: interpreter with monailabel installed (default: this one).
         timeout_s: how long to wait for ``/info/``.
@@ -125,7 +127,9 @@ def start_server(*, app_dir: str | os.PathLike, studies: str | os.PathLike,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python or sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir),
            "--studies", studies_arg(studies), "--host", host, "--port", str(port)]
-    for key, value in (conf or {}).items():
+    from samri.model.export_cache import default_export_dir
+
+    for key, value in {"backend_cache_dir": str(default_export_dir()), **(conf or {})}.items():
         cmd += ["--conf", str(key), str(value)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see PASSIVE_OMP_NOTE

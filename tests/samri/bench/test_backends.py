@@ -6,6 +6,7 @@ import pytest
 
 from samri.bench.backends import SECTION_TITLE, backend_figures, backends_markdown, parse_backend, update_section
 from samri.errors import SamriInputError
+from tests.helpers import backend_figures_stub
 
 
 def test_parse_backend():
@@ -18,19 +19,11 @@ def test_parse_backend():
         parse_backend("tvm")
 
 
-def _figures(name: str, serves: str) -> dict:
-    p = {"p50": 10.0, "p95": 12.0, "n": 3}
-    return {"serves": serves, "ready_s": 1.0, "encoder_s_per_slice": {"p50": 0.5, "p95": 0.6, "n": 5},
-            "first_click_ms": p, "cached_click_ms": {k: p for k in ("box", "box_point", "points_only", "refinement")},
-            "speedup_vs_torch": {"encoder": 1.0, "box_click": 1.0},
-            "vs_torch": {"embedding_cosine": 1.0, "embedding_max_abs": 0.0,
-                         "mask_dice": {"box": 1.0, "box_point": 1.0, "points_only": 1.0}}}
-
-
 def test_markdown_section_is_replaced_not_repeated(tmp_path):
     report = {"model": "samri_lite", "data": {"study": "s", "label": "l", "axis": 2, "slice": 3},
               "load_average_1m": {"start": 1.0, "end": 2.0},
-              "backends": {"torch": _figures("torch", "torch/fp32"), "openvino:bf16": _figures("o", "openvino/bf16")}}
+              "backends": {"torch": backend_figures_stub("torch", "torch/fp32"),
+                           "openvino:bf16": backend_figures_stub("o", "openvino/bf16")}}
     lines = backends_markdown(report, "samri bench --backend torch")
     assert any(line.startswith("| openvino:bf16 (openvino/bf16) |") for line in lines)
     doc = tmp_path / "BENCHMARKS.md"

@@ -63,7 +63,8 @@ def tiny_registry(tmp_path, monkeypatch):
     ({"--model": "no_such_model"}, "model"), ({"--prompts": ""}, "prompts"), ({"--prompts": "box,lasso"}, "prompts"),
     ({"--labels": "body,nothing"}, "labels"), ({"--variant": "blur"}, "variant"), ({"--decoder": "missing.pt"},
                                                                                    "decoder"),
-    ({"--jitter": "2"}, "jitter"), ({"--label-names": "missing.json"}, "label-names")])
+    ({"--jitter": "2"}, "jitter"), ({"--backend": "tensorrt"}, "backend"), ({"--backend": "torch:int4"}, "backend"),
+    ({"--label-names": "missing.json"}, "label-names")])
 def test_bad_input_fails_before_any_work(files, tmp_path, change, field):
     options = {"--image": str(files["image"]), "--label": str(files["label"]), "--model": "litemedsam",
                "--prompts": "box", "--out": str(tmp_path / "out"), "--label-names": str(files["names"])}
@@ -112,6 +113,26 @@ def test_tiny_models_side_by_side_through_the_cli(files, tmp_path, tiny_registry
     assert summary["command"].startswith("samri evaluate --image") and summary["machine"]["cores"]
     assert "tiny@ft" in capsys.readouterr().out
     assert command_line(parse(argv)).count("--model") == 2
+
+
+def test_backends_side_by_side_on_the_same_pairs(files, tmp_path, tiny_registry, fresh_tiny_model):
+    """``--backend`` runs every model with each backend on the same pairs; fp32 OpenVINO agrees with eager."""
+    import torch
+
+    weights, out = tmp_path / "tiny.pt", tmp_path / "out"
+    torch.save(fresh_tiny_model.state_dict(), weights)  # one set of weights for both loads
+    argv = ["--image", str(files["image"]), "--label", str(files["label"]), "--label-names", str(files["names"]),
+            "--labels", "body", "--model", "tiny", "--checkpoint", str(weights),
+            "--backend", "torch", "--backend", "openvino:fp32",
+            "--prompts", "box", "--slice-step", "6", "--out", str(out), "--no-progress"]
+    assert run(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    eager, exported = summary["results"]["tiny[torch]"]["box"], summary["results"]["tiny[openvino:fp32]"]["box"]
+    assert eager["n"] == exported["n"] > 0
+    assert abs(eager["mean_dice"] - exported["mean_dice"]) <= 0.01
+    assert "served by openvino fp32" in summary["models"]["tiny[openvino:fp32]"]
+    assert "served by torch fp32" in summary["models"]["tiny[torch]"]
+    assert command_line(parse(argv)).count("--backend") == 2
 
 
 # --- real model on the sample studies (slow) ----------------------------------------------------

@@ -63,6 +63,10 @@ def test_registry_entry_backend_fields(tiny_registry):
     (tiny_registry / "models.yaml").write_text(text)
     spec = load_registry().spec("tiny")
     assert (spec.backend, spec.precision) == ("auto", "auto")
+    (tiny_registry / "models.yaml").write_text("backend: openvino\nprecision: fp32\n" + text)  # registry-wide
+    assert (load_registry().spec("tiny").backend, load_registry().spec("tiny").precision) == ("auto", "fp32")
+    (tiny_registry / "models.yaml").write_text("backend: openvino\n" + text.replace("    backend: auto\n", ""))
+    assert load_registry().spec("tiny").backend == "openvino"
     with pytest.raises(SamriInputError, match="models.x.backend"):
         ModelSpec(name="x", architecture="litemedsam", checkpoint=None, preprocessing=spec.preprocessing,
                   backend="fast")

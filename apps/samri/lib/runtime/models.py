@@ -6,6 +6,12 @@ train and scoring job): the network, the embedding cache, the volume cache and t
 are created on first use. The model is reloaded when its checkpoint or decoder file changes (mtime
 and size), so a decoder written by the trainer is served without a restart.
 
+Inference backend (``--conf backend``/``precision``, `samri.model.backends`): a freshly loaded
+network is served by PyTorch at once, while a thread exports (first use of these
+weights) or verifies and compiles the OpenVINO parts on a copy; the copy replaces it when ready,
+unless the weight files changed meanwhile. So a decoder the trainer publishes is served within one
+request and becomes fast seconds later; ``/info/`` shows ``backend.pending`` until then.
+
 Which decoder is served (`DecoderSelector`, checked on every request): ``--conf decoder`` if
 given; else ``--conf decoder_version`` (a pinned published version, or ``base``); else the live
 version of the trainer's store ``<app>/model/decoders/live.json`` (read by
@@ -15,6 +21,7 @@ rolling back in any process is picked up by the next request.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -30,6 +37,7 @@ from samri.train.store import DecoderStore
 from ..configs.settings import AppSettings
 
 logger = logging.getLogger(__name__)
+
 
 class ModelUnavailable(RuntimeError):
     """The configured model cannot be loaded: a server configuration problem, not the request's."""
@@ -171,6 +179,7 @@ class ModelHolder:
         self._checkpoint_path: Path | None = None
         self._served: dict[str, Any] = {}
         self.loads = 0
+        self._export_thread: threading.Thread | None = None
 
     def _files(self) -> tuple[FileSignature | None, FileSignature | None, DecoderChoice]:
         """Signatures of the weight files to serve now, and the decoder choice (its path may not exist)."""
@@ -207,19 +216,62 @@ class ModelHolder:
             return self._segmenter
 
     def _load(self, files: tuple[FileSignature | None, FileSignature | None, DecoderChoice]):
+        """PyTorch-served segmenter of ``files``; starts the backend export thread when one is configured."""
         from samri.inference.segmenter import Segmenter
+        from samri.model.backends import resolve_backend
 
         start = time.perf_counter()
         choice = files[2]
         model, served = load_model_with_decoder(self.settings, choice)
-        from samri.model.backends import apply_backend  # serving only: the trainer keeps PyTorch
-
-        apply_backend(model, self.settings.backend, self.settings.precision, export_dir=self.settings.backend_cache_dir)
+        backend = resolve_backend(self.settings.backend, self.settings.precision, str(model.device))
+        model.backend_info = {"backend": "torch", "precision": "fp32", "requested": backend.requested,
+                              "reason": backend.reason}
         self.loads += 1
         self._served = served
         logger.info("loaded model %s (decoder %s, %s) in %.1f s", model.spec.name, served["path"], choice.source,
                     time.perf_counter() - start)
+        if backend.backend != "torch":
+            model.backend_info["pending"] = f"{backend.backend} {backend.precision}: preparing in the background"
+            self._start_export(files, model)
         return Segmenter(model, self.cache)
+
+    def _start_export(self, files: tuple, model) -> None:
+        """Prepare the configured backend on a copy of ``model`` in a thread; swap it in when ready."""
+        thread = threading.Thread(target=self._export, args=(files, model), name="samri-backend-export", daemon=True)
+        self._export_thread = thread
+        thread.start()
+
+    def _export(self, files: tuple, model) -> None:
+        from samri.inference.segmenter import Segmenter
+        from samri.model.backends import apply_backend
+
+        # Not niced: OpenVINO's worker threads started from here (compile, export check) would inherit a
+        # lower priority and serve every later click with it. A decoder export takes seconds; the
+        # encoder's is made once per encoder and kept in the export cache.
+        fast = copy.copy(model)  # shares the eager weights; its own module table, so the served model is untouched
+        fast._modules = dict(model._modules)
+        try:
+            apply_backend(fast, self.settings.backend, self.settings.precision,
+                          export_dir=self.settings.backend_cache_dir)
+        except Exception as exc:  # never let a background failure take the server down
+            logger.exception("backend export failed: serving PyTorch")
+            fast.backend_info = {"backend": "torch", "precision": "fp32", "reason": f"fallback: {exc}"}
+        with self._lock:
+            current = self._segmenter
+            if current is None or current.model is not model or self._loaded != files:
+                logger.info("backend ready for weights no longer served: dropped")
+                return
+            if fast.backend_info.get("backend") == "torch":
+                model.backend_info = dict(fast.backend_info)  # the fallback and its reason, for /info/
+                return
+            self._segmenter = Segmenter(fast, self.cache)
+
+    def wait_backend(self, timeout: float | None = None) -> bool:
+        """Wait for the backend export thread (tests, benchmarks); True when none is running."""
+        thread = self._export_thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
 
     def info(self) -> dict[str, Any]:
         seg = self._segmenter
