@@ -27,10 +27,10 @@
 ``device``                torch device for the network (default ``cpu``)
 ``backend``               inference runtime of the encoder and decoder: ``torch`` (PyTorch eager fp32),
                           ``openvino`` (CPU) or ``auto`` (OpenVINO on a CPU device, PyTorch on CUDA);
-                          default: the registry entry's ``backend`` (``torch``). The first load exports
-                          the network (about 30 s on 2 cores, once per weights: cached in
-                          ``backend_cache_dir``); a backend that cannot serve falls back to PyTorch
-                          and ``/info/`` says which serves (`samri.model.backends`)
+                          default: the registry's (``auto``). PyTorch serves until the OpenVINO copy
+                          is ready: exported in a thread (about 30 s on 2 cores, once per weights:
+                          cached in ``backend_cache_dir``); a backend that cannot serve falls back to
+                          PyTorch and ``/info/`` says which serves (`samri.model.backends`)
 ``precision``             ``fp32``, ``bf16`` or ``auto`` (bf16 where the CPU has native bf16, with
                           OpenVINO only); default: the registry entry's (``auto``)
 ``backend_cache_dir``     folder of the exported networks (default ``<app>/model/backend_cache``)
