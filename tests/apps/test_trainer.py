@@ -27,6 +27,7 @@ from apps.samri.lib.trainers.studies import collect_studies
 from samri.bench.http import post_infer
 from samri.errors import SamriInputError
 from samri.testing.server import copy_app, start_server
+from samri.train.config import TrainConfig
 from tests.apps.helpers import APP_DIR, TRAINING, in_process_apps, write_tiny_config
 from tests.helpers import write_study
 
@@ -74,7 +75,8 @@ def train(app, **options) -> dict:
 
 # --- pure helpers -------------------------------------------------------------------------------
 def test_train_options_defaults_overrides_and_errors() -> None:
-    cfg = {"epochs": 3, "optimizer": {"lr": 1e-4}, "gate": {"margin": 0.01}, "include_labels": ["a", "b"]}
+    cfg = TrainConfig.from_mapping({"epochs": 3, "optimizer": {"lr": 1e-4}, "gate": {"margin": 0.01},
+                                    "include_labels": ["a", "b"]})
     assert defaults(cfg) == {"max_epochs": 3, "max_steps_per_epoch": 0, "max_slices": 0, "max_val_samples": 256,
                              "lr": 1e-4, "labels": "a,b", "gate_margin": 0.01, "rollback": ""}
     opts = parse_train_options({"model": "samri", "gpus": "all"}, cfg)
@@ -85,12 +87,15 @@ def test_train_options_defaults_overrides_and_errors() -> None:
                                 "gate_margin": 1, "rollback": ""}, cfg)
     assert (opts.epochs, opts.max_steps_per_epoch, opts.lr, opts.labels, opts.gate_margin) == \
         (5, 7, 1e-3, ("x", "y"), 1.0)
-    assert opts.apply({"optimizer": {"lr": 9}})["optimizer"]["lr"] == 1e-3
-    budget = parse_train_options({"max_slices": "16", "max_val_samples": 8}, {"max_slices": 24})
+    applied = opts.apply(TrainConfig().replace(lr=9.0, min_pixels=3))
+    assert (applied.settings.lr, applied.settings.epochs, applied.include_labels, applied.gate_margin,
+            applied.min_pixels) == (1e-3, 5, ("x", "y"), 1.0, 3)
+    sliced = TrainConfig().replace(max_slices=24)
+    budget = parse_train_options({"max_slices": "16", "max_val_samples": 8}, sliced)
     assert (budget.max_slices, budget.max_val_samples) == (16, 8)
-    assert budget.apply({})["max_slices"] == 16 and parse_train_options({}, {"max_slices": 24}).max_slices == 24
-    assert parse_train_options({"max_slices": 0}, {"max_slices": 24}).max_slices is None  # 0 = all
-    assert parse_train_options({"rollback": "v0002"}, {}).rollback == "v0002"
+    assert budget.apply(TrainConfig()).settings.max_slices == 16 and parse_train_options({}, sliced).max_slices == 24
+    assert parse_train_options({"max_slices": 0}, sliced).max_slices is None  # 0 = all
+    assert parse_train_options({"rollback": "v0002"}, TrainConfig()).rollback == "v0002"
     for request, field in (({"max_epochs": 0}, "max_epochs"), ({"max_epochs": 1.5}, "max_epochs"),
                            ({"max_epochs": True}, "max_epochs"), ({"lr": -1}, "lr"), ({"lr": "fast"}, "lr"),
                            ({"gate_margin": -0.1}, "gate_margin"), ({"labels": [1]}, "labels[0]"),

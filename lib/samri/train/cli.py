@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -13,7 +14,8 @@ logger = logging.getLogger(__name__)
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies", type=Path, required=True, help="MONAI Label studies folder (labels/final)")
     p.add_argument("--out", type=Path, required=True, help="run folder: decoder.pt, manifest.json")
-    p.add_argument("--config", type=Path, default=None, help="training YAML (default configs/training.yaml)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="training YAML overlaid on configs/training.yaml (it needs only the keys that differ)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="0 = every sample")
     p.add_argument("--max-slices", type=int, default=None, help="stage-1 slice budget over all studies (0 = all)")
@@ -28,32 +30,34 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None)
 
 
+def command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The training-config keys (YAML shape) the options given on the command line set."""
+    out: dict[str, Any] = {key: value for key, value in (
+        ("epochs", args.epochs), ("max_steps_per_epoch", args.max_steps_per_epoch), ("max_slices", args.max_slices),
+        ("max_val_samples", args.max_val_samples)) if value is not None}
+    if args.lr is not None:
+        out["optimizer"] = {"lr": args.lr}
+    if args.labels:
+        out["include_labels"] = args.labels.split(",")
+    return out
+
+
 def train_from_args(args: argparse.Namespace) -> int:
     from samri.cli import default_cache_dir
-    from samri.config import config_dir, load_registry, read_yaml
+    from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache
     from samri.model.builders import load_model
+    from samri.train.config import load_train_config
     from samri.train.run import dist_info, init_distributed, run_training
     from samri.train.stage1 import find_studies
-    from samri.train.stage2 import TrainSettings
 
     init_distributed()
-    cfg = read_yaml(args.config or config_dir() / "training.yaml", field="config")
-    for key, value in (("epochs", args.epochs), ("max_steps_per_epoch", args.max_steps_per_epoch),
-                       ("max_slices", args.max_slices), ("max_val_samples", args.max_val_samples)):
-        if value is not None:
-            cfg[key] = value
-    if args.lr is not None:
-        cfg.setdefault("optimizer", {})["lr"] = args.lr
-    settings = TrainSettings.from_config(cfg)
+    config = load_train_config(args.config, overrides=command_line_overrides(args), overrides_source="command line")
     registry = load_registry()
     model = load_model(registry.spec(args.model), checkpoint=args.checkpoint, decoder=args.decoder)
     cache = EmbeddingCache(cache_dir=args.cache_dir or default_cache_dir())
-    include = args.labels.split(",") if args.labels else cfg.get("include_labels")
-    result = run_training(find_studies(args.studies), model=model, out_dir=args.out, settings=settings,
-                          window=registry.window, cache=cache, min_pixels=int(cfg.get("min_pixels", 30)),
-                          axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)),
-                          include_labels=include)
+    result = run_training(find_studies(args.studies), model=model, out_dir=args.out, window=registry.window,
+                          cache=cache, **config.run_arguments())
     rank, _ = dist_info()
     if rank == 0:
         summary = {"checkpoint": str(result.checkpoint), "candidate": result.candidate, "best": result.best,
@@ -62,6 +66,6 @@ def train_from_args(args: argparse.Namespace) -> int:
             from samri.train.store import DecoderStore
 
             store = DecoderStore(args.publish, base_model=model.spec.base_name)
-            summary["publish"] = store.publish(result.checkpoint, margin=float(cfg.get("gate", {}).get("margin", 0.0)))
+            summary["publish"] = store.publish(result.checkpoint, margin=config.gate_margin)
         print(json.dumps(summary, indent=1, default=str))
     return 0

@@ -35,6 +35,10 @@ TRAINING_VOLUMES = (("colin27_t1", None, 0), ("colin27_t1", "bias:0.3", 101), ("
 VALIDATION_SOURCE = "colin27_t1"
 VALIDATION_STUDY = "colin27_t1~heldout_structures"
 
+#: the recipe's first stage, in the config dir: only what differs from ``training.yaml``, overlaid on it
+#: (`samri.train.config.load_train_config`); its second stage is ``training_default_decoder_clicks.yaml``.
+RECIPE_YAML = "training_default_decoder.yaml"
+
 
 def split_validation_labels(names: dict[str, int], stride: int) -> tuple[dict[str, int], dict[str, int]]:
     """``(training, validation)`` label names: every ``stride``-th structure (starting with the
@@ -122,38 +126,36 @@ def _copy_if_missing(src: Path, dst: Path) -> None:
 def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None,
                           init_decoder: Path | None = None) -> dict:
     """Build the studies, train ``litemedsam``'s decoder with ``configs/training_default_decoder.yaml``
-    (or ``config``), and copy the best decoder to ``out`` (atomically). Returns the run summary.
+    (or ``config``; either overlaid on ``configs/training.yaml``), and copy the best decoder to ``out``
+    (atomically). Returns the run summary.
 
     ``init_decoder`` starts from that decoder-only checkpoint instead of LiteMedSAM's own decoder
     (the recipe's second stage, `configs/training_default_decoder_clicks.yaml`, starts from the first's).
     """
-    from samri.config import config_dir, load_registry, read_yaml
+    from samri.config import config_dir, load_registry
     from samri.inference.embeddings import EmbeddingCache
     from samri.labels import load_label_names
     from samri.model.builders import load_model
     from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
+    from samri.train.config import load_train_config
     from samri.train.run import run_training
     from samri.train.stage1 import find_studies
-    from samri.train.stage2 import TrainSettings
 
-    cfg = read_yaml(config or config_dir() / "training_default_decoder.yaml", field="config")
-    stride = int(cfg.get("validation", {}).get("label_stride", 0))
-    studies, val_ids = build_training_studies(work_dir / "samples", work_dir / "studies", label_stride=stride)
+    cfg = load_train_config(config or config_dir() / RECIPE_YAML)
+    studies, val_ids = build_training_studies(work_dir / "samples", work_dir / "studies", label_stride=cfg.label_stride)
     registry = load_registry()
     model = load_model(registry.spec("litemedsam"), decoder=init_decoder)
-    result = run_training(find_studies(studies), model=model, out_dir=work_dir / "run",
-                          settings=TrainSettings.from_config(cfg), window=registry.window,
-                          cache=EmbeddingCache(cache_dir=cache_dir), min_pixels=int(cfg.get("min_pixels", 30)),
-                          axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)),
-                          val_studies=val_ids or None)
+    result = run_training(find_studies(studies), model=model, out_dir=work_dir / "run", window=registry.window,
+                          cache=EmbeddingCache(cache_dir=cache_dir), val_studies=val_ids or None,
+                          **cfg.run_arguments())
     envelope = read_decoder_checkpoint(result.checkpoint)
     metadata = dict(envelope["metadata"], recipe="samri default-decoder (samri.train.recipe)",
-                    recipe_config=str(config or "configs/training_default_decoder.yaml"),
+                    recipe_config=str(config or f"configs/{RECIPE_YAML}"),
                     init_decoder=None if init_decoder is None else _decoder_identity(init_decoder),
                     training_volumes=[f"{s}{'~' + v if v else ''} seed {seed}" for s, v, seed in TRAINING_VOLUMES],
-                    validation=({"study": VALIDATION_STUDY, "label_stride": stride,
+                    validation=({"study": VALIDATION_STUDY, "label_stride": cfg.label_stride,
                                  "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {}))}
-                                if val_ids else {"val_fraction": float(cfg.get("val_fraction", 0.25))}))
+                                if val_ids else {"val_fraction": cfg.val_fraction}))
     # the shipped decoder is the best by validation Dice overall (the in-memory model), not the gate's
     # candidate (best trained epoch): if no epoch beat LiteMedSAM's own decoder, that one ships
     metadata["metrics"] = dict(metadata.get("metrics", {}), val=result.best)

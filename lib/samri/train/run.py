@@ -18,8 +18,9 @@ import torch
 
 from samri.inference.embeddings import EmbeddingCache
 from samri.model.checkpoints import save_decoder_checkpoint
+from samri.train.config import TrainConfig, TrainSettings
 from samri.train.stage1 import DataStats, Study, split_by_study, stage1, write_manifest
-from samri.train.stage2 import DecoderTrainer, SampleSource, TrainSettings
+from samri.train.stage2 import DecoderTrainer, SampleSource
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ def _epoch_order(n: int, rng: np.random.Generator, rank: int, world: int) -> lis
 
 
 def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settings: TrainSettings, window,
-                 cache: EmbeddingCache, min_pixels: int = 30, axes: Sequence[int] = (2,),
-                 val_fraction: float = 0.25, include_labels: Sequence[str] | None = None,
-                 progress: bool = True, stop_check: Callable[[], bool] | None = None,
-                 val_studies: Sequence[str] | None = None, on_progress: ProgressFn | None = None) -> TrainResult:
+                 cache: EmbeddingCache, min_pixels: int = TrainConfig.min_pixels,
+                 axes: Sequence[int] = TrainConfig.axes, val_fraction: float = TrainConfig.val_fraction,
+                 include_labels: Sequence[str] | None = None, progress: bool = True,
+                 stop_check: Callable[[], bool] | None = None, val_studies: Sequence[str] | None = None,
+                 on_progress: ProgressFn | None = None) -> TrainResult:
     """Stage 1 then stage 2; writes ``out_dir/decoder.pt`` (the best trained epoch) on rank 0.
 
     Budget: stage 1 encodes at most ``settings.max_slices`` new slices (labelled slices already

@@ -20,6 +20,7 @@ import numpy as np
 from samri.errors import SamriInputError
 from samri.geometry import take_slice
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey, get_embeddings
+from samri.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +181,9 @@ def _bar(total: int, desc: str, show: bool):
     return tqdm(total=total, desc=desc, unit="slice")
 
 
-def stage1(studies: Iterable[Study], model, cache: EmbeddingCache, *, window, min_pixels: int = 30,
-           axes: Sequence[int] = (2,), include_labels: Sequence[str] | None = None, shard: tuple[int, int] = (0, 1),
+def stage1(studies: Iterable[Study], model, cache: EmbeddingCache, *, window,
+           min_pixels: int = TrainConfig.min_pixels, axes: Sequence[int] = TrainConfig.axes,
+           include_labels: Sequence[str] | None = None, shard: tuple[int, int] = (0, 1),
            stats: DataStats | None = None, progress: bool = True, max_slices: int | None = None,
            on_progress: ProgressFn | None = None) -> tuple[list[StudyIndex], DataStats]:
     """Index every study and encode the slices that hold samples.

@@ -2,13 +2,13 @@
 
 Frames: embeddings ``(B, C, h, w)``; decoder logits and targets in the low-res decoder frame
 ``(B, 1, s, s)`` (the model-input frame scaled by ``s / S``, padding included as background).
+Its settings, `TrainSettings`, live in `samri.train.config` (imported here for existing callers).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,6 @@ from monai.losses import DiceFocalLoss
 
 from samri.annotator import (
     PROPAGATION_OFFSETS,
-    SimSettings,
     corrective_click,
     pick_mode,
     simulate_prompt,
@@ -28,55 +27,10 @@ from samri.evaluation.clicks import FIRST_INTERACTIONS, noc
 from samri.geometry import SliceGeometry, in_plane_axes
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
+from samri.train.config import TrainSettings
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Stage-2 settings (and the run's stage-1 budget); see ``configs/training.yaml``.
-
-    The built-in defaults leave a run unbounded (every labelled slice, every sample per epoch);
-    the app's ``training.yaml`` sets the budget a request runs under. ``validation_clicks`` > 0
-    also runs the clicks protocol (that many interactions) on the validation pairs, and its mean
-    Dice then picks the epoch and gates publishing (`samri.train.run.selection_score`).
-    """
-
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    lambda_dice: float = 1.0
-    lambda_focal: float = 10.0
-    focal_gamma: float = 2.0
-    iou_weight: float = 1.0
-    click_weight: float = 0.0
-    epochs: int = 4
-    batch_size: int = 8
-    max_steps_per_epoch: int | None = None
-    max_val_samples: int = 256
-    max_slices: int | None = None
-    validation_clicks: int = 0
-    seed: int = 0
-    sim: SimSettings = field(default_factory=SimSettings)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "TrainSettings":
-        opt, loss, prompts = cfg.get("optimizer", {}), cfg.get("loss", {}), cfg.get("prompts", {})
-        return cls(lr=float(opt.get("lr", 1e-4)), weight_decay=float(opt.get("weight_decay", 0.1)),
-                   lambda_dice=float(loss.get("lambda_dice", 1.0)), lambda_focal=float(loss.get("lambda_focal", 10.0)),
-                   focal_gamma=float(loss.get("focal_gamma", 2.0)), iou_weight=float(loss.get("iou_weight", 1.0)),
-                   click_weight=float(loss.get("click_weight", 0.0)),
-                   epochs=int(cfg.get("epochs", 4)), batch_size=int(cfg.get("batch_size", 8)),
-                   max_steps_per_epoch=_positive_or_none(cfg.get("max_steps_per_epoch")),
-                   max_val_samples=int(cfg.get("max_val_samples", 256)),
-                   max_slices=_positive_or_none(cfg.get("max_slices")), seed=int(cfg.get("seed", 0)),
-                   validation_clicks=int(cfg.get("validation_clicks", 0)),
-                   sim=SimSettings(**prompts))
-
-
-def _positive_or_none(value: Any) -> int | None:
-    """A budget from YAML: null or 0 = unbounded (None)."""
-    return int(value) if value else None
 
 
 class SampleSource:

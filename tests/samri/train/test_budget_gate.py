@@ -9,6 +9,7 @@ import pytest
 from samri.config import load_registry
 from samri.inference.embeddings import EmbeddingCache
 from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
+from samri.train.config import TrainConfig
 from samri.train.run import run_training
 from samri.train.stage1 import find_studies, spread, stage1
 from samri.train.stage2 import TrainSettings
@@ -141,5 +142,5 @@ def test_an_epoch_without_steps_is_no_candidate(studies_dir, fresh_tiny_model, t
 
 @pytest.mark.parametrize("value,expected", [(None, None), (0, None), (12, 12)])
 def test_yaml_budget_zero_or_null_is_unbounded(value, expected):
-    settings = TrainSettings.from_config({"max_slices": value, "max_steps_per_epoch": value})
+    settings = TrainConfig.from_mapping({"max_slices": value, "max_steps_per_epoch": value}).settings
     assert settings.max_slices == expected and settings.max_steps_per_epoch == expected

@@ -1,8 +1,8 @@
-"""Request options of ``POST /train/samri`` and the training YAML they override.
+"""Request options of ``POST /train/samri`` and the training config they override.
 
 Body (JSON), every key optional; defaults come from ``configs/training.yaml`` (or
-``$SAMRI_CONFIG_DIR/training.yaml``) and are what ``/info/`` lists under
-``trainers.samri.config`` (3D Slicer shows them in its training options):
+``$SAMRI_CONFIG_DIR/training.yaml``, parsed by `samri.train.config.load_train_config`) and are
+what ``/info/`` lists under ``trainers.samri.config`` (3D Slicer shows them in its training options):
 
 ===================  ===========================================================================
 ``max_epochs``       epochs of stage 2 (integer >= 1; YAML ``epochs``)
@@ -28,14 +28,16 @@ log line.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from samri.errors import SamriInputError
+
+if TYPE_CHECKING:  # importing it loads torch (samri.annotator): the app's import stays light
+    from samri.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +46,6 @@ MONAI_LABEL_KEYS = {"model", "gpus", "local_rank", "device", "multi_gpu", "bundl
 OPTION_KEYS = {"max_epochs", "max_steps_per_epoch", "max_slices", "max_val_samples", "lr", "labels", "gate_margin",
                "rollback"}
 _ROLLBACK_RE = re.compile(r"^(v\d{4,}|base|previous)$")
-
-
-def read_training_config() -> dict[str, Any]:
-    """``training.yaml`` of the config dir as a dict (``{}`` when the file does not exist)."""
-    from samri.config import config_dir, read_yaml
-
-    path = config_dir() / "training.yaml"
-    if not path.is_file():
-        logger.info("%s not found: training with the built-in defaults", path)
-        return {}
-    data = read_yaml(path, field="training config")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SamriInputError("training config", str(path), "must be a mapping")
-    return data
 
 
 @dataclass(frozen=True)
@@ -78,18 +64,11 @@ class TrainOptions:
     def summary(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-    def apply(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """A copy of the training config with these options written in."""
-        out = copy.deepcopy(dict(cfg))
-        out["epochs"] = self.epochs
-        out["max_steps_per_epoch"] = self.max_steps_per_epoch
-        out["max_slices"] = self.max_slices
-        if self.max_val_samples is not None:
-            out["max_val_samples"] = self.max_val_samples
-        out.setdefault("optimizer", {})["lr"] = self.lr
-        out["include_labels"] = list(self.labels) if self.labels else None
-        out.setdefault("gate", {})["margin"] = self.gate_margin
-        return out
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        """The training config with these options written in."""
+        budget = {} if self.max_val_samples is None else {"max_val_samples": self.max_val_samples}
+        return cfg.replace(epochs=self.epochs, max_steps_per_epoch=self.max_steps_per_epoch, max_slices=self.max_slices,
+                           lr=self.lr, include_labels=self.labels or None, gate_margin=self.gate_margin, **budget)
 
 
 #: largest epoch or step count accepted.
@@ -141,20 +120,16 @@ def _labels(value: Any) -> tuple[str, ...] | None:
     return tuple(names) or None
 
 
-def defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def defaults(cfg: TrainConfig) -> dict[str, Any]:
     """The options' defaults from a training config (what ``/info/`` shows clients)."""
-    include = cfg.get("include_labels")
-    return {"max_epochs": int(cfg.get("epochs", 4)),
-            "max_steps_per_epoch": int(cfg.get("max_steps_per_epoch") or 0),
-            "max_slices": int(cfg.get("max_slices") or 0),
-            "max_val_samples": int(cfg.get("max_val_samples", 256)),
-            "lr": float((cfg.get("optimizer") or {}).get("lr", 1e-4)),
-            "labels": ",".join(include) if include else "",
-            "gate_margin": float((cfg.get("gate") or {}).get("margin", 0.0)),
+    settings = cfg.settings
+    return {"max_epochs": settings.epochs, "max_steps_per_epoch": settings.max_steps_per_epoch or 0,
+            "max_slices": settings.max_slices or 0, "max_val_samples": settings.max_val_samples,
+            "lr": settings.lr, "labels": ",".join(cfg.include_labels or ()), "gate_margin": cfg.gate_margin,
             "rollback": ""}
 
 
-def parse_train_options(request: Mapping[str, Any], cfg: Mapping[str, Any]) -> TrainOptions:
+def parse_train_options(request: Mapping[str, Any], cfg: TrainConfig) -> TrainOptions:
     """Validate a train request over the config's defaults.
 
     Raises:

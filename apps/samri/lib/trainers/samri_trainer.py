@@ -59,11 +59,12 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from samri.errors import SamriInputError
 from samri.labels import load_label_names
+from samri.train.config import TrainConfig, load_train_config
 
 from ..http_errors import http_errors
 from ..runtime import SamriRuntime
 from ..runtime.models import load_model_with_decoder
-from .options import TrainOptions, defaults, parse_train_options, read_training_config
+from .options import TrainOptions, defaults, parse_train_options
 from .records import ProgressRecorder, RunRecord, pid_alive, progress_stats, publish_lock, remove_stale_runs
 from .studies import collect_studies
 
@@ -105,10 +106,10 @@ class SamriTrainer(TrainTask):
     def config(self) -> dict[str, Any]:
         """Default request options (clients show and send them back)."""
         try:
-            return defaults(read_training_config())
+            return defaults(load_train_config())
         except SamriInputError as exc:
             logger.error("training config: %s", exc)
-            return defaults({})
+            return defaults(TrainConfig())
 
     def stats(self) -> dict[str, Any]:
         """Live decoder, published versions and the last run (cheap: reads two small JSON files)."""
@@ -153,7 +154,7 @@ class SamriTrainer(TrainTask):
     # --- the task ---------------------------------------------------------------------------------
     def __call__(self, request: Mapping[str, Any], datastore) -> dict[str, Any]:
         with http_errors(f"train {TRAINER_NAME}"):
-            cfg = read_training_config()
+            cfg = load_train_config()
             options = parse_train_options(request, cfg)
             if options.rollback is not None:
                 return self.rollback(options.rollback)
@@ -163,7 +164,7 @@ class SamriTrainer(TrainTask):
         """Validate a ``POST /train/samri`` body before the server starts a job for it (422 naming the
         field): MONAI Label runs training in a subprocess, where a bad option would only fail later."""
         with http_errors(f"train {TRAINER_NAME}"):
-            parse_train_options(request, read_training_config())
+            parse_train_options(request, load_train_config())
 
     def rollback(self, target: str) -> dict[str, Any]:
         """Make ``target`` (``vNNNN``, ``base`` or ``previous``) the live decoder; returns the new live entry."""
@@ -177,7 +178,7 @@ class SamriTrainer(TrainTask):
         logger.info("decoder rollback to %s: live is now %s", target, live)
         return out
 
-    def train(self, options: TrainOptions, cfg: Mapping[str, Any], datastore) -> dict[str, Any]:
+    def train(self, options: TrainOptions, cfg: TrainConfig, datastore) -> dict[str, Any]:
         """One full run (see the module docstring); returns its stats (also in ``/info/``)."""
         start = time.perf_counter()
         record = self.record
@@ -201,12 +202,11 @@ class SamriTrainer(TrainTask):
         record.write({**recorder.data, "status": "done", "phase": "done", "ended": _now(), **result})
         return result
 
-    def _train(self, options: TrainOptions, cfg: Mapping[str, Any], datastore, run_dir: Path,
+    def _train(self, options: TrainOptions, cfg: TrainConfig, datastore, run_dir: Path,
                on_progress: ProgressRecorder | None = None) -> dict[str, Any]:
         from samri.config import load_registry
         from samri.inference.embeddings import EmbeddingCache
         from samri.train.run import run_training
-        from samri.train.stage2 import TrainSettings
 
         settings = self.settings
         studies, skipped = collect_studies(datastore, fallback_names=load_label_names(settings.studies, strict=False))
@@ -220,14 +220,12 @@ class SamriTrainer(TrainTask):
         model, served = load_model_with_decoder(settings, choice, registry=registry)
         started_from = served["version"] or served["path"]
         cache = EmbeddingCache(cache_dir=settings.cache_dir, max_memory_bytes=settings.cache_memory_bytes)
-        include = cfg.get("include_labels")
+        include = cfg.include_labels
         ignored = {s.study_id: sorted(set(s.label_names) - set(include)) for s in studies} if include else {}
         parent = os.getppid()
         logger.info("training on %d studies from decoder %s: %s", len(studies), started_from, options.summary())
-        result = run_training(studies, model=model, out_dir=run_dir, settings=TrainSettings.from_config(cfg),
-                              window=registry.window, cache=cache, min_pixels=int(cfg.get("min_pixels", 30)),
-                              axes=tuple(cfg.get("axes", [2])), val_fraction=float(cfg.get("val_fraction", 0.25)),
-                              include_labels=include, progress=sys.stderr.isatty(),
+        result = run_training(studies, model=model, out_dir=run_dir, window=registry.window, cache=cache,
+                              **cfg.run_arguments(), progress=sys.stderr.isatty(),
                               stop_check=lambda: os.getppid() != parent,  # the server went away
                               on_progress=on_progress)
         store = self.runtime.decoders.store()
