@@ -16,8 +16,9 @@ backend and precision, because a bf16 embedding is a different value from an fp3
 that cannot serve (not installed, export failed, check against eager failed) leaves the model on
 PyTorch with one log line, and ``model.backend_info`` says which backend serves and why.
 
-Use it on models that serve; never on one being trained (its decoder weights would change under a
-fixed export).
+Use it on models that serve. On a model being trained only with ``parts=("encoder",)``: the trainer's
+stage 1 then computes the embeddings serving computes (same numerics, same cache keys), while the
+decoder it trains stays PyTorch (an exported decoder would not follow its changing weights).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def eager_parts(model):
 
 
 def apply_backend(model, backend: str | None = None, precision: str | None = None, *,
-                  export_dir: str | os.PathLike | None = None, flags: frozenset[str] | None = None):
+                  export_dir: str | os.PathLike | None = None, flags: frozenset[str] | None = None,
+                  parts: tuple[str, ...] = ("encoder", "decoder")):
     """Serve ``model`` (a `samri.model.builders.SamModel`) with a backend, in place; returns it.
 
     Args:
@@ -150,6 +152,8 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
             ``model.spec.precision``).
         export_dir: the export cache (default `samri.model.export_cache.default_export_dir`).
         flags: CPU flags (default `cpu_flags`), for tests.
+        parts: what the backend runs. ``("encoder",)`` is the trainer's: its embeddings (and cache
+            keys) are the served ones, while the decoder it trains stays a PyTorch module.
 
     Raises:
         SamriInputError: invalid options (see `resolve_backend`). A backend that cannot serve is
@@ -174,8 +178,8 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
 
         precisions = ("fp32", "bf16") if native_bf16(flags) else ("fp32",)
         enc, enc_facts = ovr.load_part("encoder", model, choice.precision, root, precisions=precisions)
-        dec, dec_facts = ovr.load_part("decoder", model, choice.precision, root, precisions=precisions,
-                                       eager_decoder=decoder)
+        dec, dec_facts = (ovr.load_part("decoder", model, choice.precision, root, precisions=precisions,
+                                        eager_decoder=decoder) if "decoder" in parts else (None, {"check": None}))
     except Exception as exc:  # any failure of an optional runtime: serve the reference instead
         logger.error("backend %s/%s cannot serve model %s (%s): serving PyTorch eager fp32",
                      choice.backend, choice.precision, model.spec.name, exc)
@@ -183,11 +187,12 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
                               "reason": f"fallback: {exc}"}
         return model
     model.image_encoder = ovr.OpenVinoEncoder(enc, encoder, part="encoder", precision=choice.precision)
-    model.mask_decoder = ovr.OpenVinoMaskDecoder(dec, decoder, part="decoder", precision=choice.precision,
-                                                 image_pe=model.prompt_encoder.get_dense_pe())
+    if dec is not None:
+        model.mask_decoder = ovr.OpenVinoMaskDecoder(dec, decoder, part="decoder", precision=choice.precision,
+                                                     image_pe=model.prompt_encoder.get_dense_pe())
     model.backend_key = choice.key
     model.backend_info = {"backend": choice.backend, "precision": choice.precision, "requested": choice.requested,
-                          "reason": choice.reason, "export_dir": str(root),
+                          "reason": choice.reason, "export_dir": str(root), "parts": list(parts),
                           "checks": {"encoder": enc_facts["check"], "decoder": dec_facts["check"]},
                           "load_s": round(time.perf_counter() - start, 2)}
     logger.info("model %s served by %s %s (%s; ready in %.1f s)", model.spec.name, choice.backend,

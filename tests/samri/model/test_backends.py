@@ -126,6 +126,17 @@ def test_box_search_batch_and_mask_only_prompt(exports, prepared_volume, gt_mask
                           seg_f.predict_slice(prepared_volume, 2, 15, only_mask).mask)
 
 
+def test_encoder_only_for_the_trainer(exports, prepared_volume):
+    """``parts=("encoder",)``: served embeddings and cache key; the decoder stays a trainable PyTorch module."""
+    served = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)
+    trainer = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports, parts=("encoder",))
+    assert trainer.cache_key() == served.cache_key() and trainer.backend_info["parts"] == ["encoder"]
+    assert hasattr(trainer.image_encoder, "compiled") and not hasattr(trainer.mask_decoder, "compiled")
+    assert isinstance(trainer.mask_decoder, torch.nn.Module) and list(trainer.mask_decoder.parameters())
+    same = encode_slices(trainer, prepared_volume, 2, [15]), encode_slices(served, prepared_volume, 2, [15])
+    assert torch.equal(*same)
+
+
 def test_cache_key_names_backend_and_precision(exports):
     eager = _tiny()
     fp32 = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)

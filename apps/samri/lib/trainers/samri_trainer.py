@@ -206,6 +206,7 @@ class SamriTrainer(TrainTask):
                on_progress: ProgressRecorder | None = None) -> dict[str, Any]:
         from samri.config import load_registry
         from samri.inference.embeddings import EmbeddingCache
+        from samri.model.backends import apply_backend
         from samri.train.run import run_training
 
         settings = self.settings
@@ -218,6 +219,10 @@ class SamriTrainer(TrainTask):
         choice = self.runtime.decoders.choose()
         # a private copy of the served network: a run never touches what is being served
         model, served = load_model_with_decoder(settings, choice, registry=registry)
+        # stage 1 encodes with the served encoder: the same embeddings (and cache keys) as serving, so
+        # slices the annotator already saw are free; the decoder it trains stays PyTorch
+        apply_backend(model, settings.backend, settings.precision, export_dir=settings.backend_cache_dir,
+                      parts=("encoder",))
         started_from = served["version"] or served["path"]
         cache = EmbeddingCache(cache_dir=settings.cache_dir, max_memory_bytes=settings.cache_memory_bytes)
         include = cfg.include_labels
