@@ -46,7 +46,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):
     Precompute is off (tests time clicks, and background encoding would compete for the 2 cores);
     the embedding cache lives in the temporary folder.
     """
+    import requests
+
     from samri import sample_data as data
+    from samri.bench.http import post_infer, wait_for_backend
     from samri.testing.server import copy_app, start_server
     from tests.apps.helpers import APP_DIR, LiveServer
 
@@ -58,6 +61,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory):
     app = copy_app(APP_DIR, root / "app")
     process = start_server(app_dir=app, studies=studies, log_path=root / "server.log",
                            conf={"precompute": "false", "cache_dir": str(root / "embedding_cache")})
+    # load the network and let its backend (auto: OpenVINO) swap in before any test compares masks
+    info = requests.get(process.base_url + "/info/", timeout=30).json()
+    assert info["samri"]["model"]["loaded"] is False  # constructing the app loads no network
+    first = written[0].study_id
+    answer = post_infer(process.base_url, "samri_2d", first, {"foreground": [[s // 2 for s in truth[first].shape]]})
+    assert answer.status_code == 200, answer.text[:300]
+    wait_for_backend(process.base_url)
     try:
         yield LiveServer(process=process, studies=studies, images=[s.study_id for s in written], truth=truth,
                          label_names={s.study_id: s.label_names for s in written}, affines=affines)

@@ -139,8 +139,11 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
                          "mask_dice": {k: _dice(results[REFERENCE][k].mask, results[name][k].mask)
                                        for k in ("box", "box_point", "points_only")}},
         })
+    from samri.model.backends import cpu_flags, cpu_name, native_bf16
+
     return {"reference": REFERENCE, "model": spec.name, "torch_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
+            "cpus": os.cpu_count(), "cpu": cpu_name(),
+            "cpu_features": {"avx512f": "avx512f" in cpu_flags(), "native_bf16": native_bf16()},
             "data": {"study": study, "label": label, "axis": axis, "slice": mid},
             "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
             "backends": out}
@@ -155,7 +158,9 @@ def backends_markdown(report: dict[str, Any], command: str = "", *, contention: 
     lines = ["", CONTENTION_TITLE if contention else SECTION_TITLE, "",
              f"`{command or 'samri bench --backend torch --backend openvino:fp32 --backend openvino:bf16'}`: "
              f"model `{r['model']}`, `{r['data']['study']}` {r['data']['label']} axis {r['data']['axis']} slice "
-             f"{r['data']['slice']}; all backends in one process, measured in turn.{busy} 1-minute load average "
+             f"{r['data']['slice']}; all backends in one process, measured in turn.{busy} CPU: "
+             f"{r.get('cpu', '?')} (AVX-512 {_yes(r, 'avx512f')}, native bf16 {_yes(r, 'native_bf16')}). "
+             "1-minute load average "
              f"{r['load_average_1m']['start']} at the start, {r['load_average_1m']['end']} at the end on this "
              f"machine's {r.get('cpus', '?')} shared CPUs (other processes were running): read the ratios more "
              "than the absolute times.", "",
@@ -175,6 +180,11 @@ def backends_markdown(report: dict[str, Any], command: str = "", *, contention: 
                     "these weights) or export-cache check, and compile. The agreement columns are one "
                     "slice; the equivalence thresholds over several structures are in "
                     "tests/samri/model/test_backends.py (`REAL_LIMITS`, with the figures they come from)."]
+
+
+def _yes(report: dict[str, Any], feature: str) -> str:
+    value = report.get("cpu_features", {}).get(feature)
+    return "?" if value is None else ("yes" if value else "no")
 
 
 def update_section(path: str | Path, lines: list[str], title: str = SECTION_TITLE) -> Path:

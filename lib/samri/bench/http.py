@@ -66,6 +66,24 @@ def post_infer(base_url: str, model: str, image_id: str, params: Mapping[str, An
                      data={"params": json.dumps(dict(params))}, timeout=timeout_s)
 
 
+def wait_for_backend(base_url: str, timeout_s: float = 300.0, poll_s: float = 1.0) -> dict[str, Any]:
+    """Wait until ``/info/`` shows no backend export pending (`ModelHolder`); returns ``samri.model.backend``.
+
+    A freshly loaded network is served by PyTorch while its OpenVINO copy is prepared in a thread;
+    a benchmark of the served backend waits for it. On timeout the pending state is returned as is.
+    """
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    backend: dict[str, Any] = {}
+    while True:
+        info = requests.get(f"{base_url.rstrip('/')}/info/", timeout=30).json()
+        backend = ((info.get("samri") or {}).get("model") or {}).get("backend") or {}
+        if "pending" not in backend or time.monotonic() > deadline:
+            return backend
+        time.sleep(poll_s)
+
+
 def http_click_benchmark(base_url: str, image_id: str, params: Mapping[str, Any], repeats: int = 20, *,
                          first_clicks: int = 3, model: str = "samri_2d", warm_model: bool = True,
                          timeout_s: float = 600.0) -> dict[str, Any]:
@@ -80,11 +98,13 @@ def http_click_benchmark(base_url: str, image_id: str, params: Mapping[str, Any]
         first_clicks: first clicks timed, on slices k .. k+first_clicks-1 (must exist).
         model: infer task name.
         warm_model: first send one untimed click on slice k-1 (else k+first_clicks), so a freshly
-            started server loads its network outside the timed clicks.
+            started server loads its network outside the timed clicks, and wait for its backend
+            (`wait_for_backend`).
 
     Returns:
-        ``{"model", "image", "first": stats, "cached": stats, "response_bytes", "first_click_ms",
-        "cached_click_ms"}`` where stats has ``n``, ``p50_ms``, ``p95_ms``, ``min_ms``, ``max_ms``,
+        ``{"model", "image", "backend", "first": stats, "cached": stats, "response_bytes",
+        "first_click_ms", "cached_click_ms"}`` (``backend``: what served, from ``/info/``) where stats
+        has ``n``, ``p50_ms``, ``p95_ms``, ``min_ms``, ``max_ms``,
         ``mean_ms``; ``first_click_ms`` is the first clicks' p50 and ``cached_click_ms`` is
         ``{"p50", "p95"}`` of the cached ones.
 
@@ -118,10 +138,14 @@ def http_click_benchmark(base_url: str, image_id: str, params: Mapping[str, Any]
                               session=session, timeout_s=timeout_s)
             if resp.status_code == 200:
                 break
+        wait_for_backend(base_url, timeout_s)
     first = [click({**shift_slice(base, dk), "client_id": client, "reset_state": True}) for dk in range(n_first)]
     cached = [click({**base, "client_id": client, "reset_state": True}) for _ in range(max(1, int(repeats)))]
+    info = requests.get(f"{base_url.rstrip('/')}/info/", timeout=30).json()
+    backend = ((info.get("samri") or {}).get("model") or {}).get("backend") or {}
     result = {"model": model, "image": image_id, "first": percentiles_ms(first), "cached": percentiles_ms(cached),
-              "response_bytes": size}
+              "response_bytes": size, "backend": {k: backend.get(k) for k in ("backend", "precision", "pending")
+                                                  if k in backend}}
     # flat aliases (the names docs/BENCHMARKS.md uses)
     result["first_click_ms"] = result["first"]["p50_ms"]
     result["cached_click_ms"] = {"p50": result["cached"]["p50_ms"], "p95": result["cached"]["p95_ms"]}

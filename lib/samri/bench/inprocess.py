@@ -334,7 +334,10 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
                   "", TRAINING_REPORT_LINE]
     if "http" in report:
         h = report["http"]
+        served = h.get("backend") or {}
         lines += ["", "## HTTP round trip (samri_2d through `monailabel start_server`)", "",
+                  f"Served by {served.get('backend', '?')} {served.get('precision', '')} (the server's default "
+                  "conf; no environment variable set).", "",
                   "| figure | p50 | p95 | target |", "|---|---|---|---|",
                   f"| first click, ms | {h['first_click_ms']} | | |",
                   f"| cached click, ms | {h['cached_click_ms']['p50']} | {h['cached_click_ms']['p95']} | <= 150 |"]

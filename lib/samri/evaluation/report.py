@@ -156,14 +156,9 @@ def machine_info() -> dict:
     """Where the numbers were measured: CPU, cores, threads, library versions."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from samri.model.backends import cpu_name
+
+    cpu = cpu_name()
     try:
         import monai
 

@@ -55,6 +55,19 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def native_bf16(flags: frozenset[str] | None = None) -> bool:
     """True when the CPU computes bf16 natively (see `BF16_FLAGS`)."""
     return bool(BF16_FLAGS & (cpu_flags() if flags is None else flags))
