@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split adapt-cohort adapt-sim
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split adapt-cohort adapt-sim
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,14 +74,22 @@ FUZZ_SEED ?= 0
 fuzz: sample-data
 	SAMRI_FUZZ_COUNT=$(FUZZ_COUNT) SAMRI_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -rA tests/apps/test_fuzz.py
 
-# BACKENDS: inference backends measured side by side with PyTorch eager (samri.bench.backends).
-BACKENDS ?= --backend torch --backend openvino:fp32 --backend openvino:bf16
+# BACKENDS: inference backends measured side by side with PyTorch eager (samri.bench.backends), also with a
+# second process busy on every core (--contention). auto = what the server serves on this machine.
+BACKENDS ?= --backend torch --backend auto --contention
 bench: sample-data
 	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http --clients 4 $(BACKENDS)
 
 # Only the backend comparison: updates its section of docs/BENCHMARKS.md.
 bench-backends: sample-data
 	$(VENV)/bin/samri bench --backends-only $(BACKENDS) --json docs/bench-backends.json --markdown docs/BENCHMARKS.md
+
+# The backend comparison for SAM ViT-B (1024 px) with random weights (its checkpoint cannot be downloaded
+# here; speed does not depend on the weights): its own section of docs/BENCHMARKS.md. The first run exports
+# the encoder (~2 min on 2 cores).
+bench-vit-b: sample-data
+	$(VENV)/bin/samri bench --backends-only --model sam_vit_b --random-weights --backend torch --backend auto \
+		--repeats 5 --json docs/bench-vit-b.json --markdown docs/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) data

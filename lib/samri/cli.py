@@ -171,13 +171,13 @@ def _bench_backends(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from samri.bench.backends import CONTENTION_TITLE, backend_figures, backends_markdown, update_section
+    from samri.bench.backends import backend_figures, backends_markdown, section_title, update_section
     from samri.bench.inprocess import run_benchmarks, write_markdown
 
     def measure() -> dict:
         return backend_figures(args.backend or ["torch", "auto"], model_name=args.model, checkpoint=args.checkpoint,
                                decoder=args.decoder, studies=args.studies, repeats=args.repeats,
-                               export_dir=args.export_dir)
+                               export_dir=args.export_dir, random_weights=args.random_weights)
 
     figures = measure()
     command = "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -193,9 +193,10 @@ def _bench_backends(args: argparse.Namespace) -> int:
         if busy is not None:
             report["contention"] = busy
         if args.markdown:
-            update_section(args.markdown, backends_markdown(figures, command))
+            update_section(args.markdown, backends_markdown(figures, command), section_title(figures))
             if busy is not None:
-                update_section(args.markdown, backends_markdown(busy, command, contention=True), CONTENTION_TITLE)
+                update_section(args.markdown, backends_markdown(busy, command, contention=True),
+                               section_title(busy, contention=True))
     else:
         report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
                                 studies=args.studies, repeats=args.repeats, http=args.http,
@@ -206,9 +207,11 @@ def _bench_backends(args: argparse.Namespace) -> int:
             report["contention"] = busy
         if args.markdown:
             write_markdown(report, args.markdown)
-            update_section(args.markdown, backends_markdown({**figures, "backends": report["backends"]}, command))
+            update_section(args.markdown, backends_markdown({**figures, "backends": report["backends"]}, command),
+                           section_title(figures))
             if busy is not None:
-                update_section(args.markdown, backends_markdown(busy, command, contention=True), CONTENTION_TITLE)
+                update_section(args.markdown, backends_markdown(busy, command, contention=True),
+                               section_title(busy, contention=True))
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the backend comparison (--markdown then updates just its section)")
     p.add_argument("--export-dir", type=Path, default=None,
                    help="export cache of the optimized backends (default $SAMRI_BACKEND_CACHE or ~/.cache/samri)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="with --backend: the model with random weights (speed only, e.g. SAM ViT-B without its file)")
     p.add_argument("--contention", action="store_true",
                    help="measure the backends again while a second process keeps every core busy (JSON under "
                         "contention.backends.<name>)")

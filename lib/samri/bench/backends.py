@@ -46,7 +46,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def backend_figures(backends: list[str], *, model_name: str | None = None, checkpoint: str | None = None,
                     decoder: str | None = None, studies: str | Path = "data/studies", repeats: int = 30,
-                    encoder_slices: int = 5, export_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                    encoder_slices: int = 5, export_dir: str | os.PathLike | None = None,
+                    random_weights: bool = False) -> dict[str, Any]:
     """Measure each of ``backends`` (``torch``, ``openvino``, ``openvino:fp32``, ``auto``, ...) in turn.
 
     Args:
@@ -54,6 +55,8 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
         repeats: cached clicks per kind and backend.
         encoder_slices: slices encoded per backend.
         export_dir: the export cache (default `samri.model.export_cache.default_export_dir`).
+        random_weights: build the model with random weights (speed only: e.g. SAM ViT-B, whose
+            checkpoint cannot be downloaded here; agreement is then between backends on those weights).
 
     Returns:
         ``{"reference": "torch", "backends": {name: figures}, "load_average_1m": {"start", "end"}}``.
@@ -81,6 +84,10 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
     study, image_path, gt, label = bench_structure(studies)
     registry = load_registry()
     spec = registry.spec(model_name)
+    if random_weights:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, checkpoint=None, random_init=True, decoder=None)
     volume = prepare_volume(load_image(image_path), registry.window)
     axis = 2
     ks = np.flatnonzero(gt.any(axis=(0, 1)))
@@ -141,12 +148,20 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
         })
     from samri.model.backends import cpu_flags, cpu_name, native_bf16
 
-    return {"reference": REFERENCE, "model": spec.name, "torch_threads": torch.get_num_threads(),
+    return {"reference": REFERENCE, "model": spec.name + (" (random weights)" if random_weights else ""),
+            "default_model": spec.name == registry.default_model, "torch_threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cpu": cpu_name(),
             "cpu_features": {"avx512f": "avx512f" in cpu_flags(), "native_bf16": native_bf16()},
             "data": {"study": study, "label": label, "axis": axis, "slice": mid},
             "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
             "backends": out}
+
+
+def section_title(report: dict[str, Any], *, contention: bool = False) -> str:
+    """The report's docs/BENCHMARKS.md heading: the default model's two sections, or one per other model."""
+    if report.get("default_model", True):
+        return CONTENTION_TITLE if contention else SECTION_TITLE
+    return f"## Inference backends: {report['model']}" + (" with a second process busy" if contention else "")
 
 
 def backends_markdown(report: dict[str, Any], command: str = "", *, contention: bool = False) -> list[str]:
@@ -155,7 +170,7 @@ def backends_markdown(report: dict[str, Any], command: str = "", *, contention: 
     r = report
     busy = (" While it ran, a second process (PyTorch matmuls on every core, default OpenMP settings: "
             "`samri.bench.contention`) kept the CPU busy." if contention else "")
-    lines = ["", CONTENTION_TITLE if contention else SECTION_TITLE, "",
+    lines = ["", section_title(r, contention=contention), "",
              f"`{command or 'samri bench --backend torch --backend openvino:fp32 --backend openvino:bf16'}`: "
              f"model `{r['model']}`, `{r['data']['study']}` {r['data']['label']} axis {r['data']['axis']} slice "
              f"{r['data']['slice']}; all backends in one process, measured in turn.{busy} CPU: "
