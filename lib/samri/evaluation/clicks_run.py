@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from samri.errors import SamriInputError
+from samri.evaluation.backend_agreement import agreement_lines, backend_agreement
 from samri.evaluation.clicks import TARGETS, aggregate_sessions, session_2d, session_3d, session_figures, target_key
 from samri.evaluation.metrics import BUCKETS
 from samri.evaluation.protocol import Case, EvalConfig, Pair, pair_rng, plan, run_info, variant_cases
@@ -188,7 +189,7 @@ def build_clicks_summary(rows: Sequence[Mapping], config: EvalConfig, info: Mapp
     return {"schema": 1, "protocol": "clicks", "complete": True, "config": asdict(config), "models_order": models,
             "prompts": [f"clicks:{f}" for f in config.first],
             "n_pairs": len({(r["image"], r["structure"], r["slice"]) for r in rows if not r["variant"]}),
-            "results": results, "variants": variants, **dict(info)}
+            "results": results, "variants": variants, "backend_agreement": backend_agreement(rows), **dict(info)}
 
 
 def _brief(rows: Sequence[Mapping], human: float) -> dict:
@@ -304,7 +305,7 @@ def render_clicks_markdown(summary: Mapping, fig_prefix: str = "", heading: str 
         for key, s in by_first.items():
             cells = [f"{_f(s['buckets'][b].get('noc_85'), 2)} ({s['buckets'][b]['n']})" for b in BUCKETS]
             lines.append(f"| {model} | {key.split(':', 1)[1]} | " + " | ".join(cells) + " |")
-    lines += ["", *_per_image_table(summary, h), *_structure_table(summary, h)]
+    lines += ["", *agreement_lines(summary, h), *_per_image_table(summary, h), *_structure_table(summary, h)]
     if figs.get("worst"):
         lines += [f"{h}# Worst sessions", "", "Most interactions to 0.85: green ground truth, red the final "
                   "prediction, yellow box and clicks (star positive, cross negative) on the first slice.", ""]
