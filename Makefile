@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split adapt-cohort adapt-sim
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split adapt-cohort adapt-sim
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -123,8 +123,17 @@ evaluate: test-split
 		--out $(EVAL_DIR)/clicks-2d
 	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks \
 		--first box,point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
-	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d --doc docs/EVALUATION.md \
-		--command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(wildcard $(EVAL_DIR)/backends-2d) \
+		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+
+# The served backend (auto) against PyTorch eager fp32 on the 2D sessions of make evaluate (samri_lite), then
+# docs/EVALUATION.md recomposed with it.
+evaluate-backends: test-split
+	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) --model samri_lite --backend torch --backend auto \
+		--protocol clicks --first box,point --max-clicks 10 --axis 2 --mode 2d --max-pairs 1 \
+		--cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/backends-2d
+	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(EVAL_DIR)/backends-2d \
+		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
 # docs/decoder-heldout: the shipped decoder vs plain LiteMedSAM on structures and contrasts no training saw:
 # Colin27's Brodmann areas (mricron-data; value N = area N, configs/brodmann_names.json), original and
