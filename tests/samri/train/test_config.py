@@ -168,3 +168,9 @@ def test_error_in_an_overlay_names_that_file(tmp_path):
     _write(tmp_path, "training.yaml", ["epochs", 4])
     with pytest.raises(SamriInputError, match="must be a YAML mapping"):
         load_train_config(base=base)
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), (0, None), (12, 12)])
+def test_yaml_budget_zero_or_null_is_unbounded(value, expected):
+    settings = TrainConfig.from_mapping({"max_slices": value, "max_steps_per_epoch": value}).settings
+    assert settings.max_slices == expected and settings.max_steps_per_epoch == expected

@@ -1,0 +1,190 @@
+"""samri.train.run: a training run (tiny model): only the decoder trains, validation picks the epoch, progress
+events and budget; and a short run of LiteMedSAM's decoder on real MRI (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from samri.config import load_registry
+from samri.inference.embeddings import EmbeddingCache
+from samri.labels import load_label_names
+from samri.model.builders import load_model
+from samri.model.checkpoints import read_decoder_checkpoint
+from samri.sample_data import write_sample_studies
+from samri.train.run import run_training
+from samri.train.stage1 import Study, find_studies
+from samri.train.stage2 import TrainSettings
+from samri.train.store import DecoderStore
+
+
+def _settings(**kw) -> TrainSettings:
+    base = dict(lr=1e-3, epochs=2, batch_size=4, max_steps_per_epoch=3, max_val_samples=16)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
+    model = fresh_tiny_model
+    frozen = {"image_encoder": _state(model.image_encoder), "prompt_encoder": _state(model.prompt_encoder)}
+    decoder_before = _state(model.mask_decoder)
+    result = run_training(find_studies(studies_dir), model=model, out_dir=tmp_path / "run", settings=_settings(),
+                          window=load_registry().window, cache=EmbeddingCache(), min_pixels=5, progress=False)
+    for name, before in frozen.items():
+        after = getattr(model, name).state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), f"{name} changed"
+    assert len(result.history) == 2 and all(h["train_loss"] is not None for h in result.history)
+    envelope = read_decoder_checkpoint(result.checkpoint)
+    meta = envelope["metadata"]
+    assert envelope["base_model"] == "tiny" and meta["point_prompts"] in ("single", "box_search")
+    assert set(meta["training_data"]["val_studies"]).isdisjoint(meta["training_data"]["train_studies"])
+    assert "val" in meta["metrics"] and "baseline_val" in meta["metrics"]
+    assert (tmp_path / "run" / "manifest.json").is_file()
+    # the file holds the best *trained* epoch (the gate's candidate) even when no epoch beat the start
+    assert result.candidate["epoch"] >= 1 and meta["metrics"]["val"] == result.candidate
+    assert any(not torch.equal(decoder_before[k], envelope["mask_decoder"][k]) for k in decoder_before)
+    # the model in memory keeps the best decoder overall (the starting one when nothing improved)
+    kept = model.mask_decoder.state_dict()
+    assert all(torch.equal(decoder_before[k], kept[k]) for k in kept) == (result.best["epoch"] == 0)
+    assert result.best["dice"] >= max([result.baseline["dice"]] + [h["dice"] for h in result.history])
+
+
+def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh_tiny_model, tmp_path):
+    settings = _settings(lr=3e-3, epochs=3, max_steps_per_epoch=8, iou_weight=0.0)
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          progress=False)
+    assert min(h["loss"] for h in result.history) < result.baseline["loss"]
+
+
+def test_clicks_validation_picks_the_epoch_and_gates_by_its_score(studies_dir, fresh_tiny_model, tmp_path):
+    """``validation_clicks`` runs the protocol per epoch; its mean Dice is the selection score."""
+    from samri.train.run import selection_score
+
+    settings = _settings(epochs=1, max_steps_per_epoch=2, max_val_samples=4, validation_clicks=3)
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          progress=False)
+    for val in (result.baseline, *result.history):
+        for first in ("box", "point"):
+            curve = val[f"clicks_{first}"]
+            assert len(curve) == 3 and all(0.0 <= d <= 1.0 for d in curve)
+            assert 1.0 <= val[f"noc85_{first}"] <= 3.0
+        assert val["score"] == pytest.approx(np.mean(val["clicks_box"] + val["clicks_point"]), abs=1e-3)
+    meta = read_decoder_checkpoint(result.checkpoint)["metadata"]["metrics"]
+    assert meta["val"]["score"] == selection_score(meta["val"])
+    assert selection_score({"dice": 0.7}) == 0.7  # runs without clicks validation: box Dice
+
+
+def test_point_prompt_mode_follows_validation():
+    from samri.train.run import point_prompt_mode
+
+    assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.7}) == "single"
+    assert point_prompt_mode({"dice_box": 0.8, "dice_point": 0.1}) == "box_search"
+
+
+# --- budget and progress --------------------------------------------------------------------------
+def test_run_reports_progress_budget_and_phase_seconds(studies_dir, fresh_tiny_model, tmp_path):
+    settings = TrainSettings(lr=1e-3, epochs=2, batch_size=2, max_steps_per_epoch=3, max_val_samples=3, max_slices=9)
+    events = []
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          val_fraction=0.34, progress=False, on_progress=events.append)
+    phases = [e["phase"] for e in events]
+    assert phases[0] == "stage1" and phases.index("validation") < phases.index("stage2")
+    steps = [e for e in events if e["phase"] == "stage2"]
+    assert [(e["epoch"], e["step"], e["total_steps"]) for e in steps] == \
+        [(1, 1, 3), (1, 2, 3), (1, 3, 3), (2, 1, 3), (2, 2, 3), (2, 3, 3)]
+    assert all(e["total_epochs"] == 2 and e["loss"] > 0 for e in steps)
+    validated = [e for e in events if "val" in e]
+    assert [e["epoch"] for e in validated] == [0, 1, 2] and all("dice" in e["val"] for e in validated)
+    pairs = [e for e in events if e["phase"] == "validation" and "pairs_done" in e]
+    assert pairs[-1]["pairs_done"] == pairs[-1]["pairs_total"] == 3 * 3
+    budget = result.budget
+    assert budget["slices_used"] == 9 and budget["steps_per_epoch"] == 3 and budget["steps"] == 6
+    assert budget["val_pairs"] == 3 and budget["val_prompts"] == 9 and budget["validations"] == 3
+    assert set(result.seconds) == {"stage1", "stage2", "validation", "total"}
+    assert result.seconds["total"] >= result.seconds["stage1"] + result.seconds["stage2"] - 0.2
+    meta = read_decoder_checkpoint(result.checkpoint)["metadata"]
+    assert meta["budget"] == budget and meta["phase_seconds"] == result.seconds
+    assert [h["steps"] for h in result.history] == [3, 3]
+
+
+def test_an_epoch_without_steps_is_no_candidate(studies_dir, fresh_tiny_model, tmp_path):
+    """Stopped before the first step: the file holds the starting decoder, which the gate refuses."""
+    settings = TrainSettings(lr=1e-3, epochs=1, batch_size=4, max_steps_per_epoch=3, max_val_samples=4)
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          progress=False, stop_check=lambda: True)
+    assert result.candidate["epoch"] == 0 and result.history[0]["steps"] == 0
+    store = DecoderStore(tmp_path / "decoders", base_model="tiny")
+    out = store.publish(result.checkpoint, margin=1.0)
+    assert not out["published"] and "no trained epoch" in out["reason"]
+
+
+# --- a short stage-1 + stage-2 run of LiteMedSAM's decoder on real MRI lowers the validation loss (slow) ----
+#: axial slabs (first slice, slice count) cut from each sample volume: small enough to encode in
+#: about half a minute, each a separate study so the validation split is by study.
+SLABS = ((64, 4), (76, 4))
+
+
+def _write_slab(image: Path, label: Path, start: int, count: int, out: Path, study_id: str,
+                label_names: dict[str, int]) -> Study:
+    img, lab = nib.load(str(image)), nib.load(str(label))
+    shift = np.eye(4)
+    shift[2, 3] = start  # keeps world coordinates: voxel k of the slab is voxel start + k of the source
+    affine = img.affine @ shift
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, start:start + count].astype(np.float32), affine),
+             str(out / f"{study_id}.nii.gz"))
+    label_path = out / f"{study_id}_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:, :, start:start + count].astype(np.uint8), affine),
+             str(label_path))
+    return Study(study_id=study_id, image=out / f"{study_id}.nii.gz", label=label_path, label_names=label_names)
+
+
+@pytest.fixture(scope="module")
+def slab_studies(tmp_path_factory) -> list[Study]:
+    src = tmp_path_factory.mktemp("sources")
+    write_sample_studies(src)
+    names = load_label_names(src)
+    out = tmp_path_factory.mktemp("slabs")
+    studies = []
+    for image in sorted(src.glob("*.nii.gz")):
+        sid = image.name[: -len(".nii.gz")]
+        for start, count in SLABS:
+            studies.append(_write_slab(image, src / "labels" / "final" / image.name, start, count, out,
+                                       f"{sid}_z{start}", dict(names[sid])))
+    return studies
+
+
+@pytest.mark.slow
+def test_short_run_on_real_mri_lowers_validation_loss(slab_studies, tmp_path):
+    registry = load_registry()
+    model = load_model(registry.spec("litemedsam"))
+    # lr 1e-4 (the recipe's): at 2e-4 the second epoch's box Dice collapses for seeds 0 and 2 (to 0.0-0.16
+    # from a 0.25-0.28 start, old and new prompt simulation alike), so the assertion below was luck
+    settings = TrainSettings(lr=1e-4, epochs=2, batch_size=8, max_steps_per_epoch=10, max_val_samples=32, seed=0)
+    result = run_training(slab_studies, model=model, out_dir=tmp_path / "run", settings=settings,
+                          window=registry.window, cache=EmbeddingCache(cache_dir=tmp_path / "cache"),
+                          min_pixels=30, val_fraction=0.25, progress=False)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest, "stage 1 wrote no manifest"
+    assert result.stats["studies_used"], result.stats
+    losses = [h["loss"] for h in result.history]
+    assert min(losses) < result.baseline["loss"], (result.baseline, result.history)
+    # the file holds the best *trained* epoch (not the starting decoder), and training did not make it
+    # worse than where it started by more than noise on 32 validation pairs
+    trained = [h for h in result.history if h["steps"] > 0]
+    assert trained and result.candidate["epoch"] >= 1, (result.candidate, result.history)
+    assert result.candidate["dice"] == max(h["dice"] for h in trained)
+    assert result.candidate["dice"] >= result.baseline["dice"] - 0.02, (result.baseline, result.candidate)
+    assert result.checkpoint is not None and Path(result.checkpoint).is_file()

@@ -1,0 +1,135 @@
+"""samri.train.stage2: the batched decoder trick, prompt encoding, training steps and the click loss (tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from samri.config import load_registry
+from samri.geometry import SliceGeometry
+from samri.inference.embeddings import EmbeddingCache
+from samri.inference.prompts import SlicePrompt
+from samri.train.stage1 import find_studies, stage1
+from samri.train.stage2 import TrainSettings, decoder_forward, encode_prompts
+
+
+def _settings(**kw) -> TrainSettings:
+    base = dict(lr=1e-3, epochs=2, batch_size=4, max_steps_per_epoch=3, max_val_samples=16)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_batched_decoder_equals_per_image_calls(tiny_model):
+    """The zero-image trick gives exactly what one decoder call per image gives."""
+    torch.manual_seed(1)
+    c, h, w = tiny_model.embedding_shape
+    embeddings = torch.randn(3, c, h, w)
+    geom = SliceGeometry(40, 48, tiny_model.input_size)
+    prompts = [SlicePrompt(box=[5, 6, 20, 30]), SlicePrompt(box=[10, 2, 30, 40]), SlicePrompt(box=[0, 0, 39, 47])]
+    sparse, dense = encode_prompts(tiny_model, [geom] * 3, prompts)
+    pe = tiny_model.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        batched, iou = decoder_forward(tiny_model, tiny_model.mask_decoder, embeddings, sparse, dense, pe)
+        for n in range(3):
+            one, one_iou = tiny_model.mask_decoder(image_embeddings=embeddings[n:n + 1], image_pe=pe,
+                                                   sparse_prompt_embeddings=sparse[n:n + 1],
+                                                   dense_prompt_embeddings=dense[n:n + 1], multimask_output=False)
+            torch.testing.assert_close(batched[n:n + 1], one, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(iou[n:n + 1], one_iou, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_prompts_pads_mixed_prompt_types(tiny_model):
+    geom = SliceGeometry(40, 48, tiny_model.input_size)
+    prompts = [SlicePrompt(box=[5, 6, 20, 30]), SlicePrompt(points=[[3, 4], [8, 9], [10, 10]], labels=[1, 0, 1])]
+    sparse, dense = encode_prompts(tiny_model, [geom] * 2, prompts)
+    # 3 points + SAM's own not-a-point pad (no box) = 4 tokens; the box's 2 tokens are padded to 4
+    assert sparse.shape[:2] == (2, 4) and dense.shape[0] == 2
+    pad = tiny_model.prompt_encoder.not_a_point_embed.weight[0]
+    torch.testing.assert_close(sparse[0, 2], pad)
+    torch.testing.assert_close(sparse[0, 3], pad)
+
+
+def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_tiny_model, tmp_path):
+    """Every sample prompted the way 3D propagation prompts: the box of a slice 1-2 away (+ margin)."""
+    from samri.annotator import SimSettings
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    sample = indices[0].samples[len(indices[0].samples) // 2]
+    rng = np.random.default_rng(0)
+    near = source.neighbour(sample, rng)
+    assert near is not None and near.shape == source.target(sample).shape and near.any()
+    edge = type(sample)(sample.study_id, sample.axis, 0, sample.value, 0)
+    at_edge = [source.neighbour(edge, np.random.default_rng(seed)) for seed in range(20)]
+    assert any(n is None for n in at_edge) and any(n is not None for n in at_edge)  # slices -2, -1 do not exist
+    settings = _settings(sim=SimSettings(mode_weights={"propagated_box": 1.0}, correction_prob=1.0))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)  # as run_training sets them up
+    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    before = _state(model.mask_decoder)
+    out = trainer.step(indices[0].samples[:4], np.random.default_rng(1))
+    assert np.isfinite(out["loss"]) and out["loss"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.mask_decoder.state_dict().items())
+
+
+def test_step_runs_corrective_rounds_in_sequence_with_the_logits_fed_back(studies_dir, fresh_tiny_model):
+    """SAM-style iterative training: each round adds one corrective click and feeds the last logits."""
+    from samri.annotator import SimSettings
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    settings = _settings(sim=SimSettings(mode_weights={"box": 1.0}, correction_prob=1.0, correction_rounds=3))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)
+    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    calls = []
+    forward = trainer._forward
+
+    def recording(samples, prompts, *args):
+        calls.append(prompts)
+        return forward(samples, prompts, *args)
+
+    trainer._forward = recording
+    rng = np.random.default_rng(0)
+    while True:  # rounds are drawn from 1..3: step until a 3-round step shows up
+        calls.clear()
+        out = trainer.step(indices[0].samples[:2], rng)
+        if len(calls) == 4:
+            break
+    assert np.isfinite(out["loss"])
+    first, *rounds = calls
+    assert all(p.mask_logits is None for p in first)
+    for k, prompts in enumerate(rounds, start=1):
+        for p in prompts:
+            assert p.mask_logits is not None and p.box is not None
+            assert len(p.points) <= k  # one click per round (none once a prediction is exact)
+    assert any(len(p.points) == 3 for p in rounds[-1])
+
+
+def test_click_loss_is_low_only_where_the_logits_agree_with_the_clicks():
+    from samri.train.stage2 import click_loss
+
+    geom = SliceGeometry(40, 48, 64)  # low-res frame 16: 4 input pixels per logit
+    logits = torch.full((2, 1, 16, 16), -8.0)
+    logits[:, :, :8, :8] = 8.0  # object in the top-left quarter of the input frame
+    inside, outside = [5.0, 5.0], [35.0, 40.0]
+    agree = [SlicePrompt(points=[inside, outside], labels=[1, 0]), SlicePrompt()]
+    disagree = [SlicePrompt(points=[outside, inside], labels=[1, 0]), SlicePrompt()]
+    assert float(click_loss(logits, [geom] * 2, agree)) < 1e-3
+    assert float(click_loss(logits, [geom] * 2, disagree)) > 7.0
+    assert float(click_loss(logits, [geom] * 2, [SlicePrompt(), SlicePrompt()])) == 0.0
+    logits.requires_grad_(True)
+    click_loss(logits, [geom] * 2, disagree).backward()
+    assert int((logits.grad != 0).sum()) == 2  # only the two clicked logits
