@@ -300,7 +300,8 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
         f"device {report['machine']['device']}, torch {report['machine']['torch']}, "
         f"1-minute load average at the end {report['machine'].get('load_average_1m_at_end', 'n/a')} "
         f"on {report['machine'].get('cpus', '?')} CPUs (other work on the machine slows every figure).",
-        f"Model: `{report['model']['name']}` ({report['model']['input_size']} px input). Data: "
+        f"Model: `{report['model']['name']}` ({report['model']['input_size']} px input), PyTorch eager in this "
+        "table and the training table (the served backend beside it: \"Inference backends\" below). Data: "
         f"`{report['data']['study']}` {report['data']['shape']}, structure {report['data']['label']}, "
         f"axis {report['data']['axis']} slice {report['data']['slice']}.",
         "",

@@ -211,3 +211,21 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
     logger.info("model %s served by %s %s (%s; ready in %.1f s)", model.spec.name, choice.backend,
                 choice.precision, choice.reason, time.perf_counter() - start)
     return model
+
+
+def warm_up(model) -> None:
+    """Run the model's encoder and a box decode once on zeros, from the calling thread.
+
+    OpenVINO starts its worker threads on first use, at the CPU priority of the thread that uses it;
+    warming up from a normal-priority thread keeps a niced precompute thread from starting them
+    niced (they would then serve every click at its low priority under contention).
+    """
+    import torch
+
+    c, h, w = model.embedding_shape
+    box = torch.tensor([[0.0, 0.0, float(model.input_size - 1), float(model.input_size - 1)]])
+    with torch.inference_mode():
+        model.image_encoder(torch.zeros(1, 3, model.input_size, model.input_size))
+        sparse, dense = model.prompt_encoder(points=None, boxes=box, masks=None)
+        model.mask_decoder(image_embeddings=torch.zeros(1, c, h, w), image_pe=model.prompt_encoder.get_dense_pe(),
+                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)

@@ -126,6 +126,18 @@ def test_box_search_batch_and_mask_only_prompt(exports, prepared_volume, gt_mask
                           seg_f.predict_slice(prepared_volume, 2, 15, only_mask).mask)
 
 
+def test_warm_up_runs_every_served_part(exports, monkeypatch):
+    from samri.model import openvino_runtime as ovr
+    from samri.model.backends import warm_up
+
+    calls = []
+    real = ovr._OpenVinoPart._infer
+    monkeypatch.setattr(ovr._OpenVinoPart, "_infer", lambda self, inputs: calls.append(self.part) or real(self, inputs))
+    warm_up(apply_backend(_tiny(), "openvino", "fp32", export_dir=exports))
+    assert calls == ["encoder", "decoder"]
+    warm_up(_tiny())  # eager: runs too
+
+
 def test_encoder_only_for_the_trainer(exports, prepared_volume):
     """``parts=("encoder",)``: served embeddings and cache key; the decoder stays a trainable PyTorch module."""
     served = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)

@@ -243,7 +243,7 @@ class ModelHolder:
 
     def _export(self, files: tuple, model) -> None:
         from samri.inference.segmenter import Segmenter
-        from samri.model.backends import apply_backend
+        from samri.model.backends import apply_backend, warm_up
 
         # Not niced: OpenVINO's worker threads started from here (compile, export check) would inherit a
         # lower priority and serve every later click with it. A decoder export takes seconds; the
@@ -253,6 +253,8 @@ class ModelHolder:
         try:
             apply_backend(fast, self.settings.backend, self.settings.precision,
                           export_dir=self.settings.backend_cache_dir)
+            if fast.backend_info.get("backend") != "torch":
+                warm_up(fast)  # OpenVINO's threads start here, at normal priority (`warm_up`)
         except Exception as exc:  # never let a background failure take the server down
             logger.exception("backend export failed: serving PyTorch")
             fast.backend_info = {"backend": "torch", "precision": "fp32", "reason": f"fallback: {exc}"}
