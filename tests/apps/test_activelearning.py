@@ -2,7 +2,7 @@
 
 Everything runs on the tiny random registry (`conftest.tiny_registry`) over small synthetic studies,
 so a scoring job takes seconds; what the real model ranks is tested in
-tests/samri/test_strategies_real.py.
+tests/samri/activelearning/test_scorer.py (slow tests).
 """
 
 from __future__ import annotations

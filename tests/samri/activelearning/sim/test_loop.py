@@ -1,36 +1,17 @@
-"""``samri al-sim`` end to end on the tiny random registry and small synthetic studies (fast)."""
+"""``samri al-sim`` end to end (samri.activelearning.sim.loop) on the tiny random registry and small
+synthetic studies (fast): settings, every strategy, the report, the CLI's exit code."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from samri.activelearning.sim.loop import SimConfig, run_simulation
-from samri.activelearning.sim.pool import build_pool, slab_affine, slab_indices
 from samri.activelearning.sim.report import markdown_table, write_report
 from samri.cli import main
 from samri.errors import SamriInputError
-from tests.helpers import ellipsoid_mask, synthetic_array
-
-
-@pytest.fixture()
-def sim_studies(tmp_path: Path, tiny_registry: Path) -> Path:
-    """Two labelled sources (``src_a``, ``src_b``); ``tiny_registry`` makes the tiny model the default."""
-    studies = tmp_path / "studies"
-    (studies / "labels" / "final").mkdir(parents=True)
-    affine = np.diag([1.0, 1.0, 1.5, 1.0])
-    label = ellipsoid_mask().astype(np.uint8)
-    label[ellipsoid_mask(radii=(4.0, 4.0, 3.0))] = 2
-    for n, name in enumerate(("src_a", "src_b")):
-        nib.save(nib.Nifti1Image(synthetic_array(seed=n), affine), str(studies / f"{name}.nii.gz"))
-        nib.save(nib.Nifti1Image(label, affine), str(studies / "labels" / "final" / f"{name}.nii.gz"))
-    names = {"blob": 1, "core": 2}
-    (studies / "label_names.json").write_text(json.dumps({"src_a": names, "src_b": names}))
-    return studies
 
 
 def _config(studies: Path, **kw) -> SimConfig:
@@ -39,22 +20,6 @@ def _config(studies: Path, **kw) -> SimConfig:
                 model="tiny", epochs=1, steps_per_epoch=2, batch_size=2, max_val_samples=4, eval_pairs=6,
                 score_slices=2, strategies=("random", "first", "samri_uncertainty", "samri_novelty", "samri_combined"))
     return SimConfig.from_mapping({**base, **kw})
-
-
-def test_pool_slabs_keep_the_grid_and_the_labels(sim_studies: Path, tmp_path: Path) -> None:
-    studies = build_pool(sim_studies, tmp_path / "pool", pool={"src_a": ["", "inverted+noise:0.02"]},
-                         held_out={"src_b": ["lowres:2"]}, labels=["blob"], z_step=3)
-    assert [s.study_id for s in studies] == ["src_a", "src_a__inverted+noise-0.02", "src_b__lowres-2"]
-    assert [s.held_out for s in studies] == [False, False, True]
-    img = nib.load(str(studies[1].image))
-    lab = np.asarray(nib.load(str(studies[1].label)).dataobj)
-    z = slab_indices(ellipsoid_mask().astype(np.uint8), 3)
-    assert img.shape == (40, 48, len(z)) and set(np.unique(lab)) == {0, 1}  # "core" (2) is not kept
-    assert np.allclose(img.affine, slab_affine(np.diag([1.0, 1.0, 1.5, 1.0]), int(z[0]), 3))
-    assert img.affine[2, 2] == pytest.approx(4.5) and studies[0].label_names == {"blob": 1}
-    with pytest.raises(SamriInputError, match="variant"):
-        build_pool(sim_studies, tmp_path / "bad", pool={"src_a": ["sharpen"]}, held_out={"src_b": [""]},
-                   labels=[], z_step=3)
 
 
 def test_config_errors_name_the_key(sim_studies: Path) -> None:
