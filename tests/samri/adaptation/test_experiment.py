@@ -1,4 +1,4 @@
-"""``samri adapt-sim`` (samri.adaptation): settings, splits, report, and one real run of a tiny model
+"""``samri adapt-sim`` (samri.adaptation.experiment): structures, splits, and one real run of a tiny model
 through a real MONAI Label server on a tiny macaque-like cohort."""
 
 from __future__ import annotations
@@ -7,27 +7,14 @@ import json
 
 import pytest
 
-from samri.adaptation.config import AdaptConfig, load_adapt_config
+from samri.adaptation.config import AdaptConfig
 from samri.adaptation.experiment import cohort_splits, pick_structures, run_adaptation
-from samri.adaptation.report import render_adaptation, targets
+from samri.adaptation.report import render_adaptation
 from samri.cohorts import CohortRecipe, write_cohort
 from samri.errors import SamriInputError
 from samri.train.store import DecoderStore
 from tests.apps.helpers import write_tiny_config
 from tests.helpers import write_fake_inia
-
-
-def test_shipped_config_loads_and_bad_fields_are_named():
-    cfg = load_adapt_config()
-    assert cfg.rounds == (1, 3, 5) and set(cfg.eval_first) == {"box", "point"} and cfg.train["max_epochs"] >= 1
-    assert len(cfg.original_images) == 4 and len(cfg.original_labels) == 20
-    assert AdaptConfig.from_mapping({}, rounds="2,4").rounds == (2, 4)
-    for data, field in (({"nope": 1}, "adaptation"), ({"rounds": [3, 1]}, "rounds"), ({"rounds": "a"}, "rounds"),
-                        ({"eval_first": ["lasso"]}, "eval_first"), ({"annotate_first": "x"}, "annotate_first"),
-                        ({"heldout_structures": 0}, "heldout_structures"), ({"train": [1]}, "train")):
-        with pytest.raises(SamriInputError) as err:
-            AdaptConfig.from_mapping(data)
-        assert err.value.field == field, data
 
 
 def test_structures_are_seeded_and_present_in_every_study():
@@ -49,34 +36,6 @@ def test_cohort_splits_never_share_a_study(tmp_path):
     with pytest.raises(SamriInputError) as err:
         cohort_splits(tmp_path)
     assert err.value.field == "cohort"
-
-
-def _headline(noc: float, dice1: float) -> dict:
-    return {"box": {"n": 4, "dice1": dice1, "dice5": dice1, "dice_last": dice1, "noc85": noc, "fail85": 0.0,
-                    "seconds85": 2 * noc}}
-
-
-def test_targets_report_met_and_not_met():
-    rounds = [{"studies": k, "heldout": {"decoder": f"v{k}", "headline": _headline(noc, d)},
-               "original": {"decoder": f"v{k}", "headline": _headline(3.0, 0.8 - (0.02 if k == 5 else 0))}}
-              for k, noc, d in ((0, 10.0, 0.5), (3, 5.0, 0.65), (5, 6.0, 0.7))]
-    for r in rounds[1:]:
-        r["training"] = {"published": True, "live": r["heldout"]["decoder"], "seconds": {"stage1": 1.0},
-                         "budget": {"steps": 3}, "wall_seconds": 5.0}
-        r["annotated"] = []
-    record = {"config": {"eval_first": ["box"], "annotate_first": "box"}, "rounds": rounds, "heldout": ["t"],
-              "heldout_structures": ["a"], "annotate": ["s"]}
-    lines = "\n".join(targets(record))
-    assert "after 3 studies: 50 % lower (aim >= 40 %): met" in lines
-    assert "after 5 studies: 40 % lower (aim >= 50 %): not met" in lines
-    assert "Dice@1 (box first) after 3 studies: +0.150 (aim >= +0.10): met" in lines
-    assert "Dice@1 -0.020" in lines and lines.rstrip().endswith("not met")
-    text = render_adaptation(record)
-    assert "| 3 | v3 | 0.650 | 0.650 | 5.00 (-50 %) |" in text and "## Training rounds" in text
-    assert "Other decoders" not in text
-    longer = {"decoder": "data/long/decoder.pt", "headline": _headline(2.5, 0.9)}
-    text = render_adaptation(record, extra={"long": longer})
-    assert "| `long` | decoder.pt | 0.900 | 0.900 | 2.50 (-75 %) |" in text and "| round 5 | v5 |" in text
 
 
 @pytest.mark.slow
