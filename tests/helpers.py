@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 
 if TYPE_CHECKING:
+    from samri.evaluation.protocol import Case
     from samri.intensity import Preprocessing
     from samri.model.builders import ModelSpec
 
@@ -128,3 +129,77 @@ def backend_figures_stub(name: str, serves: str) -> dict:
             "speedup_vs_torch": {"encoder": 1.0, "box_click": 1.0},
             "vs_torch": {"embedding_cosine": 1.0, "embedding_max_abs": 0.0,
                          "mask_dice": {"box": 1.0, "box_point": 1.0, "points_only": 1.0}}}
+
+
+# --- the evaluation protocol on a synthetic case with known answers (tests/samri/evaluation) --------
+#: anisotropic voxels of `synthetic_case`: 2 x 0.5 x 1 mm
+CASE_AFFINE = np.diag([2.0, 0.5, 1.0, 1.0])
+
+
+def synthetic_label() -> np.ndarray:
+    """``(40, 48, 30)``: a big ellipsoid (1), a small one (2) and a thin sheet (3) normal to axis 0."""
+    label = ellipsoid_mask().astype(np.int32)
+    label[ellipsoid_mask(center=(8.0, 8.0, 15.0), radii=(4.0, 5.0, 5.0))] = 2
+    label[34, 8:44, 10:20] = 3
+    return label
+
+
+def synthetic_case(names=None) -> Case:
+    """Case ``syn``: `synthetic_array` on `CASE_AFFINE`, labelled by `synthetic_label`."""
+    from samri.evaluation.protocol import Case
+    from samri.volume import ImageVolume
+
+    label = synthetic_label()
+    return Case("syn", ImageVolume(synthetic_array(), CASE_AFFINE.copy()), label,
+                names or {"big": 1, "small": 2, "sheet": 3})
+
+
+class OracleRunner:
+    """Returns the labelled structure under the prompt (shifted by ``shift`` slice pixels); records prompts."""
+
+    def __init__(self, label: np.ndarray, shift: tuple[int, int] = (0, 0), fail_after: int | None = None):
+        self.label, self.shift, self.fail_after = label, shift, fail_after
+        self.prompts: list[tuple] = []
+        self.prefetched: list[int] = []
+
+    def _structure(self, axis, index, prompt) -> int:
+        from samri.geometry import take_slice
+
+        plane = take_slice(self.label, axis, index)
+        if len(prompt.points):
+            r, c = prompt.points[0]
+        else:
+            r, c = (prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2
+        return int(plane[int(round(r)), int(round(c))])
+
+    def _count(self, index, prompt):
+        self.prompts.append((index, None if prompt.box is None else prompt.box.tolist(), prompt.points.tolist()))
+        if self.fail_after is not None and len(self.prompts) > self.fail_after:
+            raise KeyboardInterrupt
+
+    def prefetch(self, volume, axis, indices):
+        self.prefetched += list(indices)
+
+    def predict_slice(self, volume, axis, index, prompt):
+        from samri.geometry import take_slice
+
+        self._count(index, prompt)
+        mask = take_slice(self.label, axis, index) == self._structure(axis, index, prompt)
+        return np.roll(mask, self.shift, axis=(0, 1))
+
+    def propagate(self, volume, axis, seeds):
+        (index, prompt), = seeds.items()
+        self._count(index, prompt)
+        return self.label == self._structure(axis, index, prompt)
+
+
+def assert_tables_well_formed(markdown: str) -> None:
+    """Every Markdown table row has as many cells as its header."""
+    width = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = line.count("|")
+        width = width or cells
+        assert cells == width, line
