@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -203,3 +204,31 @@ def assert_tables_well_formed(markdown: str) -> None:
         cells = line.count("|")
         width = width or cells
         assert cells == width, line
+
+
+# --- DICOM series (tests/samri/dicomweb) -----------------------------------------------------------
+def reread_datasets(datasets: list) -> list:
+    """Each dataset written as a Part 10 file and read back (what a server stores and returns)."""
+    import pydicom
+
+    out = []
+    for ds in datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, write_like_original=False)
+        out.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))
+    return out
+
+
+def rotation_xz(deg_x: float, deg_z: float) -> np.ndarray:
+    """Rotation by ``deg_x`` about x, then ``deg_z`` about z."""
+    ax, az = np.radians(deg_x), np.radians(deg_z)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+def small_dicom_series(n: int = 4) -> list:
+    """An ``(8, 6, n)`` int16 ramp as an MR series (identity affine, UID seed ``bad``)."""
+    from samri.dicomweb.convert import volume_to_dicom_series
+
+    return volume_to_dicom_series(np.arange(8 * 6 * n, dtype=np.int16).reshape(8, 6, n), np.eye(4), uid_seed="bad")

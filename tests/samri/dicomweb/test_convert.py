@@ -1,39 +1,21 @@
-"""NIfTI <-> DICOM MR series geometry and DICOM SEG round trips (in memory: no server needed)."""
+"""samri.dicomweb.convert: NIfTI -> DICOM MR series geometry and values, display window, UIDs, instance
+numbering (in memory: no server needed)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 
 from samri.dicomweb.convert import display_window, nifti_to_dicom_series, to_stored_pixels, volume_to_dicom_series
-from samri.dicomweb.seg import label_to_seg, seg_to_label
 from samri.dicomweb.series import series_to_volume
 from samri.errors import SamriInputError
+from tests.helpers import reread_datasets, rotation_xz
 
 REPO = Path(__file__).resolve().parents[3]
 STUDIES = REPO / "data" / "studies"
-
-
-def _reread(datasets):
-    """Each dataset written as a Part 10 file and read back (what a server stores and returns)."""
-    out = []
-    for ds in datasets:
-        buf = io.BytesIO()
-        ds.save_as(buf, write_like_original=False)
-        out.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))
-    return out
-
-
-def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
-    ax, az = np.radians(deg_x), np.radians(deg_z)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ rx
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +47,7 @@ def test_nifti_file_round_trip_geometry_and_values(crop):
     for k in (0, 5, arr.shape[2] - 1):  # position of voxel (0, 0, k) in LPS
         assert np.allclose([float(v) for v in datasets[k].ImagePositionPatient], lps @ [0, 0, k, 1], atol=1e-4)
     assert np.allclose([float(v) for v in ds0.PixelSpacing], [np.linalg.norm(lps[:, 1]), np.linalg.norm(lps[:, 0])])
-    vol = series_to_volume(_reread(datasets[::-1]))  # order of arrival does not matter
+    vol = series_to_volume(reread_datasets(datasets[::-1]))  # order of arrival does not matter
     assert np.abs(vol.affine - affine).max() < 1e-3
     slope = float(ds0.RescaleSlope)
     # preserved: the values themselves (no scaling, no shift), to half a quantisation step
@@ -111,10 +93,10 @@ def test_integer_data_is_exact_and_oblique_affine_round_trips(dtype):
     hi = {np.uint8: 255, np.int16: 3000, np.uint16: 60000}[dtype]
     arr = rng.integers(0, hi, size=(24, 20, 12)).astype(dtype)
     affine = np.eye(4)
-    affine[:3, :3] = _rotation(20, -35) @ np.diag([0.8, 0.9, 2.5])
+    affine[:3, :3] = rotation_xz(20, -35) @ np.diag([0.8, 0.9, 2.5])
     affine[:3, 3] = [12.5, -40.25, 7.0]
     datasets = volume_to_dicom_series(arr, affine, uid_seed="oblique")
-    vol = series_to_volume(_reread(datasets))
+    vol = series_to_volume(reread_datasets(datasets))
     assert np.abs(vol.affine - affine).max() < 1e-3
     assert np.array_equal(vol.array.astype(np.int64), arr.astype(np.int64))
 
@@ -129,102 +111,11 @@ def test_uids_are_deterministic_with_a_seed_and_fresh_without():
     assert len({d.SOPInstanceUID for d in a}) == 3
 
 
-def _series(n=4):
-    return volume_to_dicom_series(np.arange(8 * 6 * n, dtype=np.int16).reshape(8, 6, n), np.eye(4), uid_seed="bad")
-
-
-def _as_ct(ds):
-    for d in ds:
-        d.Modality = "CT"
-    return ds
-
-
-def _without_position(ds):
-    del ds[2].ImagePositionPatient
-    return ds
-
-
-def _multi_frame(ds):
-    for d in ds:
-        d.NumberOfFrames = 2
-    return ds
-
-
-@pytest.mark.parametrize("break_it, field", [
-    (_as_ct, "Modality"),
-    (lambda ds: ds[:1], "series"),                                    # single image: not a volume
-    (lambda ds: [ds[0], ds[1], ds[3]], "ImagePositionPatient"),       # gap: inconsistent spacing
-    (_without_position, "ImagePositionPatient"),
-    (lambda ds: [ds[0], ds[0], *ds[1:]], "ImagePositionPatient"),     # duplicate position
-    (_multi_frame, "NumberOfFrames"),
-])
-def test_bad_series_name_the_field(break_it, field):
-    with pytest.raises(SamriInputError) as err:
-        series_to_volume(break_it(_series()))
-    assert err.value.field == field
-
-
 def test_sheared_affine_is_refused():
     affine = np.eye(4)
     affine[0, 2] = 0.5  # slice axis leans along x
     with pytest.raises(SamriInputError, match="sheared"):
         volume_to_dicom_series(np.zeros((4, 4, 3), np.int16), affine)
-
-
-def test_seg_round_trip_is_voxel_exact_with_names():
-    rng = np.random.default_rng(2)
-    arr = rng.integers(0, 400, size=(20, 18, 10)).astype(np.int16)
-    affine = np.eye(4)
-    affine[:3, :3] = _rotation(10, 30) @ np.diag([1.2, 1.2, 3.0])
-    source = _reread(volume_to_dicom_series(arr, affine, uid_seed="segsrc"))
-    label = np.zeros(arr.shape, np.uint8)
-    label[2:9, 3:10, 1:4] = 7
-    label[10:15, 5:12, 5:9] = 3
-    label[0, 0, 9] = 12
-    seg, names = label_to_seg(label, source, names={3: "putamen", 7: "caudate"})
-    assert names == {"putamen": 1, "caudate": 2, "label_12": 3}
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["putamen", "caudate", "label_12"]
-    back, back_names = seg_to_label(_reread([seg])[0], source[::-1])
-    assert back_names == names
-    for value, name in ((3, "putamen"), (7, "caudate"), (12, "label_12")):
-        assert np.array_equal(back == names[name], label == value)
-    assert np.count_nonzero(back) == np.count_nonzero(label)
-    # and on the grid of the image read back from the same series
-    vol = series_to_volume(source)
-    assert back.shape == vol.array.shape
-
-
-def test_seg_errors():
-    source = _reread(_series())
-    other = _reread(volume_to_dicom_series(np.zeros((8, 6, 4), np.int16), np.eye(4), uid_seed="other"))
-    label = np.zeros((8, 6, 4), np.uint8)
-    with pytest.raises(SamriInputError, match="nothing to save"):
-        label_to_seg(label, source)
-    with pytest.raises(SamriInputError, match="not on the image grid"):
-        label_to_seg(np.ones((8, 6, 5), np.uint8), source)
-    label[1:3, 1:3, 1:3] = 1
-    seg, _ = label_to_seg(label, source)
-    with pytest.raises(SamriInputError) as err:
-        seg_to_label(seg, other)
-    assert err.value.field == "ReferencedSeriesSequence"
-
-
-def test_seg_without_spatial_locations_preserved_is_read_after_checking_frame_positions():
-    """OHIF's dcmjs SEG leaves SpatialLocationsPreserved out: read it when every frame lies on its source image."""
-    source = _reread(volume_to_dicom_series(np.zeros((10, 8, 5), np.int16), np.eye(4), uid_seed="dcmjs"))
-    label = np.zeros((10, 8, 5), np.uint8)
-    label[2:6, 1:4, 1:3] = 1
-    seg, _ = label_to_seg(label, source, names={1: "object"})
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        del frame.DerivationImageSequence[0].SourceImageSequence[0].SpatialLocationsPreserved
-    back, names = seg_to_label(_reread([seg])[0], source)
-    assert names == {"object": 1} and np.array_equal(back > 0, label > 0)
-    moved = _reread([seg])[0]
-    moved.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient[2] += 1.0
-    with pytest.raises(SamriInputError) as err:
-        seg_to_label(moved, source)
-    assert err.value.field == "ImagePositionPatient"
 
 
 def _ohif_seg_frame_sources(datasets) -> tuple[list[str], list[str]]:
@@ -251,10 +142,10 @@ def test_instance_numbers_decrease_along_the_normal_as_ohif_seg_export_needs(axe
     along the normal, a RAS volume's SEG came back mirrored along the slice axis)."""
     affine = np.eye(4)
     if axes == "oblique":
-        affine[:3, :3] = _rotation(25, -40) @ np.diag([0.9, 1.1, 2.0])
+        affine[:3, :3] = rotation_xz(25, -40) @ np.diag([0.9, 1.1, 2.0])
     else:
         affine[:3, :3] = np.diag(axes) @ np.diag([1.0, 1.0, 2.0])
-    datasets = _reread(volume_to_dicom_series(np.zeros((6, 5, 7), np.int16), affine, uid_seed=f"order{axes}"))
+    datasets = reread_datasets(volume_to_dicom_series(np.zeros((6, 5, 7), np.int16), affine, uid_seed=f"order{axes}"))
     numbers = [int(d.InstanceNumber) for d in datasets]
     assert sorted(numbers) == list(range(1, 8))
     iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
