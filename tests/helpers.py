@@ -232,3 +232,16 @@ def small_dicom_series(n: int = 4) -> list:
     from samri.dicomweb.convert import volume_to_dicom_series
 
     return volume_to_dicom_series(np.arange(8 * 6 * n, dtype=np.int16).reshape(8, 6, n), np.eye(4), uid_seed="bad")
+
+
+def small_train_settings(**changes):
+    """`samri.train.stage2.TrainSettings` for a few quick steps on the tiny model (``changes`` override)."""
+    from samri.train.stage2 import TrainSettings
+
+    base = dict(lr=1e-3, epochs=2, batch_size=4, max_steps_per_epoch=3, max_val_samples=16)
+    return TrainSettings(**{**base, **changes})
+
+
+def state_copy(module) -> dict:
+    """A detached copy of ``module``'s state dict (to compare weights before and after)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

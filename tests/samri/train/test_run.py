@@ -21,24 +21,16 @@ from samri.train.run import run_training
 from samri.train.stage1 import Study, find_studies
 from samri.train.stage2 import TrainSettings
 from samri.train.store import DecoderStore
-
-
-def _settings(**kw) -> TrainSettings:
-    base = dict(lr=1e-3, epochs=2, batch_size=4, max_steps_per_epoch=3, max_val_samples=16)
-    base.update(kw)
-    return TrainSettings(**base)
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+from tests.helpers import small_train_settings, state_copy
 
 
 def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
     model = fresh_tiny_model
-    frozen = {"image_encoder": _state(model.image_encoder), "prompt_encoder": _state(model.prompt_encoder)}
-    decoder_before = _state(model.mask_decoder)
-    result = run_training(find_studies(studies_dir), model=model, out_dir=tmp_path / "run", settings=_settings(),
-                          window=load_registry().window, cache=EmbeddingCache(), min_pixels=5, progress=False)
+    frozen = {"image_encoder": state_copy(model.image_encoder), "prompt_encoder": state_copy(model.prompt_encoder)}
+    decoder_before = state_copy(model.mask_decoder)
+    result = run_training(find_studies(studies_dir), model=model, out_dir=tmp_path / "run",
+                          settings=small_train_settings(), window=load_registry().window, cache=EmbeddingCache(),
+                          min_pixels=5, progress=False)
     for name, before in frozen.items():
         after = getattr(model, name).state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), f"{name} changed"
@@ -59,7 +51,7 @@ def test_run_trains_only_the_decoder(studies_dir, fresh_tiny_model, tmp_path):
 
 
 def test_training_lowers_validation_loss_on_synthetic_studies(studies_dir, fresh_tiny_model, tmp_path):
-    settings = _settings(lr=3e-3, epochs=3, max_steps_per_epoch=8, iou_weight=0.0)
+    settings = small_train_settings(lr=3e-3, epochs=3, max_steps_per_epoch=8, iou_weight=0.0)
     result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
                           settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
                           progress=False)
@@ -70,7 +62,7 @@ def test_clicks_validation_picks_the_epoch_and_gates_by_its_score(studies_dir, f
     """``validation_clicks`` runs the protocol per epoch; its mean Dice is the selection score."""
     from samri.train.run import selection_score
 
-    settings = _settings(epochs=1, max_steps_per_epoch=2, max_val_samples=4, validation_clicks=3)
+    settings = small_train_settings(epochs=1, max_steps_per_epoch=2, max_val_samples=4, validation_clicks=3)
     result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
                           settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
                           progress=False)

@@ -10,17 +10,8 @@ from samri.geometry import SliceGeometry
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
 from samri.train.stage1 import find_studies, stage1
-from samri.train.stage2 import TrainSettings, decoder_forward, encode_prompts
-
-
-def _settings(**kw) -> TrainSettings:
-    base = dict(lr=1e-3, epochs=2, batch_size=4, max_steps_per_epoch=3, max_val_samples=16)
-    base.update(kw)
-    return TrainSettings(**base)
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+from samri.train.stage2 import decoder_forward, encode_prompts
+from tests.helpers import small_train_settings, state_copy
 
 
 def test_batched_decoder_equals_per_image_calls(tiny_model):
@@ -70,11 +61,11 @@ def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_ti
     edge = type(sample)(sample.study_id, sample.axis, 0, sample.value, 0)
     at_edge = [source.neighbour(edge, np.random.default_rng(seed)) for seed in range(20)]
     assert any(n is None for n in at_edge) and any(n is not None for n in at_edge)  # slices -2, -1 do not exist
-    settings = _settings(sim=SimSettings(mode_weights={"propagated_box": 1.0}, correction_prob=1.0))
+    settings = small_train_settings(sim=SimSettings(mode_weights={"propagated_box": 1.0}, correction_prob=1.0))
     for param in model.mask_decoder.parameters():
         param.requires_grad_(True)  # as run_training sets them up
     trainer = DecoderTrainer(model=model, source=source, settings=settings)
-    before = _state(model.mask_decoder)
+    before = state_copy(model.mask_decoder)
     out = trainer.step(indices[0].samples[:4], np.random.default_rng(1))
     assert np.isfinite(out["loss"]) and out["loss"] > 0
     assert any(not torch.equal(before[k], v) for k, v in model.mask_decoder.state_dict().items())
@@ -90,7 +81,8 @@ def test_step_runs_corrective_rounds_in_sequence_with_the_logits_fed_back(studie
     indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
                         progress=False)
     source = SampleSource(indices, cache, model.cache_key(), model.input_size)
-    settings = _settings(sim=SimSettings(mode_weights={"box": 1.0}, correction_prob=1.0, correction_rounds=3))
+    sim = SimSettings(mode_weights={"box": 1.0}, correction_prob=1.0, correction_rounds=3)
+    settings = small_train_settings(sim=sim)
     for param in model.mask_decoder.parameters():
         param.requires_grad_(True)
     trainer = DecoderTrainer(model=model, source=source, settings=settings)
