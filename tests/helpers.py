@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 if TYPE_CHECKING:
     from samri.evaluation.protocol import Case
@@ -245,3 +246,12 @@ def small_train_settings(**changes):
 def state_copy(module) -> dict:
     """A detached copy of ``module``'s state dict (to compare weights before and after)."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def need_openvino() -> None:
+    """Skip the calling test where OpenVINO is not installed (checked without importing it: see
+    `samri.model.openvino_runtime.import_openvino`)."""
+    from samri.model.backends import openvino_installed
+
+    if not openvino_installed():
+        pytest.skip("openvino is not installed")

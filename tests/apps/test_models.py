@@ -11,6 +11,7 @@ import pytest
 from apps.samri.lib.runtime.models import DecoderChoice, DecoderSelector, load_model_with_decoder
 from samri.errors import SamriInputError
 from samri.io import write_json
+from tests.helpers import need_openvino
 
 
 def _settings(tmp_path: Path, **conf) -> SimpleNamespace:
@@ -125,7 +126,7 @@ def test_holder_keeps_pytorch_when_the_backend_fails_or_the_weights_changed(tmp_
 
 def test_holder_serves_a_real_openvino_export(tmp_path: Path, tiny_registry: Path) -> None:
     """The tiny model exported for real: same masks as the PyTorch model it replaced."""
-    pytest.importorskip("openvino")
+    need_openvino()
     import numpy as np
 
     from apps.samri.lib.runtime.models import ModelHolder

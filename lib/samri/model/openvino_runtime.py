@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,18 +51,31 @@ class BackendUnavailable(RuntimeError):
     """The runtime cannot serve this model here (not installed, export or check failed)."""
 
 
+def import_openvino():
+    """``import openvino``, with its usage telemetry blocked: nothing leaves the machine.
+
+    ``import openvino`` imports its model converter, which sends usage events to Google Analytics
+    through the optional ``openvino_telemetry`` package unless the user opted out in their home
+    folder. When that package cannot be imported OpenVINO uses its own no-op stub, so it is made
+    unimportable (``sys.modules`` entry None) before OpenVINO's first import in this process.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    elif sys.modules.get("openvino_telemetry") is not None:
+        logger.warning("openvino was imported before samri blocked its telemetry (openvino_telemetry)")
+    import openvino
+
+    return openvino
+
+
 @functools.lru_cache(maxsize=1)
 def core():
     """The process's ``openvino.Core`` (created on first use)."""
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()
 
 
 def runtime_version() -> str:
-    import openvino as ov
-
-    return ov.get_version()
+    return import_openvino().get_version()
 
 
 def _short_hash(*parts: Any) -> str:
@@ -137,8 +151,7 @@ def _build(part: str, model, precisions: tuple[str, ...], eager_decoder: nn.Modu
     """``build(staging)`` for `export_folder`: convert, save fp32 IR, check each precision vs eager."""
 
     def build(staging: Path) -> dict[str, Any]:
-        import openvino as ov
-
+        ov = import_openvino()
         ref = _check_inputs(model, eager_decoder)
         with torch.inference_mode():
             if part == "encoder":

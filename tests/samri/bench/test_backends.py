@@ -6,7 +6,7 @@ import pytest
 
 from samri.bench.backends import SECTION_TITLE, backend_figures, backends_markdown, parse_backend, update_section
 from samri.errors import SamriInputError
-from tests.helpers import backend_figures_stub
+from tests.helpers import backend_figures_stub, need_openvino
 
 
 def test_parse_backend():
@@ -42,7 +42,7 @@ def test_markdown_section_is_replaced_not_repeated(tmp_path):
 @pytest.mark.slow
 def test_backend_figures_tiny_model(tiny_registry, sample_studies_dir, tmp_path):
     """The report's shape on the tiny model: torch is added as the reference; ratios and agreement per backend."""
-    pytest.importorskip("openvino")
+    need_openvino()
     report = backend_figures(["openvino:fp32"], studies=sample_studies_dir, repeats=2, encoder_slices=2,
                              export_dir=tmp_path)
     assert list(report["backends"]) == ["torch", "openvino:fp32"]

@@ -17,7 +17,7 @@ from samri.inference.prompts import SlicePrompt
 from samri.inference.segmenter import Segmenter, mask_box
 from samri.model.backends import BackendChoice, apply_backend, native_bf16, resolve_backend
 from samri.model.builders import ModelSpec, load_model
-from tests.helpers import tiny_spec
+from tests.helpers import need_openvino, tiny_spec
 
 BF16 = frozenset({"avx512f", "avx512_bf16"})
 NO_BF16 = frozenset({"avx2"})
@@ -50,6 +50,19 @@ def test_resolve_backend_rejects_bad_options_naming_the_field(backend, precision
     assert err.value.field == field
 
 
+def test_openvino_telemetry_is_blocked():
+    """OpenVINO imported through samri uses its no-op telemetry stub: no usage event leaves the machine."""
+    import subprocess
+    import sys
+
+    need_openvino()
+    code = ("import sys; from samri.model.openvino_runtime import core; core(); "
+            "import openvino.tools.ovc.telemetry_utils as t, openvino.tools.ovc.convert_impl as c; "
+            "print(t.tm.__name__, c.tm.__name__, sys.modules['openvino_telemetry'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["openvino.tools.ovc.telemetry_stub", "openvino.tools.ovc.telemetry_stub", "None"]
+
+
 def test_native_bf16_reads_flags():
     assert native_bf16(BF16) and native_bf16(frozenset({"amx_bf16"})) and not native_bf16(NO_BF16)
     assert isinstance(native_bf16(), bool)
@@ -76,7 +89,7 @@ def test_registry_entry_backend_fields(tiny_registry):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> Path:
     """One export of the tiny model's encoder and decoder, shared by this module's tests."""
-    pytest.importorskip("openvino")
+    need_openvino()
     root = tmp_path_factory.mktemp("backend_exports")
     served = apply_backend(_tiny(), "openvino", "fp32", export_dir=root)
     assert served.backend_info["backend"] == "openvino", served.backend_info
@@ -247,7 +260,7 @@ def test_default_model_on_real_mri_matches_eager(sample_studies_dir):
     Exports go to the user's export cache (`default_export_dir`): made once per weights and
     OpenVINO version (about 30 s on 2 quiet cores), verified on every later use.
     """
-    pytest.importorskip("openvino")
+    need_openvino()
     from samri.annotator import interior_point
     from samri.bench.inprocess import bench_structure
     from samri.config import load_registry
