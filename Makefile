@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim fuzz test-split adapt-cohort adapt-sim
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -160,6 +160,14 @@ ADAPT_OUT ?= data/adapt-sim
 adapt-cohort: setup sysdeps
 	$(VENV)/bin/samri cohort $(ADAPT_COHORT) --domain macaque --contrasts t2like --min-voxels 2000 \
 		--subjects 8 --annotate 5 --seed 0
+
+# docs/al-effort: active-learning strategies compared by annotator clicks on the same new domain (samri al-effort,
+# `effort` in configs/activelearning.yaml; in-process, 4 strategies x 3 seeds; about an hour on the 2-core CPU;
+# decoders and figures are memoised in $(AL_EFFORT_WORK), so an interrupted run resumes)
+AL_EFFORT_WORK ?= data/al-effort
+al-effort: adapt-cohort
+	$(VENV)/bin/samri -v al-effort --cohort $(ADAPT_COHORT) --work-dir $(AL_EFFORT_WORK) --out docs/al-effort \
+		--command-text "make al-effort"
 
 adapt-sim: adapt-cohort test-split
 	$(VENV)/bin/samri adapt-sim --cohort $(ADAPT_COHORT) --out $(ADAPT_OUT) --doc docs/ADAPTATION.md \

@@ -237,6 +237,26 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_al_effort(args: argparse.Namespace) -> int:
+    """Strategies by annotator clicks (`samri.activelearning.sim.effort`); summary.json, report.md, PNG in ``--out``."""
+    import shlex
+
+    from samri.activelearning.sim.effort import load_effort_config, run_effort
+    from samri.activelearning.sim.effort_report import render_effort, write_effort_figure
+    from samri.io import write_json, write_text
+
+    config = load_effort_config(args.config, cohort=args.cohort, strategies=args.strategies, seeds=args.seeds)
+    command = args.command_text or "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = run_effort(config, args.work_dir, progress=True,
+                        on_run=lambda partial: write_json(args.out / "summary.json", partial))
+    write_json(args.out / "summary.json", record)
+    write_effort_figure(record, args.out / "al_effort.png")
+    write_text(args.out / "report.md", render_effort(record, command=command))
+    print(json.dumps({"out": str(args.out), "seconds": record["seconds"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samri", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -346,6 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--command-text", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_al_sim)
+
+    p = sub.add_parser("al-effort", help="active-learning strategies compared by annotator clicks on a new domain")
+    p.add_argument("--config", type=Path, default=None, help="YAML with an 'effort' section "
+                   "(default configs/activelearning.yaml)")
+    p.add_argument("--cohort", default=None, help="samri cohort folder (default: the config's)")
+    p.add_argument("--out", type=Path, default=Path("docs/al-effort"), help="summary.json, report.md, al_effort.png")
+    p.add_argument("--work-dir", type=Path, default=Path("data/al-effort"),
+                   help="embedding cache and the memo of decoders and figures (a rerun resumes)")
+    p.add_argument("--strategies", default=None, help="comma list (random,samri_uncertainty,...)")
+    p.add_argument("--seeds", default=None, help="comma list of seeds")
+    p.add_argument("--command-text", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_al_effort)
     return parser
 
 
