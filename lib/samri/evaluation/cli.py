@@ -58,6 +58,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--human-seconds", type=float, default=2.0, help="clicks: annotator seconds per interaction")
     p.add_argument("--max-slices-3d", type=int, default=96,
                    help="3d requests: slice budget, as the server's --conf max_slices_3d (0 = none)")
+    p.add_argument("--propagation", action="append", default=[], metavar="KEY=VALUE",
+                   help="3d: override a PropagationSettings field for every model (repeat), e.g. chain_logits=true")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--labels", default=None, help="comma list of structure names or values to evaluate")
     p.add_argument("--label-names", type=Path, default=None, help="JSON with structure names (see below)")
@@ -168,12 +170,43 @@ def build_config(args: argparse.Namespace):
                       human_seconds_per_click=args.human_seconds).validate()
 
 
+def parse_propagation(values: list[str] | None):
+    """``KEY=VALUE`` overrides -> `samri.inference.propagation.PropagationSettings` (defaults when none).
+
+    Raises:
+        SamriInputError: ``propagation`` naming the item for a malformed item, unknown key or bad value.
+    """
+    from dataclasses import fields, replace
+
+    from samri.inference.propagation import PropagationSettings
+
+    settings = PropagationSettings()
+    types = {f.name: type(getattr(settings, f.name)) for f in fields(settings)}
+    changes = {}
+    for item in values or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in types:
+            raise SamriInputError("propagation", item, f"want KEY=VALUE with KEY one of {sorted(types)}")
+        kind = types[key]
+        try:
+            if kind is bool:
+                if text.strip().lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                changes[key] = text.strip().lower() in ("true", "1")
+            else:
+                changes[key] = kind(text)
+        except ValueError as exc:
+            raise SamriInputError("propagation", item, f"{key} must be a {kind.__name__}") from exc
+    return replace(settings, **changes)
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The run as one ``samri evaluate`` command (recorded in summary.json and the report)."""
     words = ["samri", "evaluate"]
     for image, label in zip(args.image, args.label):
         words += ["--image", str(image), "--label", str(label)]
-    for flag in ("model", "checkpoint", "decoder", "backend", "variant"):
+    for flag in ("model", "checkpoint", "decoder", "backend", "variant", "propagation"):
         for value in getattr(args, flag) or []:
             words += [f"--{flag}", str(value)]
     words += ["--prompts", args.prompts, "--mode", args.mode, "--axis", str(args.axis)]
@@ -209,6 +242,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
              for image, label in zip(args.image, args.label)]
     plan(cases, config)  # every input error surfaces here, before a model is loaded
     backends = parse_backends(args.backend)
+    propagation = parse_propagation(getattr(args, "propagation", None))
     cache = EmbeddingCache(cache_dir=args.cache_dir, max_memory_bytes=1 << 30)
     runners, described = {}, {}
     for m in models:
@@ -216,7 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             model = load_model(m["spec"], checkpoint=m["checkpoint"], decoder=m["decoder"])
             apply_backend(model, *(backend[1:] if backend else (None, None)))  # None: the registry entry's
             key = m["key"] if args.backend is None else f"{m['key']}[{backend[0]}]"
-            runners[key] = SegmenterRunner(Segmenter(model, cache), batch_size=args.batch_size,
+            runners[key] = SegmenterRunner(Segmenter(model, cache, propagation=propagation), batch_size=args.batch_size,
                                            progress=not args.no_progress,
                                            budget_3d=PropagationBudget(max_slices=args.max_slices_3d or None))
             decoder = m["decoder"] or getattr(m["spec"], "decoder", None)  # the registry's default decoder

@@ -66,6 +66,8 @@ class PropagationSettings:
         min_overlap: stop when the new mask covers less than this fraction of the smaller of it and
             the previous mask (jumped to another object).
         box_margin: pixels added around the previous mask's box.
+        chain_logits: also give each propagated slice the previous slice's low-res logits as SAM's
+            mask prompt (next to its box), so the shape carries over from slice to slice.
     """
 
     min_area: int = 10
@@ -76,6 +78,7 @@ class PropagationSettings:
     max_reach: float = 2.0
     min_overlap: float = 0.2
     box_margin: int = 2
+    chain_logits: bool = False
 
 
 #: Colin27 AAL structures (both hemispheres) whose ground-truth axial sections set
@@ -323,7 +326,8 @@ class Propagator:
             return "roi"
         index = front.next
         seg = self.segmenter
-        res = seg.decode(seg.embedding(self.volume, self.axis, index), self.geom, SlicePrompt(box=box))
+        prompt = SlicePrompt(box=box, mask_logits=front.prev.low_res_logits if self.rules.chain_logits else None)
+        res = seg.decode(seg.embedding(self.volume, self.axis, index), self.geom, prompt)
         reason = stop_reason(self.rules, front.prev, res, iou_floor=front.iou_floor, seed_area=front.seed_area)
         if reason is None:
             out.slices[index] = res

@@ -161,3 +161,15 @@ def test_litemedsam_on_sample_studies(tmp_path):
     report = (out / "report.md").read_text()
     for name in ("dice_boxplot.png", "variants.png", "overlays_litemedsam.png"):
         assert name in report and (out / name).stat().st_size > 1000
+
+
+def test_propagation_overrides_are_typed_and_named():
+    from samri.evaluation.cli import parse_propagation
+
+    rules = parse_propagation(["chain_logits=true", "min_relative_iou=0.8", "min_area=5"])
+    assert rules.chain_logits is True and rules.min_relative_iou == 0.8 and rules.min_area == 5
+    assert parse_propagation(None).chain_logits is False
+    for bad in (["chain_logits"], ["nope=1"], ["chain_logits=maybe"], ["min_area=2.5"]):
+        with pytest.raises(SamriInputError) as err:
+            parse_propagation(bad)
+        assert err.value.field == "propagation" and err.value.value == bad[0]

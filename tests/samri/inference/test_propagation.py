@@ -49,6 +49,25 @@ def test_propagation_follows_the_object_both_ways_and_stops_where_it_ends(fake, 
     np.testing.assert_array_equal(fake.prompts[k][0].box, prev_box)
 
 
+@pytest.mark.parametrize("chain", [False, True])
+def test_chain_logits_feeds_each_slice_the_previous_slices_logits(monkeypatch, fake, gt_mask, prepared_volume,
+                                                                  tiny_model, chain):
+    def decode_marking_logits(self, e, g, p):  # logits that say which slice they came from
+        res = fake.decode(self, e, g, p)
+        return SliceResult(mask=res.mask, low_res_logits=torch.full((1, 1, 32, 32), float(e[0])), iou=res.iou)
+
+    monkeypatch.setattr(Segmenter, "decode", decode_marking_logits)
+    seg = Segmenter(tiny_model, EmbeddingCache(), propagation=PropagationSettings(chain_logits=chain))
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)})
+    for k, step in ((CENTER_K + 3, 1), (CENTER_K - 2, -1)):
+        prompt = fake.prompts[k][0]
+        assert prompt.box is not None and k in res.slices
+        if chain:
+            assert torch.equal(prompt.mask_logits, torch.full((1, 1, 32, 32), float(k - step)))
+        else:
+            assert prompt.mask_logits is None
+
+
 def test_propagation_respects_bounds(fake, gt_mask, prepared_volume, tiny_model):
     seg = Segmenter(tiny_model, EmbeddingCache())
     res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)}, bounds=(13, 17))
