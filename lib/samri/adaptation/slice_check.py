@@ -53,6 +53,15 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic) if len(a) >= 3 else float("nan")
 
 
+#: the parts of the scorer's per-slice value, each oriented so that higher = less sure
+COMPONENTS = ("1-iou", "1-stability", "1-agreement", "fill")
+
+
+def _components(s) -> dict[str, float]:
+    return {"1-iou": 1.0 - s.iou, "1-stability": 1.0 - s.stability, "1-agreement": 1.0 - s.agreement,
+            "fill": s.fill}
+
+
 def uncertainty_vs_dice(segmenter, studies: Sequence[tuple[Any, np.ndarray, Sequence[int]]], settings, *,
                         axis: int = 2) -> dict[str, Any]:
     """Per-slice uncertainty against per-slice box Dice over ``studies``.
@@ -62,7 +71,8 @@ def uncertainty_vs_dice(segmenter, studies: Sequence[tuple[Any, np.ndarray, Sequ
         settings: `samri.activelearning.config.UncertaintySettings` (the scorer's).
 
     Returns:
-        ``{"rho": Spearman(uncertainty, 1 - Dice), "slices": n, "rows": [{study, slice, uncertainty, dice}],
+        ``{"rho": Spearman(uncertainty, 1 - Dice), "component_rho": the same for each of `COMPONENTS`,
+        "slices": n, "rows": [{study, slice, uncertainty, dice, <components>}],
         "worst_decile_dice", "best_decile_dice"}``: mean Dice of the 10 % most / least uncertain slices.
     """
     from samri.activelearning.uncertainty import study_uncertainty
@@ -73,12 +83,14 @@ def uncertainty_vs_dice(segmenter, studies: Sequence[tuple[Any, np.ndarray, Sequ
         for s in scored.slices:
             dice = slice_box_dice(segmenter, volume, label, s.index, axis=axis)
             if dice is not None:
-                rows.append({"study": k, "slice": s.index, "uncertainty": round(s.value, 4), "dice": round(dice, 4)})
+                rows.append({"study": k, "slice": s.index, "uncertainty": round(s.value, 4), "dice": round(dice, 4),
+                             **{name: round(value, 4) for name, value in _components(s).items()}})
     unc = np.array([r["uncertainty"] for r in rows])
     dice = np.array([r["dice"] for r in rows])
     order = np.argsort(-unc)
     tenth = max(1, len(rows) // 10)
-    return {"rho": round(spearman(unc, 1.0 - dice), 3), "slices": len(rows), "rows": rows,
+    parts = {name: round(spearman([r[name] for r in rows], 1.0 - dice), 3) for name in COMPONENTS} if rows else {}
+    return {"rho": round(spearman(unc, 1.0 - dice), 3), "component_rho": parts, "slices": len(rows), "rows": rows,
             "worst_decile_dice": round(float(dice[order[:tenth]].mean()), 3) if rows else None,
             "best_decile_dice": round(float(dice[order[-tenth:]].mean()), 3) if rows else None}
 
@@ -98,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="adapt-sim output folder")
     p.add_argument("--round", type=int, default=0, help="finished-study count whose held-out sessions give the slices")
     p.add_argument("--decoder", default="live", help="'live' (the run's live decoder), 'base', or a decoder file")
+    p.add_argument("--split", choices=["test", "annotate"], default="test",
+                   help="test: the held-out studies (slices of round --round's sessions); annotate: the finished "
+                        "studies (slices of their annotation sessions), where a choice may be made")
     args = p.parse_args(argv)
     record = json.loads((args.run / "summary.json").read_text())
     cohort = Path(record["config"]["cohort"])
@@ -108,15 +123,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         decoder = None if args.decoder == "base" else Path(args.decoder)
     model = load_model(registry.spec(record["config"]["model"]), decoder=decoder)
     segmenter = Segmenter(model, EmbeddingCache(cache_dir=args.run / "cache", max_memory_bytes=1 << 30))
-    sessions = [json.loads(line) for line in
-                (args.run / "rounds" / f"k{args.round}_heldout" / "sessions.jsonl").read_text().splitlines()]
+    if args.split == "test":
+        folders, ids = [args.run / "rounds" / f"k{args.round}_heldout"], list(record["heldout"])
+    else:
+        folders = sorted((args.run / "rounds").glob("annotate_*"))
+        ids = [f.name.removeprefix("annotate_") for f in folders]
+    sessions = [json.loads(line) for f in folders for line in (f / "sessions.jsonl").read_text().splitlines()]
     studies = []
-    for sid in record["heldout"]:
+    for sid in ids:
         volume = prepare_volume(load_image(cohort / f"{sid}.nii.gz"), registry.window)
         label = np.rint(np.asarray(load_image(cohort / "labels" / "final" / f"{sid}.nii.gz").array)).astype(np.int32)
         studies.append((volume, label, sorted({r["slice"] for r in sessions if r["image"] == sid})))
     result = uncertainty_vs_dice(segmenter, studies, load_al_config().uncertainty)
-    out = args.run / f"slice_check_k{args.round}_{Path(str(args.decoder)).stem}.json"
+    suffix = "" if args.split == "test" else "_annotate"
+    out = args.run / f"slice_check_k{args.round}_{Path(str(args.decoder)).stem}{suffix}.json"
     write_text(out, json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), f"-> {out}")
     return 0

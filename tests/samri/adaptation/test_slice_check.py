@@ -31,3 +31,6 @@ def test_slice_dice_and_rank_correlation(tiny_model, prepared_volume, gt_mask):
     assert result["slices"] == len(occupied[::2])  # the empty slice has no structure to score
     assert all(0 <= r["uncertainty"] <= 1 and 0 <= r["dice"] <= 1 for r in result["rows"])
     assert -1.0 <= result["rho"] <= 1.0 or math.isnan(result["rho"])
+    assert set(result["component_rho"]) == {"1-iou", "1-stability", "1-agreement", "fill"}
+    row = result["rows"][0]
+    assert all(0 <= row[name] <= 1 for name in result["component_rho"])
