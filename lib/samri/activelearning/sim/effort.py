@@ -264,7 +264,8 @@ class EffortRun:
                                 max_clicks=max_clicks, human_seconds=self.cfg.human_seconds,
                                 out_dir=self.work_dir / "measure" / name, window=self.window, progress=False)
         figures = headline(result)["box"]
-        figures["dice_at"] = result["clicks:box"]["dice_at"]
+        noc = result["clicks:box"]["noc"]
+        figures.update(noc80=noc["80"], noc90=noc["90"], dice_at=result["clicks:box"]["dice_at"])
         return figures
 
     def cost(self, seed: int, finished: Sequence[str], study: str) -> dict:
@@ -276,6 +277,7 @@ class EffortRun:
             self.timings["annotate"] += time.perf_counter() - start
             clicks = fig["noc85"] * fig["n"]
             return {"study": study, "sessions": fig["n"], "clicks": round(clicks, 3), "noc85": fig["noc85"],
+                    "clicks80": round(fig["noc80"] * fig["n"], 3), "noc80": fig["noc80"],
                     "dice1": fig["dice1"], "seconds": round(fig["seconds85"] * fig["n"], 1)}
 
         return self.memo.record("cost", [seed, *finished, "->", study], compute) if finished else \
@@ -333,7 +335,7 @@ def run_effort(cfg: EffortConfig, work_dir: str | Path, *, progress: bool = True
         for strategy in cfg.strategies:
             rng = random.Random(seed)
             finished: list[str] = []
-            curve = [{"finished": 0, "heldout": base, "clicks_so_far": 0.0}]
+            curve = [{"finished": 0, "heldout": base, "clicks_so_far": 0.0, "clicks80_so_far": 0.0}]
             for k in range(cfg.studies_per_run):
                 if k == 0:
                     study, seen = run.annotate[seed % len(run.annotate)], {}
@@ -345,7 +347,8 @@ def run_effort(cfg: EffortConfig, work_dir: str | Path, *, progress: bool = True
                 figures = run.heldout_figures(seed, finished)
                 curve.append({"finished": len(finished), "study": study, "seen": seen, "cost": cost,
                               "training": training, "heldout": figures,
-                              "clicks_so_far": round(curve[-1]["clicks_so_far"] + cost["clicks"], 3)})
+                              "clicks_so_far": round(curve[-1]["clicks_so_far"] + cost["clicks"], 3),
+                              "clicks80_so_far": round(curve[-1]["clicks80_so_far"] + cost["clicks80"], 3)})
                 logger.info("%s seed %d: +%s (%.0f clicks) -> held-out NoC@85 %.2f, Dice@1 %.3f", strategy, seed,
                             study, cost["clicks"], figures["noc85"], figures["dice1"])
                 bar.update(1)

@@ -88,6 +88,9 @@ def test_al_effort_runs_each_strategy_and_seed_and_shares_work(tmp_path, monkeyp
         costs = [r["cost"]["clicks"] for r in run["rounds"][1:]]
         assert all(2 <= c <= 2 * 2 for c in costs)  # 2 sessions of 1..2 interactions
         assert run["rounds"][-1]["clicks_so_far"] == pytest.approx(sum(costs))
+        assert run["rounds"][-1]["clicks80_so_far"] == pytest.approx(sum(r["cost"]["clicks80"]
+                                                                         for r in run["rounds"][1:]))
+        assert all(r["heldout"]["noc80"] <= r["heldout"]["noc85"] for r in run["rounds"])
         assert all(r["training"]["steps"] == 2 and r["training"]["reason"] for r in run["rounds"][1:])
     first_rounds = {(r["seed"], json.dumps(r["rounds"][1]["heldout"])) for r in record["runs"]}
     assert len({seed for seed, _ in first_rounds}) == len(first_rounds) == 2  # same first study, same decoder
