@@ -8,7 +8,7 @@ import json
 import pytest
 
 from samri.activelearning.sim.effort import EffortConfig, run_effort, target_reached_at
-from samri.activelearning.sim.effort_report import compare_to_random, render_effort, spread
+from samri.activelearning.sim.effort_report import compare_to_random, render_effort, spread, write_effort_figure
 from samri.cohorts import CohortRecipe, write_cohort
 from samri.errors import SamriInputError
 from tests.apps.helpers import write_tiny_config
@@ -97,5 +97,6 @@ def test_al_effort_runs_each_strategy_and_seed_and_shares_work(tmp_path, monkeyp
     again = run_effort(cfg, tmp_path / "work", progress=False)
     assert again["runs"] == json.loads(json.dumps(record["runs"]))
     assert again["timings"]["train"] == 0.0  # every decoder came from the memo
+    assert write_effort_figure(record, tmp_path / "fig.png").stat().st_size > 1000
     text = render_effort(record, command="samri al-effort")
     assert "## Against MONAI Label's random" in text and "samri_uncertainty" in text
