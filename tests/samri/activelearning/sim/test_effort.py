@@ -48,9 +48,12 @@ def test_target_is_a_change_from_the_shipped_decoder_and_round_0_never_counts():
 
 
 def _record(finals: dict[str, list[float]]) -> dict:
-    runs = [{"strategy": s, "seed": seed, "rounds": [{"clicks_so_far": 0.0, "heldout": {"noc85": 9.0, "dice1": 0.5}},
-                                                      {"clicks_so_far": 100.0 + v, "heldout": {"noc85": v, "dice1": 0.5}}]}
-            for s, values in finals.items() for seed, v in enumerate(values)]
+    def rounds(v: float) -> list[dict]:
+        return [{"clicks_so_far": 0.0, "heldout": {"noc85": 9.0, "dice1": 0.5}},
+                {"clicks_so_far": 100.0 + v, "heldout": {"noc85": v, "dice1": 0.5}}]
+
+    runs = [{"strategy": s, "seed": seed, "rounds": rounds(v)} for s, values in finals.items()
+            for seed, v in enumerate(values)]
     return {"runs": runs}
 
 
