@@ -82,16 +82,14 @@ class EffortConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, **overrides: Any) -> "EffortConfig":
         """Parse the YAML section; every error names ``effort.<key>`` and the value."""
-        data = {**dict(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise SamriInputError("effort", unknown, f"unknown keys; known: {sorted(cls.__dataclass_fields__)}")
-        for key in ("strategies", "seeds"):
-            if key in data:
-                value = data[key]
-                data[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+        from samri.activelearning.sim.loop import section_fields
+
+        data = section_fields(cls, "effort", data, overrides, lists=("strategies", "seeds"))
         if "seeds" in data:
-            data["seeds"] = tuple(int(s) for s in data["seeds"])
+            try:
+                data["seeds"] = tuple(int(s) for s in data["seeds"])
+            except (TypeError, ValueError) as exc:
+                raise SamriInputError("effort.seeds", list(data["seeds"]), "must be integers") from exc
         cfg = cls(**data)
         bad = [s for s in cfg.strategies if s not in STRATEGIES]
         if bad or not cfg.strategies:

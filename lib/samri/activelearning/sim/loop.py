@@ -56,15 +56,7 @@ class SimConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, **overrides: Any) -> "SimConfig":
-        data = {**dict(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise SamriInputError("simulation", unknown, f"unknown keys; known: {sorted(cls.__dataclass_fields__)}")
-        for key in ("labels", "strategies"):
-            if key in data:
-                value = data[key]
-                data[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-        cfg = cls(**data)
+        cfg = cls(**section_fields(cls, "simulation", data, overrides, lists=("labels", "strategies")))
         bad = [s for s in cfg.strategies if s not in STRATEGIES]
         if bad:
             raise SamriInputError("simulation.strategies", bad, f"unknown; known: {list(STRATEGIES)}")
@@ -74,6 +66,25 @@ class SimConfig:
             if int(getattr(cfg, key)) < 1:
                 raise SamriInputError(f"simulation.{key}", getattr(cfg, key), "must be >= 1")
         return cfg
+
+
+def section_fields(cls: type, section: str, data: Mapping[str, Any] | None, overrides: Mapping[str, Any],
+                   *, lists: Sequence[str] = ()) -> dict[str, Any]:
+    """A YAML section's keys with the non-None ``overrides`` on top, checked against dataclass ``cls``;
+    the ``lists`` keys accept a comma string (command line) or a sequence and become tuples.
+
+    Raises:
+        SamriInputError: ``section`` naming the unknown keys.
+    """
+    merged = {**dict(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = sorted(set(merged) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise SamriInputError(section, unknown, f"unknown keys; known: {sorted(cls.__dataclass_fields__)}")
+    for key in lists:
+        if key in merged:
+            value = merged[key]
+            merged[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    return merged
 
 
 def load_sim_config(path: str | Path | None = None, **overrides: Any) -> SimConfig:

@@ -18,6 +18,7 @@ from tests.helpers import write_fake_inia
 @pytest.mark.parametrize("data, field", [
     ({"strategies": ["random", "best"]}, "effort.strategies"),
     ({"seeds": []}, "effort.seeds"),
+    ({"seeds": "0,x"}, "effort.seeds"),
     ({"studies_per_run": 0}, "effort.studies_per_run"),
     ({"target_figure": "dice5"}, "effort.target_figure"),
     ({"target_figure": "noc85", "target_change": 0.5}, "effort.target_change"),
