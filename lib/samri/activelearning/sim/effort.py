@@ -167,7 +167,7 @@ class _Memo:
 class EffortRun:
     """Model, cache, cohort and memo of one comparison; `run_effort` drives it."""
 
-    def __init__(self, cfg: EffortConfig, work_dir: Path, *, progress: bool = False) -> None:
+    def __init__(self, cfg: EffortConfig, work_dir: Path) -> None:
         from samri.activelearning.sim.loop import SimConfig, Simulation
         from samri.activelearning.sim.pool import SimStudy
         from samri.adaptation.experiment import cohort_splits, pick_structures, study_paths
@@ -177,7 +177,7 @@ class EffortRun:
         from samri.inference.segmenter import Segmenter
         from samri.model.builders import load_model
 
-        self.cfg, self.work_dir, self.progress = cfg, work_dir, progress
+        self.cfg, self.work_dir = cfg, work_dir
         cohort = Path(cfg.cohort)
         self.annotate, self.test, self.names = cohort_splits(cohort)
         if len(self.annotate) < cfg.studies_per_run:
@@ -322,7 +322,7 @@ def run_effort(cfg: EffortConfig, work_dir: str | Path, *, progress: bool = True
 
     start = time.perf_counter()
     work_dir = Path(work_dir)
-    run = EffortRun(cfg, work_dir, progress=progress)
+    run = EffortRun(cfg, work_dir)
     base = run.heldout_figures(0, [])
     record: dict[str, Any] = {"config": cfg.to_dict(), "base": base, "runs": [],
                               "cohort": {"annotate": run.annotate, "test": run.test,
