@@ -85,7 +85,12 @@ def test_killed_training_leaves_decoders_and_datastore_byte_identical(tmp_path: 
                 _kill_in(url, app, "stage2", {"max_epochs": 50, "max_steps_per_epoch": 0, "max_slices": 8})]
         assert died == ["stage1", "stage2"]
         assert {"decoders": _digest(decoders), "studies": _digest(studies)} == before
-        info = requests.get(f"{url}/info/", timeout=10).json()
+        deadline = time.monotonic() + 15.0  # /info/ sees the death once the killed process is reaped
+        while True:
+            info = requests.get(f"{url}/info/", timeout=10).json()
+            if info["train_stats"]["samri"]["last_run"]["status"] == "killed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert info["samri"]["decoders"]["live"] == "v0001"
         assert info["train_stats"]["samri"]["last_run"]["status"] == "killed"
         assert server.alive()
