@@ -134,7 +134,10 @@ def test_samri_3d_returns_volume(make_app) -> None:
     assert 4 in meta["samri"]["slices"]
     assert all(2 <= k <= 6 for k in meta["samri"]["slices"])
     assert meta["samri"]["refined_slices"] == []
-    again, _ = infer(app, model="samri_3d", roi=[30, 10, 10, 26, 6, 2], client_id="a")
-    assert again["samri"]["refined_slices"] == [4]  # the seed slice (the point's) refines its last logits
+    again, same = infer(app, model="samri_3d", roi=[30, 10, 10, 26, 6, 2], client_id="a")
+    assert again["samri"]["reused_slices"] == len(meta["samri"]["slices"])  # nothing changed: nothing predicted
+    assert again["samri"]["refined_slices"] == [] and np.array_equal(same, mask)
+    third, _ = infer(app, model="samri_3d", roi=[30, 10, 10, 26, 6, 2], foreground=[[20, 20, 4]], client_id="a")
+    assert third["samri"]["refined_slices"] == [4]  # a changed seed refines its slice's last logits
     other, _ = infer(app, model="samri_2d", client_id="a")
     assert other["samri"]["refined_slices"] == []  # 2D and 3D keep separate state

@@ -45,3 +45,20 @@ def test_state_lru_bounds() -> None:
     assert len(small) == 3 and small.nbytes <= 3 * 8 * 8 * 4
 
 
+
+
+def test_state_keeps_the_last_3d_run_until_the_state_starts_over() -> None:
+    store = ClientStateStore()
+    key = ("samri_3d", "c1", "/img.nii.gz")
+    memo = object()
+    assert store.previous_run(key, label="a", content_key="k1") is None
+    store.update(key, label="a", content_key="k1", logits={5: _logits(1.0)}, run=memo)
+    assert store.previous_run(key, label="a", content_key="k1") is memo
+    assert store.previous_run(key, label="b", content_key="k1") is None
+    assert store.previous_run(key, label="a", content_key="k2") is None
+    assert store.previous_run(None, label="a", content_key="k1") is None
+    store.previous(key, label="a", content_key="k1", reset=True)  # the request resets: state dropped
+    assert store.previous_run(key, label="a", content_key="k1") is None
+    store.update(key, label="a", content_key="k1", logits={5: _logits(1.0)}, run=memo)
+    store.update(key, label="a", content_key="k1", logits={6: _logits(1.0)})  # a partial run leaves no memo
+    assert store.previous_run(key, label="a", content_key="k1") is None

@@ -46,7 +46,7 @@ class RequestRunner(Protocol):
     """What the protocol needs from a model: one client request (`SegmenterRunner.request`)."""
 
     def request(self, volume, params: Mapping[str, Any], *, mode: str, axis: int,
-                previous_logits: Mapping[int, Any]) -> Any: ...
+                previous_logits: Mapping[int, Any], previous_run: Any = None) -> Any: ...
 
 
 @dataclass
@@ -110,11 +110,15 @@ def _first(gt2d: np.ndarray, index: int, axis: int, first: str, jitter: float,
 
 
 def _run(runner: RequestRunner, volume, params: dict, mode: str, axis: int,
-         previous: dict[int, Any]) -> tuple[np.ndarray, float]:
+         previous: dict[int, Any], memo: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """One request; ``previous`` (logits per slice) and ``memo`` (``"run"``: the last 3D run's memo)
+    are the client state the app keeps, updated in place."""
     start = time.perf_counter()
-    result = runner.request(volume, params, mode=mode, axis=axis, previous_logits=dict(previous))
+    result = runner.request(volume, params, mode=mode, axis=axis, previous_logits=dict(previous),
+                            previous_run=memo.get("run"))
     seconds = time.perf_counter() - start
     previous.update({int(i): s.low_res_logits for i, s in result.slices.items()})  # as the app's client state
+    memo["run"] = getattr(result, "memo", None)
     return np.asarray(result.mask, dtype=bool), seconds
 
 
@@ -131,7 +135,7 @@ def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.nd
             if click is None:
                 break
             clicks.append(Click(_voxel(index, click[0], axis), int(click[1])))
-        mask, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "2d", axis, previous)
+        mask, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "2d", axis, previous, {})
         pred = take_slice(mask, axis, index)
         out.dice.append(dice(pred, gt2d))
         out.seconds.append(seconds)
@@ -150,6 +154,7 @@ def session_3d(runner: RequestRunner, volume, axis: int, gt3d: np.ndarray, *, fi
     box, clicks = _first(take_slice(gt3d, axis, index), index, axis, first, jitter, rng)
     out = Session(box=None if box is None else [float(v) for v in box], slice=index)
     previous: dict[int, Any] = {}
+    memo: dict[str, Any] = {}
     pred: np.ndarray | None = None
     for _ in range(max_clicks):
         if pred is not None:
@@ -157,7 +162,7 @@ def session_3d(runner: RequestRunner, volume, axis: int, gt3d: np.ndarray, *, fi
             if click is None:
                 break
             clicks.append(Click(tuple(int(v) for v in np.round(click[0])), int(click[1])))
-        pred, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "3d", axis, previous)
+        pred, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "3d", axis, previous, memo)
         out.dice.append(dice(pred, gt3d))
         out.seconds.append(seconds)
     _pad(out, max_clicks)

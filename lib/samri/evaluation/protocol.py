@@ -179,12 +179,12 @@ class SegmenterRunner:
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt]) -> np.ndarray:
         return self.segmenter.propagate(volume, axis, seeds).mask
 
-    def request(self, volume, params, *, mode: str, axis: int, previous_logits):
+    def request(self, volume, params, *, mode: str, axis: int, previous_logits, previous_run=None):
         """One client request through the server's path (`samri.inference.request.run_request`)."""
         from samri.inference.request import run_request
 
         return run_request(self.segmenter, volume, params, mode=mode, axis=axis, previous_logits=previous_logits,
-                           budget=self.budget_3d if mode == "3d" else None)
+                           budget=self.budget_3d if mode == "3d" else None, previous_run=previous_run)
 
 
 # --- pairs and prompts --------------------------------------------------------------------------

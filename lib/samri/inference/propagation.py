@@ -32,6 +32,7 @@ import numpy as np
 from samri.errors import SamriInputError
 from samri.geometry import in_plane_axes
 from samri.inference.prompts import SlicePrompt
+from samri.inference.reuse import PropagationMemo, full_plan, plan_run, prompt_signature
 
 if TYPE_CHECKING:  # only for hints: samri.inference.segmenter imports this module
     from samri.inference.segmenter import Segmenter, SliceResult
@@ -68,6 +69,8 @@ class PropagationSettings:
         box_margin: pixels added around the previous mask's box.
         chain_logits: also give each propagated slice the previous slice's low-res logits as SAM's
             mask prompt (next to its box), so the shape carries over from slice to slice.
+        reuse_unchanged: with the memo of the client's previous run, predict again only the slices a
+            changed seed can reach (`samri.inference.reuse`); False: every request predicts every slice.
     """
 
     min_area: int = 10
@@ -79,6 +82,7 @@ class PropagationSettings:
     min_overlap: float = 0.2
     box_margin: int = 2
     chain_logits: bool = False
+    reuse_unchanged: bool = True
 
 
 #: Colin27 AAL structures (both hemispheres) whose ground-truth axial sections set
@@ -203,11 +207,15 @@ class PropagationRun:
             "reason": one of FRONT_STOPS}``; fronts cut by the budget are not listed.
         partial: None when every front ended on its own, else ``{"reason": one of
             PARTIAL_REASONS, "slices_done": n, "seconds": s}``.
+        memo: what the next request of the same client may reuse (None for a partial run).
+        kept: slices taken from the previous run's memo instead of predicted (ascending).
     """
 
     slices: dict[int, Any] = field(default_factory=dict)
     stops: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
+    memo: PropagationMemo | None = None
+    kept: list[int] = field(default_factory=list)
 
 
 class Propagator:
@@ -233,20 +241,33 @@ class Propagator:
         self.rules: PropagationSettings = segmenter.propagation
         self.geom = segmenter.slice_geometry(volume, axis)
 
-    def run(self, seeds: dict[int, SlicePrompt]) -> PropagationRun:
-        """Predict the seed slices, then advance every front in turn until all stopped or the budget ends."""
+    def run(self, seeds: dict[int, SlicePrompt], *, memo: PropagationMemo | None = None,
+            context: Any = None) -> PropagationRun:
+        """Predict the seed slices, then advance every front in turn until all stopped or the budget ends.
+
+        Args:
+            memo: the previous run of this client (`samri.inference.reuse`): only what changed seeds
+                reach is predicted again when ``context`` equals the memo's.
+            context: identity of the run besides its seeds (`Segmenter.propagate`); None: no memo kept.
+        """
         self.budget.check_seeds(len(seeds))
         meter = _Meter(self.budget)
         out = PropagationRun()
-        for index, prompt in sorted(seeds.items()):
+        signatures = {int(k): prompt_signature(p) for k, p in seeds.items()}
+        plan = (plan_run(memo, signatures, context) if self.rules.reuse_unchanged and context is not None
+                else full_plan(signatures))
+        out.slices.update(plan.kept)
+        out.stops += plan.stops
+        out.kept = sorted(plan.kept)
+        ref_iou = dict(plan.ref_iou)
+        for index in plan.decode:
             if self._cut(meter, out, seed=True):
                 return out
-            out.slices[index] = self.segmenter.predict_slice(self.volume, self.axis, index, prompt)
+            out.slices[index] = self.segmenter.predict_slice(self.volume, self.axis, index, seeds[index])
             meter.done += 1
-        fronts = []
-        for index in sorted(seeds):
-            ref_iou = self._reference_iou(index, seeds[index], out.slices[index])
-            fronts += [self._front(index, step, out.slices[index], ref_iou) for step in (1, -1)]
+        for index in plan.decode:
+            ref_iou[index] = self._reference_iou(index, seeds[index], out.slices[index])
+        fronts = [self._front(seed, step, out.slices[seed], ref_iou[seed]) for seed, step in plan.fronts]
         while fronts:
             alive = []
             for front in fronts:
@@ -261,6 +282,9 @@ class Propagator:
                 else:
                     out.stops.append({"seed": front.seed, "step": front.step, "at": front.next, "reason": reason})
             fronts = alive
+        if context is not None:
+            out.memo = PropagationMemo(context=context, seeds=signatures, ref_iou=ref_iou, slices=dict(out.slices),
+                                       stops=[dict(s) for s in out.stops])
         return out
 
     def _reference_iou(self, index: int, prompt: SlicePrompt, res: "SliceResult") -> float:

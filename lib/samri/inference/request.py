@@ -12,6 +12,7 @@ import torch
 from samri.errors import SamriInputError
 from samri.geometry import in_plane_axes, put_slice
 from samri.inference.prompts import VolumeRequest, parse_request
+from samri.inference.reuse import PropagationMemo
 from samri.inference.segmenter import PropagationBudget, Segmenter, SliceResult
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class InteractiveResult:
         stops: 3D: where and why each propagation front stopped (`samri.inference.propagation.PropagationRun`).
         partial: 3D: None, or ``{"reason": "max_slices" | "max_seconds" | "cancelled",
             "slices_done": n, "seconds": s}`` when the budget ended propagation early.
+        memo: 3D: what this client's next request may reuse (pass it back as ``previous_run``).
+        kept: 3D: slices taken from ``previous_run`` instead of predicted (ascending).
     """
 
     mask: np.ndarray
@@ -41,6 +44,8 @@ class InteractiveResult:
     request: VolumeRequest | None = None
     stops: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
+    memo: PropagationMemo | None = None
+    kept: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts for logs and HTTP result params."""
@@ -49,12 +54,14 @@ class InteractiveResult:
                "voxels": int(self.mask.sum()), "partial": self.partial}
         if self.mode == "3d":
             out["stops"] = [dict(s) for s in self.stops]
+            out["reused_slices"] = len(self.kept)
         return out
 
 
 def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode: str = "2d", axis: int = 2,
                 previous_logits: Mapping[int, torch.Tensor] | None = None, budget: PropagationBudget | None = None,
-                should_stop: Callable[[], bool] | None = None) -> InteractiveResult:
+                should_stop: Callable[[], bool] | None = None,
+                previous_run: PropagationMemo | None = None) -> InteractiveResult:
     """Validate ``params`` (Slicer/OHIF schema) and segment ``volume`` (a PreparedVolume).
 
     Args:
@@ -66,6 +73,8 @@ def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode
             are rejected before any work.
         should_stop: 3D only: polled between slices; True ends propagation (partial, reason
             ``"cancelled"``), e.g. when the client disconnected. Overrides ``budget.should_stop``.
+        previous_run: 3D only: ``InteractiveResult.memo`` of this client's previous request on the
+            same label; slices that no changed prompt reaches are kept from it (`samri.inference.reuse`).
     """
     if mode not in MODES:
         raise SamriInputError("mode", mode, f"must be one of {list(MODES)}")
@@ -101,6 +110,8 @@ def run_request(segmenter: Segmenter, volume, params: Mapping[str, Any], *, mode
     bounds = request.roi_range()
     if bounds is not None and bounds[0] == bounds[1]:
         bounds = None  # a flat ROI is a 2D box on its slice, not a limit of the object's extent
-    vres = segmenter.propagate(volume, axis, seeds, bounds=bounds, roi_box=roi_box, budget=budget)
+    vres = segmenter.propagate(volume, axis, seeds, bounds=bounds, roi_box=roi_box, budget=budget,
+                               memo=previous_run)
     return InteractiveResult(mask=vres.mask.astype(np.uint8), mode=mode, axis=axis, slices=vres.slices,
-                             request=request, stops=vres.stops, partial=vres.partial)
+                             request=request, stops=vres.stops, partial=vres.partial, memo=vres.memo,
+                             kept=vres.kept)

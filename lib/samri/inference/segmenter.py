@@ -7,6 +7,7 @@ kept for refinement clicks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
 from samri.inference.refine import CLICK_MERGES, ClickFill, fill_clicks, local_merge, logits_for_mask
+from samri.inference.reuse import PropagationMemo
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
            "VolumeResult", "mask_box"]
@@ -57,6 +59,8 @@ class VolumeResult:
         stops: where and why each front stopped (`samri.inference.propagation.PropagationRun.stops`).
         partial: None, or why the budget ended propagation early
             (`samri.inference.propagation.PropagationRun.partial`).
+        memo: what this client's next request may reuse (`samri.inference.reuse`); None when partial.
+        kept: slices taken from the previous run's memo instead of predicted (ascending).
     """
 
     mask: np.ndarray
@@ -64,7 +68,12 @@ class VolumeResult:
     axis: int = 2
     stops: list[dict[str, Any]] = field(default_factory=list)
     partial: dict[str, Any] | None = None
+    memo: PropagationMemo | None = None
+    kept: list[int] = field(default_factory=list)
 
+
+#: identities of segmenters (a memo of one segmenter's run is never reused by another)
+_SEGMENTER_IDS = itertools.count(1)
 
 #: half sizes of the candidate boxes of `Segmenter._box_search`, as fractions of the slice's longest side
 BOX_SEARCH_HALF_SIZES = (0.02, 0.04, 0.06, 0.09, 0.13, 0.2)
@@ -93,6 +102,7 @@ class Segmenter:
         self.propagation = propagation
         self.click_merge = click_merge
         self.click_fill = click_fill
+        self.uid = next(_SEGMENTER_IDS)
         self._dense_pe: torch.Tensor | None = None
 
     def dense_pe(self) -> torch.Tensor:
@@ -212,7 +222,7 @@ class Segmenter:
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,
                   bounds: tuple[int, int] | None = None, roi_box: np.ndarray | None = None,
                   budget: PropagationBudget | None = None, should_stop: Callable[[], bool] | None = None,
-                  progress: bool = False) -> VolumeResult:
+                  memo: PropagationMemo | None = None, progress: bool = False) -> VolumeResult:
         """Segment prompted slices, then follow the object through the volume in both directions.
 
         Each next slice is prompted with the box of the previous slice's mask (plus a margin,
@@ -226,6 +236,8 @@ class Segmenter:
             roi_box: ``(r0, c0, r1, c1)`` in-plane limit for propagated boxes.
             budget: slice, time and cancellation limits (default: none).
             should_stop: polled between slices; True ends propagation (overrides ``budget.should_stop``).
+            memo: this client's previous run on the same image (``VolumeResult.memo``): slices no
+                changed seed reaches are kept from it (`samri.inference.reuse`).
         """
         axis = check_axis(axis)
         if not seeds:
@@ -235,12 +247,16 @@ class Segmenter:
         budget = budget or PropagationBudget()
         if should_stop is not None:
             budget = replace(budget, should_stop=should_stop)
-        run = Propagator(self, volume, axis, bounds=bounds, roi_box=roi_box, budget=budget).run(seeds)
+        roi_key = None if roi_box is None else tuple(float(v) for v in roi_box)
+        context = (self.uid, getattr(volume, "content_key", id(volume)), axis,
+                   tuple(int(b) for b in bounds), roi_key, self.propagation)
+        run = Propagator(self, volume, axis, bounds=bounds, roi_box=roi_box, budget=budget).run(
+            seeds, memo=memo, context=context)
         result = VolumeResult(mask=np.zeros(volume.shape, dtype=bool), slices=run.slices, axis=axis,
-                              stops=run.stops, partial=run.partial)
+                              stops=run.stops, partial=run.partial, memo=run.memo, kept=run.kept)
         for index, res in result.slices.items():
             put_slice(result.mask, axis, index, res.mask)
-        logger.info("3D propagation on axis %d: %d slices from %d seeds (stops %s%s)", axis, len(result.slices),
-                    len(seeds), [(s["at"], s["reason"]) for s in run.stops],
+        logger.info("3D propagation on axis %d: %d slices (%d kept from the previous run) from %d seeds (stops %s%s)",
+                    axis, len(result.slices), len(run.kept), len(seeds), [(s["at"], s["reason"]) for s in run.stops],
                     f", partial: {run.partial['reason']}" if run.partial else "")
         return result

@@ -79,9 +79,10 @@ class Runner:
         self.segmenter = segmenter
         self.previous_seen: list[dict] = []
 
-    def request(self, volume, params, *, mode, axis, previous_logits):
+    def request(self, volume, params, *, mode, axis, previous_logits, previous_run=None):
         self.previous_seen.append(dict(previous_logits))
-        return run_request(self.segmenter, volume, params, mode=mode, axis=axis, previous_logits=previous_logits)
+        return run_request(self.segmenter, volume, params, mode=mode, axis=axis, previous_logits=previous_logits,
+                           previous_run=previous_run)
 
 
 VOLUME = SimpleNamespace(shape=SHAPE)

@@ -43,8 +43,9 @@ class OracleSessionRunner:
     def prefetch(self, volume, axis, indices) -> None:
         """Nothing to encode: the oracle reads the labels."""
 
-    def request(self, volume, params, *, mode, axis, previous_logits):
-        return run_request(self.segmenter, volume, params, mode=mode, axis=axis, previous_logits=previous_logits)
+    def request(self, volume, params, *, mode, axis, previous_logits, previous_run=None):
+        return run_request(self.segmenter, volume, params, mode=mode, axis=axis, previous_logits=previous_logits,
+                           previous_run=previous_run)
 
 
 @pytest.mark.parametrize("mode", ["2d", "3d"])

@@ -87,11 +87,13 @@ class SamriInfer(InferTask):
             key = (self.name, options.client_id, image) if options.client_id else None
             previous = self.runtime.states.previous(key, label=options.label, content_key=volume.content_key,
                                                     reset=options.reset_state)
+            previous_run = self.runtime.states.previous_run(key, label=options.label, content_key=volume.content_key)
             result = run_request(segmenter, volume, request, mode=self.mode, axis=AXIS, previous_logits=previous,
                                  budget=self.budget(context.work_clock),
-                                 should_stop=_should_stop(request) or context.should_stop)
+                                 should_stop=_should_stop(request) or context.should_stop, previous_run=previous_run)
             self.runtime.states.update(key, label=options.label, content_key=volume.content_key,
-                                       logits={i: s.low_res_logits for i, s in result.slices.items()})
+                                       logits={i: s.low_res_logits for i, s in result.slices.items()},
+                                       run=result.memo)
             t_infer = time.perf_counter()
             if request.get(DATASTORE_IMAGE_KEY):
                 slices = sorted(result.slices)
@@ -100,7 +102,8 @@ class SamriInfer(InferTask):
                                 compress=options.result_compress)
         end = time.perf_counter()
         summary = result.summary()
-        prompted = set(result.slices) if self.mode == "2d" else set(result.request.prompted_slices())
+        prompted = (set(result.slices) if self.mode == "2d"
+                    else set(result.request.prompted_slices()) - set(result.kept))  # kept: not decoded again
         summary["refined_slices"] = sorted(int(i) for i in previous if i in prompted)  # mask prompt used
         summary["decoder_version"] = decoder_version
         params = {"label_names": {options.label: 1}, "samri": summary,

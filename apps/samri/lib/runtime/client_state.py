@@ -1,10 +1,12 @@
 """Per-client refinement state: the previous decoder logits of each client's clicks.
 
 A key is ``(task, client_id, image)``; its entry remembers the label and the image content it was
-made for, and ``{slice index: (1, 1, s, s) low-res logits}``. A request with another label, another
-image content or ``reset_state`` starts over. Clients without a ``client_id`` get no state (they
-could not be told apart, and one client must never see another's masks). The store is a
-`cachetools.LRUCache` sized in bytes of logits and also bounded in entries, guarded by one lock.
+made for, ``{slice index: (1, 1, s, s) low-res logits}`` and, for 3D tasks, the memo of the last
+propagation (`samri.inference.reuse`: the next click re-predicts only what it changes). A request
+with another label, another image content or ``reset_state`` starts over. Clients without a
+``client_id`` get no state (they could not be told apart, and one client must never see another's
+masks). The store is a `cachetools.LRUCache` sized in bytes of logits and also bounded in entries,
+guarded by one lock.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Any, Hashable
 
 import torch
 from cachetools import LRUCache
@@ -28,15 +30,18 @@ class ClientState:
         label: the label (segment name) the logits belong to.
         content_key: `samri.volume.PreparedVolume.content_key` of the image they were made on.
         logits: ``{slice index: (1, 1, s, s) float tensor}`` of the latest result per slice.
+        run: 3D: `samri.inference.reuse.PropagationMemo` of the latest propagation, or None.
     """
 
     label: str
     content_key: str
     logits: dict[int, torch.Tensor] = field(default_factory=dict)
+    run: Any = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.logits.values())
+        return (sum(t.numel() * t.element_size() for t in self.logits.values())
+                + int(getattr(self.run, "nbytes", 0)))
 
 
 class ClientStateStore:
@@ -78,9 +83,21 @@ class ClientStateStore:
                 return {}
             return dict(entry.logits)
 
+    def previous_run(self, key: Hashable | None, *, label: str, content_key: str) -> Any:
+        """The memo of this client's last 3D propagation on ``label`` and this content (None if none);
+        call after `previous`, which drops a state the request resets."""
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.label != label or entry.content_key != content_key:
+                return None
+            return entry.run
+
     def update(self, key: Hashable | None, *, label: str, content_key: str,
-               logits: dict[int, torch.Tensor]) -> None:
-        """Merge a result's ``{slice: logits}`` into the entry (created or replaced as needed)."""
+               logits: dict[int, torch.Tensor], run: Any = None) -> None:
+        """Merge a result's ``{slice: logits}`` into the entry (created or replaced as needed) and keep
+        ``run`` (a 3D memo; None forgets the previous one)."""
         if key is None:
             return
         with self._lock:
@@ -88,6 +105,7 @@ class ClientStateStore:
             if entry is None or entry.label != label or entry.content_key != content_key:
                 entry = ClientState(label=label, content_key=content_key)
             entry.logits.update({int(i): t.detach().cpu() for i, t in logits.items()})
+            entry.run = run
             try:
                 self._entries[key] = entry  # (re)sized; evicts the least recently used beyond max_bytes
             except ValueError:  # larger than max_bytes on its own
