@@ -200,13 +200,20 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
                               "reason": f"fallback: {exc}"}
         return model
     model.image_encoder = ovr.OpenVinoEncoder(enc, encoder, part="encoder", precision=choice.precision)
+    box_variant = None
     if dec is not None:
+        try:
+            box_variant = ovr.compile_box_variant(Path(dec_facts["folder"]), choice.precision, model.embedding_shape)
+        except Exception as exc:  # the dynamic graph serves every prompt: slower, not wrong
+            logger.warning("decoder box variant not served (%s): the dynamic graph serves box prompts", exc)
         model.mask_decoder = ovr.OpenVinoMaskDecoder(dec, decoder, part="decoder", precision=choice.precision,
-                                                     image_pe=model.prompt_encoder.get_dense_pe())
+                                                     image_pe=model.prompt_encoder.get_dense_pe(),
+                                                     box_variant=box_variant)
     model.backend_key = choice.key
     model.backend_info = {"backend": choice.backend, "precision": choice.precision, "requested": choice.requested,
                           "reason": choice.reason, "export_dir": str(root), "parts": list(parts),
                           "checks": {"encoder": enc_facts["check"], "decoder": dec_facts["check"]},
+                          "decoder_box_variant": box_variant is not None,
                           "load_s": round(time.perf_counter() - start, 2)}
     logger.info("model %s served by %s %s (%s; ready in %.1f s)", model.spec.name, choice.backend,
                 choice.precision, choice.reason, time.perf_counter() - start)

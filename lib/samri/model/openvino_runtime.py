@@ -136,10 +136,34 @@ def agreement(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     return {"cosine": round(cos, 6), "max_abs": float((ref - out).abs().max()), "dice": round(dice, 6)}
 
 
-def _compile(folder: Path, precision: str):
-    return core().compile_model(core().read_model(str(folder / MODEL_XML)), "CPU",
-                                {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
-                                 "PERFORMANCE_HINT": "LATENCY"})
+def _compile(folder: Path, precision: str, graph=None):
+    graph = graph if graph is not None else core().read_model(str(folder / MODEL_XML))
+    return core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
+                                               "PERFORMANCE_HINT": "LATENCY"})
+
+
+def compile_box_variant(folder: Path, precision: str, embedding_shape: tuple[int, int, int]):
+    """The decoder export compiled for one prompt of 2 sparse tokens and no mask prompt (a box, or a
+    lone point with SAM's padding point): every first box click and every propagated 3D slice.
+
+    Static shapes let OpenVINO pick fixed kernels: 48 vs 56-60 ms per decode on 2 cores
+    (docs/BENCHMARKS.md). The variant is checked against the dynamic graph on a seeded input
+    before it serves.
+
+    Raises:
+        BackendUnavailable: the variant disagrees with the dynamic graph.
+    """
+    c, h, w = embedding_shape
+    graph = core().read_model(str(folder / MODEL_XML))
+    graph.reshape({graph.inputs[0]: [1, c, h, w], graph.inputs[1]: [1, 2, c], graph.inputs[2]: [1, c, 1, 1]})
+    static, dynamic = _compile(folder, precision, graph), _compile(folder, precision)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in ((1, c, h, w), (1, 2, c), (1, c, 1, 1))]
+    ref, out = _run(dynamic, inputs), _run(static, inputs)
+    check = agreement(torch.from_numpy(ref[0]), torch.from_numpy(out[0]))
+    if check["dice"] < MIN_CHECK[precision]["dice"] or not np.allclose(ref[1], out[1], atol=1e-3):
+        raise BackendUnavailable(f"decoder box variant disagrees with the dynamic graph: {check}")
+    return static
 
 
 def _run(compiled, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -240,12 +264,17 @@ class _OpenVinoPart(nn.Module):
         self.failed: str | None = None
         self._local = threading.local()
 
-    def _infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        request = getattr(self._local, "request", None)
+    def _infer(self, inputs: list[np.ndarray], compiled=None) -> list[np.ndarray]:
+        """Run ``compiled`` (default: the main graph) on this thread's infer request for it."""
+        compiled = compiled if compiled is not None else self.compiled
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(id(compiled))
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = requests[id(compiled)] = compiled.create_infer_request()
         result = request.infer(inputs, share_inputs=True)  # outputs are copies (share_outputs=False)
-        return [result[out] for out in self.compiled.outputs]
+        return [result[out] for out in compiled.outputs]
 
     def _fail(self, exc: Exception) -> None:
         if self.failed is None:
@@ -275,13 +304,17 @@ class OpenVinoMaskDecoder(_OpenVinoPart):
     Args:
         image_pe: the positional encoding built into the export (``prompt_encoder.get_dense_pe()``);
             a call with another one is answered by the eager decoder.
+        box_variant: `compile_box_variant` of the same export (one prompt of 2 sparse tokens, no mask
+            prompt), or None.
 
     Returns:
         ``(masks (B, M, s, s), iou (B, M))`` with ``M = 3`` when ``multimask_output`` else 1.
     """
 
-    def __init__(self, compiled, eager: nn.Module, *, part: str, precision: str, image_pe: torch.Tensor) -> None:
+    def __init__(self, compiled, eager: nn.Module, *, part: str, precision: str, image_pe: torch.Tensor,
+                 box_variant=None) -> None:
         super().__init__(compiled, eager, part=part, precision=precision)
+        self.box_variant = box_variant
         self.register_buffer("image_pe", image_pe.detach().clone(), persistent=False)
         self._last_pe: tuple[torch.Tensor, bool] | None = None  # (last image_pe seen, equal to ours)
 
@@ -302,9 +335,12 @@ class OpenVinoMaskDecoder(_OpenVinoPart):
             dense = dense_prompt_embeddings
             if dense.dim() == 4 and dense.stride(2) == 0 and dense.stride(3) == 0:
                 dense = dense[:, :, :1, :1]  # no mask prompt: one vector per prompt, broadcast in the graph
+            box_shaped = (self.box_variant is not None and tuple(sparse_prompt_embeddings.shape[:2]) == (1, 2)
+                          and tuple(dense.shape[2:]) == (1, 1))
             try:
                 masks, iou = self._infer([np.ascontiguousarray(t.detach().float().numpy())
-                                          for t in (image_embeddings, sparse_prompt_embeddings, dense)])
+                                          for t in (image_embeddings, sparse_prompt_embeddings, dense)],
+                                         self.box_variant if box_shaped else None)
             except RuntimeError as exc:
                 self._fail(exc)
                 usable = False

@@ -145,10 +145,47 @@ def test_warm_up_runs_every_served_part(exports, monkeypatch):
 
     calls = []
     real = ovr._OpenVinoPart._infer
-    monkeypatch.setattr(ovr._OpenVinoPart, "_infer", lambda self, inputs: calls.append(self.part) or real(self, inputs))
+    monkeypatch.setattr(ovr._OpenVinoPart, "_infer",
+                        lambda self, inputs, *rest: calls.append(self.part) or real(self, inputs, *rest))
     warm_up(apply_backend(_tiny(), "openvino", "fp32", export_dir=exports))
     assert calls == ["encoder", "decoder"]
     warm_up(_tiny())  # eager: runs too
+
+
+def test_box_prompts_run_on_the_static_box_variant(exports, prepared_volume, gt_mask, monkeypatch):
+    """One box (2 sparse tokens, no mask prompt) runs on the static-shape variant, other prompts on the
+    dynamic graph; both answer as eager does (`test_openvino_fp32_matches_eager`)."""
+    from samri.model import openvino_runtime as ovr
+
+    fast = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)
+    assert fast.backend_info["decoder_box_variant"] is True
+    used = []
+    real = ovr._OpenVinoPart._infer
+    monkeypatch.setattr(ovr._OpenVinoPart, "_infer", lambda self, inputs, compiled=None: used.append(
+        compiled is not None and compiled is getattr(self, "box_variant", None)) or real(self, inputs, compiled))
+    seg, eager = Segmenter(fast, EmbeddingCache()), Segmenter(_tiny(), EmbeddingCache())
+    prompts = _prompts(take_slice(gt_mask, 2, 15))
+    for name in ("box", "box_point", "neg"):
+        used.clear()
+        got = seg.predict_slice(prepared_volume, 2, 15, prompts[name])
+        assert used[-1] is (name == "box"), name
+        assert np.array_equal(got.mask, eager.predict_slice(prepared_volume, 2, 15, prompts[name]).mask), name
+
+
+def test_a_box_variant_that_disagrees_is_not_served(exports, monkeypatch):
+    from samri.model import openvino_runtime as ovr
+
+    folder = next(exports.glob("decoder-*"))
+    shape = _tiny().embedding_shape
+    assert ovr.compile_box_variant(folder, "fp32", shape) is not None
+    monkeypatch.setitem(ovr.MIN_CHECK, "fp32", {"cosine": 0.9999, "dice": 1.5})  # no variant can pass
+    with pytest.raises(ovr.BackendUnavailable, match="box variant disagrees"):
+        ovr.compile_box_variant(folder, "fp32", shape)
+    monkeypatch.undo()
+    monkeypatch.setattr(ovr, "compile_box_variant", lambda *a: (_ for _ in ()).throw(ovr.BackendUnavailable("x")))
+    model = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)
+    assert model.backend_info["backend"] == "openvino" and model.backend_info["decoder_box_variant"] is False
+    assert model.mask_decoder.box_variant is None
 
 
 def test_encoder_only_for_the_trainer(exports, prepared_volume):
