@@ -81,10 +81,6 @@ class ReusePlan:
     decode: list[int] = field(default_factory=list)
     fronts: list[tuple[int, int]] = field(default_factory=list)
 
-    @property
-    def reused(self) -> bool:
-        return bool(self.kept)
-
 
 def full_plan(seeds: dict[int, tuple]) -> ReusePlan:
     """Predict every seed and run both fronts of each (the run without a memo)."""
@@ -114,8 +110,7 @@ def plan_run(memo: PropagationMemo | None, seeds: dict[int, tuple], context: Has
             plan.fronts += [(k, 1), (k, -1)]
             continue
         plan.ref_iou[k] = memo.ref_iou[k]
-        faces = [step for step in (1, -1) if reopened(k + step)]
-        plan.fronts += [(k, step) for step in (1, -1) if step in faces]
+        plan.fronts += [(k, step) for step in (1, -1) if reopened(k + step)]  # facing a re-opened span
     rerun = set(plan.fronts)
     plan.stops = [dict(s) for s in memo.stops if (s["seed"], s["step"]) not in rerun]
     return plan

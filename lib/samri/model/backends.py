@@ -203,7 +203,8 @@ def apply_backend(model, backend: str | None = None, precision: str | None = Non
     box_variant = None
     if dec is not None:
         try:
-            box_variant = ovr.compile_box_variant(Path(dec_facts["folder"]), choice.precision, model.embedding_shape)
+            box_variant = ovr.compile_box_variant(Path(dec_facts["folder"]), choice.precision, model.embedding_shape,
+                                                  dynamic=dec)
         except Exception as exc:  # the dynamic graph serves every prompt: slower, not wrong
             logger.warning("decoder box variant not served (%s): the dynamic graph serves box prompts", exc)
         model.mask_decoder = ovr.OpenVinoMaskDecoder(dec, decoder, part="decoder", precision=choice.precision,

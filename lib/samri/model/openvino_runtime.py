@@ -142,7 +142,7 @@ def _compile(folder: Path, precision: str, graph=None):
                                                "PERFORMANCE_HINT": "LATENCY"})
 
 
-def compile_box_variant(folder: Path, precision: str, embedding_shape: tuple[int, int, int]):
+def compile_box_variant(folder: Path, precision: str, embedding_shape: tuple[int, int, int], dynamic=None):
     """The decoder export compiled for one prompt of 2 sparse tokens and no mask prompt (a box, or a
     lone point with SAM's padding point): every first box click and every propagated 3D slice.
 
@@ -150,13 +150,17 @@ def compile_box_variant(folder: Path, precision: str, embedding_shape: tuple[int
     (docs/BENCHMARKS.md). The variant is checked against the dynamic graph on a seeded input
     before it serves.
 
+    Args:
+        dynamic: the export already compiled with dynamic shapes (`load_part`), else compiled here.
+
     Raises:
         BackendUnavailable: the variant disagrees with the dynamic graph.
     """
     c, h, w = embedding_shape
     graph = core().read_model(str(folder / MODEL_XML))
     graph.reshape({graph.inputs[0]: [1, c, h, w], graph.inputs[1]: [1, 2, c], graph.inputs[2]: [1, c, 1, 1]})
-    static, dynamic = _compile(folder, precision, graph), _compile(folder, precision)
+    static = _compile(folder, precision, graph)
+    dynamic = dynamic if dynamic is not None else _compile(folder, precision)
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal(shape).astype(np.float32) for shape in ((1, c, h, w), (1, 2, c), (1, c, 1, 1))]
     ref, out = _run(dynamic, inputs), _run(static, inputs)

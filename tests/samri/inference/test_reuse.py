@@ -44,7 +44,7 @@ def test_signature_ignores_the_mask_prompt_and_sees_points_box_and_labels():
 def test_plan_without_a_usable_memo_is_the_full_run():
     seeds = {10: _sig((1, 1)), 20: _sig((2, 2))}
     full = full_plan(seeds)
-    assert full.decode == [10, 20] and full.fronts == [(10, 1), (10, -1), (20, 1), (20, -1)] and not full.reused
+    assert full.decode == [10, 20] and full.fronts == [(10, 1), (10, -1), (20, 1), (20, -1)] and full.kept == {}
     assert plan_run(None, seeds, "ctx") == full
     assert plan_run(_memo({10: seeds[10]}, range(5, 16)), seeds, "other context") == full
     assert plan_run(_memo({10: seeds[10], 30: _sig((3, 3))}, range(5, 35)), seeds, "ctx") == full  # a seed dropped

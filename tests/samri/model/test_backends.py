@@ -182,7 +182,7 @@ def test_a_box_variant_that_disagrees_is_not_served(exports, monkeypatch):
     with pytest.raises(ovr.BackendUnavailable, match="box variant disagrees"):
         ovr.compile_box_variant(folder, "fp32", shape)
     monkeypatch.undo()
-    monkeypatch.setattr(ovr, "compile_box_variant", lambda *a: (_ for _ in ()).throw(ovr.BackendUnavailable("x")))
+    monkeypatch.setattr(ovr, "compile_box_variant", lambda *a, **k: (_ for _ in ()).throw(ovr.BackendUnavailable("x")))
     model = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)
     assert model.backend_info["backend"] == "openvino" and model.backend_info["decoder_box_variant"] is False
     assert model.mask_decoder.box_variant is None
