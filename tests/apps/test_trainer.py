@@ -171,6 +171,30 @@ def test_info_lists_the_trainer_and_the_live_decoder(make_app) -> None:
     assert info["samri"]["model"] == {"loaded": False}  # /info/ loads nothing
 
 
+def test_info_rereads_training_yaml_only_when_it_changes(make_app, tiny_config: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every infer request builds /info/: the trainer's defaults are parsed once per file version."""
+    import yaml
+
+    folder = tmp_path / "configs_copy"
+    shutil.copytree(tiny_config, folder)
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(folder))
+    app = make_app()
+    trainer = app._trainers["samri"]
+    calls = []
+
+    def load() -> TrainConfig:
+        calls.append(1)
+        return TrainConfig.from_mapping(yaml.safe_load((folder / "training.yaml").read_text()))
+
+    monkeypatch.setattr(sys.modules[type(trainer).__module__], "load_train_config", load)
+    assert trainer.config()["max_epochs"] == TRAINING["epochs"]
+    trainer.config()["max_epochs"] = -1  # a caller's change does not reach the cache
+    assert trainer.config()["max_epochs"] == TRAINING["epochs"] and len(calls) == 1
+    (folder / "training.yaml").write_text(yaml.safe_dump({**TRAINING, "epochs": TRAINING["epochs"] + 5}))
+    assert trainer.config()["max_epochs"] == TRAINING["epochs"] + 5 and len(calls) == 2
+
+
 @pytest.mark.slow  # three training runs in process
 def test_train_publishes_serves_without_restart_and_rolls_back(make_app, tmp_path: Path) -> None:
     app = make_app()

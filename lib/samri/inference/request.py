@@ -51,7 +51,7 @@ class InteractiveResult:
         """JSON-friendly facts for logs and HTTP result params."""
         ious = {int(k): round(v.iou, 4) for k, v in sorted(self.slices.items())}
         out = {"mode": self.mode, "axis": self.axis, "slices": sorted(ious), "predicted_iou": ious,
-               "voxels": int(self.mask.sum()), "partial": self.partial}
+               "voxels": int(np.count_nonzero(self.mask)), "partial": self.partial}
         if self.mode == "3d":
             out["stops"] = [dict(s) for s in self.stops]
             out["reused_slices"] = len(self.kept)
