@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim oracle
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -123,8 +123,15 @@ evaluate: test-split
 		--out $(EVAL_DIR)/clicks-2d
 	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks \
 		--first box,point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
+	$(MAKE) oracle
 	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(wildcard $(EVAL_DIR)/backends-2d) \
 		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+
+# What a box and each kind of corrective click can buy at best on the 2D sessions above (samri.evaluation.oracle):
+# numpy on the label maps only, about a minute.
+oracle:
+	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-2d \
+		$(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 
 # The served backend (auto) against PyTorch eager fp32 on the 2D sessions of make evaluate (samri_lite), then
 # docs/EVALUATION.md recomposed with it.

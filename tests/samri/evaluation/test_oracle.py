@@ -1,0 +1,106 @@
+"""Oracles of the clicks protocol (`samri.evaluation.oracle`) on synthetic slices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from samri.annotator import corrective_click, slice_session
+from samri.errors import SamriInputError
+from samri.evaluation.metrics import dice
+from samri.evaluation.oracle import SliceOracle, inscribed_disk, markdown, oracle_session, replay_run
+from samri.inference.prompts import SlicePrompt
+
+
+def two_areas() -> np.ndarray:
+    """A 40x40 label slice: area 101 (left) touching area 102 (right) of one atlas, a tract (5) apart."""
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:30, 5:20] = 101
+    labels[10:30, 20:35] = 102
+    labels[33:36, 5:35] = 5
+    return labels
+
+
+def test_inscribed_disk_is_the_largest_disk_inside() -> None:
+    square = np.zeros((21, 21), bool)
+    square[5:16, 5:16] = True  # 11 x 11, centre (10, 10): 6 pixels to the nearest outside one
+    disk = inscribed_disk(square, (10, 10))
+    assert disk[10, 10] and disk[10, 5] and disk[10, 15] and not disk[5, 5]
+    assert not (disk & ~square).any()
+    assert not inscribed_disk(square, (0, 0)).any()  # a point outside the region flips nothing
+
+
+def test_box_oracle_takes_the_tissue_in_the_box() -> None:
+    labels = two_areas()
+    truth, family = labels == 101, labels >= 100
+    oracle = SliceOracle(truth=truth, family=family, click_rule="region")
+    box = np.array([10, 5, 29, 19], float)
+    mask, _ = oracle(SlicePrompt(box=box))
+    np.testing.assert_array_equal(mask, truth)  # the box holds only this area's tissue
+    wide, _ = oracle(SlicePrompt(box=np.array([10, 5, 35, 25], float)))
+    assert wide[10:30, 20:26].all() and not wide[33:36].any()  # the touching area is taken, the tract is not
+
+
+@pytest.mark.parametrize("rule", ["region", "local"])
+def test_a_click_fixes_its_whole_region_or_its_disk(rule: str) -> None:
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:35, 5:12] = 101  # a narrow area beside a wide one of the same tissue
+    labels[5:35, 12:35] = 102
+    truth = labels == 101
+    oracle = SliceOracle(truth=truth, family=labels >= 100, click_rule=rule)
+    assert slice_session(oracle, truth, first="box", max_clicks=3)[0] == 1.0  # the tight box: this area only
+    mask, _ = oracle(SlicePrompt(box=np.array([5, 5, 34, 34], float)))  # a box over both
+    curve = []
+    for _ in range(8):
+        curve.append(dice(mask, truth))
+        click = corrective_click(mask, truth)
+        if click is None:
+            break
+        assert click[1] == 0  # the false positive is the whole error
+        mask = oracle.click(mask, click[0])
+    assert curve[0] < 0.5
+    if rule == "region":
+        assert curve[:2] == [curve[0], 1.0]  # one negative click removes the neighbour
+    else:
+        assert 1.0 not in curve[:3] and all(b > a for a, b in zip(curve, curve[1:]))  # a disk at a time
+
+
+def test_point_oracle_starts_with_the_inscribed_disk() -> None:
+    labels = two_areas()
+    curve_local = oracle_session(labels, 101, first="point", click_rule="local", max_clicks=8)
+    curve_region = oracle_session(labels, 101, first="point", click_rule="region", max_clicks=8)
+    assert curve_local[0] == curve_region[0] < 0.9
+    # the disk spans the area's width, so the missed rest falls apart into a few regions: one click each
+    assert all(r > loc for r, loc in zip(curve_region[1:4], curve_local[1:4])) and curve_region[3] == 1.0
+    assert all(b >= a - 1e-9 for a, b in zip(curve_local, curve_local[1:]))  # a local fix never hurts
+    assert curve_local[-1] > curve_local[0]
+
+
+def test_unknown_click_rule_is_refused() -> None:
+    with pytest.raises(SamriInputError, match="click_rule"):
+        SliceOracle(truth=np.ones((2, 2), bool), family=np.ones((2, 2), bool), click_rule="magic")
+
+
+def test_replay_run_scores_the_run_sessions(tmp_path: Path) -> None:
+    volume = np.zeros((40, 40, 3), np.int16)
+    volume[:, :, 1] = two_areas()
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "subject.nii.gz"))
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"model": "m", "image": "subject", "structure": f"ho_area_{v}", "label_value": v, "mode": "2d", "axis": 2,
+             "slice": 1, "first": first, "dice_curve": [0.5, 0.6, 0.7], "seconds_curve": [0.1, 0.1, 0.1]}
+            for v in (101, 102) for first in ("box", "point")]
+    (run / "sessions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = replay_run(run, [tmp_path / "subject.nii.gz"])
+    assert report["sessions"] == 2 and report["max_clicks"] == 3
+    assert set(report["results"]) == {"m", "oracle_local", "oracle_region"}
+    assert report["results"]["m"]["clicks:box"]["dice_at"] == [0.5, 0.6, 0.7]
+    region = report["results"]["oracle_region"]["clicks:box"]
+    assert region["dice_at"][0] == 1.0 and region["by_atlas"]["ho"]["n"] == 2  # tight boxes: one area each
+    assert "| box | oracle_region | 1.000 | 1.000 |" in markdown(report)
+    with pytest.raises(SamriInputError, match="label"):
+        replay_run(run, [tmp_path / "other.nii.gz"])
