@@ -6,7 +6,9 @@ A corrective click says one thing: *here* the previous mask is wrong. A decoder 
 click often changes the mask elsewhere too (a negative click in a leak can also erase part of the
 object), so the new prediction is accepted only inside the changed regions that contain a click the
 previous mask got wrong; everywhere else the previous mask stays. That keeps every correction local,
-so Dice does not fall when a click is answered too broadly.
+so Dice does not fall when a click is answered too broadly. When the decoder follows none of those
+clicks, only its changes of the clicks' sign stay (removals after a negative click, additions after
+a positive one).
 
 Click fill (`fill_clicks`): a click the decoder did not follow (a positive click left outside the
 mask, a negative one left inside) still changes the mask around it, so no click is ignored.
@@ -75,9 +77,9 @@ def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: 
 
     Returns:
         ``(mask (H, W) bool, logits (1, 1, s, s))`` -- the logits are the new ones inside the accepted
-        regions and the previous ones elsewhere (fed back with the next click) -- or None when
-        there is nothing to merge (no click contradicts the previous mask, or the new prediction
-        changed none of those clicks' pixels): the caller keeps the new prediction as it is.
+        regions and the previous ones elsewhere (fed back with the next click) -- or None when no
+        click contradicts the previous mask: the caller keeps the new prediction as it is. When the
+        new prediction changed none of the contradicted clicks' pixels, see `_ignored_clicks`.
     """
     previous = geom.logits_to_slice(previous_logits.float())[0, 0].numpy() > 0.0
     new = geom.logits_to_slice(new_logits.float())[0, 0].numpy() > 0.0
@@ -87,13 +89,38 @@ def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: 
     regions, _ = ndimage.label(previous ^ new, structure=np.ones((3, 3), dtype=bool))
     ids = {int(v) for v in regions[clicks[:, 0], clicks[:, 1]] if v}
     if not ids:
-        return None
+        return _ignored_clicks(geom, previous_logits, previous, new, points, labels)
     accept = np.isin(regions, sorted(ids)) & _near_clicks(previous, clicks)
     mask = np.where(accept, new, previous)
     size = new_logits.shape[-1]
     accept_low = _low_res_cover(geom, accept, size)
     logits = torch.where(accept_low, new_logits.float(), previous_logits.float().to(new_logits.device))
     return mask, logits
+
+
+def _ignored_clicks(geom: SliceGeometry, previous_logits: torch.Tensor, previous: np.ndarray, new: np.ndarray,
+                    points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The answer when the decoder followed none of the clicks the previous mask contradicts.
+
+    Its other changes are not licensed by any click, so only those of the clicks' sign stay: after
+    ignored negative clicks only removals, after ignored positive ones only additions, after both
+    none (click fill then applies the clicks, `fill_clicks`). Accepting every change here made a
+    negative click lower Dice on average (docs/DECODER.md, "Clicks the decoder ignores").
+    """
+    h, w = previous.shape
+    rc = np.clip(np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)), 0, [h - 1, w - 1]).astype(np.int64)
+    positive = np.asarray(labels).reshape(-1) == 1
+    signs = set(positive[previous[rc[:, 0], rc[:, 1]] != positive].tolist())
+    if signs == {False}:
+        kept = previous & new
+    elif signs == {True}:
+        kept = previous | new
+    else:
+        kept = previous
+    logits = previous_logits.float()
+    if (kept != previous).any():
+        logits = logits_for_mask(geom, logits, previous, kept)
+    return kept, logits
 
 
 # --- every click holds ------------------------------------------------------------------------

@@ -49,12 +49,33 @@ def test_a_positive_click_adds_the_new_region_at_the_click_but_not_elsewhere():
     assert mask[_disc((45, 45), 5)].all() and not mask[_disc((5, 60), 3)].any()
 
 
-def test_nothing_to_merge_when_no_click_is_contradicted_or_none_changed():
+def test_nothing_to_merge_when_no_click_is_contradicted():
     prev = _disc((20, 20), 10)
     new = _disc((20, 20), 12)
     assert local_merge(GEOM, _logits(prev), _logits(new), np.array([[20.0, 20.0]]), np.array([1])) is None
+
+
+def test_an_ignored_negative_click_licenses_only_removals():
+    """The decoder left the negative click's pixel inside but grew elsewhere and shrank a part:
+    the growth is not kept, the shrinking is (a negative click says "less"), the click stays for fill."""
+    prev = _disc((20, 20), 10) | _disc((45, 45), 6)
+    new = (_disc((20, 20), 10) | _disc((20, 40), 5)) & ~_disc((45, 45), 7) | _disc((20, 20), 3)
+    mask, logits = local_merge(GEOM, _logits(prev), _logits(new), np.array([[20.0, 20.0]]), np.array([0]))
+    assert mask[20, 20]  # ignored: still inside (click fill removes it later)
+    assert not mask[_disc((20, 40), 5) & ~prev].any()  # the unrequested growth is rejected
+    assert not mask[_disc((45, 45), 6)].any()  # the removal is kept
+    np.testing.assert_array_equal((logits[0, 0].numpy() > 0), mask)
+
+
+def test_an_ignored_positive_click_licenses_only_additions_and_mixed_keeps_the_previous():
+    prev = _disc((20, 20), 10)
+    new = (_disc((20, 20), 10) & ~_disc((20, 28), 3)) | _disc((20, 40), 4)
+    mask, _ = local_merge(GEOM, _logits(prev), _logits(new), np.array([[55.0, 55.0]]), np.array([1]))
+    assert mask[prev].all() and mask[_disc((20, 40), 4)].all() and not mask[55, 55]
+    both = local_merge(GEOM, _logits(prev), _logits(new), np.array([[55.0, 55.0], [20.0, 20.0]]), np.array([1, 0]))
+    np.testing.assert_array_equal(both[0], prev)
     ignored = local_merge(GEOM, _logits(prev), _logits(prev), np.array([[20.0, 20.0]]), np.array([0]))
-    assert ignored is None
+    np.testing.assert_array_equal(ignored[0], prev)
 
 
 def test_segmenter_checks_click_merge(tiny_model):
