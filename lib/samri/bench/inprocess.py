@@ -346,5 +346,34 @@ def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
         lines += clients_markdown(report["http_clients"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    kept = other_sections(path.read_text().splitlines() if path.is_file() else [], lines)
+    from samri.io import write_text
+
+    return write_text(path, "\n".join(lines + kept).rstrip("\n") + "\n")
+
+
+def other_sections(old: list[str], new: list[str]) -> list[str]:
+    """The ``## `` sections of ``old`` whose titles ``new`` does not have, in order, each after a blank line.
+
+    Other commands write their own sections into the same file (`samri.bench.backends.update_section`:
+    ``make bench-vit-b``) and some are written by hand (the int8 probe); a full ``make bench`` keeps them.
+    A section of a kind this writer owns but did not write this time (e.g. "Several clients" without
+    ``--clients``) is dropped: its figures would no longer match the run above it.
+    """
+    owned = ("## Training step", "## HTTP round trip", "## Several clients", "clients at once, one more running")
+    titles = {line for line in new if line.startswith("## ")}
+    sections: list[list[str]] = []
+    for line in old:
+        if line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+    out: list[str] = []
+    for section in sections:
+        title = section[0]
+        if title in titles or any(mark in title for mark in owned):
+            continue
+        while section and section[-1] == "":
+            section.pop()
+        out += [""] + section
+    return out
