@@ -108,9 +108,12 @@ class SliceOracle:
 
 
 def family_of(value: int) -> tuple[int, int]:
-    """The ``[low, high]`` label values of ``value``'s atlas in a `samri cohort` label map
-    (JHU tracts 1..99, Harvard-Oxford areas 100 and up: `samri.cohorts`)."""
-    return (1, 99) if int(value) < 100 else (100, 10 ** 9)
+    """The ``[low, high]`` label values of ``value``'s atlas in a `samri cohort` label map: JHU tracts
+    below `CohortRecipe.ho_offset`, Harvard-Oxford areas from it up (`samri.cohorts`)."""
+    from samri.cohorts import CohortRecipe
+
+    offset = CohortRecipe().ho_offset
+    return (1, offset - 1) if int(value) < offset else (offset, np.iinfo(np.int32).max)
 
 
 def oracle_session(labels_slice: np.ndarray, value: int, *, first: str, click_rule: str,
