@@ -172,6 +172,8 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
                                     "image": r["image"], "structure": r["structure"]})
             if oracle_rows:
                 results.setdefault(f"oracle_{rule}", {})[f"clicks:{first}"] = _with_groups(oracle_rows)
+                logger.info("oracle_%s, first %s: %d sessions, Dice@1 %.3f", rule, first, len(oracle_rows),
+                            results[f"oracle_{rule}"][f"clicks:{first}"]["dice_at"][0])
     return {"run": str(run_dir), "pairs_from": model, "sessions": len({(r["image"], r["structure"], r["slice"])
                                                                        for r in rows}),
             "max_clicks": max_clicks, "results": results}

@@ -74,11 +74,10 @@ def fortran_slices(mask: np.ndarray) -> Iterator[bytes | None]:
 
 
 @functools.lru_cache(maxsize=8)
-def _empty_slice_deflate(n_bytes: int) -> tuple[bytes, int]:
-    """A self-contained raw-deflate run of ``n_bytes`` zeros ending on a full flush, and their CRC-32."""
+def _empty_slice_deflate(n_bytes: int) -> bytes:
+    """A self-contained raw-deflate run of ``n_bytes`` zeros ending on a full flush."""
     compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    zeros = bytes(n_bytes)
-    return compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH), zlib.crc32(zeros)
+    return compressor.compress(bytes(n_bytes)) + compressor.flush(zlib.Z_FULL_FLUSH)
 
 
 def write_gzip_slices(stream: BinaryIO, slices: Iterable[bytes | None], slice_bytes: int) -> None:
@@ -87,7 +86,7 @@ def write_gzip_slices(stream: BinaryIO, slices: Iterable[bytes | None], slice_by
     Each filled slice is compressed and ends on a full flush (byte-aligned, no reference back), so
     the shared block of an empty slice can sit between any two of them in one valid deflate stream.
     """
-    empty_block, _ = _empty_slice_deflate(slice_bytes)
+    empty_block = _empty_slice_deflate(slice_bytes)
     zeros = bytes(slice_bytes)
     compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     crc, size = 0, 0
