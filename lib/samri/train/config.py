@@ -15,6 +15,7 @@ YAML shape (see ``configs/training.yaml``)::
     validation: {label_stride}
     prompts: {mode_weights, box_jitter, max_negatives, correction_prob, correction_rounds}
     gate: {margin}
+    pseudo_structures: {grey_cells, white_cells}   (the default decoder's recipe only)
 
 An unknown key or a bad value raises `SamriInputError` naming the file and the dotted key
 (``training.yaml: optimizer.lr``).
@@ -82,6 +83,9 @@ class TrainConfig:
             `samri.train.recipe.split_validation_labels`): 0 = off, else at least 2.
         gate_margin: publish when the validation score is within this of the live decoder's
             (``gate.margin``, `samri.train.store.gate`).
+        pseudo_grey_cells, pseudo_white_cells: the recipe's pseudo-structures
+            (``pseudo_structures.grey_cells`` / ``white_cells``, `samri.train.pseudo_structures`):
+            parcels of the training volume's grey / white matter added as structures; 0 = none.
     """
 
     settings: TrainSettings = field(default_factory=TrainSettings)
@@ -91,6 +95,8 @@ class TrainConfig:
     include_labels: tuple[str, ...] | None = None
     label_stride: int = 0
     gate_margin: float = 0.0
+    pseudo_grey_cells: int = 0
+    pseudo_white_cells: int = 0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, *, source: str = TRAINING_YAML) -> "TrainConfig":
@@ -220,6 +226,8 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "include_labels": ("config", "include_labels", _labels),
     "validation.label_stride": ("config", "label_stride", _stride),
     "gate.margin": ("config", "gate_margin", _number()),
+    "pseudo_structures.grey_cells": ("config", "pseudo_grey_cells", _integer(0)),
+    "pseudo_structures.white_cells": ("config", "pseudo_white_cells", _integer(0)),
 }
 
 #: sections: mappings whose keys `merge_config` merges one by one.

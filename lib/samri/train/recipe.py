@@ -35,6 +35,11 @@ TRAINING_VOLUMES = (("colin27_t1", None, 0), ("colin27_t1", "bias:0.3", 101), ("
 VALIDATION_SOURCE = "colin27_t1"
 VALIDATION_STUDY = "colin27_t1~heldout_structures"
 
+#: pseudo-structures (`samri.train.pseudo_structures`) are cut from this source's tissue, in a study of their own
+PSEUDO_SOURCE = "colin27_t1"
+PSEUDO_STUDY = "colin27_t1~pseudo_structures"
+PSEUDO_SEED = 0
+
 #: the recipe's first stage, in the config dir: only what differs from ``training.yaml``, overlaid on it
 #: (`samri.train.config.load_train_config`); its second stage is ``training_default_decoder_clicks.yaml``.
 RECIPE_YAML = "training_default_decoder.yaml"
@@ -59,8 +64,14 @@ def _without_side(name: str) -> str:
     return name[:-2] if name.endswith(("_L", "_R")) else name
 
 
-def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int = 0) -> tuple[Path, list[str]]:
+def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int = 0,
+                           pseudo_cells: dict[str, int] | None = None) -> tuple[Path, list[str]]:
     """Write the recipe's studies folder (originals + seeded variants, labels/final, label_names.json).
+
+    ``pseudo_cells`` (``{"grey": n, "white": m}``, both 0 = none) adds `PSEUDO_STUDY`: the
+    `PSEUDO_SOURCE` image with its training structures' grey matter and the white matter they enclose
+    cut into that many random parcels each (`samri.train.pseudo_structures`); the validation
+    structures' voxels are left out of it.
 
     Returns the folder and the validation study ids (empty when ``label_stride`` is 0: the run
     then splits by ``val_fraction``).
@@ -101,8 +112,32 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
         if variant is not None:
             array = make_variant(array, variant, seed=seed)
         save_label(target, np.asarray(array, dtype=np.float32), img.affine)
+    if pseudo_cells and any(pseudo_cells.values()) and PSEUDO_SOURCE in names:
+        out_names[PSEUDO_STUDY] = _write_pseudo_study(sample_dir, out_dir, names[PSEUDO_SOURCE], pseudo_cells)
     write_label_names(out_dir, out_names)
     return out_dir, val_ids
+
+
+def _write_pseudo_study(sample_dir: Path, out_dir: Path, train_names: dict[str, int],
+                        cells: dict[str, int]) -> dict[str, int]:
+    """Write `PSEUDO_STUDY` (image copy + pseudo-structure label) and return its label names."""
+    import nibabel as nib
+
+    from samri.train.pseudo_structures import pseudo_structure_labels, tissue_from_grey_labels
+    from samri.volume import save_label
+
+    img = nib.load(str(sample_dir / f"{PSEUDO_SOURCE}.nii.gz"))
+    image = np.asanyarray(img.dataobj).astype(np.float32)
+    atlas = np.asanyarray(nib.load(str(sample_dir / "labels" / "final" / f"{PSEUDO_SOURCE}.nii.gz")).dataobj)
+    grey = np.isin(atlas, list(train_names.values()))
+    # every AAL structure bounds the white matter; only the training ones give grey parcels
+    tissues = {"grey": grey, "white": tissue_from_grey_labels(image, atlas > 0)}
+    labels, pseudo_names = pseudo_structure_labels({t: m for t, m in tissues.items() if cells.get(t)},
+                                                   {t: n for t, n in cells.items() if n},
+                                                   seed=PSEUDO_SEED, spacing=tuple(img.header.get_zooms()[:3]))
+    _copy_if_missing(sample_dir / f"{PSEUDO_SOURCE}.nii.gz", out_dir / f"{PSEUDO_STUDY}.nii.gz")
+    save_label(out_dir / "labels" / "final" / f"{PSEUDO_STUDY}.nii.gz", labels, img.affine)
+    return pseudo_names
 
 
 def _decoder_identity(path: Path) -> dict:
@@ -142,7 +177,9 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
     from samri.train.stage1 import find_studies
 
     cfg = load_train_config(config or config_dir() / RECIPE_YAML)
-    studies, val_ids = build_training_studies(work_dir / "samples", work_dir / "studies", label_stride=cfg.label_stride)
+    studies, val_ids = build_training_studies(
+        work_dir / "samples", work_dir / "studies", label_stride=cfg.label_stride,
+        pseudo_cells={"grey": cfg.pseudo_grey_cells, "white": cfg.pseudo_white_cells})
     registry = load_registry()
     model = load_model(registry.spec("litemedsam"), decoder=init_decoder)
     result = run_training(find_studies(studies), model=model, out_dir=work_dir / "run", window=registry.window,
@@ -153,6 +190,9 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
                     recipe_config=str(config or f"configs/{RECIPE_YAML}"),
                     init_decoder=None if init_decoder is None else _decoder_identity(init_decoder),
                     training_volumes=[f"{s}{'~' + v if v else ''} seed {seed}" for s, v, seed in TRAINING_VOLUMES],
+                    pseudo_structures=({"study": PSEUDO_STUDY, "seed": PSEUDO_SEED, "grey_cells": cfg.pseudo_grey_cells,
+                                        "white_cells": cfg.pseudo_white_cells}
+                                       if cfg.pseudo_grey_cells or cfg.pseudo_white_cells else None),
                     validation=({"study": VALIDATION_STUDY, "label_stride": cfg.label_stride,
                                  "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {}))}
                                 if val_ids else {"val_fraction": cfg.val_fraction}))

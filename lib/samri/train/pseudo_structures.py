@@ -1,0 +1,125 @@
+"""Pseudo-structures for decoder training: a tissue class cut into random 3D parcels.
+
+An annotator's new structure is often "this tissue, inside this region": a cortical area is grey
+matter between borders T1 does not show, a tract is white matter. Atlases of such structures are
+what the decoder is tested on, so training must not use them; instead we cut the training volume's
+own grey and white matter into random Voronoi parcels (seed points drawn among the tissue's voxels,
+each voxel to its nearest seed in mm) and train on each parcel as a structure. The decoder then
+learns to keep to the tissue under the prompt, which the oracle analysis (docs/EVALUATION.md, "What
+stops the targets") shows is most of what a box can ask for on such structures.
+
+All arrays are volumes in voxel index order ``(X, Y, Z)`` of the source image.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from samri.errors import SamriInputError
+
+logger = logging.getLogger(__name__)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The intensity that best splits ``values`` (1D) into two classes (Otsu's between-class variance)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or values.min() == values.max():
+        raise SamriInputError("values", values.size, "need at least two distinct intensities")
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(hist)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(hist * centers)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_mm: int = 4) -> np.ndarray:
+    """White matter of a T1 volume whose grey-matter structures are labelled (e.g. AAL).
+
+    The brain's interior is the grey matter closed by ``closing_mm`` voxels and filled slice by
+    slice (axis 2); inside it, outside the grey matter, white matter is the brighter of the two
+    intensity classes Otsu finds (the darker one is CSF).
+
+    Args:
+        image: ``(X, Y, Z)`` T1 intensities.
+        grey: ``(X, Y, Z)`` bool, the labelled grey matter.
+    Returns:
+        ``(X, Y, Z)`` bool white-matter mask.
+    """
+    from scipy import ndimage
+
+    if image.shape != grey.shape:
+        raise SamriInputError("grey", grey.shape, f"must have the image's shape {image.shape}")
+    closed = ndimage.binary_closing(grey, structure=ndimage.generate_binary_structure(3, 1),
+                                    iterations=closing_mm)
+    interior = np.zeros_like(closed)
+    for z in range(closed.shape[2]):
+        interior[:, :, z] = ndimage.binary_fill_holes(closed[:, :, z])
+    inside = interior & ~grey
+    if not inside.any():
+        raise SamriInputError("grey", int(grey.sum()), "encloses no voxel: cannot find the white matter")
+    threshold = otsu_threshold(image[inside])
+    return inside & (image >= threshold)
+
+
+def voronoi_parcels(mask: np.ndarray, cells: int, rng: np.random.Generator,
+                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Cut ``mask`` into ``cells`` parcels: seeds drawn among its voxels, each voxel to the nearest seed (mm).
+
+    Returns an int32 volume of ``mask``'s shape: 0 outside, 1..cells inside (a parcel may be empty
+    only if two seeds coincide, which drawing without replacement rules out).
+    """
+    from scipy.spatial import cKDTree
+
+    if cells < 1:
+        raise SamriInputError("cells", cells, "must be at least 1")
+    coords = np.argwhere(mask)
+    if len(coords) < cells:
+        raise SamriInputError("cells", cells, f"more than the mask's {len(coords)} voxels")
+    scaled = coords * np.asarray(spacing, dtype=np.float64)
+    seeds = scaled[rng.choice(len(coords), size=cells, replace=False)]
+    _, nearest = cKDTree(seeds).query(scaled, k=1)
+    out = np.zeros(mask.shape, dtype=np.int32)
+    out[tuple(coords.T)] = nearest + 1
+    return out
+
+
+def pseudo_structure_labels(tissues: dict[str, np.ndarray], cells: dict[str, int], *, seed: int,
+                            spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                            min_voxels: int = 200) -> tuple[np.ndarray, dict[str, int]]:
+    """One label volume of pseudo-structures: each tissue cut into its own number of parcels.
+
+    Args:
+        tissues: tissue name -> ``(X, Y, Z)`` bool mask (disjoint; e.g. ``grey``, ``white``).
+        cells: tissue name -> number of parcels.
+        seed: the parcels' random seed (same seed, same parcels).
+        min_voxels: parcels smaller than this are dropped.
+    Returns:
+        ``(labels, names)``: int16 volume (0 background) and ``{"pseudo_<tissue>_<k>": value}``.
+    """
+    shapes = {m.shape for m in tissues.values()}
+    if len(shapes) != 1:
+        raise SamriInputError("tissues", sorted(shapes), "masks must share one shape")
+    missing = set(tissues) - set(cells)
+    if missing:
+        raise SamriInputError("cells", sorted(missing), "no parcel count for these tissues")
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shapes.pop(), dtype=np.int16)
+    names: dict[str, int] = {}
+    for tissue, mask in tissues.items():
+        parcels = voronoi_parcels(mask, cells[tissue], rng, spacing)
+        counts = np.bincount(parcels.ravel(), minlength=cells[tissue] + 1)
+        for k in range(1, cells[tissue] + 1):
+            if counts[k] < min_voxels:
+                continue
+            value = len(names) + 1
+            labels[parcels == k] = value
+            names[f"pseudo_{tissue}_{k:03d}"] = value
+    logger.info("pseudo-structures: %d parcels (%s)", len(names),
+                ", ".join(f"{t} {cells[t]}" for t in tissues))
+    return labels, names
