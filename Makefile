@@ -94,12 +94,15 @@ bench-vit-b: sample-data
 clean:
 	rm -rf $(VENV) data
 
-# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in two stages: prompts, then
-# corrective clicks from the first stage's decoder; see lib/samri/train/recipe.py and docs/DECODER.md.
+# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in three stages: prompts,
+# corrective clicks from the first stage's decoder, then clicks with Colin27's pseudo-structures added;
+# see lib/samri/train/recipe.py and docs/DECODER.md.
 default-decoder: sample-data
 	$(VENV)/bin/samri default-decoder --out data/default-decoder/stage1_decoder.pt
 	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage1_decoder.pt \
-		--config configs/training_default_decoder_clicks.yaml --out lib/samri/assets/samri_lite_decoder.pt
+		--config configs/training_default_decoder_clicks.yaml --out data/default-decoder/stage2_decoder.pt
+	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage2_decoder.pt \
+		--config configs/training_default_decoder_pseudo.yaml --out lib/samri/assets/samri_lite_decoder.pt
 
 # The test split (docs/EVALUATION.md): pseudo-subjects no training or checkpoint choice saw.
 TEST_SPLIT ?= data/test-split

@@ -158,12 +158,15 @@ def test_shipped_samri_lite_decoder_loads_on_litemedsam():
     model = load_model(load_registry().spec("samri_lite"))
     assert model.decoder_info["path"].endswith("samri_lite_decoder.pt")
     assert model.spec.base_name == "litemedsam" and model.point_prompts == "single"
-    # stage 2 of the recipe: trained for corrective clicks from stage 1's decoder, chosen by the clicks score
-    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_clicks.yaml"
+    # stage 3 of the recipe: corrective clicks with pseudo-structures, from stage 2's decoder, chosen by the
+    # clicks score on the validation structures
+    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_pseudo.yaml"
     assert model.decoder_info["metrics"]["val"]["score"] > model.decoder_info["metrics"]["baseline_val"]["score"]
     data = model.decoder_info["training_data"]
-    # trained on the two recipe sources only; validated on AAL structures held out of training
-    assert set(data["train_studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "mni152_t1"}
+    # trained on the two recipe sources only (and parcels of Colin27's own tissue); validated on AAL
+    # structures held out of training
+    assert set(data["train_studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "colin27_t1~pseudo_structures",
+                                          "mni152_t1"}
     assert data["val_studies"] == ["colin27_t1~heldout_structures"]
     plain = load_model(load_registry().spec("litemedsam"))
     assert model.cache_key() == plain.cache_key()  # same encoder: embeddings are shared

@@ -12,7 +12,13 @@ that segments *structures it never trained on* best, which is what an annotator'
 (or a Brodmann area) asks of it. Its image is the original Colin27, so stage 1 encodes no extra slice
 (the cache is keyed by content).
 
-Run: ``samri default-decoder --out lib/samri/assets/samri_lite_decoder.pt`` (``make default-decoder``).
+Pseudo-structures (the third stage, ``configs/training_default_decoder_pseudo.yaml``): Colin27's own
+grey matter (its training AAL structures) and the white matter they enclose, cut into random Voronoi
+parcels (`samri.train.pseudo_structures`), are added as one more study, so the decoder also learns
+structures whose borders T1 does not show. No parcel holds a validation structure's voxel.
+
+Run: ``make default-decoder`` (three ``samri default-decoder`` calls, each stage from the previous
+one's decoder).
 """
 
 from __future__ import annotations
@@ -170,6 +176,7 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
     from samri.config import config_dir, load_registry
     from samri.inference.embeddings import EmbeddingCache
     from samri.labels import load_label_names
+    from samri.model.backends import apply_backend
     from samri.model.builders import load_model
     from samri.model.checkpoints import read_decoder_checkpoint, save_decoder_checkpoint
     from samri.train.config import load_train_config
@@ -182,6 +189,9 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
         pseudo_cells={"grey": cfg.pseudo_grey_cells, "white": cfg.pseudo_white_cells})
     registry = load_registry()
     model = load_model(registry.spec("litemedsam"), decoder=init_decoder)
+    # stage 1 encodes with the served encoder, as the app's trainer does: the embeddings (and cache
+    # keys) serving and `samri evaluate` use; the decoder being trained stays PyTorch
+    apply_backend(model, parts=("encoder",))
     result = run_training(find_studies(studies), model=model, out_dir=work_dir / "run", window=registry.window,
                           cache=EmbeddingCache(cache_dir=cache_dir), val_studies=val_ids or None,
                           **cfg.run_arguments())
