@@ -22,22 +22,6 @@ from samri.errors import SamriInputError
 logger = logging.getLogger(__name__)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """The intensity that best splits ``values`` (1D) into two classes (Otsu's between-class variance)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0 or values.min() == values.max():
-        raise SamriInputError("values", values.size, "need at least two distinct intensities")
-    hist, edges = np.histogram(values, bins=bins)
-    centers = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(hist)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(hist * centers)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
-
-
 def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_mm: int = 4) -> np.ndarray:
     """White matter of a T1 volume whose grey-matter structures are labelled (e.g. AAL).
 
@@ -52,6 +36,7 @@ def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_mm: 
         ``(X, Y, Z)`` bool white-matter mask.
     """
     from scipy import ndimage
+    from skimage.filters import threshold_otsu
 
     if image.shape != grey.shape:
         raise SamriInputError("grey", grey.shape, f"must have the image's shape {image.shape}")
@@ -63,7 +48,7 @@ def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_mm: 
     inside = interior & ~grey
     if not inside.any():
         raise SamriInputError("grey", int(grey.sum()), "encloses no voxel: cannot find the white matter")
-    threshold = otsu_threshold(image[inside])
+    threshold = float(threshold_otsu(image[inside]))
     return inside & (image >= threshold)
 
 

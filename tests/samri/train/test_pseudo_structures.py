@@ -7,7 +7,6 @@ import pytest
 
 from samri.errors import SamriInputError
 from samri.train.pseudo_structures import (
-    otsu_threshold,
     pseudo_structure_labels,
     tissue_from_grey_labels,
     voronoi_parcels,
@@ -25,14 +24,6 @@ def _phantom(size: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image[ventricle] = 30
     image[grey] = 80
     return image, grey, ventricle
-
-
-def test_otsu_splits_two_classes_between_them():
-    rng = np.random.default_rng(0)
-    values = np.concatenate([rng.normal(30, 5, 500), rng.normal(120, 5, 1500)])
-    assert 45 < otsu_threshold(values) < 105
-    with pytest.raises(SamriInputError, match="values"):
-        otsu_threshold(np.full(10, 3.0))
 
 
 def test_white_matter_is_the_bright_interior_not_the_ventricle():
