@@ -22,11 +22,11 @@ from samri.errors import SamriInputError
 logger = logging.getLogger(__name__)
 
 
-def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_mm: int = 4) -> np.ndarray:
+def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_voxels: int = 4) -> np.ndarray:
     """White matter of a T1 volume whose grey-matter structures are labelled (e.g. AAL).
 
-    The brain's interior is the grey matter closed by ``closing_mm`` voxels and filled slice by
-    slice (axis 2); inside it, outside the grey matter, white matter is the brighter of the two
+    The brain's interior is the grey matter closed by ``closing_voxels`` iterations (one voxel each)
+    and filled slice by slice (axis 2); inside it, outside the grey matter, white matter is the brighter of the two
     intensity classes Otsu finds (the darker one is CSF).
 
     Args:
@@ -41,7 +41,7 @@ def tissue_from_grey_labels(image: np.ndarray, grey: np.ndarray, *, closing_mm: 
     if image.shape != grey.shape:
         raise SamriInputError("grey", grey.shape, f"must have the image's shape {image.shape}")
     closed = ndimage.binary_closing(grey, structure=ndimage.generate_binary_structure(3, 1),
-                                    iterations=closing_mm)
+                                    iterations=closing_voxels)
     interior = np.zeros_like(closed)
     for z in range(closed.shape[2]):
         interior[:, :, z] = ndimage.binary_fill_holes(closed[:, :, z])
