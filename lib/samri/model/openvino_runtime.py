@@ -45,6 +45,10 @@ OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 #: embedding cosine, and Dice of the box click's mask (logits > 0). Measured: fp32 1.0 / 1.0 (cosine
 #: 0.999999+), bf16 0.9992+ / 0.996+ on random input (docs/BENCHMARKS.md); these only catch broken exports.
 MIN_CHECK = {"fp32": {"cosine": 0.9999, "dice": 0.99}, "bf16": {"cosine": 0.99, "dice": 0.95}}
+#: largest predicted-IoU difference between the static box variant and the dynamic graph on the seeded
+#: check input. bf16 (AMD EPYC with avx512_bf16, 2026-12-04, shipped decoder): 0.0054 there; on 15 real
+#: Colin27 box prompts static vs dynamic 0.0014 at most, each against eager fp32 0.0034 / 0.0035.
+BOX_VARIANT_IOU_ATOL = {"fp32": 1e-3, "bf16": 2e-2}
 
 
 class BackendUnavailable(RuntimeError):
@@ -165,7 +169,8 @@ def compile_box_variant(folder: Path, precision: str, embedding_shape: tuple[int
     inputs = [rng.standard_normal(shape).astype(np.float32) for shape in ((1, c, h, w), (1, 2, c), (1, c, 1, 1))]
     ref, out = _run(dynamic, inputs), _run(static, inputs)
     check = agreement(torch.from_numpy(ref[0]), torch.from_numpy(out[0]))
-    if check["dice"] < MIN_CHECK[precision]["dice"] or not np.allclose(ref[1], out[1], atol=1e-3):
+    check["iou_max_abs"] = float(np.abs(ref[1] - out[1]).max())
+    if check["dice"] < MIN_CHECK[precision]["dice"] or check["iou_max_abs"] > BOX_VARIANT_IOU_ATOL[precision]:
         raise BackendUnavailable(f"decoder box variant disagrees with the dynamic graph: {check}")
     return static
 

@@ -182,6 +182,10 @@ def test_a_box_variant_that_disagrees_is_not_served(exports, monkeypatch):
     with pytest.raises(ovr.BackendUnavailable, match="box variant disagrees"):
         ovr.compile_box_variant(folder, "fp32", shape)
     monkeypatch.undo()
+    monkeypatch.setitem(ovr.BOX_VARIANT_IOU_ATOL, "fp32", -1.0)  # nor any predicted IoU
+    with pytest.raises(ovr.BackendUnavailable, match="iou_max_abs"):
+        ovr.compile_box_variant(folder, "fp32", shape)
+    monkeypatch.undo()
     monkeypatch.setattr(ovr, "compile_box_variant", lambda *a, **k: (_ for _ in ()).throw(ovr.BackendUnavailable("x")))
     model = apply_backend(_tiny(), "openvino", "fp32", export_dir=exports)
     assert model.backend_info["backend"] == "openvino" and model.backend_info["decoder_box_variant"] is False
@@ -322,6 +326,8 @@ def test_default_model_on_real_mri_matches_eager(sample_studies_dir):
         model = apply_backend(load_model(registry.spec(registry.default_model)), "openvino", precision,
                               export_dir=default_export_dir())
         assert model.backend_info["backend"] == "openvino", model.backend_info
+        # the shipped decoder's static box variant passes its check at every precision offered
+        assert model.backend_info["decoder_box_variant"] is True, (precision, model.backend_info)
         got = agreement(ref_emb, encode_slices(model, volume, 2, slices[1:2]))
         fast = Segmenter(model, EmbeddingCache())
         masks = [fast.predict_slice(volume, 2, k, p).mask for k, _, p in prompts]
