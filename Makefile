@@ -76,7 +76,7 @@ fuzz: sample-data
 
 # BACKENDS: inference backends measured side by side with PyTorch eager (samri.bench.backends), also with a
 # second process busy on every core (--contention). auto = what the server serves on this machine.
-BACKENDS ?= --backend torch --backend auto --contention
+BACKENDS ?= --backend torch --backend auto --contention --volume
 bench: sample-data
 	$(VENV)/bin/samri bench --json docs/bench.json --markdown docs/BENCHMARKS.md --http --clients 4 $(BACKENDS)
 

@@ -177,8 +177,10 @@ def _bench_backends(args: argparse.Namespace) -> int:
     def measure() -> dict:
         return backend_figures(args.backend or ["torch", "auto"], model_name=args.model, checkpoint=args.checkpoint,
                                decoder=args.decoder, studies=args.studies, repeats=args.repeats,
-                               export_dir=args.export_dir, random_weights=args.random_weights)
+                               export_dir=args.export_dir, random_weights=args.random_weights,
+                               volume_figures=volume)
 
+    volume = args.volume
     figures = measure()
     command = "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     figures["command"] = command
@@ -186,6 +188,7 @@ def _bench_backends(args: argparse.Namespace) -> int:
     if args.contention:
         from samri.bench.contention import busy_process
 
+        volume = False  # the whole-volume figures once, on the quiet machine
         with busy_process():
             busy = measure()
     if args.backends_only:
@@ -351,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export cache of the optimized backends (default $SAMRI_BACKEND_CACHE or ~/.cache/samri)")
     p.add_argument("--random-weights", action="store_true",
                    help="with --backend: the model with random weights (speed only, e.g. SAM ViT-B without its file)")
+    p.add_argument("--volume", action="store_true",
+                   help="with --backend: also 3D propagation into uncached slices and the whole axial stack "
+                        "encoded from an empty cache (JSON backends.<name>.volume)")
     p.add_argument("--contention", action="store_true",
                    help="measure the backends again while a second process keeps every core busy (JSON under "
                         "contention.backends.<name>)")

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 REFERENCE = "torch"
 SECTION_TITLE = "## Inference backends (encoder and click, side by side)"
 CONTENTION_TITLE = "## Inference backends with a second process busy on every core"
+#: slices per encoder call in the whole-volume figure: the app's precompute worker encodes one slice
+#: between two checks for waiting clicks (`Precomputer.batch_size` 1, apps/samri/lib/runtime/precompute.py)
+PRECOMPUTE_BATCH = 1
 
 
 def parse_backend(text: str) -> tuple[str, str, str]:
@@ -47,7 +50,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def backend_figures(backends: list[str], *, model_name: str | None = None, checkpoint: str | None = None,
                     decoder: str | None = None, studies: str | Path = "data/studies", repeats: int = 30,
                     encoder_slices: int = 5, export_dir: str | os.PathLike | None = None,
-                    random_weights: bool = False) -> dict[str, Any]:
+                    random_weights: bool = False, volume_figures: bool = False) -> dict[str, Any]:
     """Measure each of ``backends`` (``torch``, ``openvino``, ``openvino:fp32``, ``auto``, ...) in turn.
 
     Args:
@@ -57,6 +60,9 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
         export_dir: the export cache (default `samri.model.export_cache.default_export_dir`).
         random_weights: build the model with random weights (speed only: e.g. SAM ViT-B, whose
             checkpoint cannot be downloaded here; agreement is then between backends on those weights).
+        volume_figures: also 3D propagation from one box into uncached slices (every backend) and the
+            whole axial stack encoded as the precompute worker does, from an empty cache (every backend
+            but the reference: minutes in eager); `_volume_figures`.
 
     Returns:
         ``{"reference": "torch", "backends": {name: figures}, "load_average_1m": {"start", "end"}}``.
@@ -129,6 +135,9 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
                                                      mask_logits=results[name]["box"].low_res_logits)
                 click_ms[name][kind] += timed_ms(lambda s=seg, p=prompt: s.predict_slice(volume, axis, mid, p), 1)
 
+    if volume_figures:
+        for name, model in models.items():
+            out[name]["volume"] = _volume_figures(model, volume, axis, mid, box, precompute=name != REFERENCE)
     ref_emb = encode_slices(models[REFERENCE], volume, axis, [mid])
     ref_enc = float(np.median(encoder_ms[REFERENCE]))
     ref_click = float(np.median(click_ms[REFERENCE]["box"]))
@@ -155,6 +164,27 @@ def backend_figures(backends: list[str], *, model_name: str | None = None, check
             "data": {"study": study, "label": label, "axis": axis, "slice": mid},
             "load_average_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
             "backends": out}
+
+
+def _volume_figures(model, volume, axis: int, seed: int, box: np.ndarray, *, precompute: bool) -> dict[str, Any]:
+    """Whole-volume figures of one backend, each from an empty embedding cache: 3D propagation from
+    ``box`` on slice ``seed`` (encoding every slice it reaches), and (``precompute``) every slice along
+    ``axis`` encoded in batches of `PRECOMPUTE_BATCH`, as the app's precompute worker does."""
+    from samri.inference.embeddings import EmbeddingCache, get_embeddings
+    from samri.inference.prompts import SlicePrompt
+    from samri.inference.segmenter import Segmenter
+
+    start = time.perf_counter()
+    run = Segmenter(model, EmbeddingCache()).propagate(volume, axis, {int(seed): SlicePrompt(box=box)})
+    seconds = time.perf_counter() - start
+    figures: dict[str, Any] = {"propagation_uncached": {"slices": len(run.slices), "s": round(seconds, 2),
+                                                        "s_per_slice": round(seconds / max(len(run.slices), 1), 3)}}
+    if precompute:
+        n = volume.shape[axis]
+        start = time.perf_counter()
+        get_embeddings(model, volume, EmbeddingCache(), axis, list(range(n)), batch_size=PRECOMPUTE_BATCH)
+        figures["precompute"] = {"slices": n, "batch": PRECOMPUTE_BATCH, "s": round(time.perf_counter() - start, 1)}
+    return figures
 
 
 def section_title(report: dict[str, Any], *, contention: bool = False) -> str:
@@ -191,10 +221,25 @@ def backends_markdown(report: dict[str, Any], command: str = "", *, contention: 
                      f"{c['box']['p95']} | {b['speedup_vs_torch']['box_click']} | {c['box_point']['p50']} / "
                      f"{c['points_only']['p50']} / {c['refinement']['p50']} | {v['embedding_cosine']}, "
                      f"{v['embedding_max_abs']} | {d['box']}, {d['box_point']}, {d['points_only']} |")
+    lines += _volume_lines(r)
     return lines + ["", "`x eager`: PyTorch eager's p50 over this backend's, same run. `ready s`: export (first use of "
                     "these weights) or export-cache check, and compile. The agreement columns are one "
                     "slice; the equivalence thresholds over several structures are in "
                     "tests/samri/model/test_backends.py (`REAL_LIMITS`, with the figures they come from)."]
+
+
+def _volume_lines(report: dict[str, Any]) -> list[str]:
+    """Markdown rows of the whole-volume figures (`_volume_figures`), when the run took them."""
+    rows = [(name, b["volume"]) for name, b in report["backends"].items() if "volume" in b]
+    if not rows:
+        return []
+    lines = ["", "| backend | 3D propagation from one box, uncached: s per slice (slices, s) | whole axial stack "
+             "encoded from an empty cache: s (slices, batch) |", "|---|---|---|"]
+    for name, v in rows:
+        prop, pre = v["propagation_uncached"], v.get("precompute")
+        pre_cell = f"{pre['s']} ({pre['slices']}, {pre['batch']})" if pre else "not measured (eager: minutes)"
+        lines.append(f"| {name} | {prop['s_per_slice']} ({prop['slices']}, {prop['s']}) | {pre_cell} |")
+    return lines
 
 
 def _yes(report: dict[str, Any], feature: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import pytest
 
 from samri.bench.backends import SECTION_TITLE, backend_figures, backends_markdown, parse_backend, update_section
@@ -44,12 +45,21 @@ def test_backend_figures_tiny_model(tiny_registry, sample_studies_dir, tmp_path)
     """The report's shape on the tiny model: torch is added as the reference; ratios and agreement per backend."""
     need_openvino()
     report = backend_figures(["openvino:fp32"], studies=sample_studies_dir, repeats=2, encoder_slices=2,
-                             export_dir=tmp_path)
+                             export_dir=tmp_path, volume_figures=True)
     assert list(report["backends"]) == ["torch", "openvino:fp32"]
     fast = report["backends"]["openvino:fp32"]
     assert fast["serves"] == "openvino/fp32" and fast["cached_click_ms"]["box"]["n"] == 2
     assert fast["vs_torch"]["embedding_cosine"] > 0.9999 and fast["vs_torch"]["mask_dice"]["box"] == 1.0
     assert report["backends"]["torch"]["speedup_vs_torch"] == {"encoder": 1.0, "box_click": 1.0}
+    # whole-volume figures: propagation for every backend, the whole stack for all but the reference
+    eager_volume, fast_volume = report["backends"]["torch"]["volume"], fast["volume"]
+    assert "precompute" not in eager_volume and eager_volume["propagation_uncached"]["slices"] >= 1
+    prop = fast_volume["propagation_uncached"]
+    assert prop["slices"] >= 1 and prop["s_per_slice"] == pytest.approx(prop["s"] / prop["slices"], abs=0.01)
+    stack = nib.load(str(sample_studies_dir / f"{report['data']['study']}.nii.gz")).shape[report["data"]["axis"]]
+    assert fast_volume["precompute"]["slices"] == stack and fast_volume["precompute"]["s"] > 0
+    table = "\n".join(backends_markdown(report))
+    assert "| torch | " in table and "not measured (eager: minutes)" in table and f"({stack}, 1) |" in table
 
 
 def test_cli_bench_rejects_an_unknown_backend_before_any_work(capsys):
