@@ -181,6 +181,11 @@ def _bench_backends(args: argparse.Namespace) -> int:
                                volume_figures=volume)
 
     volume = args.volume
+    serving = None
+    if not args.backends_only:  # first: its peak RSS of serving then excludes the backend runs
+        serving = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
+                                 studies=args.studies, repeats=args.repeats, http=args.http,
+                                 train=not args.no_train, clients=args.clients)
     figures = measure()
     command = "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     figures["command"] = command
@@ -201,9 +206,7 @@ def _bench_backends(args: argparse.Namespace) -> int:
                 update_section(args.markdown, backends_markdown(busy, command, contention=True),
                                section_title(busy, contention=True))
     else:
-        report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
-                                studies=args.studies, repeats=args.repeats, http=args.http,
-                                train=not args.no_train, clients=args.clients)
+        report = serving
         report["backends"] = figures.pop("backends")
         report["backends_run"] = figures
         if busy is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import pytest
 
@@ -67,3 +69,20 @@ def test_cli_bench_rejects_an_unknown_backend_before_any_work(capsys):
 
     assert main(["bench", "--backends-only", "--backend", "tvm"]) == 2
     assert "backend='tvm'" in capsys.readouterr().err
+
+
+def test_cli_bench_runs_serving_figures_before_the_backends(monkeypatch, tmp_path):
+    """The serving figures' peak RSS must not include the backend runs (whole-volume figures hold a stack
+    of embeddings), so `samri bench --backend ...` measures serving first."""
+    from samri.bench import backends, inprocess
+    from samri.cli import main
+
+    order = []
+    monkeypatch.setattr(inprocess, "run_benchmarks", lambda **k: order.append("serving") or {"serving": True})
+    monkeypatch.setattr(backends, "backend_figures", lambda names, **k: order.append(("backends", k["volume_figures"]))
+                        or {"backends": {"torch": backend_figures_stub("torch", "torch/fp32")}})
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backend", "torch", "--volume", "--json", str(out)]) == 0
+    assert order == ["serving", ("backends", True)]
+    report = json.loads(out.read_text())
+    assert report["serving"] and list(report["backends"]) == ["torch"] and "backends" not in report["backends_run"]
