@@ -151,6 +151,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.clients < 0 or (args.clients and not args.http):
         raise SamriInputError("clients", args.clients, "a positive count, with --http (they click on a live server)")
+    if args.volume and not (args.backend or args.backends_only):
+        raise SamriInputError("volume", True, "the whole-volume figures are per backend: add --backend")
     if args.backend or args.backends_only or args.contention:
         return _bench_backends(args)
     report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,

@@ -69,6 +69,8 @@ def test_cli_bench_rejects_an_unknown_backend_before_any_work(capsys):
 
     assert main(["bench", "--backends-only", "--backend", "tvm"]) == 2
     assert "backend='tvm'" in capsys.readouterr().err
+    assert main(["bench", "--volume"]) == 2  # per backend only: not silently ignored
+    assert "volume=True" in capsys.readouterr().err
 
 
 def test_cli_bench_runs_serving_figures_before_the_backends(monkeypatch, tmp_path):
