@@ -153,6 +153,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SamriInputError("clients", args.clients, "a positive count, with --http (they click on a live server)")
     if args.volume and not (args.backend or args.backends_only):
         raise SamriInputError("volume", True, "the whole-volume figures are per backend: add --backend")
+    if args.device != "cpu":
+        return _bench_device(args)
     if args.backend or args.backends_only or args.contention:
         return _bench_backends(args)
     report = run_benchmarks(model_name=args.model, checkpoint=args.checkpoint, decoder=args.decoder,
@@ -164,6 +166,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text + "\n")
     if args.markdown:
         write_markdown(report, args.markdown)
+    print(text)
+    return 0
+
+
+def _bench_device(args: argparse.Namespace) -> int:
+    """``samri bench --device cuda``: the PyTorch CUDA path (`samri.bench.gpu`); its own docs section."""
+    import shlex
+    import sys
+
+    from samri.bench.backends import update_section
+    from samri.bench.gpu import SECTION_TITLE, check_cuda, cuda_figures, cuda_markdown
+    from samri.io import write_text
+
+    if args.backend or args.backends_only or args.contention or args.volume or args.http:
+        raise SamriInputError("device", args.device, "measured alone: drop --backend/--contention/--volume/--http")
+    check_cuda(args.device)
+    report = cuda_figures(device=args.device, model_name=args.model, checkpoint=args.checkpoint,
+                          decoder=args.decoder, studies=args.studies, repeats=args.repeats, train=not args.no_train)
+    report["command"] = "samri " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = json.dumps(report, indent=2)
+    if args.json:
+        write_text(args.json, text + "\n")
+    if args.markdown:
+        update_section(args.markdown, cuda_markdown(report, report["command"]), SECTION_TITLE)
     print(text)
     return 0
 
@@ -362,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume", action="store_true",
                    help="with --backend: also 3D propagation into uncached slices and the whole axial stack "
                         "encoded from an empty cache (JSON backends.<name>.volume)")
+    p.add_argument("--device", default="cpu",
+                   help="cuda (or cuda:N): the PyTorch CUDA path on a GPU instead (encoder throughput, clicks, "
+                        "3D, whole stack, training steps, SAM ViT-B); its own section of --markdown")
     p.add_argument("--contention", action="store_true",
                    help="measure the backends again while a second process keeps every core busy (JSON under "
                         "contention.backends.<name>)")

@@ -63,7 +63,8 @@ def bench_structure(studies: Path) -> tuple[str, Path, np.ndarray, str]:
     raise FileNotFoundError(f"no benchmark structure found in {studies}")
 
 
-def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int = 4, repeats: int = 3) -> dict[str, Any]:
+def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int = 4,
+                          repeats: int = 3) -> dict[str, Any]:
     """A stage-2 (decoder-only, cached embeddings) step vs a full-model step on the same batch.
 
     Both use the same slices, box prompts, DiceFocal loss and AdamW; the full step also runs the
@@ -86,11 +87,12 @@ def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int =
     geoms = [SliceGeometry(volume.shape[rows], volume.shape[cols], model.input_size)] * len(picks)
     masks = [take_slice(gt, axis, k) for k in picks]
     prompts = [SlicePrompt(box=mask_box(m)) for m in masks]
-    targets = torch.stack([low_res_target(g, m, model.low_res_size) for g, m in zip(geoms, masks)])
+    device = model.device
+    targets = torch.stack([low_res_target(g, m, model.low_res_size) for g, m in zip(geoms, masks)]).to(device)
     loss_fn = DiceFocalLoss(sigmoid=True, lambda_dice=1.0, lambda_focal=10.0, gamma=2.0)
-    cached = encode_slices(model, volume, axis, picks)
+    cached = encode_slices(model, volume, axis, picks).to(device)
     images = torch.stack([slice_to_model_input(take_slice(volume.windowed, axis, k),
-                                               model.preprocessing) for k in picks])
+                                               model.preprocessing) for k in picks]).to(device)
 
     def make_step(full: bool):
         net = copy.deepcopy(model)  # the caller's model stays untouched
@@ -109,6 +111,8 @@ def training_step_figures(model, volume, gt: np.ndarray, axis: int, batch: int =
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if device.type == "cuda":  # kernels run asynchronously: time the step, not its launch
+                torch.cuda.synchronize(device)
         return step
 
     decoder_ms = timed_ms(make_step(False), repeats + 1)[1:]
