@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim oracle
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim oracle
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,12 @@ bench-backends: sample-data
 bench-vit-b: sample-data
 	$(VENV)/bin/samri bench --backends-only --model sam_vit_b --random-weights --backend torch --backend auto \
 		--repeats 5 --json docs/bench-vit-b.json --markdown docs/BENCHMARKS.md
+
+# The same for SAM ViT-L (its own section; the first run exports the encoder, ~6.5 min on 2 cores, and eager
+# takes ~45 s per slice: about 16 min in all).
+bench-vit-l: sample-data
+	$(VENV)/bin/samri bench --backends-only --model sam_vit_l --random-weights --backend torch --backend auto \
+		--repeats 5 --json docs/bench-vit-l.json --markdown docs/BENCHMARKS.md
 
 # On a machine with an NVIDIA GPU: the PyTorch CUDA path (encoder throughput, clicks, 3D, whole stack, training
 # steps, SAM ViT-B with random weights): its own section of docs/BENCHMARKS.md (samri.bench.gpu).
