@@ -148,7 +148,8 @@ def discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def export_folder(root: str | os.PathLike, key: ExportKey, build: Callable[[Path], dict[str, Any]]) -> Path:
+def export_folder(root: str | os.PathLike, key: ExportKey, build: Callable[[Path], dict[str, Any]], *,
+                  lineage: str = "") -> Path:
     """The verified export folder of ``key`` under ``root``, built with ``build`` when needed.
 
     Args:
@@ -157,6 +158,8 @@ def export_folder(root: str | os.PathLike, key: ExportKey, build: Callable[[Path
         build: ``build(staging_folder) -> facts``: writes the runtime's files into the (empty)
             staging folder and returns JSON-friendly facts for the manifest (e.g. the check
             against eager PyTorch). It may raise; nothing is then published.
+        lineage: the registry model the weights belong to (written to the manifest): pruning after
+            this export removes only older exports of the same lineage (`prune`).
 
     Returns:
         The folder, whose files match its manifest.
@@ -181,7 +184,7 @@ def export_folder(root: str | os.PathLike, key: ExportKey, build: Callable[[Path
             facts = build(staging)
             files = {p.name: {"size": p.stat().st_size, "blake2b": file_digest(p)}
                      for p in sorted(staging.iterdir()) if p.is_file() and not p.name.startswith(".")}
-            write_json(staging / MANIFEST, {"key": key.to_dict(), "files": files,
+            write_json(staging / MANIFEST, {"key": key.to_dict(), "lineage": lineage, "files": files,
                                             "export_s": round(time.perf_counter() - start, 2),
                                             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **facts})
             try:
@@ -195,20 +198,33 @@ def export_folder(root: str | os.PathLike, key: ExportKey, build: Callable[[Path
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         logger.info("exported %s in %.1f s", folder, time.perf_counter() - start)
-        prune(root, key, keep=KEEP_PER_PART)
+        prune(root, key, keep=KEEP_PER_PART, lineage=lineage)
         return folder
 
 
-def prune(root: Path, key: ExportKey, keep: int = KEEP_PER_PART) -> list[Path]:
-    """Remove all but the ``keep`` newest export folders of ``key``'s part and backend (``key``'s own stays).
+def _lineage_of(folder: Path) -> str | None:
+    """The lineage in ``folder``'s manifest; None for a folder written before lineages (or unreadable)."""
+    try:
+        value = read_manifest(folder).get("lineage")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def prune(root: Path, key: ExportKey, keep: int = KEEP_PER_PART, lineage: str = "") -> list[Path]:
+    """Remove all but the ``keep`` newest export folders of ``key``'s part, backend and lineage
+    (``key``'s own stays).
 
     A decoder the trainer publishes gets its own export, so without this the folder would grow by
-    one export per published version. Returns the removed folders.
+    one export per published version. Only the same lineage (registry model) competes, so exports of
+    another model (a SAM ViT benchmark with random weights, say) never push out the served model's.
+    A folder without a lineage (an older manifest) competes with every lineage. Returns the removed folders.
     """
     prefix = f"{key.part}-"
     mine = key.folder_name()
     folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix)
-               and f"-{key.backend}-" in p.name and p.name != mine]
+               and f"-{key.backend}-" in p.name and p.name != mine
+               and _lineage_of(p) in (None, lineage or None)]
     folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     removed = folders[max(keep - 1, 0):]
     for old in removed:

@@ -235,7 +235,7 @@ def load_part(part: str, model, precision: str, root: Path, *, precisions: tuple
     key = ExportKey(part=part, fingerprint=fingerprint, backend="openvino", runtime_version=runtime_version())
     build = _build(part, model, precisions, eager_decoder)
     for attempt in (1, 2):
-        folder = export_folder(root, key, build)
+        folder = export_folder(root, key, build, lineage=model.spec.name)
         try:
             compiled = _compile(folder, precision)
             break

@@ -114,6 +114,23 @@ def test_old_exports_of_a_part_are_pruned(tmp_path):
     assert (tmp_path / decoder.folder_name()).is_dir()  # another part is not touched
 
 
+def test_pruning_keeps_to_one_lineage(tmp_path):
+    """Exports of another registry model (a random-weights SAM ViT benchmark) never push out the served
+    model's; a folder written before lineages competes with every lineage, so none is kept forever."""
+    served = ExportKey(**{**KEY.to_dict(), "fingerprint": "served"})
+    export_folder(tmp_path, served, Builder(), lineage="samri_lite")
+    legacy = ExportKey(**{**KEY.to_dict(), "fingerprint": "legacy"})
+    export_folder(tmp_path, legacy, Builder())
+    assert json.loads((tmp_path / legacy.folder_name() / "manifest.json").read_text())["lineage"] == ""
+    others = [ExportKey(**{**KEY.to_dict(), "fingerprint": f"vit{i}"}) for i in range(KEEP_PER_PART + 2)]
+    for key in others:
+        export_folder(tmp_path, key, Builder(), lineage="sam_vit_l")
+    left = {p.name.split("-")[1] for p in tmp_path.iterdir() if p.name.startswith("encoder-")}
+    assert "served" in left and "legacy" not in left
+    assert {k.fingerprint for k in others[-KEEP_PER_PART:]} <= left and len(left) == KEEP_PER_PART + 1
+    assert json.loads((tmp_path / served.folder_name() / "manifest.json").read_text())["lineage"] == "samri_lite"
+
+
 def test_default_export_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SAMRI_BACKEND_CACHE", str(tmp_path / "x"))
     assert default_export_dir() == tmp_path / "x"
