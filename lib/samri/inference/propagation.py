@@ -64,6 +64,9 @@ class PropagationSettings:
         max_reach: stop this many seed diameters (equivalent-circle diameter of the seed mask, in
             mm, converted to slices with the volume's spacing) from the seed slice (0 turns it
             off): a bound that holds whatever the IoU head says (module notes).
+        max_reach_points: the same bound for a seed prompted by points alone (no box), whose mask is
+            a guess at the section's size; 0 uses ``max_reach``. Chosen on the validation structures
+            for the shipped decoder (docs/DECODER.md, "The 3D stop rule re-tuned").
         min_overlap: stop when the new mask covers less than this fraction of the smaller of it and
             the previous mask (jumped to another object).
         box_margin: pixels added around the previous mask's box.
@@ -79,6 +82,7 @@ class PropagationSettings:
     max_growth: float = 2.0
     max_seed_growth: float = 4.5
     max_reach: float = 2.0
+    max_reach_points: float = 1.0
     min_overlap: float = 0.2
     box_margin: int = 2
     chain_logits: bool = False
@@ -267,7 +271,7 @@ class Propagator:
             meter.done += 1
         for index in plan.decode:
             ref_iou[index] = self._reference_iou(index, seeds[index], out.slices[index])
-        fronts = [self._front(seed, step, out.slices[seed], ref_iou[seed]) for seed, step in plan.fronts]
+        fronts = [self._front(seed, step, out.slices[seed], ref_iou[seed], seeds[seed]) for seed, step in plan.fronts]
         while fronts:
             alive = []
             for front in fronts:
@@ -303,22 +307,23 @@ class Propagator:
         seg = self.segmenter
         return seg.decode(seg.embedding(self.volume, self.axis, index), self.geom, SlicePrompt(box=box)).iou
 
-    def _front(self, seed: int, step: int, res: "SliceResult", ref_iou: float) -> _Front:
+    def _front(self, seed: int, step: int, res: "SliceResult", ref_iou: float, prompt: SlicePrompt) -> _Front:
         rules = self.rules
         floor = rules.min_iou
         if rules.min_relative_iou > 0:
             floor = max(floor, rules.min_relative_iou * ref_iou)
+        points_only = prompt.box is None and rules.max_reach_points > 0
         return _Front(seed=seed, step=step, prev=res, next=seed + step, iou_floor=floor, seed_area=res.area,
-                      reach=self._reach(res.area))
+                      reach=self._reach(res.area, rules.max_reach_points if points_only else rules.max_reach))
 
-    def _reach(self, seed_area: int) -> int | None:
-        """Most slices a front may go from its seed: ``max_reach`` seed diameters, in mm."""
-        if self.rules.max_reach <= 0:
+    def _reach(self, seed_area: int, diameters: float) -> int | None:
+        """Most slices a front may go from its seed: ``diameters`` seed diameters, in mm (None: no bound)."""
+        if diameters <= 0:
             return None
         spacing = getattr(self.volume, "spacing", (1.0, 1.0, 1.0))
         rows, cols = in_plane_axes(self.axis)
         diameter_mm = 2.0 * np.sqrt(max(seed_area, 1) * spacing[rows] * spacing[cols] / np.pi)
-        return int(self.rules.max_reach * diameter_mm / max(spacing[self.axis], 1e-6))
+        return int(diameters * diameter_mm / max(spacing[self.axis], 1e-6))
 
     def _cut(self, meter: _Meter, out: PropagationRun, *, seed: bool = False) -> bool:
         """Mark ``out`` partial and return True when the budget forbids another slice."""

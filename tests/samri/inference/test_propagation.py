@@ -326,6 +326,14 @@ def test_reach_bounds_a_front_by_the_seed_diameter(monkeypatch, tiny_model, k_sp
     assert {s["reason"] for s in res.stops} == {"reach"}
     off = Segmenter(tiny_model, EmbeddingCache(), propagation=replace(rules, max_reach=0.0))
     assert len(off.propagate(volume, 2, {CENTER_K: SlicePrompt(box=mask_box(tube[:, :, CENTER_K]))}).slices) == 30
+    # a seed prompted by a point alone is bounded by max_reach_points (its mask only guesses the section)
+    point_seed = {CENTER_K: SlicePrompt(points=[[20, 24]], labels=[1])}
+    res = Segmenter(tiny_model, EmbeddingCache(), propagation=rules).propagate(volume, 2, point_seed)
+    reach_points = int(rules.max_reach_points * 2 * np.sqrt(tube[:, :, 0].sum() / np.pi) / k_spacing)
+    assert rules.max_reach_points < rules.max_reach and reach_points < reach
+    assert sorted(res.slices) == list(range(CENTER_K - reach_points, CENTER_K + reach_points + 1))
+    same = Segmenter(tiny_model, EmbeddingCache(), propagation=replace(rules, max_reach_points=0.0))
+    assert len(same.propagate(volume, 2, point_seed).slices) == 2 * reach + 1  # 0: the box seeds' bound
 
 
 # --- real MRI (slow: LiteMedSAM encoder + the shipped samri_lite decoder) -----------------------
