@@ -47,7 +47,8 @@ def test_slice_budget_from_conf_marks_the_answer_partial(make_app) -> None:
 
     segmenter = app.runtime.segmenter()
     segmenter.propagation = PropagationSettings(min_area=0, min_iou=-1.0, min_relative_iou=0.0, max_growth=1e9,
-                                                max_seed_growth=0.0, max_reach=0.0, min_overlap=0.0)
+                                                max_seed_growth=0.0, max_reach=0.0, max_reach_points=0.0,
+                                                min_overlap=0.0)
     meta, mask = infer(app, "samri_3d", roi=[0, 39, 0, 35, 0, 7])
     assert meta["samri"]["slices"] == [3, 4, 5]  # the clicked slice and one each way
     assert meta["samri"]["partial"]["reason"] == "max_slices" and meta["samri"]["partial"]["slices_done"] == 3

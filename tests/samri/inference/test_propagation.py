@@ -293,7 +293,7 @@ def test_a_mask_creeping_out_of_its_box_is_stopped(monkeypatch, prepared_volume,
     monkeypatch.setattr(Segmenter, "decode", creeping_decode)
     seed = {CENTER_K: SlicePrompt(points=[[20, 24]], labels=[1])}
     unbounded = Segmenter(tiny_model, EmbeddingCache(),
-                          propagation=PropagationSettings(max_seed_growth=0.0, max_reach=0.0))
+                          propagation=PropagationSettings(max_seed_growth=0.0, max_reach=0.0, max_reach_points=0.0))
     assert len(unbounded.propagate(prepared_volume, 2, seed).slices) == VOLUME_SHAPE[2]  # fills the volume
     res = Segmenter(tiny_model, EmbeddingCache(), propagation=rules).propagate(prepared_volume, 2, seed)
     # slice n from the seed is a (5 + 2n)^2 square: kept while within max_seed_growth x 25 px
