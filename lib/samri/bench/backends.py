@@ -170,21 +170,34 @@ def _volume_figures(model, volume, axis: int, seed: int, box: np.ndarray, *, pre
     """Whole-volume figures of one backend, each from an empty embedding cache: 3D propagation from
     ``box`` on slice ``seed`` (encoding every slice it reaches), and (``precompute``) every slice along
     ``axis`` encoded in batches of `PRECOMPUTE_BATCH`, as the app's precompute worker does."""
-    from samri.inference.embeddings import EmbeddingCache, get_embeddings
+    figures: dict[str, Any] = {"propagation_uncached": uncached_propagation(model, volume, axis, seed, box)}
+    if precompute:
+        figures["precompute"] = {**whole_stack(model, volume, axis, PRECOMPUTE_BATCH), "batch": PRECOMPUTE_BATCH}
+    return figures
+
+
+def uncached_propagation(model, volume, axis: int, seed: int, box: np.ndarray) -> dict[str, Any]:
+    """3D propagation from ``box`` on slice ``seed`` with an empty embedding cache: ``{"slices", "s",
+    "s_per_slice"}`` (wall-clock; the result returns to the host, so a GPU has finished)."""
+    from samri.inference.embeddings import EmbeddingCache
     from samri.inference.prompts import SlicePrompt
     from samri.inference.segmenter import Segmenter
 
     start = time.perf_counter()
     run = Segmenter(model, EmbeddingCache()).propagate(volume, axis, {int(seed): SlicePrompt(box=box)})
     seconds = time.perf_counter() - start
-    figures: dict[str, Any] = {"propagation_uncached": {"slices": len(run.slices), "s": round(seconds, 2),
-                                                        "s_per_slice": round(seconds / max(len(run.slices), 1), 3)}}
-    if precompute:
-        n = volume.shape[axis]
-        start = time.perf_counter()
-        get_embeddings(model, volume, EmbeddingCache(), axis, list(range(n)), batch_size=PRECOMPUTE_BATCH)
-        figures["precompute"] = {"slices": n, "batch": PRECOMPUTE_BATCH, "s": round(time.perf_counter() - start, 1)}
-    return figures
+    per_slice = seconds / max(len(run.slices), 1)
+    return {"slices": len(run.slices), "s": round(seconds, 2), "s_per_slice": round(per_slice, 4)}
+
+
+def whole_stack(model, volume, axis: int, batch: int) -> dict[str, Any]:
+    """Every slice along ``axis`` encoded from an empty cache, ``batch`` slices per call: ``{"slices", "s"}``."""
+    from samri.inference.embeddings import EmbeddingCache, get_embeddings
+
+    n = volume.shape[axis]
+    start = time.perf_counter()
+    get_embeddings(model, volume, EmbeddingCache(), axis, list(range(n)), batch_size=batch)
+    return {"slices": n, "s": round(time.perf_counter() - start, 2)}
 
 
 def section_title(report: dict[str, Any], *, contention: bool = False) -> str:

@@ -94,12 +94,6 @@ def encoder_throughput(encoder, input_size: int, device, batches: Sequence[int],
     return out
 
 
-def _stats(samples_ms: list[float]) -> dict[str, float]:
-    from samri.bench.inprocess import percentiles
-
-    return percentiles(samples_ms)
-
-
 def cuda_figures(*, device: str = "cuda", model_name: str | None = None, checkpoint: str | None = None,
                  decoder: str | None = None, studies: str | Path = "data/studies", repeats: int = 30,
                  batches: Sequence[int] = ENCODER_BATCHES, vit_b: bool = True, stack: bool = True,
@@ -117,10 +111,10 @@ def cuda_figures(*, device: str = "cuda", model_name: str | None = None, checkpo
     import torch
 
     from samri.annotator import interior_point
-    from samri.bench.backends import _dice
-    from samri.bench.inprocess import bench_structure, training_step_figures
+    from samri.bench.backends import _dice, uncached_propagation, whole_stack
+    from samri.bench.inprocess import bench_structure, percentiles, training_step_figures
     from samri.config import load_registry
-    from samri.inference.embeddings import EmbeddingCache, encode_slices, get_embeddings
+    from samri.inference.embeddings import EmbeddingCache, encode_slices
     from samri.inference.prompts import SlicePrompt
     from samri.inference.segmenter import Segmenter, mask_box
     from samri.model.backends import apply_backend
@@ -157,7 +151,7 @@ def cuda_figures(*, device: str = "cuda", model_name: str | None = None, checkpo
     answers = {k: segmenter.predict_slice(volume, axis, mid, p) for k, p in clicks.items()}
     clicks["refinement"] = SlicePrompt(box=box, points=[point], labels=[1],
                                        mask_logits=answers["box"].low_res_logits)
-    cached = {k: _stats(synced_ms(lambda p=p: segmenter.predict_slice(volume, axis, mid, p), dev, repeats))
+    cached = {k: percentiles(synced_ms(lambda p=p: segmenter.predict_slice(volume, axis, mid, p), dev, repeats))
               for k, p in clicks.items()}
     seeds = {mid: SlicePrompt(box=box)}
     warm = segmenter.propagate(volume, axis, seeds)
@@ -174,25 +168,18 @@ def cuda_figures(*, device: str = "cuda", model_name: str | None = None, checkpo
         "model": {"name": spec.name, "input_size": model.input_size, "decoder": model.decoder_info or None,
                   "serves": dict(model.backend_info), "load_s": round(load_s, 2)},
         "data": {"study": study, "label": label, "shape": list(volume.shape), "axis": axis, "slice": mid},
-        "encoder_ms_per_slice": _stats(encode_ms),
+        "encoder_ms_per_slice": percentiles(encode_ms),
         "encoder_throughput": throughput,
-        "first_click_ms": _stats(first_ms),
+        "first_click_ms": percentiles(first_ms),
         "cached_click_ms": cached,
-        "uncached_over_cached_box_click": round(_stats(first_ms)["p50"] / cached["box"]["p50"], 1),
+        "uncached_over_cached_box_click": round(percentiles(first_ms)["p50"] / cached["box"]["p50"], 1),
         "propagation_3d": {"slices": len(warm.slices), "ms_per_slice_cached": round(prop_ms / len(warm.slices), 2)},
         "vs_cpu_eager": vs_cpu,
     }
     if stack:
-        begin = time.perf_counter()
-        run = Segmenter(model, EmbeddingCache()).propagate(volume, axis, seeds)
-        seconds = time.perf_counter() - begin
-        report["propagation_3d"]["uncached_s_per_slice"] = round(seconds / max(len(run.slices), 1), 4)
-        report["whole_stack"] = {}
-        for batch in (1, STACK_BATCH):
-            n = volume.shape[axis]
-            begin = time.perf_counter()
-            get_embeddings(model, volume, EmbeddingCache(), axis, list(range(n)), batch_size=batch)
-            report["whole_stack"][str(batch)] = {"slices": n, "s": round(time.perf_counter() - begin, 2)}
+        uncached = uncached_propagation(model, volume, axis, mid, box)
+        report["propagation_3d"]["uncached_s_per_slice"] = uncached["s_per_slice"]
+        report["whole_stack"] = {str(b): whole_stack(model, volume, axis, b) for b in (1, STACK_BATCH)}
     if train:
         report["training_step"] = {str(b): training_step_figures(model, volume, gt, axis, batch=b, repeats=5)
                                    for b in (8, 32)}
