@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim oracle
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim oracle click-response
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -105,15 +105,18 @@ bench-cuda: sample-data
 clean:
 	rm -rf $(VENV) data
 
-# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in three stages: prompts,
-# corrective clicks from the first stage's decoder, then clicks with Colin27's pseudo-structures added;
+# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in four stages: prompts,
+# corrective clicks from the first stage's decoder, clicks with Colin27's pseudo-structures added, then the
+# same with a lighter click loss;
 # see lib/samri/train/recipe.py and docs/DECODER.md.
 default-decoder: sample-data
 	$(VENV)/bin/samri default-decoder --out data/default-decoder/stage1_decoder.pt
 	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage1_decoder.pt \
 		--config configs/training_default_decoder_clicks.yaml --out data/default-decoder/stage2_decoder.pt
 	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage2_decoder.pt \
-		--config configs/training_default_decoder_pseudo.yaml --out lib/samri/assets/samri_lite_decoder.pt
+		--config configs/training_default_decoder_pseudo.yaml --out data/default-decoder/stage3_decoder.pt
+	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage3_decoder.pt \
+		--config configs/training_default_decoder_light_clicks.yaml --out lib/samri/assets/samri_lite_decoder.pt
 
 # The test split (docs/EVALUATION.md): pseudo-subjects no training or checkpoint choice saw.
 TEST_SPLIT ?= data/test-split
@@ -146,6 +149,17 @@ evaluate: test-split
 oracle:
 	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-2d \
 		$(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
+
+# How the decoder itself answers each corrective click, before serving's local merge and click fill
+# (samri.evaluation.click_response), on the recipe's 30 validation structures (samri.train.recipe's
+# split_validation_labels(..., 4) on Colin27's AAL; never the test split). DECODER= another decoder.
+VAL_LABELS ?= Frontal_Sup_L,Frontal_Sup_R,Frontal_Inf_Oper_L,Frontal_Inf_Oper_R,Supp_Motor_Area_L,Supp_Motor_Area_R,Rectus_L,Rectus_R,Cingulum_Post_L,Cingulum_Post_R,Calcarine_L,Calcarine_R,Occipital_Mid_L,Occipital_Mid_R,Parietal_Sup_L,Parietal_Sup_R,Precuneus_L,Precuneus_R,Pallidum_L,Pallidum_R,Temporal_Pole_Sup_L,Temporal_Pole_Sup_R,Cerebelum_Crus1_L,Cerebelum_Crus1_R,Cerebelum_6_L,Cerebelum_6_R,Cerebelum_10_L,Cerebelum_10_R,Vermis_6,Vermis_10
+DECODER ?=
+click-response: sample-data
+	$(PY) -m samri.evaluation.click_response --image $(STUDIES)/colin27_t1.nii.gz \
+		--label $(STUDIES)/labels/final/colin27_t1.nii.gz --labels $(VAL_LABELS) --model samri_lite \
+		$(if $(DECODER),--decoder $(DECODER)) --max-pairs 2 --max-clicks 6 --cache-dir $(EVAL_CACHE) \
+		--out docs/decoder-clicks/click-response$(if $(DECODER),-$(notdir $(basename $(DECODER)))).json
 
 # The served backend (auto) against PyTorch eager fp32 on the 2D sessions of make evaluate (samri_lite), then
 # docs/EVALUATION.md recomposed with it.

@@ -158,9 +158,10 @@ def test_shipped_samri_lite_decoder_loads_on_litemedsam():
     model = load_model(load_registry().spec("samri_lite"))
     assert model.decoder_info["path"].endswith("samri_lite_decoder.pt")
     assert model.spec.base_name == "litemedsam" and model.point_prompts == "single"
-    # stage 3 of the recipe: corrective clicks with pseudo-structures, from stage 2's decoder, chosen by the
+    # stage 4 of the recipe: stage 3 again with a lighter click loss, from stage 3's decoder, chosen by the
     # clicks score on the validation structures
-    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_pseudo.yaml"
+    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_light_clicks.yaml"
+    assert model.decoder_info["init_decoder"]["file"] == "samri_lite_decoder.pt"
     assert model.decoder_info["metrics"]["val"]["score"] > model.decoder_info["metrics"]["baseline_val"]["score"]
     data = model.decoder_info["training_data"]
     # trained on the two recipe sources only (and parcels of Colin27's own tissue); validated on AAL

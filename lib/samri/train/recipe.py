@@ -17,7 +17,11 @@ grey matter (its training AAL structures) and the white matter they enclose, cut
 parcels (`samri.train.pseudo_structures`), are added as one more study, so the decoder also learns
 structures whose borders T1 does not show. No parcel holds a validation structure's voxel.
 
-Run: ``make default-decoder`` (three ``samri default-decoder`` calls, each stage from the previous
+A lighter click loss (the fourth stage, ``configs/training_default_decoder_light_clicks.yaml``): the
+third stage again with the click loss cut from 0.5 to 0.1, which stops the decoder's own answer to a
+negative click from erasing the object (docs/DECODER.md, "Stage 4").
+
+Run: ``make default-decoder`` (four ``samri default-decoder`` calls, each stage from the previous
 one's decoder).
 """
 

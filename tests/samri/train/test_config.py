@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,18 @@ def test_recipe_stage2_values_are_pinned():
                               gate_margin=0.0)
 
 
+def test_recipe_stage4_is_stage3_with_a_lighter_click_loss():
+    """The fourth stage repeats the third's settings; only the click loss differs (0.1 against 0.5)."""
+    stage3 = load_train_config(CONFIGS / "training_default_decoder_pseudo.yaml", base=CONFIGS / "training.yaml")
+    stage4 = load_train_config(CONFIGS / "training_default_decoder_light_clicks.yaml", base=CONFIGS / "training.yaml")
+    assert stage3.settings.click_weight == 0.5 and stage4.settings.click_weight == 0.1
+    assert stage4 == replace(stage3, settings=replace(stage3.settings, click_weight=0.1))
+
+
 def test_recipe_yamls_hold_only_what_differs():
     base = yaml.safe_load((CONFIGS / "training.yaml").read_text())
-    for name in ("training_default_decoder.yaml", "training_default_decoder_clicks.yaml"):
+    for name in ("training_default_decoder.yaml", "training_default_decoder_clicks.yaml",
+                 "training_default_decoder_light_clicks.yaml"):
         recipe = yaml.safe_load((CONFIGS / name).read_text())
         for key, value in recipe.items():
             if isinstance(value, dict):
