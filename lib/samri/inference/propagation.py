@@ -17,7 +17,10 @@ half: the largest cross-section is at most 4.1 x a central one (hippocampus; tha
 the far end of a structure lies within 2.0 seed diameters of a central slice for all but the
 hippocampus (2.5 from its thinnest central slices, median 1.3; thalamus 0.8, caudate 1.95).
 ``max_reach`` is set below the hippocampus on purpose: a result cut short is extended with a
-second click farther along, while a run-away one has to be erased slice by slice.
+second click farther along, while a run-away one has to be erased slice by slice. Seeds without a
+box (points only, as OHIF sends) have their own IoU and reach rules (``min_relative_iou_points``,
+``max_reach_points``), chosen on the recipe's validation structures for the shipped decoder
+(docs/DECODER.md, "Stage 4").
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class PropagationSettings:
             slice's (0 turns it off). Relative, because a fine-tuned IoU head is calibrated to the
             real IoU of its training structures (about 0.3-0.6 on atlas structures), so no absolute
             threshold suits every decoder; calibrated on Colin27 deep grey structures (docs/DECODER.md).
+        min_relative_iou_points: the same rule for a seed prompted by points alone (no box); 0 uses
+            ``min_relative_iou``. Chosen with ``max_reach_points`` on the validation structures for the
+            stage-4 decoder (docs/DECODER.md, "Stage 4").
         max_growth: stop when the area grows by more than this factor from one slice to the next
             (sudden leak into neighbours).
         max_seed_growth: stop when the area exceeds this multiple of the seed slice's mask (0 turns
@@ -66,7 +72,7 @@ class PropagationSettings:
             off): a bound that holds whatever the IoU head says (module notes).
         max_reach_points: the same bound for a seed prompted by points alone (no box), whose mask is
             a guess at the section's size; 0 uses ``max_reach``. Chosen on the validation structures
-            for the shipped decoder (docs/DECODER.md, "The 3D stop rule re-tuned").
+            (docs/DECODER.md, "The 3D stop rule re-tuned" and "Stage 4").
         min_overlap: stop when the new mask covers less than this fraction of the smaller of it and
             the previous mask (jumped to another object).
         box_margin: pixels added around the previous mask's box.
@@ -79,10 +85,11 @@ class PropagationSettings:
     min_area: int = 10
     min_iou: float = 0.2
     min_relative_iou: float = 0.85
+    min_relative_iou_points: float = 0.75
     max_growth: float = 2.0
     max_seed_growth: float = 4.5
     max_reach: float = 2.0
-    max_reach_points: float = 1.0
+    max_reach_points: float = 0.75
     min_overlap: float = 0.2
     box_margin: int = 2
     chain_logits: bool = False
@@ -309,12 +316,15 @@ class Propagator:
 
     def _front(self, seed: int, step: int, res: "SliceResult", ref_iou: float, prompt: SlicePrompt) -> _Front:
         rules = self.rules
+        points_only = prompt.box is None
+        relative = rules.min_relative_iou_points if points_only and rules.min_relative_iou_points > 0 \
+            else rules.min_relative_iou
         floor = rules.min_iou
-        if rules.min_relative_iou > 0:
-            floor = max(floor, rules.min_relative_iou * ref_iou)
-        points_only = prompt.box is None and rules.max_reach_points > 0
+        if relative > 0:
+            floor = max(floor, relative * ref_iou)
+        reach = rules.max_reach_points if points_only and rules.max_reach_points > 0 else rules.max_reach
         return _Front(seed=seed, step=step, prev=res, next=seed + step, iou_floor=floor, seed_area=res.area,
-                      reach=self._reach(res.area, rules.max_reach_points if points_only else rules.max_reach))
+                      reach=self._reach(res.area, reach))
 
     def _reach(self, seed_area: int, diameters: float) -> int | None:
         """Most slices a front may go from its seed: ``diameters`` seed diameters, in mm (None: no bound)."""

@@ -6,6 +6,8 @@ truth ellipsoid section inside the prompt box (the tiny model has random weights
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,21 @@ def test_propagation_stops_where_iou_drops_relative_to_the_seed(fake, gt_mask, p
     assert sorted(res.slices) == list(range(CENTER_K - 2, CENTER_K + 3))
     seg_off = Segmenter(tiny_model, EmbeddingCache(), propagation=PropagationSettings(min_relative_iou=0.0))
     assert len(seg_off.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)}).slices) > 5
+
+
+def test_point_seeds_have_their_own_relative_iou_floor(fake, gt_mask, prepared_volume, tiny_model):
+    """``min_relative_iou_points`` applies to seeds without a box; box seeds keep ``min_relative_iou``."""
+    fake.iou = lambda k: 0.6 if abs(k - CENTER_K) <= 2 else 0.6 * 0.8  # 0.8 x the seed's
+    rules = PropagationSettings(min_relative_iou=0.85, min_relative_iou_points=0.75, max_reach_points=0.0)
+    seg = Segmenter(tiny_model, EmbeddingCache(), propagation=rules)
+    point_seed = {CENTER_K: SlicePrompt(points=[[20, 24]], labels=[1])}
+    assert len(seg.propagate(prepared_volume, 2, point_seed).slices) > 5  # 0.8 is above the points' 0.75
+    box_res = seg.propagate(prepared_volume, 2, {CENTER_K: box_around(gt_mask, CENTER_K)})
+    assert sorted(box_res.slices) == list(range(CENTER_K - 2, CENTER_K + 3))
+    strict = Segmenter(tiny_model, EmbeddingCache(), propagation=replace(rules, min_relative_iou_points=0.9))
+    assert sorted(strict.propagate(prepared_volume, 2, point_seed).slices) == list(range(CENTER_K - 2, CENTER_K + 3))
+    shared = Segmenter(tiny_model, EmbeddingCache(), propagation=replace(rules, min_relative_iou_points=0.0))
+    assert sorted(shared.propagate(prepared_volume, 2, point_seed).slices) == list(range(CENTER_K - 2, CENTER_K + 3))
 
 
 def test_propagation_stops_on_a_leak(monkeypatch, gt_mask, prepared_volume, tiny_model):
@@ -308,8 +325,6 @@ def test_a_mask_creeping_out_of_its_box_is_stopped(monkeypatch, prepared_volume,
 def test_reach_bounds_a_front_by_the_seed_diameter(monkeypatch, tiny_model, k_spacing):
     """A thin tube through the whole volume (nothing else stops it) ends max_reach seed diameters
     (in mm, so fewer slices when slices are thicker) from the seed."""
-    from dataclasses import replace
-
     from samri.volume import ImageVolume, prepare_volume
 
     rows, cols = np.meshgrid(np.arange(40), np.arange(48), indexing="ij")
