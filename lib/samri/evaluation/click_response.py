@@ -19,20 +19,19 @@ Frames: masks ``(H, W)`` bool slice pixels; clicks ``(r, c)``.
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from samri.annotator import corrective_click, simulate_prompt
+from samri.annotator import slice_session
 from samri.evaluation.metrics import dice
 from samri.inference.prompts import SlicePrompt
 
-logger = logging.getLogger(__name__)
-
 SIGNS = {1: "positive", 0: "negative"}
+#: a Dice change smaller than this is counted as no change
+CHANGED = 0.005
 
 
 @dataclass
@@ -81,10 +80,6 @@ class ResponseSummary:
         return out
 
 
-#: a Dice change smaller than this is counted as no change
-CHANGED = 0.005
-
-
 def _share(flags) -> float:
     flags = list(flags)
     return round(sum(flags) / len(flags), 3) if flags else 0.0
@@ -92,42 +87,46 @@ def _share(flags) -> float:
 
 def session_response(served, raw, volume, axis: int, index: int, truth: np.ndarray, *, first: str,
                      max_clicks: int) -> list[ClickRecord]:
-    """One protocol session on slice ``index``; a `ClickRecord` per corrective click.
+    """One protocol session on slice ``index`` (`samri.annotator.slice_session`, the protocol's own
+    annotator); a `ClickRecord` per corrective click.
 
     Args:
-        served: a `samri.inference.segmenter.Segmenter` as the app serves (merge and fill on).
+        served: a `samri.inference.segmenter.Segmenter` as the app serves (merge and fill on); the
+            session goes on with its answers.
         raw: the same model with ``click_merge="global"`` and ``click_fill=None``.
         truth: ``(H, W)`` bool ground truth of the slice.
         max_clicks: interactions, the first included (so ``max_clicks - 1`` corrections at most).
     """
     truth = np.asarray(truth, dtype=bool)
-    prompt = simulate_prompt(truth, first)
-    answer = served.predict_slice(volume, axis, index, prompt)
     geom = raw.slice_geometry(volume, axis)
     embedding = raw.embedding(volume, axis, index)
-    records = []
-    for n in range(1, max_clicks):
-        click = corrective_click(answer.mask, truth)
-        if click is None:
-            break
-        point, label = click
-        prompt = SlicePrompt(points=np.concatenate([prompt.points, point[None]]),
-                             labels=np.concatenate([prompt.labels, [label]]), box=prompt.box,
-                             mask_logits=answer.low_res_logits)
-        bare = raw.decode(embedding, geom, prompt).mask
-        following = served.predict_slice(volume, axis, index, prompt)
-        before = answer.mask
-        r, c = np.clip(np.round(point).astype(int), 0, np.array(truth.shape) - 1)
-        records.append(ClickRecord(
-            label=int(label), index=n, before=dice(before, truth), raw=dice(bare, truth),
-            served=dice(following.mask, truth),
-            raw_object_removed=int((before & ~bare & truth).sum()),
-            raw_extra_removed=int((before & ~bare & ~truth).sum()),
-            raw_object_added=int((~before & bare & truth).sum()),
-            raw_extra_added=int((~before & bare & ~truth).sum()),
-            raw_follows=bool(bare[r, c] == bool(label))))
-        answer = following
+    records: list[ClickRecord] = []
+    previous: list[np.ndarray] = []
+
+    def decode(prompt: SlicePrompt) -> tuple[np.ndarray, Any]:
+        answer = served.predict_slice(volume, axis, index, prompt)
+        if prompt.mask_logits is not None:  # a correction: its click is the prompt's last point
+            bare = raw.decode(embedding, geom, prompt).mask
+            records.append(_record(len(records) + 1, prompt, previous[-1], bare, answer.mask, truth))
+        previous.append(answer.mask)
+        return answer.mask, answer.low_res_logits
+
+    slice_session(decode, truth, first=first, max_clicks=max_clicks)
     return records
+
+
+def _record(index: int, prompt: SlicePrompt, before: np.ndarray, bare: np.ndarray, served: np.ndarray,
+            truth: np.ndarray) -> ClickRecord:
+    """The `ClickRecord` of the correction ``prompt`` ends with; masks ``(H, W)`` bool."""
+    label = int(prompt.labels[-1])
+    r, c = np.clip(np.round(prompt.points[-1]).astype(int), 0, np.array(truth.shape) - 1)
+    return ClickRecord(label=label, index=index, before=dice(before, truth), raw=dice(bare, truth),
+                       served=dice(served, truth),
+                       raw_object_removed=int((before & ~bare & truth).sum()),
+                       raw_extra_removed=int((before & ~bare & ~truth).sum()),
+                       raw_object_added=int((~before & bare & truth).sum()),
+                       raw_extra_added=int((~before & bare & ~truth).sum()),
+                       raw_follows=bool(bare[r, c] == bool(label)))
 
 
 def click_response(model, cache, cases: Sequence, config, window, *, progress: bool = False) -> dict[str, Any]:
