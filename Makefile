@@ -152,8 +152,11 @@ oracle:
 
 # How the decoder itself answers each corrective click, before serving's local merge and click fill
 # (samri.evaluation.click_response), on the recipe's 30 validation structures (samri.train.recipe's
-# split_validation_labels(..., 4) on Colin27's AAL; never the test split). DECODER= another decoder.
-VAL_LABELS ?= Frontal_Sup_L,Frontal_Sup_R,Frontal_Inf_Oper_L,Frontal_Inf_Oper_R,Supp_Motor_Area_L,Supp_Motor_Area_R,Rectus_L,Rectus_R,Cingulum_Post_L,Cingulum_Post_R,Calcarine_L,Calcarine_R,Occipital_Mid_L,Occipital_Mid_R,Parietal_Sup_L,Parietal_Sup_R,Precuneus_L,Precuneus_R,Pallidum_L,Pallidum_R,Temporal_Pole_Sup_L,Temporal_Pole_Sup_R,Cerebelum_Crus1_L,Cerebelum_Crus1_R,Cerebelum_6_L,Cerebelum_6_R,Cerebelum_10_L,Cerebelum_10_R,Vermis_6,Vermis_10
+# split_validation_labels(..., 4) on Colin27's AAL, computed when used; never the test split).
+# DECODER= another decoder.
+VAL_LABELS = $(shell $(PY) -c "from pathlib import Path; from samri.labels import load_label_names; \
+	from samri.train.recipe import split_validation_labels as split; \
+	print(','.join(split(load_label_names(Path('$(STUDIES)'))['colin27_t1'], 4)[1]))" 2>/dev/null)
 DECODER ?=
 click-response: sample-data
 	$(PY) -m samri.evaluation.click_response --image $(STUDIES)/colin27_t1.nii.gz \
