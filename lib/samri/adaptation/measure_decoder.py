@@ -4,6 +4,10 @@ Answers questions the rounds cannot, on identical sessions: would a longer train
 finished studies (``samri train --decoder ... --epochs ...``) need fewer clicks than the round's
 budget gave? ``python -m samri.adaptation.measure_decoder RUN --decoder FILE --name NAME`` writes
 ``RUN/extra/NAME/`` (the clicks run) and ``RUN/extra/NAME.json`` (the headline figures).
+
+``RUN`` without a ``summary.json`` (no ``samri adapt-sim`` run there) gets the sessions ``samri adapt-sim``
+would measure: ``configs/adaptation.yaml`` (or ``--config``), its cohort's ``test`` studies and the same
+seeded structures; that record is written to ``RUN/heldout.json`` and ``RUN/cache`` holds the embeddings.
 """
 
 from __future__ import annotations
@@ -16,7 +20,20 @@ from typing import Any, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["heldout_set", "measure_decoder"]
+__all__ = ["fresh_record", "heldout_set", "measure_decoder"]
+
+
+def fresh_record(config: Path | None = None) -> dict[str, Any]:
+    """What an adapt-sim ``summary.json`` says about its held-out sessions, without a run: the adaptation
+    config ``config`` (default ``configs/adaptation.yaml``), its cohort's ``test`` studies and the seeded
+    structures `samri.adaptation.experiment.run_adaptation` picks from them."""
+    from samri.adaptation.config import load_adapt_config
+    from samri.adaptation.experiment import cohort_splits, pick_structures
+
+    cfg = load_adapt_config(config)
+    _, test, names = cohort_splits(Path(cfg.cohort))
+    return {"config": cfg.as_dict(), "heldout": test,
+            "heldout_structures": list(pick_structures([names[s] for s in test], cfg.heldout_structures, cfg.seed))}
 
 
 def heldout_set(record: Mapping[str, Any]):
@@ -29,9 +46,10 @@ def heldout_set(record: Mapping[str, Any]):
 
 
 def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: bool = True,
-                    progress: bool = False) -> dict[str, Any]:
+                    config: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Clicks figures of ``decoder`` (None: the registry's) on ``run``'s held-out sessions, served
-    with or without click fill (`samri.inference.refine.fill_clicks`).
+    with or without click fill (`samri.inference.refine.fill_clicks`). A ``run`` folder without a
+    ``summary.json`` measures `fresh_record` (``config``), kept in ``run/heldout.json``.
 
     Returns:
         ``{"decoder", "headline", "dice_at"}`` as a round's ``heldout`` entry, also written to
@@ -43,7 +61,11 @@ def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: b
     from samri.io import write_json
     from samri.model.builders import load_model
 
-    record = json.loads((run / "summary.json").read_text())
+    if (run / "summary.json").is_file():
+        record = json.loads((run / "summary.json").read_text())
+    else:
+        record = fresh_record(config)
+        write_json(run / "heldout.json", record)
     cfg = record["config"]
     registry = load_registry()
     model = load_model(registry.spec(cfg["model"]), decoder=decoder)
@@ -60,12 +82,16 @@ def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: b
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="adapt-sim output folder")
+    p.add_argument("run", type=Path, help="adapt-sim output folder, or any folder (the sessions adapt-sim would "
+                   "measure, from --config)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="adaptation config for a folder without an adapt-sim run (default configs/adaptation.yaml)")
     p.add_argument("--decoder", type=Path, default=None, help="decoder-only checkpoint (default: the registry's)")
     p.add_argument("--name", required=True, help="name of this measurement under RUN/extra/")
     p.add_argument("--click-fill", choices=("on", "off"), default="on", help="serve with click fill (default on)")
     args = p.parse_args(argv)
-    out = measure_decoder(args.run, args.decoder, args.name, click_fill=args.click_fill == "on", progress=True)
+    out = measure_decoder(args.run, args.decoder, args.name, click_fill=args.click_fill == "on",
+                          config=args.config, progress=True)
     print(json.dumps(out["headline"]))
     return 0
 

@@ -44,3 +44,23 @@ def test_a_decoder_file_is_measured_on_the_runs_heldout_sessions(tmp_path, monke
     box = printed["box"]
     assert box["n"] == 2 * len(test) and box["dice1"] == 0.0 and box["noc85"] == 2 and box["fail85"] == 1.0
     assert (run / "extra" / "silent" / "summary.json").is_file()
+
+
+def test_a_folder_without_a_run_measures_the_sessions_adapt_sim_would(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(write_tiny_config(tmp_path / "configs")))
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, CohortRecipe(domain="macaque", subjects=3, annotate=1, min_voxels=5, contrasts=("t1",)),
+                 mricron_dir=write_fake_inia(tmp_path / "mricron"), progress=False)
+    config = tmp_path / "adaptation.yaml"
+    config.write_text(f"cohort: {cohort}\nmodel: tiny\nrounds: [1]\nheldout_structures: 2\neval_first: [point]\n"
+                      "eval_max_clicks: 2\nseed: 3\n")
+    _, test, names = cohort_splits(cohort)
+    out = tmp_path / "ab"
+    assert main([str(out), "--config", str(config), "--name", "base"]) == 0
+    record = json.loads((out / "heldout.json").read_text())
+    assert record["heldout"] == test
+    assert record["heldout_structures"] == list(pick_structures([names[s] for s in test], 2, 3))
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(printed) == ["point"] and printed["point"]["n"] == 2 * len(test)
+    assert json.loads((out / "extra" / "base.json").read_text())["decoder"] == "base"
+    assert any((out / "cache").iterdir())  # the embeddings of the held-out slices stay for the next decoder

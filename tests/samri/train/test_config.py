@@ -43,7 +43,7 @@ def test_missing_training_yaml_means_builtin_defaults(tmp_path, monkeypatch):
 def test_shipped_training_yaml():
     cfg = load_train_config(base=CONFIGS / "training.yaml")
     assert cfg == TrainConfig(settings=TrainSettings(lr=1e-4, weight_decay=0.1, lambda_dice=1.0, lambda_focal=10.0,
-                                                     focal_gamma=2.0, iou_weight=1.0, click_weight=0.5, epochs=4,
+                                                     focal_gamma=2.0, iou_weight=1.0, click_weight=0.1, epochs=4,
                                                      batch_size=8, max_steps_per_epoch=12, max_val_samples=32,
                                                      max_slices=16, validation_clicks=5, seed=0, sim=CLICKS_SIM),
                               min_pixels=30, axes=(2,), val_fraction=0.25, include_labels=None, label_stride=0,
@@ -79,6 +79,7 @@ def test_recipe_stage4_is_stage3_with_a_lighter_click_loss():
     stage3 = load_train_config(CONFIGS / "training_default_decoder_pseudo.yaml", base=CONFIGS / "training.yaml")
     stage4 = load_train_config(CONFIGS / "training_default_decoder_light_clicks.yaml", base=CONFIGS / "training.yaml")
     assert stage3.settings.click_weight == 0.5 and stage4.settings.click_weight == 0.1
+    assert load_train_config(base=CONFIGS / "training.yaml").settings.click_weight == 0.1  # the app's trainer too
     assert stage4 == replace(stage3, settings=replace(stage3.settings, click_weight=0.1))
 
 
