@@ -136,7 +136,7 @@ SUBJECTS_3D := $(foreach s,cohort_s00_t1 cohort_s01_t2like,--image $(TEST_SPLIT)
 
 evaluate: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks \
-		--first box,point --max-clicks 10 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
+		--first box,point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
 		--out $(EVAL_DIR)/clicks-2d
 	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks \
 		--first box,point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
