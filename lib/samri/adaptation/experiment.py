@@ -38,7 +38,7 @@ from samri.io import write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cohort_splits", "pick_structures", "run_adaptation", "study_paths"]
+__all__ = ["cohort_splits", "heldout_structures", "pick_structures", "run_adaptation", "study_paths"]
 
 
 def cohort_splits(cohort: Path) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
@@ -67,6 +67,12 @@ def pick_structures(names: list[dict[str, int]], count: int, seed: int) -> tuple
         raise SamriInputError("structures", count, "no structure is present in every study")
     chosen = np.random.default_rng(seed).choice(len(common), size=min(count, len(common)), replace=False)
     return tuple(sorted(common[int(i)] for i in chosen))
+
+
+def heldout_structures(cfg: AdaptConfig, test: list[str], names: dict[str, dict[str, int]]) -> tuple[str, ...]:
+    """The seeded structures measured on every held-out study: ``cfg.heldout_structures`` of those present
+    in all of ``test`` (``names``: `cohort_splits`'s ``{id: {name: value}}``)."""
+    return pick_structures([names[s] for s in test], cfg.heldout_structures, cfg.seed)
 
 
 def study_paths(folder: Path, ids: list[str]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
@@ -132,8 +138,7 @@ def run_adaptation(cfg: AdaptConfig, out_dir: str | Path, *, app_dir: Path | Non
         raise SamriInputError("rounds", list(cfg.rounds), f"the cohort has {len(annotate)} annotate studies")
     if not test:
         raise SamriInputError("cohort", str(cohort), "has no test (held-out) studies")
-    heldout = StudySet(*study_paths(cohort, test), pick_structures([names[s] for s in test], cfg.heldout_structures,
-                                                              cfg.seed))
+    heldout = StudySet(*study_paths(cohort, test), heldout_structures(cfg, test, names))
     original = None
     if cfg.original_images:
         original = StudySet(*study_paths(Path(cfg.original_studies), list(cfg.original_images)), cfg.original_labels)

@@ -28,12 +28,11 @@ def fresh_record(config: Path | None = None) -> dict[str, Any]:
     config ``config`` (default ``configs/adaptation.yaml``), its cohort's ``test`` studies and the seeded
     structures `samri.adaptation.experiment.run_adaptation` picks from them."""
     from samri.adaptation.config import load_adapt_config
-    from samri.adaptation.experiment import cohort_splits, pick_structures
+    from samri.adaptation.experiment import cohort_splits, heldout_structures
 
     cfg = load_adapt_config(config)
     _, test, names = cohort_splits(Path(cfg.cohort))
-    return {"config": cfg.as_dict(), "heldout": test,
-            "heldout_structures": list(pick_structures([names[s] for s in test], cfg.heldout_structures, cfg.seed))}
+    return {"config": cfg.as_dict(), "heldout": test, "heldout_structures": list(heldout_structures(cfg, test, names))}
 
 
 def heldout_set(record: Mapping[str, Any]):
