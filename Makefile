@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split adapt-cohort adapt-sim oracle click-response
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle click-response
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -122,6 +122,24 @@ default-decoder: sample-data
 TEST_SPLIT ?= data/test-split
 test-split: sample-data
 	$(VENV)/bin/samri cohort $(TEST_SPLIT) --subjects 4 --seed 0
+
+# The validation cohort (docs/EVALUATION.md, "Which data is in which split"): the test split's generator with
+# another seed, scored on JHU / Harvard-Oxford structures that are neither test structures nor their twins
+# (samri.evaluation.splits). It chooses the 3D rules for structures of the test split's kind; never scored in
+# docs/EVALUATION.md.
+VAL_SPLIT ?= data/val-split
+val-split: sample-data
+	$(VENV)/bin/samri cohort $(VAL_SPLIT) --subjects 2 --seed 1
+VAL_SUBJECTS := $(foreach s,cohort_s00_t1 cohort_s01_t2like,--image $(VAL_SPLIT)/$(s).nii.gz --label $(VAL_SPLIT)/labels/final/$(s).nii.gz)
+VAL_COHORT_LABELS = $(shell $(PY) -m samri.evaluation.splits $(VAL_SPLIT)/label_names.json --exclude $(EVAL_LABELS))
+
+# 3D clicks on the validation cohort, both models, first box and point, 3 interactions (about 9 min);
+# PROPAGATION="--propagation KEY=VALUE" tries a stop rule, VAL3D_DIR another output folder.
+VAL3D_DIR ?= data/val3d/run
+validate-3d: val-split
+	$(VENV)/bin/samri evaluate $(VAL_SUBJECTS) --labels $(VAL_COHORT_LABELS) $(EVAL_MODELS) --protocol clicks \
+		--first box,point --max-clicks 3 --axis 2 --mode 3d --seed 0 --cache-dir $(EVAL_CACHE) --out $(VAL3D_DIR) \
+		$(PROPAGATION)
 
 # docs/EVALUATION.md: clicks to an accurate mask on the test split, 2D and 3D, first box and first point
 # (see docs/evaluation/PREAMBLE.md). A fixed subset of structures (both atlases, both sides) bounds the CPU time.
