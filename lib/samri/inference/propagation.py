@@ -274,7 +274,7 @@ class Propagator:
         for index in plan.decode:
             if self._cut(meter, out, seed=True):
                 return out
-            out.slices[index] = self.segmenter.predict_slice(self.volume, self.axis, index, seeds[index])
+            out.slices[index] = self._predict_seed(index, seeds[index])
             meter.done += 1
         for index in plan.decode:
             ref_iou[index] = self._reference_iou(index, seeds[index], out.slices[index])
@@ -297,6 +297,14 @@ class Propagator:
             out.memo = PropagationMemo(context=context, seeds=signatures, ref_iou=ref_iou, slices=dict(out.slices),
                                        stops=[dict(s) for s in out.stops])
         return out
+
+    def _predict_seed(self, index: int, prompt: SlicePrompt) -> "SliceResult":
+        """A prompted slice; a lone-points seed is decoded as the model's ``point_prompts_3d`` says."""
+        seg = self.segmenter
+        mode = getattr(seg, "point_prompts_3d", None)
+        if mode is None or mode == getattr(seg, "point_prompts", None):
+            return seg.predict_slice(self.volume, self.axis, index, prompt)
+        return seg.predict_slice(self.volume, self.axis, index, prompt, point_prompts=mode)
 
     def _reference_iou(self, index: int, prompt: SlicePrompt, res: "SliceResult") -> float:
         """The predicted IoU that ``min_relative_iou`` is relative to, for a box prompt on the seed slice.

@@ -128,7 +128,8 @@ class Segmenter:
         return SliceGeometry(volume.shape[rows], volume.shape[cols], self.model.input_size)
 
     @torch.inference_mode()
-    def decode(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt) -> SliceResult:
+    def decode(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt, *,
+               point_prompts: str | None = None) -> SliceResult:
         """Prompt encoder + mask decoder on one embedding ``(C, h, w)``.
 
         A single point without box or mask is ambiguous, so for SAM-trained decoders
@@ -138,17 +139,19 @@ class Segmenter:
         Models trained with boxes only (``point_prompts == "box_search"``, e.g. LiteMedSAM) turn
         a points-only prompt into a search over boxes around the points (`_box_search`);
         ``"single_or_box"`` lets a first points-only prompt pick between both (`_single_or_box`).
+        ``point_prompts`` overrides the model's mode for this call (3D seeds: `point_prompts_3d`).
         """
         if prompt.is_empty and prompt.mask_logits is None:
             raise SamriInputError("prompt", "empty", "give at least one point or a box")
         prompt.check_inside((geom.height, geom.width))
-        if prompt.box is None and (prompt.labels == 1).any() and self.point_prompts == "box_search":
+        mode = point_prompts or self.point_prompts
+        if prompt.box is None and (prompt.labels == 1).any() and mode == "box_search":
             return self._merged(geom, prompt, self._box_search(embedding, geom, prompt))
         if (prompt.box is None and prompt.mask_logits is None and (prompt.labels == 1).any()
-                and self.point_prompts == "single_or_box"):
+                and mode == "single_or_box"):
             return self._single_or_box(embedding, geom, prompt)
         multimask = (len(prompt.points) == 1 and prompt.box is None and prompt.mask_logits is None
-                     and self.point_prompts == "native")
+                     and mode == "native")
         low_res, iou = self._run_decoder(embedding, self.model.prompt_encoder(**prompt.to_model(geom,
                                                                                                 self.model.device)),
                                          multimask)
@@ -169,6 +172,11 @@ class Segmenter:
     @property
     def point_prompts(self) -> str:
         return getattr(self.model, "point_prompts", "native")
+
+    @property
+    def point_prompts_3d(self) -> str:
+        """How a 3D seed prompted by points alone is decoded (`samri.model.builders.SamModel.point_prompts_3d`)."""
+        return getattr(self.model, "point_prompts_3d", None) or self.point_prompts
 
     def _run_decoder(self, embedding: torch.Tensor, prompt_embeddings: tuple[torch.Tensor, torch.Tensor],
                      multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,12 +232,15 @@ class Segmenter:
         best = max(range(len(boxes)), key=lambda n: _fit_score(full[n], float(iou[n, 0]), prompt))
         return SliceResult(mask=full[best], low_res_logits=low_res[best:best + 1, :1], iou=float(iou[best, 0]))
 
-    def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt) -> SliceResult:
+    def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt, *,
+                      point_prompts: str | None = None) -> SliceResult:
         """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss); on a refinement
-        every click holds in the answer (`click_fill`)."""
+        every click holds in the answer (`click_fill`). ``point_prompts``: as in `decode`."""
         axis = check_axis(axis)
         geom = self.slice_geometry(volume, axis)
-        result = self.decode(self.embedding(volume, axis, index), geom, prompt)
+        embedding = self.embedding(volume, axis, index)
+        result = (self.decode(embedding, geom, prompt) if point_prompts is None
+                  else self.decode(embedding, geom, prompt, point_prompts=point_prompts))
         if self.click_fill is None or prompt.mask_logits is None or not len(prompt.points):
             return result
         filled = fill_clicks(result.mask, take_slice(volume.windowed, axis, index), prompt.points, prompt.labels,

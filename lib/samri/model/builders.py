@@ -55,6 +55,9 @@ class ModelSpec:
             (box-only training, e.g. LiteMedSAM: a points-only prompt searches boxes around them) or
             ``"single_or_box"`` (a first points-only prompt: the single-mask answer or the box search's,
             each box sent with the points, whichever fits the points and predicts the higher IoU).
+        point_prompts_3d: the same choice for a 3D seed prompted by points alone, or None (as
+            ``point_prompts``). Applies while the served decoder answers points with ``"single"``: a
+            decoder checkpoint whose metadata says otherwise keeps its own mode in 3D too.
         decoder: decoder-only checkpoint applied by default (a path, or ``package:NAME`` for a
             file shipped in ``samri/assets``); ``load_model(decoder=...)`` overrides it.
         base: for a variant that only adds a decoder, the entry whose encoder it shares.
@@ -71,6 +74,7 @@ class ModelSpec:
     description: str = ""
     random_init: bool = False
     point_prompts: str = "native"
+    point_prompts_3d: str | None = None
     decoder: str | None = None
     base: str | None = None
     backend: str = "torch"
@@ -85,6 +89,9 @@ class ModelSpec:
         if self.point_prompts not in POINT_PROMPT_MODES:
             raise SamriInputError(f"models.{self.name}.point_prompts", self.point_prompts,
                                   f"must be one of {list(POINT_PROMPT_MODES)}")
+        if self.point_prompts_3d is not None and self.point_prompts_3d not in POINT_PROMPT_MODES:
+            raise SamriInputError(f"models.{self.name}.point_prompts_3d", self.point_prompts_3d,
+                                  f"must be one of {list(POINT_PROMPT_MODES)} or null")
         from samri.model.backends import BACKENDS, PRECISIONS, check_option
 
         object.__setattr__(self, "backend", check_option(f"models.{self.name}.backend", self.backend, BACKENDS))
@@ -108,6 +115,8 @@ class SamModel(nn.Module):
         decoder_info: metadata of an applied decoder checkpoint, or ``{}``.
         point_prompts: how points-only prompts are served (see `ModelSpec`); a decoder
             checkpoint's metadata may set it.
+        point_prompts_3d: how a 3D seed of points alone is decoded, or None (as ``point_prompts``);
+            from `ModelSpec` or a decoder checkpoint's metadata.
         backend_key: ``""`` for PyTorch eager fp32, else ``"openvino-bf16"``...: part of
             `cache_key` (set by `samri.model.backends.apply_backend`).
         backend_info: which backend serves and why (for ``/info/``).
@@ -124,6 +133,7 @@ class SamModel(nn.Module):
         self.encoder_id = ""
         self.decoder_info: dict[str, Any] = {}
         self.point_prompts = spec.point_prompts
+        self.point_prompts_3d = spec.point_prompts_3d
         self.backend_key = ""
         self.backend_info: dict[str, Any] = {"backend": "torch", "precision": "fp32"}
 
@@ -269,10 +279,16 @@ def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamMod
     if mode not in POINT_PROMPT_MODES:
         raise CheckpointError("decoder", str(path),
                               f"metadata point_prompts={mode!r} not in {list(POINT_PROMPT_MODES)}")
+    # the registry's 3D choice was measured for decoders answering a point on the single-mask output
+    mode_3d = envelope["metadata"].get("point_prompts_3d", model.spec.point_prompts_3d if mode == "single" else None)
+    if mode_3d is not None and mode_3d not in POINT_PROMPT_MODES:
+        raise CheckpointError("decoder", str(path),
+                              f"metadata point_prompts_3d={mode_3d!r} not in {list(POINT_PROMPT_MODES)}")
     state = unwrap_state_dict(envelope["mask_decoder"], path, field="decoder")
     load_strict(model.mask_decoder, state, path, field="decoder", prefix="mask_decoder.")
     model.preprocessing = prep
     model.point_prompts = mode
+    model.point_prompts_3d = mode_3d
     model.decoder_info = {"path": str(path), **dict(envelope["metadata"])}
     return model
 

@@ -159,6 +159,37 @@ def test_single_or_box_lets_the_single_answer_compete_with_boxed_candidates(fres
                                                           mask_logits=res.low_res_logits))
     assert [c[0] for c in calls] == [1, 1]
 
+def test_a_lone_point_3d_seed_is_decoded_as_point_prompts_3d_says(fresh_tiny_model, prepared_volume, monkeypatch):
+    from samri.inference import segmenter as predict
+
+    fresh_tiny_model.point_prompts, fresh_tiny_model.point_prompts_3d = "single", "single_or_box"
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache())
+    geom = seg.slice_geometry(prepared_volume, 2)
+    top = np.zeros((40, 48), bool)
+    top[:20] = True
+    low_res = geom.slice_to_low_res(torch.as_tensor(np.where(top, 10.0, -10.0), dtype=torch.float32)[None, None], 32)
+    calls = []
+
+    def fake(self, embedding, prompt_embeddings, multimask):
+        batch = prompt_embeddings[0].shape[0]
+        calls.append((batch, prompt_embeddings[0].shape[1]))
+        return low_res.expand(batch, 1, -1, -1).clone(), torch.full((batch, 1), 0.9)
+
+    monkeypatch.setattr(Segmenter, "_run_decoder", fake)
+    point = SlicePrompt(points=[[10, 10]], labels=[1])
+    seg.predict_slice(prepared_volume, 2, 15, point)
+    assert calls == [(1, 2)]  # 2D: the single-mask answer only
+    calls.clear()
+    seg.propagate(prepared_volume, 2, {15: point})
+    n = len(predict.BOX_SEARCH_HALF_SIZES)
+    assert calls[:2] == [(1, 2), (n, 3)]  # 3D seed: the single answer against the boxes sent with the point
+    assert all(c[0] == 1 for c in calls[2:])  # propagated slices: one box prompt each
+    fresh_tiny_model.point_prompts_3d = None  # unset: as in 2D
+    calls.clear()
+    seg.propagate(prepared_volume, 2, {15: point})
+    assert calls[0] == (1, 2) and all(c[0] == 1 for c in calls)
+
+
 # --- box search for box-trained decoders (LiteMedSAM) -------------------------------------------
 def test_box_search_with_the_tiny_model(fresh_tiny_model, prepared_volume, monkeypatch):
     from samri.inference import segmenter as predict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -350,6 +351,31 @@ def test_spec_point_prompts_validation():
     with pytest.raises(SamriInputError, match=r"^models\.x\.point_prompts='sometimes'"):
         ModelSpec(name="x", architecture="sam_vit_b", checkpoint=None, preprocessing=Preprocessing(),
                   point_prompts="sometimes")
+    with pytest.raises(SamriInputError, match=r"^models\.x\.point_prompts_3d='often'"):
+        ModelSpec(name="x", architecture="sam_vit_b", checkpoint=None, preprocessing=Preprocessing(),
+                  point_prompts_3d="often")
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ({"point_prompts": "single"}, "single_or_box"),  # the registry's 3D choice holds for a "single" decoder
+    ({"point_prompts": "box_search"}, None),  # a decoder that did not learn points keeps its mode in 3D
+    ({"point_prompts": "single", "point_prompts_3d": "box_search"}, "box_search"),  # its own choice wins
+])
+def test_decoder_point_prompts_3d(tmp_path, fresh_tiny_model, metadata, expected):
+    spec = replace(tiny_spec(), point_prompts_3d="single_or_box")
+    path = save_decoder_checkpoint(tmp_path / "dec.pt", mask_decoder=fresh_tiny_model.mask_decoder, base_model="tiny",
+                                   preprocessing=Preprocessing(input_size=64).to_dict(), metadata=metadata)
+    assert load_model(spec, decoder=path).point_prompts_3d == expected
+    assert load_model(spec).point_prompts_3d == "single_or_box"  # no decoder: the spec's
+
+
+def test_decoder_with_an_unknown_3d_mode_is_refused(tmp_path, fresh_tiny_model):
+    path = save_decoder_checkpoint(tmp_path / "dec.pt", mask_decoder=fresh_tiny_model.mask_decoder, base_model="tiny",
+                                   preprocessing=Preprocessing(input_size=64).to_dict(),
+                                   metadata={"point_prompts": "single", "point_prompts_3d": "often"})
+    with pytest.raises(CheckpointError, match="point_prompts_3d='often'"):
+        apply_decoder_checkpoint(fresh_tiny_model, path)
+    assert fresh_tiny_model.point_prompts == "native" and fresh_tiny_model.point_prompts_3d is None
 
 
 # --- atomic writes ------------------------------------------------------------------------------
