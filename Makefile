@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle click-response
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle click-response
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,12 @@ bench-vit-b: sample-data
 bench-vit-l: sample-data
 	$(VENV)/bin/samri bench --backends-only --model sam_vit_l --random-weights --backend torch --backend auto \
 		--repeats 5 --json docs/bench-vit-l.json --markdown docs/BENCHMARKS.md
+
+# The same for SAM ViT-H (its own section; about twice ViT-L's time: the export and eager ~1.5 min per slice,
+# so 3 repeats).
+bench-vit-h: sample-data
+	$(VENV)/bin/samri bench --backends-only --model sam_vit_h --random-weights --backend torch --backend auto \
+		--repeats 3 --json docs/bench-vit-h.json --markdown docs/BENCHMARKS.md
 
 # On a machine with an NVIDIA GPU: the PyTorch CUDA path (encoder throughput, clicks, 3D, whole stack, training
 # steps, SAM ViT-B with random weights): its own section of docs/BENCHMARKS.md (samri.bench.gpu).
