@@ -238,9 +238,8 @@ class Segmenter:
         every click holds in the answer (`click_fill`). ``point_prompts``: as in `decode`."""
         axis = check_axis(axis)
         geom = self.slice_geometry(volume, axis)
-        embedding = self.embedding(volume, axis, index)
-        result = (self.decode(embedding, geom, prompt) if point_prompts is None
-                  else self.decode(embedding, geom, prompt, point_prompts=point_prompts))
+        override = {} if point_prompts is None else {"point_prompts": point_prompts}
+        result = self.decode(self.embedding(volume, axis, index), geom, prompt, **override)
         if self.click_fill is None or prompt.mask_logits is None or not len(prompt.points):
             return result
         filled = fill_clicks(result.mask, take_slice(volume.windowed, axis, index), prompt.points, prompt.labels,

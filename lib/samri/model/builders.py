@@ -56,8 +56,8 @@ class ModelSpec:
             ``"single_or_box"`` (a first points-only prompt: the single-mask answer or the box search's,
             each box sent with the points, whichever fits the points and predicts the higher IoU).
         point_prompts_3d: the same choice for a 3D seed prompted by points alone, or None (as
-            ``point_prompts``). Applies while the served decoder answers points with ``"single"``: a
-            decoder checkpoint whose metadata says otherwise keeps its own mode in 3D too.
+            ``point_prompts``). A decoder checkpoint keeps it only when its metadata serves points
+            with ``"single"`` (what it was measured for) and sets no ``point_prompts_3d`` of its own.
         decoder: decoder-only checkpoint applied by default (a path, or ``package:NAME`` for a
             file shipped in ``samri/assets``); ``load_model(decoder=...)`` overrides it.
         base: for a variant that only adds a decoder, the entry whose encoder it shares.
