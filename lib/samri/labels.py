@@ -33,6 +33,12 @@ BACKGROUND = "background"
 _INFO_SHAPE = '{"name": str, "idx": int}'
 
 
+def side_less(name: str) -> str:
+    """A structure name without its hemisphere suffix (AAL's ``_L`` / ``_R``, the cohorts' ``_l`` / ``_r``),
+    so both sides of a structure group together."""
+    return name[:-2] if name.endswith(("_L", "_R", "_l", "_r")) else name
+
+
 def label_value(value: Any, field: str) -> int:
     """``value`` as a voxel value: a non-negative integer (integral floats accepted, booleans not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \

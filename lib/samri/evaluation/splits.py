@@ -23,13 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from samri.errors import SamriInputError
-
-_SIDES = ("_l", "_r")
-
-
-def side_less(name: str) -> str:
-    """``name`` without a trailing ``_l`` / ``_r`` (the cohort's lower-case hemisphere suffix)."""
-    return name[:-2] if name.endswith(_SIDES) else name
+from samri.labels import side_less
 
 
 def cohort_validation_structures(names: Iterable[str], test_structures: Iterable[str], *,

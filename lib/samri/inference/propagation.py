@@ -301,8 +301,8 @@ class Propagator:
     def _predict_seed(self, index: int, prompt: SlicePrompt) -> "SliceResult":
         """A prompted slice; a lone-points seed is decoded as the model's ``point_prompts_3d`` says."""
         seg = self.segmenter
-        mode = getattr(seg, "point_prompts_3d", None)
-        if mode is None or mode == getattr(seg, "point_prompts", None):
+        mode = seg.point_prompts_3d
+        if mode == seg.point_prompts:
             return seg.predict_slice(self.volume, self.axis, index, prompt)
         return seg.predict_slice(self.volume, self.axis, index, prompt, point_prompts=mode)
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from samri.errors import SamriInputError
+from samri.labels import side_less
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +65,10 @@ def split_validation_labels(names: dict[str, int], stride: int) -> tuple[dict[st
         raise SamriInputError("validation.label_stride", stride, "must be 0 (off) or at least 2")
     groups: dict[str, list[str]] = {}
     for name in sorted(names, key=names.get):
-        groups.setdefault(_without_side(name), []).append(name)
+        groups.setdefault(side_less(name), []).append(name)
     held_groups = [g for k, g in enumerate(groups.values()) if stride and k % stride == 1]
     held = {n: names[n] for g in held_groups for n in g}
     return {n: v for n, v in names.items() if n not in held}, held
-
-
-def _without_side(name: str) -> str:
-    return name[:-2] if name.endswith(("_L", "_R")) else name
 
 
 def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int = 0,

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from samri.errors import SamriInputError
-from samri.evaluation.splits import _main, cohort_validation_structures, side_less
+from samri.evaluation.splits import _main, cohort_validation_structures
+from samri.labels import side_less
 
 NAMES = ["jhu_genu", "jhu_tract_a_l", "jhu_tract_a_r", "jhu_tract_b_l", "jhu_tract_b_r", "jhu_tract_c_l",
          "jhu_tract_c_r", "jhu_tract_d_l", "jhu_tract_d_r", "ho_area_a_l", "ho_area_a_r", "ho_area_b_l",
@@ -18,6 +19,7 @@ def test_side_less():
     assert side_less("jhu_tract_a_l") == "jhu_tract_a"
     assert side_less("jhu_tract_a_r") == "jhu_tract_a"
     assert side_less("jhu_genu") == "jhu_genu"
+    assert side_less("Putamen_L") == "Putamen" and side_less("Vermis_1_2") == "Vermis_1_2"  # AAL's
 
 
 def test_pick_leaves_out_test_structures_and_their_twins():
