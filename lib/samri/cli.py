@@ -141,7 +141,9 @@ def cmd_default_decoder(args: argparse.Namespace) -> int:
 
     summary = train_default_decoder(out=args.out, work_dir=args.work_dir,
                                     cache_dir=args.cache_dir or default_cache_dir(),
-                                    config=args.config, init_decoder=args.init_decoder)
+                                    config=args.config, init_decoder=args.init_decoder,
+                                    validation_cohort=args.validation_cohort,
+                                    validation_labels=[n for n in args.validation_labels.split(",") if n])
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -361,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--init-decoder", type=Path, default=None,
                    help="start from this decoder-only checkpoint (the recipe's second stage)")
+    p.add_argument("--validation-cohort", type=Path, default=None,
+                   help="also validate on this cohort's studies (make val-split's folder)")
+    p.add_argument("--validation-labels", default="",
+                   help="comma list: the cohort's validation structures (python -m samri.evaluation.splits)")
     p.set_defaults(func=cmd_default_decoder)
 
     p = sub.add_parser("bench", help="speed figures: encoder, cached/uncached click, 3D, memory")

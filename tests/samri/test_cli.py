@@ -171,3 +171,14 @@ def test_shipped_samri_lite_decoder_loads_on_litemedsam():
     assert data["val_studies"] == ["colin27_t1~heldout_structures"]
     plain = load_model(load_registry().spec("litemedsam"))
     assert model.cache_key() == plain.cache_key()  # same encoder: embeddings are shared
+
+
+def test_default_decoder_passes_the_validation_cohort_to_the_recipe(monkeypatch, tmp_path):
+    import samri.train.recipe as recipe
+
+    seen = {}
+    monkeypatch.setattr(recipe, "train_default_decoder", lambda **kwargs: seen.update(kwargs) or {"best": {}})
+    assert main(["default-decoder", "--out", str(tmp_path / "d.pt"), "--work-dir", str(tmp_path),
+                 "--validation-cohort", "data/val-split", "--validation-labels", "jhu_a_l,ho_b_r"]) == 0
+    assert str(seen["validation_cohort"]) == "data/val-split"
+    assert seen["validation_labels"] == ["jhu_a_l", "ho_b_r"]

@@ -15,7 +15,8 @@ YAML shape (see ``configs/training.yaml``)::
     validation: {label_stride}
     prompts: {mode_weights, box_jitter, max_negatives, correction_prob, correction_rounds}
     gate: {margin}
-    pseudo_structures: {grey_cells, white_cells}   (the default decoder's recipe only)
+    pseudo_structures: {grey_cells, white_cells, fine_grey_cells, fine_white_cells, white_tubes}
+                                                (the default decoder's recipe only)
 
 An unknown key or a bad value raises `SamriInputError` naming the file and the dotted key
 (``training.yaml: optimizer.lr``).
@@ -86,6 +87,10 @@ class TrainConfig:
         pseudo_grey_cells, pseudo_white_cells: the recipe's pseudo-structures
             (``pseudo_structures.grey_cells`` / ``white_cells``, `samri.train.pseudo_structures`):
             parcels of the training volume's grey / white matter added as structures; 0 = none.
+        pseudo_fine_grey_cells, pseudo_fine_white_cells: a second, finer parcellation of the same
+            tissue (``pseudo_structures.fine_grey_cells`` / ``fine_white_cells``), a study of its own.
+        pseudo_white_tubes: tract-like tubes cut from the white matter (``pseudo_structures.white_tubes``,
+            `samri.train.pseudo_structures.tube_parcels`), a study of their own; 0 = none.
     """
 
     settings: TrainSettings = field(default_factory=TrainSettings)
@@ -97,6 +102,9 @@ class TrainConfig:
     gate_margin: float = 0.0
     pseudo_grey_cells: int = 0
     pseudo_white_cells: int = 0
+    pseudo_fine_grey_cells: int = 0
+    pseudo_fine_white_cells: int = 0
+    pseudo_white_tubes: int = 0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, *, source: str = TRAINING_YAML) -> "TrainConfig":
@@ -228,6 +236,9 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "gate.margin": ("config", "gate_margin", _number()),
     "pseudo_structures.grey_cells": ("config", "pseudo_grey_cells", _integer(0)),
     "pseudo_structures.white_cells": ("config", "pseudo_white_cells", _integer(0)),
+    "pseudo_structures.fine_grey_cells": ("config", "pseudo_fine_grey_cells", _integer(0)),
+    "pseudo_structures.fine_white_cells": ("config", "pseudo_fine_white_cells", _integer(0)),
+    "pseudo_structures.white_tubes": ("config", "pseudo_white_tubes", _integer(0)),
 }
 
 #: sections: mappings whose keys `merge_config` merges one by one.

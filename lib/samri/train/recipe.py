@@ -23,12 +23,19 @@ negative click from erasing the object (docs/DECODER.md, "Stage 4").
 
 Run: ``make default-decoder`` (four ``samri default-decoder`` calls, each stage from the previous
 one's decoder).
+
+Tracts and small areas (``configs/training_default_decoder_tracts.yaml``, measured, not shipped): the
+fourth stage again with two more pseudo-structure studies of the same image, a finer parcellation and
+tract-like tubes through the white matter, validated on the validation cohort's JHU tracts and
+Harvard-Oxford areas (``make val-split``; ``--validation-cohort``) as well as the AAL structures
+(docs/DECODER.md, "Stage 5").
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -46,10 +53,20 @@ TRAINING_VOLUMES = (("colin27_t1", None, 0), ("colin27_t1", "bias:0.3", 101), ("
 VALIDATION_SOURCE = "colin27_t1"
 VALIDATION_STUDY = "colin27_t1~heldout_structures"
 
-#: pseudo-structures (`samri.train.pseudo_structures`) are cut from this source's tissue, in a study of their own
+#: pseudo-structures (`samri.train.pseudo_structures`) are cut from this source's tissue, in studies of their
+#: own (copies of the same image, so stage 1 encodes nothing more): compact parcels, finer parcels, tubes
 PSEUDO_SOURCE = "colin27_t1"
 PSEUDO_STUDY = "colin27_t1~pseudo_structures"
+PSEUDO_FINE_STUDY = "colin27_t1~pseudo_fine"
+PSEUDO_TUBE_STUDY = "colin27_t1~pseudo_tubes"
 PSEUDO_SEED = 0
+#: study -> (parcel shape, seed); each study's parcels are disjoint, the studies overlap
+PSEUDO_STUDIES = {PSEUDO_STUDY: ("voronoi", PSEUDO_SEED), PSEUDO_FINE_STUDY: ("voronoi", 1),
+                  PSEUDO_TUBE_STUDY: ("tube", 2)}
+
+#: a validation cohort's study ``S`` is copied into the recipe's studies as ``S~validation``, naming only
+#: the cohort's validation structures (`samri.evaluation.splits`)
+COHORT_VALIDATION_SUFFIX = "~validation"
 
 #: the recipe's first stage, in the config dir: only what differs from ``training.yaml``, overlaid on it
 #: (`samri.train.config.load_train_config`); its second stage is ``training_default_decoder_clicks.yaml``.
@@ -71,17 +88,30 @@ def split_validation_labels(names: dict[str, int], stride: int) -> tuple[dict[st
     return {n: v for n, v in names.items() if n not in held}, held
 
 
+def pseudo_layout(cfg) -> dict[str, dict[str, int]]:
+    """The pseudo-structure studies a `samri.train.config.TrainConfig` asks for: study -> tissue -> parcels."""
+    return {PSEUDO_STUDY: {"grey": cfg.pseudo_grey_cells, "white": cfg.pseudo_white_cells},
+            PSEUDO_FINE_STUDY: {"grey": cfg.pseudo_fine_grey_cells, "white": cfg.pseudo_fine_white_cells},
+            PSEUDO_TUBE_STUDY: {"white": cfg.pseudo_white_tubes}}
+
+
 def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int = 0,
-                           pseudo_cells: dict[str, int] | None = None) -> tuple[Path, list[str]]:
+                           pseudo: dict[str, dict[str, int]] | None = None, validation_cohort: Path | None = None,
+                           validation_labels: Sequence[str] = ()) -> tuple[Path, list[str]]:
     """Write the recipe's studies folder (originals + seeded variants, labels/final, label_names.json).
 
-    ``pseudo_cells`` (``{"grey": n, "white": m}``, both 0 = none) adds `PSEUDO_STUDY`: the
-    `PSEUDO_SOURCE` image with its training structures' grey matter and the white matter they enclose
-    cut into that many random parcels each (`samri.train.pseudo_structures`); the validation
-    structures' voxels are left out of it.
+    ``pseudo`` (study in `PSEUDO_STUDIES` -> ``{"grey": n, "white": m}``; 0 or missing = none, see
+    `pseudo_layout`) adds those studies: the `PSEUDO_SOURCE` image with its training structures' grey
+    matter and the white matter they enclose cut into that many random parcels (or tubes) each
+    (`samri.train.pseudo_structures`); the validation structures' voxels are left out of them.
 
-    Returns the folder and the validation study ids (empty when ``label_stride`` is 0: the run
-    then splits by ``val_fraction``).
+    ``validation_cohort`` (a `samri cohort` folder, e.g. ``make val-split``'s) adds each of its studies as
+    a validation study (`COHORT_VALIDATION_SUFFIX`) naming only ``validation_labels``: structures of the
+    test split's kind (tracts, Harvard-Oxford areas) next to the held-out AAL structures, so that the
+    checkpoint is chosen on both kinds.
+
+    Returns the folder and the validation study ids (empty when ``label_stride`` is 0 and there is no
+    cohort: the run then splits by ``val_fraction``).
     """
     import nibabel as nib
 
@@ -119,32 +149,71 @@ def build_training_studies(sample_dir: Path, out_dir: Path, *, label_stride: int
         if variant is not None:
             array = make_variant(array, variant, seed=seed)
         save_label(target, np.asarray(array, dtype=np.float32), img.affine)
-    if pseudo_cells and any(pseudo_cells.values()) and PSEUDO_SOURCE in names:
-        out_names[PSEUDO_STUDY] = _write_pseudo_study(sample_dir, out_dir, names[PSEUDO_SOURCE], pseudo_cells)
+    if validation_cohort is not None:
+        cohort_names = _copy_cohort_validation(validation_cohort, out_dir, validation_labels)
+        out_names.update(cohort_names)
+        val_ids.extend(cohort_names)
+    wanted = {study: {t: n for t, n in cells.items() if n} for study, cells in (pseudo or {}).items()}
+    wanted = {study: cells for study, cells in wanted.items() if cells}
+    if wanted and PSEUDO_SOURCE in names:
+        out_names.update(_write_pseudo_studies(sample_dir, out_dir, names[PSEUDO_SOURCE], wanted))
     write_label_names(out_dir, out_names)
     return out_dir, val_ids
 
 
-def _write_pseudo_study(sample_dir: Path, out_dir: Path, train_names: dict[str, int],
-                        cells: dict[str, int]) -> dict[str, int]:
-    """Write `PSEUDO_STUDY` (image copy + pseudo-structure label) and return its label names."""
+def _copy_cohort_validation(cohort: Path, out_dir: Path, labels: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Copy a cohort's studies (image + label) as validation studies naming only ``labels``; their names."""
+    from samri.labels import load_label_names
+
+    if not labels:
+        raise SamriInputError("validation_labels", list(labels), "name the cohort's validation structures")
+    per_study = load_label_names(Path(cohort))
+    if not per_study:
+        raise SamriInputError("validation_cohort", str(cohort), "holds no study (label_names.json)")
+    out: dict[str, dict[str, int]] = {}
+    for study, names in sorted(per_study.items()):
+        missing = sorted(set(labels) - set(names))
+        if missing:
+            raise SamriInputError("validation_labels", missing, f"not structures of {study} in {cohort}")
+        study_id = f"{study}{COHORT_VALIDATION_SUFFIX}"
+        for sub in ("", "labels/final"):
+            _copy_if_missing(Path(cohort) / sub / f"{study}.nii.gz", out_dir / sub / f"{study_id}.nii.gz")
+        out[study_id] = {n: names[n] for n in labels}
+    return out
+
+
+def _write_pseudo_studies(sample_dir: Path, out_dir: Path, train_names: dict[str, int],
+                          wanted: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Write each wanted pseudo study (image copy + pseudo-structure label); return their label names."""
     import nibabel as nib
 
     from samri.train.pseudo_structures import pseudo_structure_labels, tissue_from_grey_labels
     from samri.volume import save_label
 
+    unknown = sorted(set(wanted) - set(PSEUDO_STUDIES))
+    if unknown:
+        raise SamriInputError("pseudo", unknown, f"must be among {sorted(PSEUDO_STUDIES)}")
     img = nib.load(str(sample_dir / f"{PSEUDO_SOURCE}.nii.gz"))
     image = np.asanyarray(img.dataobj).astype(np.float32)
     atlas = np.asanyarray(nib.load(str(sample_dir / "labels" / "final" / f"{PSEUDO_SOURCE}.nii.gz")).dataobj)
-    grey = np.isin(atlas, list(train_names.values()))
     # every AAL structure bounds the white matter; only the training ones give grey parcels
-    tissues = {"grey": grey, "white": tissue_from_grey_labels(image, atlas > 0)}
-    labels, pseudo_names = pseudo_structure_labels({t: m for t, m in tissues.items() if cells.get(t)},
-                                                   {t: n for t, n in cells.items() if n},
-                                                   seed=PSEUDO_SEED, spacing=tuple(img.header.get_zooms()[:3]))
-    _copy_if_missing(sample_dir / f"{PSEUDO_SOURCE}.nii.gz", out_dir / f"{PSEUDO_STUDY}.nii.gz")
-    save_label(out_dir / "labels" / "final" / f"{PSEUDO_STUDY}.nii.gz", labels, img.affine)
-    return pseudo_names
+    tissues = {"grey": np.isin(atlas, list(train_names.values())), "white": tissue_from_grey_labels(image, atlas > 0)}
+    out: dict[str, dict[str, int]] = {}
+    for study, cells in wanted.items():
+        shape, seed = PSEUDO_STUDIES[study]
+        labels, out[study] = pseudo_structure_labels({t: tissues[t] for t in cells}, cells, seed=seed, shape=shape,
+                                                     spacing=tuple(img.header.get_zooms()[:3]))
+        _copy_if_missing(sample_dir / f"{PSEUDO_SOURCE}.nii.gz", out_dir / f"{study}.nii.gz")
+        save_label(out_dir / "labels" / "final" / f"{study}.nii.gz", labels, img.affine)
+    return out
+
+
+def _pseudo_metadata(layout: dict[str, dict[str, int]]) -> list[dict] | None:
+    """What the checkpoint records of its pseudo-structures: study, shape, seed and parcels per tissue."""
+    kept = [{"study": study, "shape": PSEUDO_STUDIES[study][0], "seed": PSEUDO_STUDIES[study][1],
+             **{f"{t}_cells": n for t, n in cells.items() if n}}
+            for study, cells in layout.items() if any(cells.values())]
+    return kept or None
 
 
 def _decoder_identity(path: Path) -> dict:
@@ -166,13 +235,15 @@ def _copy_if_missing(src: Path, dst: Path) -> None:
 
 
 def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, config: Path | None = None,
-                          init_decoder: Path | None = None) -> dict:
+                          init_decoder: Path | None = None, validation_cohort: Path | None = None,
+                          validation_labels: Sequence[str] = ()) -> dict:
     """Build the studies, train ``litemedsam``'s decoder with ``configs/training_default_decoder.yaml``
     (or ``config``; either overlaid on ``configs/training.yaml``), and copy the best decoder to ``out``
     (atomically). Returns the run summary.
 
     ``init_decoder`` starts from that decoder-only checkpoint instead of LiteMedSAM's own decoder
     (the recipe's second stage, `configs/training_default_decoder_clicks.yaml`, starts from the first's).
+    ``validation_cohort`` / ``validation_labels``: more validation studies (`build_training_studies`).
     """
     from samri.config import config_dir, load_registry
     from samri.inference.embeddings import EmbeddingCache
@@ -187,7 +258,7 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
     cfg = load_train_config(config or config_dir() / RECIPE_YAML)
     studies, val_ids = build_training_studies(
         work_dir / "samples", work_dir / "studies", label_stride=cfg.label_stride,
-        pseudo_cells={"grey": cfg.pseudo_grey_cells, "white": cfg.pseudo_white_cells})
+        pseudo=pseudo_layout(cfg), validation_cohort=validation_cohort, validation_labels=validation_labels)
     registry = load_registry()
     model = load_model(registry.spec("litemedsam"), decoder=init_decoder)
     # stage 1 encodes with the served encoder, as the app's trainer does: the embeddings (and cache
@@ -201,11 +272,11 @@ def train_default_decoder(*, out: Path, work_dir: Path, cache_dir: Path | None, 
                     recipe_config=str(config or f"configs/{RECIPE_YAML}"),
                     init_decoder=None if init_decoder is None else _decoder_identity(init_decoder),
                     training_volumes=[f"{s}{'~' + v if v else ''} seed {seed}" for s, v, seed in TRAINING_VOLUMES],
-                    pseudo_structures=({"study": PSEUDO_STUDY, "seed": PSEUDO_SEED, "grey_cells": cfg.pseudo_grey_cells,
-                                        "white_cells": cfg.pseudo_white_cells}
-                                       if cfg.pseudo_grey_cells or cfg.pseudo_white_cells else None),
+                    pseudo_structures=_pseudo_metadata(pseudo_layout(cfg)),
                     validation=({"study": VALIDATION_STUDY, "label_stride": cfg.label_stride,
-                                 "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {}))}
+                                 "structures": sorted(load_label_names(studies).get(VALIDATION_STUDY, {})),
+                                 "cohort_studies": [v for v in val_ids if v != VALIDATION_STUDY],
+                                 "cohort_structures": sorted(validation_labels)}
                                 if val_ids else {"val_fraction": cfg.val_fraction}))
     # the shipped decoder is the best by validation Dice overall (the in-memory model), not the gate's
     # candidate (best trained epoch): if no epoch beat LiteMedSAM's own decoder, that one ships

@@ -83,10 +83,23 @@ def test_recipe_stage4_is_stage3_with_a_lighter_click_loss():
     assert stage4 == replace(stage3, settings=replace(stage3.settings, click_weight=0.1))
 
 
+def test_recipe_stage5_is_stage4_with_finer_parcels_and_tubes():
+    """The fifth stage (measured, not shipped) repeats the fourth's settings, adds two pseudo-structure
+    studies, and validates on twice the pairs (the AAL structures and the validation cohort's, pooled)."""
+    stage4 = load_train_config(CONFIGS / "training_default_decoder_light_clicks.yaml", base=CONFIGS / "training.yaml")
+    stage5 = load_train_config(CONFIGS / "training_default_decoder_tracts.yaml", base=CONFIGS / "training.yaml")
+    assert stage5.pseudo_white_tubes > 0 and stage5.pseudo_fine_grey_cells > stage4.pseudo_grey_cells
+    assert stage5.settings.max_val_samples == 2 * stage4.settings.max_val_samples
+    assert stage5 == replace(stage4, settings=replace(stage4.settings, max_val_samples=stage5.settings.max_val_samples),
+                             pseudo_fine_grey_cells=stage5.pseudo_fine_grey_cells,
+                             pseudo_fine_white_cells=stage5.pseudo_fine_white_cells,
+                             pseudo_white_tubes=stage5.pseudo_white_tubes)
+
+
 def test_recipe_yamls_hold_only_what_differs():
     base = yaml.safe_load((CONFIGS / "training.yaml").read_text())
     for name in ("training_default_decoder.yaml", "training_default_decoder_clicks.yaml",
-                 "training_default_decoder_light_clicks.yaml"):
+                 "training_default_decoder_light_clicks.yaml", "training_default_decoder_tracts.yaml"):
         recipe = yaml.safe_load((CONFIGS / name).read_text())
         for key, value in recipe.items():
             if isinstance(value, dict):

@@ -9,6 +9,7 @@ from samri.errors import SamriInputError
 from samri.train.pseudo_structures import (
     pseudo_structure_labels,
     tissue_from_grey_labels,
+    tube_parcels,
     voronoi_parcels,
 )
 
@@ -70,3 +71,31 @@ def test_pseudo_structure_labels_name_every_kept_parcel():
     assert few == {}
     with pytest.raises(SamriInputError, match="cells"):
         pseudo_structure_labels({"grey": grey, "white": white}, {"grey": 6}, seed=1)
+
+
+def test_tube_parcels_are_thin_elongated_pieces_of_the_tissue():
+    tissue = np.zeros((64, 32, 32), dtype=bool)
+    tissue[2:62, 4:28, 4:28] = True
+    kwargs = {"radius_mm": (1.5, 1.5), "length_mm": (30.0, 30.0)}
+    tubes = tube_parcels(tissue, 6, np.random.default_rng(5), **kwargs)
+    np.testing.assert_array_equal(tubes, tube_parcels(tissue, 6, np.random.default_rng(5), **kwargs))
+    assert not (tubes > 0)[~tissue].any()  # inside the tissue only
+    for k in range(1, 7):
+        voxels = np.argwhere(tubes == k)
+        # long and thin: about 30 mm long, and a cross-section of a 1.5 mm radius (about 7-20 voxels)
+        extent = voxels.max(axis=0) - voxels.min(axis=0) + 1
+        assert extent.max() >= 15
+        assert 0 < len(voxels) < 25 * extent.max()
+    with pytest.raises(SamriInputError, match="tubes"):
+        tube_parcels(tissue, 0, np.random.default_rng(0))
+    with pytest.raises(SamriInputError, match="mask"):
+        tube_parcels(np.zeros_like(tissue), 2, np.random.default_rng(0))
+
+
+def test_pseudo_structure_labels_name_tubes_and_refuse_unknown_shapes():
+    image, grey, _ = _phantom(48)
+    labels, names = pseudo_structure_labels({"grey": grey}, {"grey": 4}, seed=2, min_voxels=20, shape="tube")
+    assert names and all(n.startswith("pseudo_grey_tube_") for n in names)
+    assert set(np.unique(labels)) - {0} == set(names.values())
+    with pytest.raises(SamriInputError, match="shape"):
+        pseudo_structure_labels({"grey": grey}, {"grey": 4}, seed=2, shape="star")

@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from samri.errors import SamriInputError
-from samri.train.recipe import PSEUDO_STUDY, VALIDATION_STUDY, build_training_studies, split_validation_labels
+from samri.labels import write_label_names
+from samri.train.config import TrainConfig
+from samri.train.recipe import (
+    COHORT_VALIDATION_SUFFIX,
+    PSEUDO_STUDY,
+    PSEUDO_TUBE_STUDY,
+    VALIDATION_STUDY,
+    _copy_cohort_validation,
+    build_training_studies,
+    pseudo_layout,
+    split_validation_labels,
+)
 
 
 def test_split_validation_labels_holds_out_every_nth_structure_with_its_twin():
@@ -35,12 +46,14 @@ def test_recipe_studies_hold_validation_structures_apart(sample_studies_dir, tmp
             (samples / sub / f"{study}.nii.gz").symlink_to(sample_studies_dir / sub / f"{study}.nii.gz")
     (samples / "label_names.json").write_text(json.dumps(names_in))
     out, val_ids = build_training_studies(samples, tmp_path / "studies", label_stride=4,
-                                          pseudo_cells={"grey": 20, "white": 5})
+                                          pseudo={PSEUDO_STUDY: {"grey": 20, "white": 5},
+                                                  PSEUDO_TUBE_STUDY: {"white": 8}})
     names = json.loads((out / "label_names.json").read_text())
     assert val_ids == [VALIDATION_STUDY]
     held = set(names[VALIDATION_STUDY])
     assert 20 <= len(held) <= 40 and not any(n.endswith("_L") and n[:-2] + "_R" not in held for n in held)
-    training_colin = [k for k in names if k.startswith("colin27_t1") and k not in (VALIDATION_STUDY, PSEUDO_STUDY)]
+    training_colin = [k for k in names if k.startswith("colin27_t1") and k not in (VALIDATION_STUDY, PSEUDO_STUDY,
+                                                                                     PSEUDO_TUBE_STUDY)]
     assert len(training_colin) == 2  # the original and the bias-field copy
     for study in training_colin:
         assert held.isdisjoint(names[study]) and held | set(names[study]) == set(names_in["colin27_t1"])
@@ -58,3 +71,44 @@ def test_recipe_studies_hold_validation_structures_apart(sample_studies_dir, tmp
     assert any(n.startswith("pseudo_white_") for n in names[PSEUDO_STUDY])
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(out / f"{PSEUDO_STUDY}.nii.gz")).dataobj),
                                   np.asanyarray(src_img.dataobj))
+    # tract-like tubes: their own study of the same image, white matter only (no AAL voxel at all)
+    tubes = np.asanyarray(nib.load(str(out / "labels" / "final" / f"{PSEUDO_TUBE_STUDY}.nii.gz")).dataobj)
+    assert names[PSEUDO_TUBE_STUDY] and all("_tube_" in n for n in names[PSEUDO_TUBE_STUDY])
+    assert not ((atlas > 0) & (tubes > 0)).any()
+    assert set(np.unique(tubes)) - {0} == set(names[PSEUDO_TUBE_STUDY].values())
+
+
+def test_pseudo_layout_reads_every_pseudo_study_from_the_config():
+    cfg = TrainConfig(pseudo_grey_cells=100, pseudo_white_cells=40, pseudo_fine_white_cells=80, pseudo_white_tubes=60)
+    layout = pseudo_layout(cfg)
+    assert layout[PSEUDO_STUDY] == {"grey": 100, "white": 40}
+    assert layout[PSEUDO_TUBE_STUDY] == {"white": 60}
+    assert sum(n for cells in layout.values() for n in cells.values()) == 280
+
+
+def test_a_validation_cohort_adds_validation_studies_naming_only_its_structures(tmp_path):
+    """`make val-split`'s subjects join the held-out AAL structures as validation studies; nothing else of
+    theirs is named, so no cohort structure trains and no other one validates."""
+    cohort = tmp_path / "cohort"
+    (cohort / "labels" / "final").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = {"jhu_tract_l": 1, "jhu_tract_r": 2, "ho_area_l": 3}
+    for study in ("cohort_s00_t1", "cohort_s01_t2like"):
+        nib.save(nib.Nifti1Image(rng.random((8, 8, 4)).astype(np.float32), np.eye(4)), str(cohort / f"{study}.nii.gz"))
+        nib.save(nib.Nifti1Image(rng.integers(0, 4, (8, 8, 4)).astype(np.int16), np.eye(4)),
+                 str(cohort / "labels" / "final" / f"{study}.nii.gz"))
+    write_label_names(cohort, {"cohort_s00_t1": names, "cohort_s01_t2like": names})
+    out = tmp_path / "studies"
+    (out / "labels" / "final").mkdir(parents=True)
+    cohort_names = _copy_cohort_validation(cohort, out, ["jhu_tract_l", "ho_area_l"])
+    assert sorted(cohort_names) == [f"cohort_s00_t1{COHORT_VALIDATION_SUFFIX}",
+                                    f"cohort_s01_t2like{COHORT_VALIDATION_SUFFIX}"]
+    assert all(n == {"jhu_tract_l": 1, "ho_area_l": 3} for n in cohort_names.values())
+    for study in cohort_names:
+        assert (out / f"{study}.nii.gz").is_file() and (out / "labels" / "final" / f"{study}.nii.gz").is_file()
+    with pytest.raises(SamriInputError, match="validation_labels"):
+        _copy_cohort_validation(cohort, out, ["jhu_missing_l"])
+    with pytest.raises(SamriInputError, match="validation_labels"):
+        _copy_cohort_validation(cohort, out, [])
+    with pytest.raises(SamriInputError, match="validation_cohort"):
+        _copy_cohort_validation(tmp_path / "studies", tmp_path / "elsewhere", ["jhu_tract_l"])
