@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle click-response
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-limits bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle click-response
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -102,6 +102,12 @@ bench-vit-l: sample-data
 bench-vit-h: sample-data
 	$(VENV)/bin/samri bench --backends-only --model sam_vit_h --random-weights --backend torch --backend auto \
 		--repeats 3 --json docs/bench-vit-h.json --markdown docs/BENCHMARKS.md
+
+# Each bench figure as a fraction of this CPU's limit: FLOPs (torch.utils.flop_counter) over dense-matmul
+# speed per runtime and precision (samri.bench.limits; about a minute, reads the bench JSONs above).
+bench-limits: sample-data
+	$(PY) -m samri.bench.limits docs/bench.json docs/bench-vit-b.json docs/bench-vit-l.json docs/bench-vit-h.json \
+		--json docs/bench-limits.json --markdown docs/BENCHMARKS.md
 
 # On a machine with an NVIDIA GPU: the PyTorch CUDA path (encoder throughput, clicks, 3D, whole stack, training
 # steps, SAM ViT-B with random weights): its own section of docs/BENCHMARKS.md (samri.bench.gpu).
