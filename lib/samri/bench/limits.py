@@ -98,6 +98,13 @@ def backend_runtime(name: str, entry: Mapping[str, Any]) -> tuple[str, str]:
     return runtime, precision or "fp32"
 
 
+def report_model(report: Mapping[str, Any]) -> str:
+    """The registry name a bench report measured: ``model`` is a name (``"sam_vit_h (random weights)"``) in
+    backend reports and a description with ``name`` in `samri bench`'s full report."""
+    model = report.get("model", "")
+    return str(model.get("name", "") if isinstance(model, Mapping) else model).split(" ")[0]
+
+
 def fractions(flops: Mapping[str, Mapping[str, float]], speeds: Mapping[str, float],
               reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (bench report, backend): measured encoder and box-click times, their limits and fractions.
@@ -109,7 +116,7 @@ def fractions(flops: Mapping[str, Mapping[str, float]], speeds: Mapping[str, flo
     """
     rows = []
     for report in reports:
-        model = str(report.get("model", "")).split(" ")[0]
+        model = report_model(report)
         if model not in flops:
             continue
         for name, entry in (report.get("backends") or {}).items():
@@ -187,8 +194,7 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="update this file's section")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models = args.models or sorted({json.loads(p.read_text())["model"].split(" ")[0]
-                                    for p in args.reports if p.is_file()})
+    models = args.models or sorted({report_model(json.loads(p.read_text())) for p in args.reports if p.is_file()})
     report = run(args.reports, models=models,
                  runtimes=args.runtimes or ("torch fp32", "torch bf16", "openvino fp32", "openvino bf16"))
     lines = markdown(report)

@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from samri.bench.limits import _main, backend_runtime, fractions, markdown, matmul_gflops, model_flops
+from samri.bench.limits import (
+    _main,
+    backend_runtime,
+    fractions,
+    markdown,
+    matmul_gflops,
+    model_flops,
+    report_model,
+)
 from samri.errors import SamriInputError
 
 
@@ -37,6 +45,8 @@ def _report(model: str = "litemedsam") -> dict:
 def test_fractions_divide_the_time_at_matmul_speed_by_the_measured_time():
     assert backend_runtime("auto", {"serves": "openvino/bf16"}) == ("openvino", "bf16")
     assert backend_runtime("torch", {}) == ("torch", "fp32")
+    assert report_model({"model": {"name": "samri_lite", "input_size": 256}}) == "samri_lite"
+    assert report_model({"model": "sam_vit_h (random weights)"}) == "sam_vit_h"
     flops = {"litemedsam": {"encoder_gflop": 100.0, "box_click_gflop": 4.0}}
     rows = fractions(flops, {"torch fp32": 100.0, "openvino bf16": 400.0}, [_report(), _report("sam_vit_b")])
     assert [(r["backend"], r["runtime"]) for r in rows] == [("torch", "torch fp32"), ("auto", "openvino bf16")]
