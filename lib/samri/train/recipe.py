@@ -211,7 +211,8 @@ def _write_pseudo_studies(sample_dir: Path, out_dir: Path, train_names: dict[str
 def _pseudo_metadata(layout: dict[str, dict[str, int]]) -> list[dict] | None:
     """What the checkpoint records of its pseudo-structures: study, shape, seed and parcels per tissue."""
     kept = [{"study": study, "shape": PSEUDO_STUDIES[study][0], "seed": PSEUDO_STUDIES[study][1],
-             **{f"{t}_cells": n for t, n in cells.items() if n}}
+             **{f"{t}_{'tubes' if PSEUDO_STUDIES[study][0] == 'tube' else 'cells'}": n
+                for t, n in cells.items() if n}}
             for study, cells in layout.items() if any(cells.values())]
     return kept or None
 

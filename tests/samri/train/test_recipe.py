@@ -13,10 +13,12 @@ from samri.labels import write_label_names
 from samri.train.config import TrainConfig
 from samri.train.recipe import (
     COHORT_VALIDATION_SUFFIX,
+    PSEUDO_FINE_STUDY,
     PSEUDO_STUDY,
     PSEUDO_TUBE_STUDY,
     VALIDATION_STUDY,
     _copy_cohort_validation,
+    _pseudo_metadata,
     build_training_studies,
     pseudo_layout,
     split_validation_labels,
@@ -84,6 +86,12 @@ def test_pseudo_layout_reads_every_pseudo_study_from_the_config():
     assert layout[PSEUDO_STUDY] == {"grey": 100, "white": 40}
     assert layout[PSEUDO_TUBE_STUDY] == {"white": 60}
     assert sum(n for cells in layout.values() for n in cells.values()) == 280
+    # the checkpoint records each study that has parcels, with its shape and seed (the fine study has none)
+    assert _pseudo_metadata(layout) == [
+        {"study": PSEUDO_STUDY, "shape": "voronoi", "seed": 0, "grey_cells": 100, "white_cells": 40},
+        {"study": PSEUDO_FINE_STUDY, "shape": "voronoi", "seed": 1, "white_cells": 80},
+        {"study": PSEUDO_TUBE_STUDY, "shape": "tube", "seed": 2, "white_tubes": 60}]
+    assert _pseudo_metadata(pseudo_layout(TrainConfig())) is None
 
 
 def test_a_validation_cohort_adds_validation_studies_naming_only_its_structures(tmp_path):
