@@ -174,7 +174,12 @@ def run(reports: Iterable[Path], *, models: Iterable[str], runtimes: Iterable[st
         runtime, precision = key.split()
         speeds[key] = matmul_gflops(runtime, precision)
         logger.info("matmul %s: %.0f GFLOP/s", key, speeds[key])
-    paths = [Path(p) for p in reports if Path(p).is_file()]
+    paths = []
+    for path in map(Path, reports):
+        if path.is_file():
+            paths.append(path)
+        else:
+            logger.warning("bench report %s not found: its figures are left out", path)
     rows = fractions(flops, speeds, [json.loads(p.read_text()) for p in paths])
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name() or platform.processor(),
             "threads": torch.get_num_threads(), "load_average_1m": os.getloadavg()[0],
