@@ -88,7 +88,8 @@ def test_recipe_stage5_is_stage4_with_finer_parcels_and_tubes():
     studies, and validates on twice the pairs (the AAL structures and the validation cohort's, pooled)."""
     stage4 = load_train_config(CONFIGS / "training_default_decoder_light_clicks.yaml", base=CONFIGS / "training.yaml")
     stage5 = load_train_config(CONFIGS / "training_default_decoder_tracts.yaml", base=CONFIGS / "training.yaml")
-    assert stage5.pseudo_white_tubes > 0 and stage5.pseudo_fine_grey_cells > stage4.pseudo_grey_cells
+    assert stage5.pseudo_white_tubes > 0 and stage5.pseudo_fine_white_cells > stage4.pseudo_white_cells
+    assert stage5.pseudo_fine_grey_cells == 0  # finer grey parcels cost 3D Dice on AAL (docs/DECODER.md)
     assert stage5.settings.max_val_samples == 2 * stage4.settings.max_val_samples
     assert stage5 == replace(stage4, settings=replace(stage4.settings, max_val_samples=stage5.settings.max_val_samples),
                              pseudo_fine_grey_cells=stage5.pseudo_fine_grey_cells,
