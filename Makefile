@@ -117,18 +117,22 @@ bench-cuda: sample-data
 clean:
 	rm -rf $(VENV) data
 
-# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in four stages: prompts,
-# corrective clicks from the first stage's decoder, clicks with Colin27's pseudo-structures added, then the
-# same with a lighter click loss;
+# Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in five stages: prompts,
+# corrective clicks from the first stage's decoder, clicks with Colin27's pseudo-structures added, the same
+# with a lighter click loss, then finer white-matter parcels and tract-like tubes, chosen on the AAL
+# validation structures and the validation cohort's pooled (never the test split);
 # see lib/samri/train/recipe.py and docs/DECODER.md.
-default-decoder: sample-data
+default-decoder: sample-data val-split
 	$(VENV)/bin/samri default-decoder --out data/default-decoder/stage1_decoder.pt
 	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage1_decoder.pt \
 		--config configs/training_default_decoder_clicks.yaml --out data/default-decoder/stage2_decoder.pt
 	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage2_decoder.pt \
 		--config configs/training_default_decoder_pseudo.yaml --out data/default-decoder/stage3_decoder.pt
 	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage3_decoder.pt \
-		--config configs/training_default_decoder_light_clicks.yaml --out lib/samri/assets/samri_lite_decoder.pt
+		--config configs/training_default_decoder_light_clicks.yaml --out data/default-decoder/stage4_decoder.pt
+	$(VENV)/bin/samri default-decoder --init-decoder data/default-decoder/stage4_decoder.pt \
+		--config configs/training_default_decoder_tracts.yaml --validation-cohort $(VAL_SPLIT) \
+		--validation-labels $(VAL_COHORT_LABELS) --out lib/samri/assets/samri_lite_decoder.pt
 
 # The test split (docs/EVALUATION.md): pseudo-subjects no training or checkpoint choice saw.
 TEST_SPLIT ?= data/test-split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +14,7 @@ from samri.config import load_registry
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
 from samri.inference.segmenter import Segmenter, mask_box
-from samri.labels import load_label_names
+from samri.labels import load_label_names, side_less
 from samri.model.builders import load_model
 from samri.sample_data import available_sources, write_sample_studies
 from samri.volume import load_image, prepare_volume
@@ -154,21 +155,32 @@ def test_cli_precompute_fills_cache(tmp_path, capsys):
     assert len(list((tmp_path / "c").rglob("*.npy"))) == 3
 
 
+def _makefile_eval_labels() -> list[str]:
+    """The test split's structures, as `make evaluate` names them (the Makefile's EVAL_LABELS)."""
+    makefile = Path(__file__).resolve().parents[2] / "Makefile"
+    line = next(row for row in makefile.read_text().splitlines() if row.startswith("EVAL_LABELS ?= "))
+    return line.split("?=", 1)[1].strip().split(",")
+
+
 def test_shipped_samri_lite_decoder_loads_on_litemedsam():
     model = load_model(load_registry().spec("samri_lite"))
     assert model.decoder_info["path"].endswith("samri_lite_decoder.pt")
     assert model.spec.base_name == "litemedsam" and model.point_prompts == "single"
-    # stage 4 of the recipe: stage 3 again with a lighter click loss, from stage 3's decoder, chosen by the
-    # clicks score on the validation structures
-    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_light_clicks.yaml"
-    assert model.decoder_info["init_decoder"]["file"] == "samri_lite_decoder.pt"
+    # stage 5 of the recipe: stage 4 again with finer white-matter parcels and tract-like tubes, from stage
+    # 4's decoder, chosen by the clicks score on the AAL validation structures and the validation cohort's
+    assert model.decoder_info["recipe_config"] == "configs/training_default_decoder_tracts.yaml"
+    assert model.decoder_info["init_decoder"]["file"] == "stage4_decoder.pt"
     assert model.decoder_info["metrics"]["val"]["score"] > model.decoder_info["metrics"]["baseline_val"]["score"]
     data = model.decoder_info["training_data"]
-    # trained on the two recipe sources only (and parcels of Colin27's own tissue); validated on AAL
-    # structures held out of training
+    # trained on the two recipe sources only (and parcels and tubes of Colin27's own tissue); validated on
+    # AAL structures held out of training and on the validation cohort, never on the test split's structures
     assert set(data["train_studies"]) <= {"colin27_t1", "colin27_t1~bias0.3", "colin27_t1~pseudo_structures",
-                                          "mni152_t1"}
-    assert data["val_studies"] == ["colin27_t1~heldout_structures"]
+                                          "colin27_t1~pseudo_fine", "colin27_t1~pseudo_tubes", "mni152_t1"}
+    assert data["val_studies"] == ["cohort_s00_t1~validation", "cohort_s01_t2like~validation",
+                                   "colin27_t1~heldout_structures"]
+    test_structures = {side_less(n) for n in _makefile_eval_labels()}
+    assert model.decoder_info["validation"]["cohort_structures"]
+    assert not {side_less(n) for n in model.decoder_info["validation"]["cohort_structures"]} & test_structures
     plain = load_model(load_registry().spec("litemedsam"))
     assert model.cache_key() == plain.cache_key()  # same encoder: embeddings are shared
 

@@ -21,14 +21,14 @@ A lighter click loss (the fourth stage, ``configs/training_default_decoder_light
 third stage again with the click loss cut from 0.5 to 0.1, which stops the decoder's own answer to a
 negative click from erasing the object (docs/DECODER.md, "Stage 4").
 
-Run: ``make default-decoder`` (four ``samri default-decoder`` calls, each stage from the previous
-one's decoder).
+Tracts and small areas (the fifth stage, ``configs/training_default_decoder_tracts.yaml``): the fourth
+stage again with two more pseudo-structure studies of the same image, a finer parcellation of its white
+matter and tract-like tubes through it, validated on the validation cohort's JHU tracts and Harvard-Oxford
+areas (``make val-split``; ``--validation-cohort``) as well as the AAL structures, pooled
+(docs/DECODER.md, "Stage 5"). The test split's structures and their twins are never among them.
 
-Tracts and small areas (``configs/training_default_decoder_tracts.yaml``, measured, not shipped): the
-fourth stage again with two more pseudo-structure studies of the same image, a finer parcellation and
-tract-like tubes through the white matter, validated on the validation cohort's JHU tracts and
-Harvard-Oxford areas (``make val-split``; ``--validation-cohort``) as well as the AAL structures
-(docs/DECODER.md, "Stage 5").
+Run: ``make default-decoder`` (five ``samri default-decoder`` calls, each stage from the previous
+one's decoder).
 """
 
 from __future__ import annotations
