@@ -19,8 +19,8 @@ hippocampus (2.5 from its thinnest central slices, median 1.3; thalamus 0.8, cau
 ``max_reach`` is set below the hippocampus on purpose: a result cut short is extended with a
 second click farther along, while a run-away one has to be erased slice by slice. Seeds without a
 box (points only, as OHIF sends) have their own IoU and reach rules (``min_relative_iou_points``,
-``max_reach_points``), chosen on the recipe's validation structures for the shipped decoder
-(docs/DECODER.md, "Stage 4").
+``max_reach_points``), chosen on the recipe's validation structures and the validation cohort for the
+shipped decoder (docs/DECODER.md, "Stage 4" and "The point-seed reach for stage 5").
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ class PropagationSettings:
             off): a bound that holds whatever the IoU head says (module notes).
         max_reach_points: the same bound for a seed prompted by points alone (no box), whose mask is
             a guess at the section's size; 0 uses ``max_reach``. Chosen on the validation structures
-            (docs/DECODER.md, "The 3D stop rule re-tuned" and "Stage 4").
+            (docs/DECODER.md, "The 3D stop rule re-tuned", "Stage 4" and "The point-seed reach for stage 5").
+            A point's answer spills past a thin structure's section, so its diameter overstates the
+            structure's. 0.35 for the stage-5 decoder: 0.25 scored higher on validation but cut one
+            click's thalamus short (the suite's guard).
         min_overlap: stop when the new mask covers less than this fraction of the smaller of it and
             the previous mask (jumped to another object).
         box_margin: pixels added around the previous mask's box.
@@ -89,7 +92,7 @@ class PropagationSettings:
     max_growth: float = 2.0
     max_seed_growth: float = 4.5
     max_reach: float = 2.0
-    max_reach_points: float = 0.75
+    max_reach_points: float = 0.35
     min_overlap: float = 0.2
     box_margin: int = 2
     chain_logits: bool = False

@@ -293,7 +293,8 @@ def test_a_mask_creeping_out_of_its_box_is_stopped(monkeypatch, prepared_volume,
     """The live failure: each slice's mask spills one pixel beyond the previous mask on every side
     (the prompt box is the previous mask's plus the margin), so from a small seed it creeps outward
     slice after slice, never doubling between two of them."""
-    rules = PropagationSettings()
+    # the seed is a point: with its own (shorter) reach off, the box seeds' reach is far beyond the leak
+    rules = PropagationSettings(max_reach_points=0.0)
 
     def creeping_decode(self, e, g, p):
         mask = np.zeros((g.height, g.width), bool)
