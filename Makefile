@@ -120,7 +120,7 @@ clean:
 # Retrain the shipped samri_lite decoder (MNI152 tissues + Colin27 AAL only) in five stages: prompts,
 # corrective clicks from the first stage's decoder, clicks with Colin27's pseudo-structures added, the same
 # with a lighter click loss, then finer white-matter parcels and tract-like tubes, chosen on the AAL
-# validation structures and the validation cohort's pooled (never the test split);
+# validation structures and the validation cohort's structures, pooled (never the test split);
 # see lib/samri/train/recipe.py and docs/DECODER.md.
 default-decoder: sample-data val-split
 	$(VENV)/bin/samri default-decoder --out data/default-decoder/stage1_decoder.pt

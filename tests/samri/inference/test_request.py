@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from samri.errors import SamriInputError
+from samri.inference.embeddings import EmbeddingCache
 from samri.inference.request import InteractiveResult, run_request
 from samri.inference.segmenter import PropagationBudget, PropagationSettings, Segmenter
 from tests.helpers import VOLUME_SHAPE
@@ -32,7 +33,9 @@ def test_3d_slice_budget_gives_a_partial_result_around_the_click(fake, segmenter
     json.dumps(summary)  # goes into the HTTP result params as is
 
 
-def test_3d_without_budget_limits_completes(fake, gt_mask, segmenter, prepared_volume):
+def test_3d_without_budget_limits_completes(fake, gt_mask, tiny_model, prepared_volume):
+    # the point seed's own reach off, so the fronts run to the object's ends, not to a stop rule
+    segmenter = Segmenter(tiny_model, EmbeddingCache(), propagation=PropagationSettings(max_reach_points=0.0))
     result = run_request(segmenter, prepared_volume, POINT_3D, mode="3d",
                          budget=PropagationBudget(max_slices=100, max_seconds=600))
     summary = result.summary()
