@@ -86,7 +86,8 @@ def test_pseudo_layout_reads_every_pseudo_study_from_the_config():
     assert layout[PSEUDO_STUDY] == {"grey": 100, "white": 40}
     assert layout[PSEUDO_TUBE_STUDY] == {"white": 60}
     assert sum(n for cells in layout.values() for n in cells.values()) == 280
-    # the checkpoint records each study that has parcels, with its shape and seed (the fine study has none)
+    # the checkpoint records each study that has parcels, with its shape and seed, and only the tissues
+    # that have some (the fine study has no grey parcels here)
     assert _pseudo_metadata(layout) == [
         {"study": PSEUDO_STUDY, "shape": "voronoi", "seed": 0, "grey_cells": 100, "white_cells": 40},
         {"study": PSEUDO_FINE_STUDY, "shape": "voronoi", "seed": 1, "white_cells": 80},
