@@ -1,4 +1,4 @@
-"""What a corrective click does to the previous mask: local merge and click fill.
+"""What a corrective click does to the previous mask (local merge, click fill), and the box clip.
 
 Local merge (FocalClick's "progressive merge"):
 
@@ -12,6 +12,9 @@ a positive one).
 
 Click fill (`fill_clicks`): a click the decoder did not follow (a positive click left outside the
 mask, a negative one left inside) still changes the mask around it, so no click is ignored.
+
+Box clip (`clip_to_box`): the answer on a slice the user drew a box on keeps nothing outside that
+box, unless a positive click lies outside it.
 
 Frames: masks ``(H, W)`` bool slice pixels; clicks ``(r, c)``; logits ``(1, 1, s, s)`` in the
 decoder's low-res frame (`samri.geometry.SliceGeometry`).
@@ -119,6 +122,36 @@ def _ignored_clicks(geom: SliceGeometry, previous_logits: torch.Tensor, previous
     if (kept != previous).any():
         logits = logits_for_mask(geom, logits, previous, kept)
     return kept, logits
+
+
+# --- the user's box bounds the object ------------------------------------------------------------
+def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``mask`` without the pixels outside the user's box, unless a positive click lies outside it.
+
+    A box says "the object is in here", yet the decoder's answer to it often runs on along a tract
+    or a gyrus past the box's edges (docs/DECODER.md, "The user's box bounds the mask"). A positive
+    click outside the box overrules the box: then nothing is clipped.
+
+    Args:
+        mask: ``(H, W)`` bool.
+        box: ``(4,)`` ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`), or None.
+        points, labels: ``(N, 2)`` ``(r, c)`` and ``(N,)`` 1/0.
+
+    Returns:
+        ``(H, W)`` bool; ``mask`` itself when nothing is outside or there is nothing to clip to.
+    """
+    if box is None:
+        return mask
+    r0, c0, r1, c1 = (int(round(float(v))) for v in box)
+    positive = np.asarray(points, dtype=np.float64).reshape(-1, 2)[np.asarray(labels).reshape(-1) == 1]
+    if len(positive) and not np.all((positive[:, 0] > r0 - 0.5) & (positive[:, 0] < r1 + 0.5)
+                                    & (positive[:, 1] > c0 - 0.5) & (positive[:, 1] < c1 + 0.5)):
+        return mask
+    inside = np.zeros(mask.shape, dtype=bool)
+    inside[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+    if not (mask & ~inside).any():
+        return mask
+    return mask & inside
 
 
 # --- every click holds ------------------------------------------------------------------------

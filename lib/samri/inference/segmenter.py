@@ -20,7 +20,7 @@ from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice, 
 from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
-from samri.inference.refine import CLICK_MERGES, ClickFill, fill_clicks, local_merge, logits_for_mask
+from samri.inference.refine import CLICK_MERGES, ClickFill, clip_to_box, fill_clicks, local_merge, logits_for_mask
 from samri.inference.reuse import PropagationMemo
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
@@ -98,10 +98,12 @@ class Segmenter:
             (`samri.inference.refine.local_merge`); ``"global"``: the decoder's new mask as it is.
         click_fill: on a refinement (a prompt with the previous logits), a click the answer still
             contradicts changes the mask around it (`samri.inference.refine.fill_clicks`); None: off.
+        box_clip: a prompted slice's answer keeps no pixel outside the user's box, unless a positive
+            click lies outside it (`samri.inference.refine.clip_to_box`).
     """
 
     def __init__(self, model, cache: EmbeddingCache, *, propagation: PropagationSettings = PropagationSettings(),
-                 click_merge: str = "local", click_fill: ClickFill | None = ClickFill()):
+                 click_merge: str = "local", click_fill: ClickFill | None = ClickFill(), box_clip: bool = True):
         if click_merge not in CLICK_MERGES:
             raise SamriInputError("click_merge", click_merge, f"must be one of {list(CLICK_MERGES)}")
         self.model = model
@@ -109,6 +111,7 @@ class Segmenter:
         self.propagation = propagation
         self.click_merge = click_merge
         self.click_fill = click_fill
+        self.box_clip = box_clip
         self.uid = next(_SEGMENTER_IDS)
         self._dense_pe: torch.Tensor | None = None
 
@@ -240,6 +243,11 @@ class Segmenter:
         geom = self.slice_geometry(volume, axis)
         override = {} if point_prompts is None else {"point_prompts": point_prompts}
         result = self.decode(self.embedding(volume, axis, index), geom, prompt, **override)
+        if self.box_clip:
+            clipped = clip_to_box(result.mask, prompt.box, prompt.points, prompt.labels)
+            if clipped is not result.mask:
+                result = SliceResult(mask=clipped, iou=result.iou,
+                                     low_res_logits=logits_for_mask(geom, result.low_res_logits, result.mask, clipped))
         if self.click_fill is None or prompt.mask_logits is None or not len(prompt.points):
             return result
         filled = fill_clicks(result.mask, take_slice(volume.windowed, axis, index), prompt.points, prompt.labels,

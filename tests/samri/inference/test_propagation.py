@@ -144,7 +144,8 @@ def test_propagation_stops_on_a_leak(monkeypatch, gt_mask, prepared_volume, tiny
 
     monkeypatch.setattr(Segmenter, "decode", decode_without_box)
     seg = Segmenter(tiny_model, EmbeddingCache())
-    res = seg.propagate(prepared_volume, 2, {CENTER_K: SlicePrompt(box=[0, 0, 5, 5])})
+    # the seed's box holds the whole slice: the user's box bounds the seed's mask (`clip_to_box`)
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: SlicePrompt(box=[0, 0, 39, 47])})
     assert CENTER_K + 1 in res.slices and CENTER_K + 2 not in res.slices
     assert min(res.slices) < CENTER_K  # the other direction is unaffected
 

@@ -148,3 +148,28 @@ def test_segmenter_honours_every_click_of_a_refinement(segmenter, prepared_volum
         assert [bool(result.mask[2, 2]), bool(result.mask[16, 16])] == [bool(v) for v in labels]
         again = SlicePrompt(points=clicks, labels=labels, box=box, mask_logits=result.low_res_logits)
         assert segmenter.predict_slice(prepared_volume, 2, 15, again).mask[16, 16] == bool(labels[1])
+
+
+# --- clip_to_box ------------------------------------------------------------------------------------
+def test_clip_to_box_removes_what_lies_outside_the_box():
+    from samri.inference.refine import clip_to_box
+
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 3:18] = True  # runs past the box's columns 6..12
+    clipped = clip_to_box(mask, np.array([4.0, 6.0, 16.0, 12.0]), np.zeros((0, 2)), np.zeros(0))
+    expected = np.zeros_like(mask)
+    expected[5:15, 6:13] = True
+    np.testing.assert_array_equal(clipped, expected)
+    # nothing outside, or no box: the same array back
+    assert clip_to_box(expected, np.array([4.0, 6.0, 16.0, 12.0]), np.zeros((0, 2)), np.zeros(0)) is expected
+    assert clip_to_box(mask, None, np.zeros((0, 2)), np.zeros(0)) is mask
+
+
+def test_clip_to_box_is_lifted_by_a_positive_click_outside_it_only():
+    from samri.inference.refine import clip_to_box
+
+    mask = np.ones((20, 20), bool)
+    box = np.array([4.0, 6.0, 16.0, 12.0])
+    assert clip_to_box(mask, box, np.array([[10.0, 2.0]]), np.array([1])) is mask
+    assert clip_to_box(mask, box, np.array([[10.0, 2.0]]), np.array([0])).sum() == 13 * 7
+    assert clip_to_box(mask, box, np.array([[10.0, 8.0]]), np.array([1])).sum() == 13 * 7  # inside: still clipped

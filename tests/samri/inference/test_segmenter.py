@@ -38,7 +38,9 @@ def test_mask_box_and_interior_point():
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_predict_slice_returns_mask_at_slice_resolution(segmenter, prepared_volume, axis):
     rows, cols = [s for a, s in enumerate(VOLUME_SHAPE) if a != axis]
-    prompt = SlicePrompt(points=[[rows // 2, cols // 2]], labels=[1], box=[2, 3, rows - 5, cols - 4])
+    # the box holds the whole slice, so nothing is clipped to it (`clip_to_box`) and the mask is exactly
+    # the thresholded logits
+    prompt = SlicePrompt(points=[[rows // 2, cols // 2]], labels=[1], box=[0, 0, rows - 1, cols - 1])
     res = segmenter.predict_slice(prepared_volume, axis, 10, prompt)
     assert isinstance(res, SliceResult)
     assert res.mask.shape == (rows, cols) and res.mask.dtype == bool
@@ -243,3 +245,47 @@ def test_box_search_picks_the_mask_that_fits_the_points(fresh_tiny_model, prepar
     res = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[10, 10], [30, 30]], labels=[1, 0]))
     assert res.iou == pytest.approx(0.6)  # candidate 4: the only one keeping the negative point out
     assert res.mask[10, 10] and not res.mask[30, 30] and (res.mask == top).mean() > 0.95
+
+
+# --- the user's box bounds the answer on its slice ----------------------------------------------
+def _whole_slice_decoder(monkeypatch, size: int = 32):
+    """Every decode answers the whole slice (a leak past any box), with logits that say so."""
+
+    def decode(self, embedding, geom, prompt, **_):
+        whole = np.ones((geom.height, geom.width), bool)
+        return SliceResult(mask=whole, low_res_logits=torch.full((1, 1, size, size), 5.0), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+
+
+def test_a_box_answer_keeps_no_pixel_outside_the_box(monkeypatch, tiny_model, prepared_volume):
+    _whole_slice_decoder(monkeypatch)
+    box = [10, 12, 25, 30]
+    res = Segmenter(tiny_model, EmbeddingCache()).predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box))
+    expected = np.zeros(res.mask.shape, bool)
+    expected[10:26, 12:31] = True
+    np.testing.assert_array_equal(res.mask, expected)
+    # the logits fed back with the next click say the same outside the box
+    geom = Segmenter(tiny_model, EmbeddingCache()).slice_geometry(prepared_volume, 2)
+    fed_back = geom.logits_to_slice(res.low_res_logits)[0, 0].numpy() > 0
+    assert not (fed_back & ~_dilated(expected)).any() and fed_back[12:24, 14:29].all()
+    # off: the decoder's answer as it is
+    off = Segmenter(tiny_model, EmbeddingCache(), box_clip=False).predict_slice(prepared_volume, 2, 15,
+                                                                                 SlicePrompt(box=box))
+    assert off.mask.all()
+
+
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
+def test_a_positive_click_outside_the_box_lifts_the_clip(monkeypatch, tiny_model, prepared_volume):
+    _whole_slice_decoder(monkeypatch)
+    seg = Segmenter(tiny_model, EmbeddingCache(), click_fill=None)
+    box = [10, 12, 25, 30]
+    outside = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box, points=[[35, 5]], labels=[1]))
+    assert outside.mask.all()
+    negative = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box, points=[[35, 5]], labels=[0]))
+    assert negative.mask.sum() == 16 * 19  # a negative click outside says nothing about the box
