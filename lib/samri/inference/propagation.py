@@ -35,6 +35,7 @@ import numpy as np
 from samri.errors import SamriInputError
 from samri.geometry import in_plane_axes
 from samri.inference.prompts import SlicePrompt
+from samri.inference.refine import clipped_to_box
 from samri.inference.reuse import PropagationMemo, full_plan, plan_run, prompt_signature
 
 if TYPE_CHECKING:  # only for hints: samri.inference.segmenter imports this module
@@ -81,6 +82,8 @@ class PropagationSettings:
         box_margin: pixels added around the previous mask's box.
         chain_logits: also give each propagated slice the previous slice's low-res logits as SAM's
             mask prompt (next to its box), so the shape carries over from slice to slice.
+        clip_to_box: keep no pixel of a propagated slice's answer outside the box it was prompted
+            with (the previous mask's box plus ``box_margin``).
         reuse_unchanged: with the memo of the client's previous run, predict again only the slices a
             changed seed can reach (`samri.inference.reuse`); False: every request predicts every slice.
     """
@@ -96,6 +99,7 @@ class PropagationSettings:
     min_overlap: float = 0.2
     box_margin: int = 2
     chain_logits: bool = False
+    clip_to_box: bool = True
     reuse_unchanged: bool = True
 
 
@@ -378,6 +382,8 @@ class Propagator:
         seg = self.segmenter
         prompt = SlicePrompt(box=box, mask_logits=front.prev.low_res_logits if self.rules.chain_logits else None)
         res = seg.decode(seg.embedding(self.volume, self.axis, index), self.geom, prompt)
+        if self.rules.clip_to_box:
+            res = clipped_to_box(self.geom, res, box)
         reason = stop_reason(self.rules, front.prev, res, iou_floor=front.iou_floor, seed_area=front.seed_area)
         if reason is None:
             out.slices[index] = res

@@ -22,7 +22,7 @@ decoder's low-res frame (`samri.geometry.SliceGeometry`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -152,6 +152,18 @@ def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray, la
     if not (mask & ~inside).any():
         return mask
     return mask & inside
+
+
+def clipped_to_box(geom: SliceGeometry, result, box: np.ndarray | None, points: np.ndarray = np.zeros((0, 2)),
+                   labels: np.ndarray = np.zeros(0)):
+    """A `samri.inference.segmenter.SliceResult` clipped to ``box`` (`clip_to_box`), its logits agreeing
+    (`logits_for_mask`, so the next click's mask prompt carries the clip); ``result`` itself when
+    nothing was outside."""
+    clipped = clip_to_box(result.mask, box, points, labels)
+    if clipped is result.mask:
+        return result
+    logits = logits_for_mask(geom, result.low_res_logits, result.mask, clipped)
+    return replace(result, mask=clipped, low_res_logits=logits)
 
 
 # --- every click holds ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from samri.geometry import SliceGeometry, check_axis, in_plane_axes, put_slice, 
 from samri.inference.embeddings import EmbeddingCache, get_embeddings
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
-from samri.inference.refine import CLICK_MERGES, ClickFill, clip_to_box, fill_clicks, local_merge, logits_for_mask
+from samri.inference.refine import CLICK_MERGES, ClickFill, clipped_to_box, fill_clicks, local_merge, logits_for_mask
 from samri.inference.reuse import PropagationMemo
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
@@ -244,10 +244,7 @@ class Segmenter:
         override = {} if point_prompts is None else {"point_prompts": point_prompts}
         result = self.decode(self.embedding(volume, axis, index), geom, prompt, **override)
         if self.box_clip:
-            clipped = clip_to_box(result.mask, prompt.box, prompt.points, prompt.labels)
-            if clipped is not result.mask:
-                result = SliceResult(mask=clipped, iou=result.iou,
-                                     low_res_logits=logits_for_mask(geom, result.low_res_logits, result.mask, clipped))
+            result = clipped_to_box(geom, result, prompt.box, prompt.points, prompt.labels)
         if self.click_fill is None or prompt.mask_logits is None or not len(prompt.points):
             return result
         filled = fill_clicks(result.mask, take_slice(volume.windowed, axis, index), prompt.points, prompt.labels,

@@ -143,11 +143,30 @@ def test_propagation_stops_on_a_leak(monkeypatch, gt_mask, prepared_volume, tiny
         return fake.decode(self, e, g, SlicePrompt(points=[[0, 0]], labels=[1]))
 
     monkeypatch.setattr(Segmenter, "decode", decode_without_box)
-    seg = Segmenter(tiny_model, EmbeddingCache())
+    # the growth rule alone: with the box clip on, the leak would be cut to the propagated box instead
+    seg = Segmenter(tiny_model, EmbeddingCache(), propagation=PropagationSettings(clip_to_box=False))
     # the seed's box holds the whole slice: the user's box bounds the seed's mask (`clip_to_box`)
     res = seg.propagate(prepared_volume, 2, {CENTER_K: SlicePrompt(box=[0, 0, 39, 47])})
     assert CENTER_K + 1 in res.slices and CENTER_K + 2 not in res.slices
     assert min(res.slices) < CENTER_K  # the other direction is unaffected
+
+
+def test_a_leak_is_cut_to_the_propagated_box(monkeypatch, gt_mask, prepared_volume, tiny_model):
+    """With `PropagationSettings.clip_to_box` (the default) a propagated slice keeps nothing outside the
+    box it was prompted with: the previous mask's box plus ``box_margin``."""
+    leaky = gt_mask.copy()
+    leaky[:, :, CENTER_K + 2] = True
+    fake = FakeDecoder(leaky)
+    monkeypatch.setattr(Segmenter, "embedding", lambda self, v, a, i: fake.embedding(self, v, a, i))
+    monkeypatch.setattr(Segmenter, "decode",
+                        lambda self, e, g, p: fake.decode(self, e, g, SlicePrompt(points=[[0, 0]], labels=[1])))
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    res = seg.propagate(prepared_volume, 2, {CENTER_K: SlicePrompt(box=[0, 0, 39, 47])})
+    margin = PropagationSettings().box_margin
+    r0, c0, r1, c1 = (int(v) for v in mask_box(res.slices[CENTER_K + 1].mask, margin))
+    cut = res.slices[CENTER_K + 2].mask
+    assert cut.any() and not cut.all()
+    assert cut[r0:r1 + 1, c0:c1 + 1].all() and cut.sum() == (r1 - r0 + 1) * (c1 - c0 + 1)
 
 
 def test_propagation_respects_roi_box(fake, gt_mask, prepared_volume, tiny_model):
