@@ -6,7 +6,7 @@ that then keep it local (`samri.inference.refine.local_merge`) and make every cl
 (`samri.inference.refine.fill_clicks`). This replays the protocol's 2D sessions (first box or
 first point, then the protocol annotator's corrective clicks, each sent with the box, every click
 so far and the previous served logits) and, at every corrective click, decodes the same prompt
-twice: as served (`Segmenter.predict_slice`) and raw (the decoder alone: no merge, no fill). It
+twice: as served (`Segmenter.predict_slice`) and raw (the decoder alone: no merge, fill or box clip). It
 reports the Dice change each gives, per click sign, and the pixels the raw answer removes from
 the object and from the false positive.
 
@@ -93,7 +93,7 @@ def session_response(served, raw, volume, axis: int, index: int, truth: np.ndarr
     Args:
         served: a `samri.inference.segmenter.Segmenter` as the app serves (merge and fill on); the
             session goes on with its answers.
-        raw: the same model with ``click_merge="global"`` and ``click_fill=None``.
+        raw: the same model with ``click_merge="global"``, ``click_fill=None`` and ``box_clip=False``.
         truth: ``(H, W)`` bool ground truth of the slice.
         max_clicks: interactions, the first included (so ``max_clicks - 1`` corrections at most).
     """
@@ -140,7 +140,7 @@ def click_response(model, cache, cases: Sequence, config, window, *, progress: b
     from samri.volume import prepare_volume
 
     served = Segmenter(model, cache)
-    raw = Segmenter(model, cache, click_merge="global", click_fill=None)
+    raw = Segmenter(model, cache, click_merge="global", click_fill=None, box_clip=False)
     pairs = enumerate_pairs(cases, config)
     summaries = {first: ResponseSummary() for first in config.first}
     for case in cases:
