@@ -61,6 +61,14 @@ def put_slice(volume: np.ndarray, axis: int, index: int, plane: np.ndarray) -> N
     volume[tuple(sl)] = plane
 
 
+def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool of the pixels inside an inclusive ``(r0, c0, r1, c1)`` box (slice pixels, rounded)."""
+    r0, c0, r1, c1 = (int(round(float(v))) for v in box)
+    out = np.zeros(shape, dtype=bool)
+    out[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+    return out
+
+
 def split_point(ijk: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Volume voxel points ``(N, 3)`` -> (slice indices ``(N,)``, slice pixels ``(N, 2)`` as ``(r, c)``)."""
     pts = np.asarray(ijk).reshape(-1, 3)

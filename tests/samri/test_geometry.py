@@ -249,3 +249,12 @@ def test_logits_to_slice_inverts_mask_to_input():
 def test_slice_geometry_rejects_empty_shape():
     with pytest.raises(SamriInputError, match="slice shape"):
         SliceGeometry(0, 5, 64)
+
+
+def test_box_mask_is_inclusive_rounded_and_clipped_to_the_slice():
+    from samri.geometry import box_mask
+
+    mask = box_mask([1.4, 2.6, 3.0, 4.0], (6, 8))
+    assert mask.sum() == 3 * 2 and mask[1:4, 3:5].all()
+    edge = box_mask([-2, -1, 10, 3], (6, 8))  # past the slice: clipped to it
+    assert edge.sum() == 6 * 4 and edge[:, :4].all()

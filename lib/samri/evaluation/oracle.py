@@ -33,20 +33,13 @@ from scipy import ndimage
 
 from samri.annotator import depth_map, slice_session
 from samri.errors import SamriInputError
+from samri.geometry import box_mask
 from samri.inference.prompts import SlicePrompt
 
 logger = logging.getLogger(__name__)
 
 CLICK_RULES = ("local", "region")
 FIRSTS = ("box", "point")
-
-
-def box_mask(box: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` bool of the pixels inside an inclusive ``(r0, c0, r1, c1)`` box (slice pixels)."""
-    r0, c0, r1, c1 = (int(round(float(v))) for v in box)
-    out = np.zeros(shape, dtype=bool)
-    out[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
-    return out
 
 
 def inscribed_disk(region: np.ndarray, point: Sequence[float]) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from samri.geometry import SliceGeometry
+from samri.geometry import SliceGeometry, box_mask
 
 CLICK_MERGES = ("local", "global")
 
@@ -147,8 +147,7 @@ def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray, la
     if len(positive) and not np.all((positive[:, 0] > r0 - 0.5) & (positive[:, 0] < r1 + 0.5)
                                     & (positive[:, 1] > c0 - 0.5) & (positive[:, 1] < c1 + 0.5)):
         return mask
-    inside = np.zeros(mask.shape, dtype=bool)
-    inside[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+    inside = box_mask(box, mask.shape)
     if not (mask & ~inside).any():
         return mask
     return mask & inside
