@@ -125,7 +125,8 @@ def _ignored_clicks(geom: SliceGeometry, previous_logits: torch.Tensor, previous
 
 
 # --- the user's box bounds the object ------------------------------------------------------------
-def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray | None = None,
+                labels: np.ndarray | None = None) -> np.ndarray:
     """``mask`` without the pixels outside the user's box, unless a positive click lies outside it.
 
     A box says "the object is in here", yet the decoder's answer to it often runs on along a tract
@@ -135,26 +136,27 @@ def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray, la
     Args:
         mask: ``(H, W)`` bool.
         box: ``(4,)`` ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`), or None.
-        points, labels: ``(N, 2)`` ``(r, c)`` and ``(N,)`` 1/0.
+        points, labels: ``(N, 2)`` ``(r, c)`` and ``(N,)`` 1/0 (None: no clicks).
 
     Returns:
         ``(H, W)`` bool; ``mask`` itself when nothing is outside or there is nothing to clip to.
     """
     if box is None:
         return mask
-    r0, c0, r1, c1 = (int(round(float(v))) for v in box)
-    positive = np.asarray(points, dtype=np.float64).reshape(-1, 2)[np.asarray(labels).reshape(-1) == 1]
-    if len(positive) and not np.all((positive[:, 0] > r0 - 0.5) & (positive[:, 0] < r1 + 0.5)
-                                    & (positive[:, 1] > c0 - 0.5) & (positive[:, 1] < c1 + 0.5)):
-        return mask
     inside = box_mask(box, mask.shape)
+    if points is not None and len(points):
+        h, w = mask.shape
+        rc = np.clip(np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)), 0, [h - 1, w - 1]).astype(np.int64)
+        positive = rc[np.asarray(labels).reshape(-1) == 1]
+        if not inside[positive[:, 0], positive[:, 1]].all():
+            return mask
     if not (mask & ~inside).any():
         return mask
     return mask & inside
 
 
-def clipped_to_box(geom: SliceGeometry, result, box: np.ndarray | None, points: np.ndarray = np.zeros((0, 2)),
-                   labels: np.ndarray = np.zeros(0)):
+def clipped_to_box(geom: SliceGeometry, result, box: np.ndarray | None, points: np.ndarray | None = None,
+                   labels: np.ndarray | None = None):
     """A `samri.inference.segmenter.SliceResult` clipped to ``box`` (`clip_to_box`), its logits agreeing
     (`logits_for_mask`, so the next click's mask prompt carries the clip); ``result`` itself when
     nothing was outside."""

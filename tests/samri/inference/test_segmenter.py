@@ -261,12 +261,13 @@ def _whole_slice_decoder(monkeypatch, size: int = 32):
 def test_a_box_answer_keeps_no_pixel_outside_the_box(monkeypatch, tiny_model, prepared_volume):
     _whole_slice_decoder(monkeypatch)
     box = [10, 12, 25, 30]
-    res = Segmenter(tiny_model, EmbeddingCache()).predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box))
+    segmenter = Segmenter(tiny_model, EmbeddingCache())
+    res = segmenter.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box))
     expected = np.zeros(res.mask.shape, bool)
     expected[10:26, 12:31] = True
     np.testing.assert_array_equal(res.mask, expected)
     # the logits fed back with the next click say the same outside the box
-    geom = Segmenter(tiny_model, EmbeddingCache()).slice_geometry(prepared_volume, 2)
+    geom = segmenter.slice_geometry(prepared_volume, 2)
     fed_back = geom.logits_to_slice(res.low_res_logits)[0, 0].numpy() > 0
     assert not (fed_back & ~_dilated(expected)).any() and fed_back[12:24, 14:29].all()
     # off: the decoder's answer as it is
