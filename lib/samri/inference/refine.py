@@ -32,6 +32,8 @@ from scipy import ndimage
 from samri.geometry import SliceGeometry, box_mask
 
 CLICK_MERGES = ("local", "global")
+#: the low-res logit a rule writes where it forces a pixel in (+) or out (-) of the mask
+FORCED_LOGIT = 8.0
 
 
 def disagreeing_clicks(previous: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -64,7 +66,7 @@ def _near_clicks(previous: np.ndarray, clicks: np.ndarray) -> np.ndarray:
     return near
 
 
-def _low_res_cover(geom: SliceGeometry, region: np.ndarray, size: int) -> torch.Tensor:
+def low_res_cover(geom: SliceGeometry, region: np.ndarray, size: int) -> torch.Tensor:
     """``(1, 1, s, s)`` bool: the low-res logit cells that hold any pixel of the ``(H, W)`` region."""
     full = torch.as_tensor(geom.mask_to_input(region), dtype=torch.float32)[None, None]
     return F.adaptive_max_pool2d(full, size) > 0.5
@@ -96,7 +98,7 @@ def local_merge(geom: SliceGeometry, previous_logits: torch.Tensor, new_logits: 
     accept = np.isin(regions, sorted(ids)) & _near_clicks(previous, clicks)
     mask = np.where(accept, new, previous)
     size = new_logits.shape[-1]
-    accept_low = _low_res_cover(geom, accept, size)
+    accept_low = low_res_cover(geom, accept, size)
     logits = torch.where(accept_low, new_logits.float(), previous_logits.float().to(new_logits.device))
     return mask, logits
 
@@ -125,6 +127,28 @@ def _ignored_clicks(geom: SliceGeometry, previous_logits: torch.Tensor, previous
 
 
 # --- the user's box bounds the object ------------------------------------------------------------
+def box_bound(box: np.ndarray | None, shape: tuple[int, int], points: np.ndarray | None = None,
+              labels: np.ndarray | None = None) -> np.ndarray | None:
+    """``(H, W)`` bool mask of the user's box when it bounds the answer, else None: no box, or a
+    positive click outside it (which overrules the box).
+
+    Args:
+        box: ``(4,)`` ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`), or None.
+        shape: the slice's ``(H, W)``.
+        points, labels: ``(N, 2)`` ``(r, c)`` and ``(N,)`` 1/0 (None: no clicks).
+    """
+    if box is None:
+        return None
+    inside = box_mask(box, shape)
+    if points is not None and len(points):
+        h, w = shape
+        rc = np.clip(np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)), 0, [h - 1, w - 1]).astype(np.int64)
+        positive = rc[np.asarray(labels).reshape(-1) == 1]
+        if not inside[positive[:, 0], positive[:, 1]].all():
+            return None
+    return inside
+
+
 def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray | None = None,
                 labels: np.ndarray | None = None) -> np.ndarray:
     """``mask`` without the pixels outside the user's box, unless a positive click lies outside it.
@@ -141,16 +165,8 @@ def clip_to_box(mask: np.ndarray, box: np.ndarray | None, points: np.ndarray | N
     Returns:
         ``(H, W)`` bool; ``mask`` itself when nothing is outside or there is nothing to clip to.
     """
-    if box is None:
-        return mask
-    inside = box_mask(box, mask.shape)
-    if points is not None and len(points):
-        h, w = mask.shape
-        rc = np.clip(np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2)), 0, [h - 1, w - 1]).astype(np.int64)
-        positive = rc[np.asarray(labels).reshape(-1) == 1]
-        if not inside[positive[:, 0], positive[:, 1]].all():
-            return mask
-    if not (mask & ~inside).any():
+    inside = box_bound(box, mask.shape, points, labels)
+    if inside is None or not (mask & ~inside).any():
         return mask
     return mask & inside
 
@@ -239,12 +255,12 @@ def _boundary_distance(mask: np.ndarray, r: int, c: int) -> float:
 
 
 def logits_for_mask(geom: SliceGeometry, logits: torch.Tensor, before: np.ndarray, after: np.ndarray,
-                    magnitude: float = 8.0) -> torch.Tensor:
+                    magnitude: float = FORCED_LOGIT) -> torch.Tensor:
     """``(1, 1, s, s)`` logits agreeing with ``after`` where it differs from ``before`` (``(H, W)``
     bool), so the next click's mask prompt carries the filled or erased pixels."""
     size = logits.shape[-1]
     out = logits.float().clone()
     for region, value in ((after & ~before, magnitude), (before & ~after, -magnitude)):
         if region.any():
-            out[_low_res_cover(geom, region, size)] = value
+            out[low_res_cover(geom, region, size)] = value
     return out

@@ -9,7 +9,7 @@ that leaves a key out gets that default. `load_train_config` reads the config di
 YAML shape (see ``configs/training.yaml``)::
 
     optimizer: {lr, weight_decay}
-    loss: {lambda_dice, lambda_focal, focal_gamma, iou_weight, click_weight}
+    loss: {lambda_dice, lambda_focal, focal_gamma, iou_weight, click_weight, box_clip}
     epochs, batch_size, max_steps_per_epoch, max_slices, max_val_samples, validation_clicks, seed
     min_pixels, axes, val_fraction, include_labels
     validation: {label_stride}
@@ -50,7 +50,9 @@ class TrainSettings:
     the app's ``training.yaml`` sets the budget a request runs under. ``validation_clicks`` > 0
     also runs the clicks protocol (that many interactions) on the validation pairs, and its mean
     Dice then picks the epoch and gates publishing (`samri.train.run.selection_score`).
-    ``max_steps_per_epoch`` and ``max_slices``: None = unbounded.
+    ``max_steps_per_epoch`` and ``max_slices``: None = unbounded. ``box_clip``: the decoder's
+    logits outside a prompt's box are clipped as serving clips its mask
+    (`samri.train.stage2.clip_logits_to_boxes`) in the loss, the fed-back logits and validation.
     """
 
     lr: float = 1e-4
@@ -60,6 +62,7 @@ class TrainSettings:
     focal_gamma: float = 2.0
     iou_weight: float = 1.0
     click_weight: float = 0.0
+    box_clip: bool = False
     epochs: int = 4
     batch_size: int = 8
     max_steps_per_epoch: int | None = None
@@ -174,6 +177,12 @@ def _integer(low: int) -> Parser:
     return parse
 
 
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SamriInputError(name, value, "must be true or false")
+    return value
+
+
 def _budget(value: Any, name: str) -> int | None:
     """A budget: null or 0 = unbounded (None)."""
     return None if value is None else (_integer(0)(value, name) or None)
@@ -216,6 +225,7 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "loss.focal_gamma": ("settings", "focal_gamma", _number()),
     "loss.iou_weight": ("settings", "iou_weight", _number()),
     "loss.click_weight": ("settings", "click_weight", _number()),
+    "loss.box_clip": ("settings", "box_clip", _boolean),
     "epochs": ("settings", "epochs", _integer(1)),
     "batch_size": ("settings", "batch_size", _integer(1)),
     "max_steps_per_epoch": ("settings", "max_steps_per_epoch", _budget),

@@ -27,6 +27,7 @@ from samri.evaluation.clicks import FIRST_INTERACTIONS, noc
 from samri.geometry import SliceGeometry, in_plane_axes
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
+from samri.inference.refine import FORCED_LOGIT, box_bound, clipped_to_box, low_res_cover
 from samri.train.config import TrainSettings
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
@@ -100,6 +101,28 @@ def click_loss(logits: torch.Tensor, geoms: Sequence[SliceGeometry], prompts: Se
     return torch.stack(terms).mean() if terms else logits.sum() * 0.0
 
 
+def clip_logits_to_boxes(logits: torch.Tensor, geoms: Sequence[SliceGeometry],
+                         prompts: Sequence[SlicePrompt]) -> torch.Tensor:
+    """``(B, 1, s, s)`` logits as serving's box clip leaves them (`samri.inference.refine.clip_to_box`).
+
+    Where a prompt's box bounds the answer (`samri.inference.refine.box_bound`), the low-res cells
+    that hold no pixel of the box become ``-FORCED_LOGIT``: a constant, so the loss there has no
+    gradient. Serving clips whatever the decoder answers outside the box, so training should not
+    spend the decoder's capacity (or shrink its answer inside the box) to avoid a leak nobody sees.
+    """
+    size = logits.shape[-1]
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    clipped = False
+    for n, (geom, prompt) in enumerate(zip(geoms, prompts)):
+        inside = box_bound(prompt.box, (geom.height, geom.width), prompt.points, prompt.labels)
+        if inside is not None:
+            keep[n] = low_res_cover(geom, inside, size)[0].to(logits.device)
+            clipped = True
+    if not clipped:
+        return logits
+    return torch.where(keep, logits, torch.full_like(logits, -FORCED_LOGIT))
+
+
 def encode_prompts(model, geoms: Sequence[SliceGeometry], prompts: Sequence[SlicePrompt]) -> tuple[torch.Tensor,
                                                                                                    torch.Tensor]:
     """Frozen prompt encoder per sample, padded to one batch: sparse ``(B, n, C)``, dense ``(B, C, h, w)``.
@@ -150,6 +173,8 @@ class DecoderTrainer:
     def _forward(self, samples, prompts, geoms, targets, embeddings):
         sparse, dense = encode_prompts(self.model, geoms, prompts)
         logits, iou_pred = decoder_forward(self.model, self.decoder, embeddings, sparse, dense, self.image_pe)
+        if self.settings.box_clip:
+            logits = clip_logits_to_boxes(logits, geoms, prompts)
         seg_loss = self.loss_fn(logits, targets)
         with torch.no_grad():
             pred = logits > 0
@@ -247,7 +272,8 @@ class DecoderTrainer:
     def validate_clicks(self, samples: Sequence[SliceSample], firsts: Sequence[str] = FIRST_INTERACTIONS,
                         max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None) -> dict:
         """The clicks protocol on validation pairs (`samri.annotator.slice_session`), decoded as
-        served (`samri.inference.segmenter.Segmenter.decode` on the cached embedding).
+        served (`samri.inference.segmenter.Segmenter.decode` on the cached embedding, then the box
+        clip when ``box_clip`` is set).
 
         Returns:
             ``{"clicks_<first>": [mean Dice after interaction 1..max_clicks], "noc85_<first>": mean
@@ -258,6 +284,7 @@ class DecoderTrainer:
 
         self.decoder.eval()
         segmenter = Segmenter(self.model, self.source.cache)
+        clip = self.settings.box_clip
         out: dict[str, Any] = {}
         curves_all = []
         for k, first in enumerate(firsts):
@@ -267,6 +294,8 @@ class DecoderTrainer:
 
                 def decode(prompt: SlicePrompt, embedding=embedding, geom=geom):
                     res = segmenter.decode(embedding, geom, prompt)
+                    if clip:
+                        res = clipped_to_box(geom, res, prompt.box, prompt.points, prompt.labels)
                     return res.mask, res.low_res_logits
 
                 curves.append(slice_session(decode, self.source.target(s), first=first, max_clicks=max_clicks))

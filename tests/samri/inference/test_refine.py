@@ -173,3 +173,14 @@ def test_clip_to_box_is_lifted_by_a_positive_click_outside_it_only():
     assert clip_to_box(mask, box, np.array([[10.0, 2.0]]), np.array([1])) is mask
     assert clip_to_box(mask, box, np.array([[10.0, 2.0]]), np.array([0])).sum() == 13 * 7
     assert clip_to_box(mask, box, np.array([[10.0, 8.0]]), np.array([1])).sum() == 13 * 7  # inside: still clipped
+
+
+def test_box_bound_is_the_box_unless_a_positive_click_lies_outside():
+    from samri.inference.refine import box_bound
+
+    box = np.array([4.0, 6.0, 16.0, 12.0])
+    inside = box_bound(box, (20, 20))
+    assert inside.shape == (20, 20) and inside.sum() == 13 * 7 and inside[4, 6] and inside[16, 12]
+    assert box_bound(None, (20, 20)) is None
+    assert box_bound(box, (20, 20), np.array([[10.0, 2.0]]), np.array([1])) is None
+    np.testing.assert_array_equal(box_bound(box, (20, 20), np.array([[10.0, 2.0]]), np.array([0])), inside)

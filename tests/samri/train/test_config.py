@@ -33,6 +33,11 @@ def test_keys_left_out_keep_the_dataclass_defaults():
     assert TrainConfig.from_mapping(yaml.safe_load("optimizer: {lr: 1e-4}")).settings.lr == 1e-4
 
 
+def test_box_clip_is_a_boolean_loss_setting():
+    assert TrainSettings().box_clip is False
+    assert TrainConfig.from_mapping({"loss": {"box_clip": True}}).settings.box_clip is True
+
+
 def test_missing_training_yaml_means_builtin_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMRI_CONFIG_DIR", str(tmp_path))
     assert load_train_config() == TrainConfig()
@@ -153,6 +158,8 @@ def test_replace_routes_settings_fields_and_run_arguments():
     ({"optimizer": {"learning_rate": 1e-4}}, "optimizer.learning_rate"),
     ({"optimizer": 0.1}, "optimizer"),
     ({"loss": {"lambda_focal": float("nan")}}, "loss.lambda_focal"),
+    ({"loss": {"box_clip": "yes"}}, "loss.box_clip"),
+    ({"loss": {"box_clip": 1}}, "loss.box_clip"),
     ({"epochs": 0}, "epochs"),
     ({"epochs": 2.5}, "epochs"),
     ({"batch_size": True}, "batch_size"),

@@ -125,3 +125,46 @@ def test_click_loss_is_low_only_where_the_logits_agree_with_the_clicks():
     logits.requires_grad_(True)
     click_loss(logits, [geom] * 2, disagree).backward()
     assert int((logits.grad != 0).sum()) == 2  # only the two clicked logits
+
+
+def test_clip_logits_to_boxes_fixes_the_cells_outside_a_binding_box():
+    """Training sees the box clip serving applies: outside the box a constant, so no gradient there."""
+    from samri.inference.refine import FORCED_LOGIT
+    from samri.train.stage2 import clip_logits_to_boxes
+
+    geom = SliceGeometry(32, 32, 32)  # low-res frame 32: logits map 1:1 onto pixels
+    logits = torch.full((3, 1, 32, 32), 2.0, requires_grad=True)
+    box = [8.0, 4.0, 15.0, 19.0]  # rows 8..15, columns 4..19
+    prompts = [SlicePrompt(box=box),
+               SlicePrompt(box=box, points=[[2.0, 2.0]], labels=[1]),  # a positive click outside lifts the clip
+               SlicePrompt(points=[[10.0, 10.0]], labels=[1])]  # no box: nothing to clip
+    clipped = clip_logits_to_boxes(logits, [geom] * 3, prompts)
+    assert float(clipped[0, 0, 8:16, 4:20].min()) == 2.0 and int((clipped[0] == 2.0).sum()) == 8 * 16
+    assert float(clipped[0, 0, 0, 0]) == -FORCED_LOGIT and float(clipped[0, 0, 16, 10]) == -FORCED_LOGIT
+    assert torch.equal(clipped[1:], logits[1:])
+    clipped.sum().backward()
+    assert int((logits.grad[0] != 0).sum()) == 8 * 16 and int((logits.grad[1:] != 0).sum()) == 2 * 32 * 32
+    plain = torch.zeros(1, 1, 32, 32)
+    assert clip_logits_to_boxes(plain, [geom], [SlicePrompt(points=[[1.0, 1.0]], labels=[0])]) is plain
+
+
+def test_trainer_with_box_clip_trains_on_the_clipped_logits(studies_dir, fresh_tiny_model):
+    from samri.annotator import SimSettings
+    from samri.inference.refine import FORCED_LOGIT
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    settings = small_train_settings(box_clip=True, sim=SimSettings(mode_weights={"box": 1.0}, box_jitter=0.0))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)
+    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    samples = indices[0].samples[:2]
+    embeddings, masks, geoms, targets = trainer.batch(samples)
+    prompts = [SlicePrompt(box=[2.0, 2.0, 6.0, 6.0]) for _ in samples]
+    logits, _, _ = trainer._forward(samples, prompts, geoms, targets, embeddings)
+    assert float(logits[:, :, -1, -1].max()) == -FORCED_LOGIT  # far from the box: clipped
+    assert (logits != -FORCED_LOGIT).any()
