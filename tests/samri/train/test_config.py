@@ -48,8 +48,8 @@ def test_missing_training_yaml_means_builtin_defaults(tmp_path, monkeypatch):
 def test_shipped_training_yaml():
     cfg = load_train_config(base=CONFIGS / "training.yaml")
     assert cfg == TrainConfig(settings=TrainSettings(lr=1e-4, weight_decay=0.1, lambda_dice=1.0, lambda_focal=10.0,
-                                                     focal_gamma=2.0, iou_weight=1.0, click_weight=0.1, epochs=4,
-                                                     batch_size=8, max_steps_per_epoch=12, max_val_samples=32,
+                                                     focal_gamma=2.0, iou_weight=1.0, click_weight=0.1, box_clip=True,
+                                                     epochs=4, batch_size=8, max_steps_per_epoch=12, max_val_samples=32,
                                                      max_slices=16, validation_clicks=5, seed=0, sim=CLICKS_SIM),
                               min_pixels=30, axes=(2,), val_fraction=0.25, include_labels=None, label_stride=0,
                               gate_margin=0.0)
@@ -100,6 +100,15 @@ def test_recipe_stage5_is_stage4_with_finer_parcels_and_tubes():
                              pseudo_fine_grey_cells=stage5.pseudo_fine_grey_cells,
                              pseudo_fine_white_cells=stage5.pseudo_fine_white_cells,
                              pseudo_white_tubes=stage5.pseudo_white_tubes)
+
+
+def test_recipe_stages_train_without_the_box_clip_as_they_ran():
+    """The app's trainer clips to the box; the recipe's five stages ran before that and keep reproducing."""
+    assert load_train_config(base=CONFIGS / "training.yaml").settings.box_clip is True
+    for name in ("training_default_decoder.yaml", "training_default_decoder_clicks.yaml",
+                 "training_default_decoder_pseudo.yaml", "training_default_decoder_light_clicks.yaml",
+                 "training_default_decoder_tracts.yaml"):
+        assert load_train_config(CONFIGS / name, base=CONFIGS / "training.yaml").settings.box_clip is False, name
 
 
 def test_recipe_yamls_hold_only_what_differs():
