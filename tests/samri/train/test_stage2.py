@@ -74,18 +74,9 @@ def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_ti
 def test_step_runs_corrective_rounds_in_sequence_with_the_logits_fed_back(studies_dir, fresh_tiny_model):
     """SAM-style iterative training: each round adds one corrective click and feeds the last logits."""
     from samri.annotator import SimSettings
-    from samri.train.stage2 import DecoderTrainer, SampleSource
 
-    model = fresh_tiny_model
-    cache = EmbeddingCache()
-    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
-                        progress=False)
-    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
     sim = SimSettings(mode_weights={"box": 1.0}, correction_prob=1.0, correction_rounds=3)
-    settings = small_train_settings(sim=sim)
-    for param in model.mask_decoder.parameters():
-        param.requires_grad_(True)
-    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    trainer, indices = _trainer_on_studies(studies_dir, fresh_tiny_model, small_train_settings(sim=sim))
     calls = []
     forward = trainer._forward
 
@@ -151,20 +142,25 @@ def test_clip_logits_to_boxes_fixes_the_cells_outside_a_binding_box():
 def test_trainer_with_box_clip_trains_on_the_clipped_logits(studies_dir, fresh_tiny_model):
     from samri.annotator import SimSettings
     from samri.inference.refine import FORCED_LOGIT
-    from samri.train.stage2 import DecoderTrainer, SampleSource
 
-    model = fresh_tiny_model
-    cache = EmbeddingCache()
-    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
-                        progress=False)
-    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
     settings = small_train_settings(box_clip=True, sim=SimSettings(mode_weights={"box": 1.0}, box_jitter=0.0))
-    for param in model.mask_decoder.parameters():
-        param.requires_grad_(True)
-    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    trainer, indices = _trainer_on_studies(studies_dir, fresh_tiny_model, settings)
     samples = indices[0].samples[:2]
     embeddings, masks, geoms, targets = trainer.batch(samples)
     prompts = [SlicePrompt(box=[2.0, 2.0, 6.0, 6.0]) for _ in samples]
     logits, _, _ = trainer._forward(samples, prompts, geoms, targets, embeddings)
     assert float(logits[:, :, -1, -1].max()) == -FORCED_LOGIT  # far from the box: clipped
     assert (logits != -FORCED_LOGIT).any()
+
+
+def _trainer_on_studies(studies_dir, model, settings):
+    """A `DecoderTrainer` (trainable decoder, as run_training sets it up) on the studies' stage-1 samples."""
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)
+    return DecoderTrainer(model=model, source=source, settings=settings), indices
