@@ -241,14 +241,20 @@ class Segmenter:
         every click holds in the answer (`click_fill`). ``point_prompts``: as in `decode`."""
         axis = check_axis(axis)
         geom = self.slice_geometry(volume, axis)
+        return self.answer(self.embedding(volume, axis, index), geom, prompt,
+                           image=take_slice(volume.windowed, axis, index), point_prompts=point_prompts)
+
+    def answer(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt, *,
+               image: np.ndarray | None = None, point_prompts: str | None = None) -> SliceResult:
+        """The served answer on one embedding ``(C, h, w)``: `decode`, then the box clip (``box_clip``),
+        then click fill (``click_fill``; only with ``image``, the ``(H, W)`` windowed slice in ``[0, 1]``)."""
         override = {} if point_prompts is None else {"point_prompts": point_prompts}
-        result = self.decode(self.embedding(volume, axis, index), geom, prompt, **override)
+        result = self.decode(embedding, geom, prompt, **override)
         if self.box_clip:
             result = clipped_to_box(geom, result, prompt.box, prompt.points, prompt.labels)
-        if self.click_fill is None or prompt.mask_logits is None or not len(prompt.points):
+        if self.click_fill is None or image is None or prompt.mask_logits is None or not len(prompt.points):
             return result
-        filled = fill_clicks(result.mask, take_slice(volume.windowed, axis, index), prompt.points, prompt.labels,
-                             self.click_fill)
+        filled = fill_clicks(result.mask, image, prompt.points, prompt.labels, self.click_fill)
         if filled is result.mask:
             return result
         logits = logits_for_mask(geom, result.low_res_logits, result.mask, filled)

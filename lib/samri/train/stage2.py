@@ -27,7 +27,7 @@ from samri.evaluation.clicks import FIRST_INTERACTIONS, noc
 from samri.geometry import SliceGeometry, in_plane_axes
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
-from samri.inference.refine import FORCED_LOGIT, box_bound, clipped_to_box, low_res_cover
+from samri.inference.refine import FORCED_LOGIT, box_bound, low_res_cover
 from samri.train.config import TrainSettings
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
@@ -271,9 +271,9 @@ class DecoderTrainer:
 
     def validate_clicks(self, samples: Sequence[SliceSample], firsts: Sequence[str] = FIRST_INTERACTIONS,
                         max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None) -> dict:
-        """The clicks protocol on validation pairs (`samri.annotator.slice_session`), decoded as
-        served (`samri.inference.segmenter.Segmenter.decode` on the cached embedding, then the box
-        clip when ``box_clip`` is set).
+        """The clicks protocol on validation pairs (`samri.annotator.slice_session`), answered as
+        served (`samri.inference.segmenter.Segmenter.answer` on the cached embedding: the box clip
+        when ``box_clip`` is set; no click fill, which needs the image slice).
 
         Returns:
             ``{"clicks_<first>": [mean Dice after interaction 1..max_clicks], "noc85_<first>": mean
@@ -283,8 +283,7 @@ class DecoderTrainer:
         from samri.inference.segmenter import Segmenter
 
         self.decoder.eval()
-        segmenter = Segmenter(self.model, self.source.cache)
-        clip = self.settings.box_clip
+        segmenter = Segmenter(self.model, self.source.cache, click_fill=None, box_clip=self.settings.box_clip)
         out: dict[str, Any] = {}
         curves_all = []
         for k, first in enumerate(firsts):
@@ -293,9 +292,7 @@ class DecoderTrainer:
                 embedding, geom = self.source.embedding(s), self.source.geometry(s)
 
                 def decode(prompt: SlicePrompt, embedding=embedding, geom=geom):
-                    res = segmenter.decode(embedding, geom, prompt)
-                    if clip:
-                        res = clipped_to_box(geom, res, prompt.box, prompt.points, prompt.labels)
+                    res = segmenter.answer(embedding, geom, prompt)
                     return res.mask, res.low_res_logits
 
                 curves.append(slice_session(decode, self.source.target(s), first=first, max_clicks=max_clicks))

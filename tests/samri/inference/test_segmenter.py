@@ -290,3 +290,22 @@ def test_a_positive_click_outside_the_box_lifts_the_clip(monkeypatch, tiny_model
     assert outside.mask.all()
     negative = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box, points=[[35, 5]], labels=[0]))
     assert negative.mask.sum() == 16 * 19  # a negative click outside says nothing about the box
+
+
+def test_answer_on_an_embedding_is_the_served_answer_without_a_volume(monkeypatch, tiny_model, prepared_volume):
+    """`Segmenter.answer` (the trainer's validation path) clips as `predict_slice` does; click fill needs the image."""
+    _whole_slice_decoder(monkeypatch)
+    seg = Segmenter(tiny_model, EmbeddingCache())
+    geom = seg.slice_geometry(prepared_volume, 2)
+    embedding = seg.embedding(prepared_volume, 2, 15)
+    box = [10, 12, 25, 30]
+    served = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box))
+    np.testing.assert_array_equal(seg.answer(embedding, geom, SlicePrompt(box=box)).mask, served.mask)
+    # a negative click the whole-slice decoder ignores: the served answer fills around it, `answer`
+    # without the image cannot
+    again = SlicePrompt(box=box, points=[[18, 20]], labels=[0], mask_logits=served.low_res_logits)
+    filled = seg.predict_slice(prepared_volume, 2, 15, again)
+    assert not filled.mask[18, 20]
+    assert seg.answer(embedding, geom, again).mask[18, 20]
+    image = prepared_volume.windowed[:, :, 15]
+    np.testing.assert_array_equal(seg.answer(embedding, geom, again, image=image).mask, filled.mask)
