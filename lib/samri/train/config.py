@@ -12,7 +12,7 @@ YAML shape (see ``configs/training.yaml``)::
     loss: {lambda_dice, lambda_focal, focal_gamma, iou_weight, click_weight, box_clip}
     epochs, batch_size, max_steps_per_epoch, max_slices, max_val_samples, validation_clicks, seed
     min_pixels, axes, val_fraction, include_labels
-    validation: {label_stride}
+    validation: {label_stride, click_fill}
     prompts: {mode_weights, box_jitter, max_negatives, correction_prob, correction_rounds}
     gate: {margin}
     pseudo_structures: {grey_cells, white_cells, fine_grey_cells, fine_white_cells, white_tubes}
@@ -53,6 +53,8 @@ class TrainSettings:
     ``max_steps_per_epoch`` and ``max_slices``: None = unbounded. ``box_clip``: the decoder's
     logits outside a prompt's box are clipped as serving clips its mask
     (`samri.train.stage2.clip_logits_to_boxes`) in the loss, the fed-back logits and validation.
+    ``validation_click_fill``: the clicks validation applies serving's click fill
+    (`samri.inference.refine.fill_clicks`) on the windowed slice, so it scores the served answer.
     """
 
     lr: float = 1e-4
@@ -69,6 +71,7 @@ class TrainSettings:
     max_val_samples: int = 256
     max_slices: int | None = None
     validation_clicks: int = 0
+    validation_click_fill: bool = False
     seed: int = 0
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -243,6 +246,7 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "val_fraction": ("config", "val_fraction", _number(high=1.0)),
     "include_labels": ("config", "include_labels", _labels),
     "validation.label_stride": ("config", "label_stride", _stride),
+    "validation.click_fill": ("settings", "validation_click_fill", _boolean),
     "gate.margin": ("config", "gate_margin", _number()),
     "pseudo_structures.grey_cells": ("config", "pseudo_grey_cells", _integer(0)),
     "pseudo_structures.white_cells": ("config", "pseudo_white_cells", _integer(0)),

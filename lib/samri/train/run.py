@@ -125,7 +125,7 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
                                                                      replace=False))]
     if rank == 0:
         write_manifest(out_dir / "manifest.json", indices, stats)
-    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size, window=window)
     decoder = _trainable_decoder(model, world)
     trainer = DecoderTrainer(model=model, source=source, settings=settings, decoder=decoder)
     n_steps = _steps_per_epoch(len(train_samples) // world if world > 1 else len(train_samples), settings)

@@ -24,10 +24,11 @@ from samri.annotator import (
     training_prompt,
 )
 from samri.evaluation.clicks import FIRST_INTERACTIONS, noc
-from samri.geometry import SliceGeometry, in_plane_axes
+from samri.geometry import SliceGeometry, in_plane_axes, take_slice
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
-from samri.inference.refine import FORCED_LOGIT, box_bound, low_res_cover
+from samri.inference.refine import FORCED_LOGIT, ClickFill, box_bound, low_res_cover
+from samri.intensity import WindowSettings
 from samri.train.config import TrainSettings
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
 
@@ -35,14 +36,18 @@ logger = logging.getLogger(__name__)
 
 
 class SampleSource:
-    """Reads a sample's embedding (from the shared cache) and ground-truth slice."""
+    """Reads a sample's embedding (from the shared cache), ground-truth slice and, given the
+    ``window`` serving uses, its windowed image slice (for click fill in `DecoderTrainer.validate_clicks`)."""
 
-    def __init__(self, indices: Sequence[StudyIndex], cache: EmbeddingCache, encoder_key: str, input_size: int):
+    def __init__(self, indices: Sequence[StudyIndex], cache: EmbeddingCache, encoder_key: str, input_size: int,
+                 *, window: WindowSettings | None = None):
         self.by_study = {i.study.study_id: i for i in indices}
         self.cache = cache
         self.encoder_key = encoder_key
         self.input_size = input_size
+        self.window = window
         self._labels: dict[str, np.ndarray] = {}
+        self._windowed: dict[str, np.ndarray] = {}
 
     def embedding(self, s: SliceSample) -> torch.Tensor:
         key = EmbeddingKey(self.by_study[s.study_id].content_key, s.axis, s.index, self.encoder_key)
@@ -57,6 +62,20 @@ class SampleSource:
 
             self._labels[s.study_id] = np.asarray(load_image(self.by_study[s.study_id].study.label, "label").array)
         return label_slice(self._labels[s.study_id], s)
+
+    def image(self, s: SliceSample) -> np.ndarray | None:
+        """``(H, W)`` float32 windowed slice in ``[0, 1]``, as serving reads it; None without a ``window``.
+        The study's windowed volume is loaded once and kept (validation studies only ask for it)."""
+        if self.window is None:
+            return None
+        if s.study_id not in self._windowed:
+            from samri.volume import load_image, prepare_volume
+
+            volume = prepare_volume(load_image(self.by_study[s.study_id].study.image), self.window)
+            if volume.content_key != self.by_study[s.study_id].content_key:
+                raise RuntimeError(f"study {s.study_id} changed on disk since stage 1 indexed it")
+            self._windowed[s.study_id] = volume.windowed
+        return take_slice(self._windowed[s.study_id], s.axis, s.index)
 
     def neighbour(self, s: SliceSample, rng: np.random.Generator) -> np.ndarray | None:
         """The structure's mask on a random slice of `PROPAGATION_OFFSETS` away (None off the volume)."""
@@ -273,7 +292,8 @@ class DecoderTrainer:
                         max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None) -> dict:
         """The clicks protocol on validation pairs (`samri.annotator.slice_session`), answered as
         served (`samri.inference.segmenter.Segmenter.answer` on the cached embedding: the box clip
-        when ``box_clip`` is set; no click fill, which needs the image slice).
+        when ``box_clip`` is set, click fill on the windowed slice when ``validation_click_fill`` is
+        set and the source has the serving window).
 
         Returns:
             ``{"clicks_<first>": [mean Dice after interaction 1..max_clicks], "noc85_<first>": mean
@@ -283,16 +303,19 @@ class DecoderTrainer:
         from samri.inference.segmenter import Segmenter
 
         self.decoder.eval()
-        segmenter = Segmenter(self.model, self.source.cache, click_fill=None, box_clip=self.settings.box_clip)
+        fill = self.settings.validation_click_fill and self.source.window is not None
+        segmenter = Segmenter(self.model, self.source.cache, click_fill=ClickFill() if fill else None,
+                              box_clip=self.settings.box_clip)
         out: dict[str, Any] = {}
         curves_all = []
         for k, first in enumerate(firsts):
             curves = []
             for n, s in enumerate(samples):
                 embedding, geom = self.source.embedding(s), self.source.geometry(s)
+                image = self.source.image(s) if fill else None
 
-                def decode(prompt: SlicePrompt, embedding=embedding, geom=geom):
-                    res = segmenter.answer(embedding, geom, prompt)
+                def decode(prompt: SlicePrompt, embedding=embedding, geom=geom, image=image):
+                    res = segmenter.answer(embedding, geom, prompt, image=image)
                     return res.mask, res.low_res_logits
 
                 curves.append(slice_session(decode, self.source.target(s), first=first, max_clicks=max_clicks))

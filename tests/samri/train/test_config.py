@@ -38,6 +38,12 @@ def test_box_clip_is_a_boolean_loss_setting():
     assert TrainConfig.from_mapping({"loss": {"box_clip": True}}).settings.box_clip is True
 
 
+def test_validation_click_fill_is_a_boolean_validation_setting():
+    assert TrainSettings().validation_click_fill is False
+    cfg = TrainConfig.from_mapping({"validation": {"click_fill": True, "label_stride": 4}})
+    assert cfg.settings.validation_click_fill is True and cfg.label_stride == 4
+
+
 def test_missing_training_yaml_means_builtin_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMRI_CONFIG_DIR", str(tmp_path))
     assert load_train_config() == TrainConfig()
@@ -50,7 +56,8 @@ def test_shipped_training_yaml():
     assert cfg == TrainConfig(settings=TrainSettings(lr=1e-4, weight_decay=0.1, lambda_dice=1.0, lambda_focal=10.0,
                                                      focal_gamma=2.0, iou_weight=1.0, click_weight=0.1, box_clip=True,
                                                      epochs=4, batch_size=8, max_steps_per_epoch=12, max_val_samples=32,
-                                                     max_slices=16, validation_clicks=5, seed=0, sim=CLICKS_SIM),
+                                                     max_slices=16, validation_clicks=5, validation_click_fill=True,
+                                                     seed=0, sim=CLICKS_SIM),
                               min_pixels=30, axes=(2,), val_fraction=0.25, include_labels=None, label_stride=0,
                               gate_margin=0.0)
 
@@ -103,12 +110,15 @@ def test_recipe_stage5_is_stage4_with_finer_parcels_and_tubes():
 
 
 def test_recipe_stages_train_without_the_box_clip_as_they_ran():
-    """The app's trainer clips to the box; the recipe's five stages ran before that and keep reproducing."""
-    assert load_train_config(base=CONFIGS / "training.yaml").settings.box_clip is True
+    """The app's trainer clips to the box and validates with click fill; the recipe's five stages ran before
+    that and keep reproducing."""
+    shipped = load_train_config(base=CONFIGS / "training.yaml").settings
+    assert shipped.box_clip is True and shipped.validation_click_fill is True
     for name in ("training_default_decoder.yaml", "training_default_decoder_clicks.yaml",
                  "training_default_decoder_pseudo.yaml", "training_default_decoder_light_clicks.yaml",
                  "training_default_decoder_tracts.yaml"):
-        assert load_train_config(CONFIGS / name, base=CONFIGS / "training.yaml").settings.box_clip is False, name
+        settings = load_train_config(CONFIGS / name, base=CONFIGS / "training.yaml").settings
+        assert settings.box_clip is False and settings.validation_click_fill is False, name
 
 
 def test_recipe_yamls_hold_only_what_differs():
@@ -169,6 +179,7 @@ def test_replace_routes_settings_fields_and_run_arguments():
     ({"loss": {"lambda_focal": float("nan")}}, "loss.lambda_focal"),
     ({"loss": {"box_clip": "yes"}}, "loss.box_clip"),
     ({"loss": {"box_clip": 1}}, "loss.box_clip"),
+    ({"validation": {"click_fill": "on"}}, "validation.click_fill"),
     ({"epochs": 0}, "epochs"),
     ({"epochs": 2.5}, "epochs"),
     ({"batch_size": True}, "batch_size"),

@@ -160,7 +160,44 @@ def _trainer_on_studies(studies_dir, model, settings):
     cache = EmbeddingCache()
     indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
                         progress=False)
-    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size, window=load_registry().window)
     for param in model.mask_decoder.parameters():
         param.requires_grad_(True)
     return DecoderTrainer(model=model, source=source, settings=settings), indices
+
+
+def test_sample_source_reads_the_windowed_slice_serving_reads(studies_dir, fresh_tiny_model):
+    from samri.geometry import take_slice
+    from samri.train.stage2 import SampleSource
+    from samri.volume import load_image, prepare_volume
+
+    trainer, indices = _trainer_on_studies(studies_dir, fresh_tiny_model, small_train_settings())
+    sample = indices[0].samples[0]
+    served = prepare_volume(load_image(indices[0].study.image), load_registry().window)
+    image = trainer.source.image(sample)
+    assert image.shape == trainer.source.target(sample).shape
+    np.testing.assert_array_equal(image, take_slice(served.windowed, sample.axis, sample.index))
+    no_window = SampleSource(indices, trainer.source.cache, fresh_tiny_model.cache_key(), fresh_tiny_model.input_size)
+    assert no_window.image(sample) is None
+
+
+def test_clicks_validation_fills_clicks_on_the_image_only_when_asked(studies_dir, fresh_tiny_model, monkeypatch):
+    """With ``validation_click_fill`` the served answer gets the windowed slice (so click fill runs) and the
+    segmenter has serving's click fill; without it, neither."""
+    from samri.inference.segmenter import Segmenter
+
+    seen = []
+    answer = Segmenter.answer
+
+    def recording(self, embedding, geom, prompt, *, image=None, point_prompts=None):
+        seen.append((self.click_fill is not None, image is not None))
+        return answer(self, embedding, geom, prompt, image=image, point_prompts=point_prompts)
+
+    monkeypatch.setattr(Segmenter, "answer", recording)
+    for fill in (False, True):
+        seen.clear()
+        trainer, indices = _trainer_on_studies(studies_dir, fresh_tiny_model,
+                                               small_train_settings(validation_click_fill=fill))
+        out = trainer.validate_clicks(indices[0].samples[:2], firsts=("box",), max_clicks=3)
+        assert len(out["clicks_box"]) == 3
+        assert seen and set(seen) == {(fill, fill)}, fill
