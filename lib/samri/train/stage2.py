@@ -65,7 +65,8 @@ class SampleSource:
 
     def image(self, s: SliceSample) -> np.ndarray | None:
         """``(H, W)`` float32 windowed slice in ``[0, 1]``, as serving reads it; None without a ``window``.
-        The study's windowed volume is loaded once and kept (validation studies only ask for it)."""
+        Only the last study's windowed volume is kept: validation asks study by study, and a datastore's
+        volumes together may not fit in memory."""
         if self.window is None:
             return None
         if s.study_id not in self._windowed:
@@ -74,7 +75,7 @@ class SampleSource:
             volume = prepare_volume(load_image(self.by_study[s.study_id].study.image), self.window)
             if volume.content_key != self.by_study[s.study_id].content_key:
                 raise RuntimeError(f"study {s.study_id} changed on disk since stage 1 indexed it")
-            self._windowed[s.study_id] = volume.windowed
+            self._windowed = {s.study_id: volume.windowed}
         return take_slice(self._windowed[s.study_id], s.axis, s.index)
 
     def neighbour(self, s: SliceSample, rng: np.random.Generator) -> np.ndarray | None:
