@@ -47,7 +47,7 @@ class SampleSource:
         self.input_size = input_size
         self.window = window
         self._labels: dict[str, np.ndarray] = {}
-        self._windowed: dict[str, np.ndarray] = {}
+        self._windowed: dict[str, np.ndarray | None] = {}
 
     def embedding(self, s: SliceSample) -> torch.Tensor:
         key = EmbeddingKey(self.by_study[s.study_id].content_key, s.axis, s.index, self.encoder_key)
@@ -64,7 +64,8 @@ class SampleSource:
         return label_slice(self._labels[s.study_id], s)
 
     def image(self, s: SliceSample) -> np.ndarray | None:
-        """``(H, W)`` float32 windowed slice in ``[0, 1]``, as serving reads it; None without a ``window``.
+        """``(H, W)`` float32 windowed slice in ``[0, 1]``, as serving reads it; None without a ``window``,
+        or when the study's image changed on disk since stage 1 indexed it (its embeddings are the old image's).
         Only the last study's windowed volume is kept: validation asks study by study, and a datastore's
         volumes together may not fit in memory."""
         if self.window is None:
@@ -73,10 +74,12 @@ class SampleSource:
             from samri.volume import load_image, prepare_volume
 
             volume = prepare_volume(load_image(self.by_study[s.study_id].study.image), self.window)
-            if volume.content_key != self.by_study[s.study_id].content_key:
-                raise RuntimeError(f"study {s.study_id} changed on disk since stage 1 indexed it")
-            self._windowed = {s.study_id: volume.windowed}
-        return take_slice(self._windowed[s.study_id], s.axis, s.index)
+            changed = volume.content_key != self.by_study[s.study_id].content_key
+            if changed:
+                logger.warning("study %s changed on disk since stage 1: validated without click fill", s.study_id)
+            self._windowed = {s.study_id: None if changed else volume.windowed}
+        windowed = self._windowed[s.study_id]
+        return None if windowed is None else take_slice(windowed, s.axis, s.index)
 
     def neighbour(self, s: SliceSample, rng: np.random.Generator) -> np.ndarray | None:
         """The structure's mask on a random slice of `PROPAGATION_OFFSETS` away (None off the volume)."""

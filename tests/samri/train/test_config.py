@@ -109,7 +109,7 @@ def test_recipe_stage5_is_stage4_with_finer_parcels_and_tubes():
                              pseudo_white_tubes=stage5.pseudo_white_tubes)
 
 
-def test_recipe_stages_train_without_the_box_clip_as_they_ran():
+def test_recipe_stages_keep_the_box_clip_and_click_fill_off_as_they_ran():
     """The app's trainer clips to the box and validates with click fill; the recipe's five stages ran before
     that and keep reproducing."""
     shipped = load_train_config(base=CONFIGS / "training.yaml").settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -179,6 +181,9 @@ def test_sample_source_reads_the_windowed_slice_serving_reads(studies_dir, fresh
     np.testing.assert_array_equal(image, take_slice(served.windowed, sample.axis, sample.index))
     no_window = SampleSource(indices, trainer.source.cache, fresh_tiny_model.cache_key(), fresh_tiny_model.input_size)
     assert no_window.image(sample) is None
+    other = SampleSource(indices, trainer.source.cache, fresh_tiny_model.cache_key(), fresh_tiny_model.input_size,
+                         window=replace(load_registry().window, upper_percentile=90.0))
+    assert other.image(sample) is None  # another window, another content key: not the image stage 1 embedded
 
 
 def test_clicks_validation_fills_clicks_on_the_image_only_when_asked(studies_dir, fresh_tiny_model, monkeypatch):
