@@ -28,6 +28,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--decoder", default=None, help="start from this decoder-only checkpoint")
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--backend", choices=("torch", "openvino", "auto"), default=None,
+                   help="what encodes the slices (stage 1); default: the registry entry's, as the server and "
+                        "its trainer encode, so the embeddings and cache keys are the served ones. The decoder "
+                        "being trained is PyTorch either way")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                   help="the encoder backend's precision; default: the registry entry's")
 
 
 def command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,6 +52,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     from samri.cli import default_cache_dir
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache
+    from samri.model.backends import apply_backend
     from samri.model.builders import load_model
     from samri.train.config import load_train_config
     from samri.train.run import dist_info, init_distributed, run_training
@@ -55,13 +62,16 @@ def train_from_args(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, overrides=command_line_overrides(args), overrides_source="command line")
     registry = load_registry()
     model = load_model(registry.spec(args.model), checkpoint=args.checkpoint, decoder=args.decoder)
+    apply_backend(model, args.backend, args.precision, parts=("encoder",))
+    logger.info("stage 1 encodes with %s", model.backend_info)
     cache = EmbeddingCache(cache_dir=args.cache_dir or default_cache_dir())
     result = run_training(find_studies(args.studies), model=model, out_dir=args.out, window=registry.window,
                           cache=cache, **config.run_arguments())
     rank, _ = dist_info()
     if rank == 0:
-        summary = {"checkpoint": str(result.checkpoint), "candidate": result.candidate, "best": result.best,
-                   "baseline": result.baseline, "budget": result.budget, "seconds": result.seconds}
+        summary = {"checkpoint": str(result.checkpoint), "encoder": model.backend_info, "candidate": result.candidate,
+                   "best": result.best, "baseline": result.baseline, "budget": result.budget,
+                   "seconds": result.seconds}
         if args.publish:
             from samri.train.store import DecoderStore
 
