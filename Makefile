@@ -178,11 +178,13 @@ evaluate: test-split
 	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(wildcard $(EVAL_DIR)/backends-2d) \
 		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
-# What a box and each kind of corrective click can buy at best on the 2D sessions above (samri.evaluation.oracle):
-# numpy on the label maps only, about a minute.
+# What a box and each kind of corrective click can buy at best on the 2D and 3D sessions above
+# (samri.evaluation.oracle): numpy on the label maps only, a few minutes.
 oracle:
 	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-2d \
 		$(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
+	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-3d \
+		$(foreach s,cohort_s00_t1 cohort_s01_t2like,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 
 # How the decoder itself answers each corrective click, before serving's local merge and click fill
 # (samri.evaluation.click_response), on the recipe's 30 validation structures (samri.train.recipe's

@@ -15,9 +15,15 @@ whatever the decoder does:
   ``region``: the click flips that whole connected error region (an annotator's click read as
   "this whole blob is wrong": the best any click rule can do).
 
+3D sessions (`samri.evaluation.clicks.session_3d`: first interaction on the structure's largest slice,
+clicks at the deepest voxel of the largest 3D error) are replayed the same way by `VolumeOracle`: the
+first box's answer is the family inside the structure's own box on *every* slice it spans (perfect
+propagation, on top of the perfect tissue classifier), a point's is the largest ball inside the
+structure, and a click flips its ball (``local``, mm metric) or its whole 3D error region (``region``).
+
 ``python -m samri.evaluation.oracle RUN_DIR --label L ...`` replays the 2D sessions of a
-``samri evaluate --protocol clicks`` run (its ``sessions.jsonl``) and writes the oracles' figures
-beside the run's models (`aggregate_sessions`), as JSON and a markdown table.
+``samri evaluate --protocol clicks`` run (its ``sessions.jsonl``; a 3D run's 3D sessions) and writes the
+oracles' figures beside the run's models (`aggregate_sessions`), as JSON and a markdown table.
 """
 
 from __future__ import annotations
@@ -42,23 +48,45 @@ CLICK_RULES = ("local", "region")
 FIRSTS = ("box", "point")
 
 
-def inscribed_disk(region: np.ndarray, point: Sequence[float]) -> np.ndarray:
-    """The pixels of ``region`` (``(H, W)`` bool) closer to ``point`` ``(r, c)`` than the nearest pixel
-    outside it: the largest disk around the point inside the region (the point alone at least)."""
+def inscribed_disk(region: np.ndarray, point: Sequence[float], spacing: Sequence[float] | None = None) -> np.ndarray:
+    """The pixels of ``region`` (``(H, W)`` or ``(X, Y, Z)`` bool) closer to ``point`` (``(r, c)`` or
+    ``(i, j, k)``) than the nearest pixel outside it: the largest disk (ball in 3D, in the metric of
+    ``spacing``) around the point inside the region (the point alone at least)."""
     region = np.asarray(region, dtype=bool)
-    r, c = (int(round(float(v))) for v in point)
-    if not region[r, c]:
+    at = tuple(int(round(float(v))) for v in point)
+    if not region[at]:
         return np.zeros_like(region)
-    radius = float(depth_map(region)[r, c])
-    rows, cols = np.ogrid[:region.shape[0], :region.shape[1]]
-    return region & ((rows - r) ** 2 + (cols - c) ** 2 < radius ** 2)
+    radius = float(depth_map(region, spacing)[at])
+    steps = np.ones(region.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    grids = np.ogrid[tuple(slice(0, n) for n in region.shape)]
+    distance2 = sum(((g - a) * step) ** 2 for g, a, step in zip(grids, at, steps))
+    return region & (distance2 < radius ** 2)
 
 
 def connected_part(region: np.ndarray, point: Sequence[float]) -> np.ndarray:
-    """The 8-connected component of ``region`` that holds ``point`` (empty when it is outside)."""
-    r, c = (int(round(float(v))) for v in point)
-    labels, _ = ndimage.label(np.asarray(region, dtype=bool), structure=np.ones((3, 3), dtype=bool))
-    return labels == labels[r, c] if labels[r, c] else np.zeros(region.shape, dtype=bool)
+    """The fully connected (8 in 2D, 26 in 3D) component of ``region`` that holds ``point`` (empty when
+    it is outside)."""
+    region = np.asarray(region, dtype=bool)
+    at = tuple(int(round(float(v))) for v in point)
+    labels, _ = ndimage.label(region, structure=np.ones((3,) * region.ndim, dtype=bool))
+    return labels == labels[at] if labels[at] else np.zeros(region.shape, dtype=bool)
+
+
+def fixed_by_click(mask: np.ndarray, truth: np.ndarray, point: Sequence[float], click_rule: str,
+                   spacing: Sequence[float] | None = None) -> np.ndarray:
+    """``mask`` after a corrective click at ``point``: its disk (``local``) or its whole connected error
+    region (``region``) takes the truth's value (2D or 3D)."""
+    error = mask != truth
+    flip = inscribed_disk(error, point, spacing) if click_rule == "local" else connected_part(error, point)
+    out = mask.copy()
+    out[flip] = truth[flip]
+    return out
+
+
+def _check_rule(click_rule: str) -> str:
+    if click_rule not in CLICK_RULES:
+        raise SamriInputError("click_rule", click_rule, f"must be one of {list(CLICK_RULES)}")
+    return click_rule
 
 
 class SliceOracle:
@@ -71,11 +99,9 @@ class SliceOracle:
     """
 
     def __init__(self, *, truth: np.ndarray, family: np.ndarray, click_rule: str) -> None:
-        if click_rule not in CLICK_RULES:
-            raise SamriInputError("click_rule", click_rule, f"must be one of {list(CLICK_RULES)}")
         self.truth = np.asarray(truth, dtype=bool)
         self.family = np.asarray(family, dtype=bool) | self.truth
-        self.click_rule = click_rule
+        self.click_rule = _check_rule(click_rule)
 
     def first(self, prompt: SlicePrompt) -> np.ndarray:
         """The answer to the first interaction: family inside the box, or the first point's disk."""
@@ -85,11 +111,7 @@ class SliceOracle:
 
     def click(self, mask: np.ndarray, point: Sequence[float]) -> np.ndarray:
         """``mask`` after a corrective click at ``point`` (its label is where the truth says)."""
-        error = mask != self.truth
-        flip = inscribed_disk(error, point) if self.click_rule == "local" else connected_part(error, point)
-        out = mask.copy()
-        out[flip] = self.truth[flip]
-        return out
+        return fixed_by_click(mask, self.truth, point, self.click_rule)
 
     def __call__(self, prompt: SlicePrompt) -> tuple[np.ndarray, None]:
         """Replay the prompt's interactions in order (box or first point, then every later click)."""
@@ -98,6 +120,63 @@ class SliceOracle:
         for point in np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)[start:]:
             mask = self.click(mask, point)
         return mask, None
+
+
+class VolumeOracle:
+    """A `samri.evaluation.clicks.RequestRunner` for `session_3d` that answers from the truth in 3D.
+
+    First box: the tissue family inside the structure's own tight box on *every* slice it spans (a
+    perfect tissue classifier with perfect propagation: it knows each slice's extent, which one box does
+    not tell). First point: the largest ball (mm) around it inside the structure. Each later click: its
+    ball inside its 3D error region (``local``) or that whole region (``region``), in the order sent.
+
+    Args:
+        truth, family: ``(X, Y, Z)`` bool; ``family`` holds ``truth``.
+        axis: the slicing axis of the session's box.
+        spacing: voxel size in mm, ``(3,)``.
+    """
+
+    def __init__(self, *, truth: np.ndarray, family: np.ndarray, click_rule: str, axis: int,
+                 spacing: Sequence[float]) -> None:
+        self.truth = np.asarray(truth, dtype=bool)
+        self.family = np.asarray(family, dtype=bool) | self.truth
+        self.click_rule = _check_rule(click_rule)
+        self.axis = int(axis)
+        self.spacing = tuple(float(v) for v in spacing)
+        self.mask: np.ndarray | None = None
+        self.seen: set[tuple[tuple[int, ...], int]] = set()
+
+    def first_box(self) -> np.ndarray:
+        """``(X, Y, Z)`` bool: the family inside the truth's tight box on each slice the truth spans."""
+        from samri.geometry import put_slice, take_slice
+
+        out = np.zeros_like(self.truth)
+        for k in np.flatnonzero(self.truth.sum(axis=tuple(a for a in range(3) if a != self.axis))):
+            plane = take_slice(self.truth, self.axis, int(k))
+            rows, cols = np.nonzero(plane)
+            inside = box_mask((rows.min(), cols.min(), rows.max(), cols.max()), plane.shape)
+            put_slice(out, self.axis, int(k), take_slice(self.family, self.axis, int(k)) & inside)
+        return out
+
+    def request(self, volume, params: Mapping[str, Any], *, mode: str, axis: int,
+                previous_logits: Mapping[int, Any], previous_run: Any = None) -> Any:
+        """The mask after every interaction in ``params`` (``roi``, ``foreground``, ``background``); each
+        click not answered before is applied once, in the order the session added them."""
+        from types import SimpleNamespace
+
+        clicks = [(tuple(int(v) for v in p), 1) for p in params.get("foreground", [])] + \
+                 [(tuple(int(v) for v in p), 0) for p in params.get("background", [])]
+        new = [c for c in clicks if c not in self.seen]
+        if self.mask is None:
+            if "roi" in params:
+                self.mask = self.first_box()
+            else:
+                self.mask = inscribed_disk(self.truth, new[0][0], self.spacing)
+                self.seen.add(new.pop(0))
+        for click in new:
+            self.mask = fixed_by_click(self.mask, self.truth, click[0], self.click_rule, self.spacing)
+            self.seen.add(click)
+        return SimpleNamespace(mask=self.mask, slices={}, memo=None)
 
 
 def family_of(value: int) -> tuple[int, int]:
@@ -118,12 +197,32 @@ def oracle_session(labels_slice: np.ndarray, value: int, *, first: str, click_ru
     return slice_session(oracle, labels_slice == value, first=first, max_clicks=max_clicks)
 
 
+def oracle_session_3d(labels: np.ndarray, value: int, *, axis: int, index: int, first: str, click_rule: str,
+                      max_clicks: int, spacing: Sequence[float]) -> list[float]:
+    """3D Dice after each interaction of one oracle session (`samri.evaluation.clicks.session_3d`, first
+    interaction on slice ``index``) on an ``(X, Y, Z)`` label map. Every answer lies inside the
+    structure's bounding box, so the session runs on that box (plus one voxel): same Dice, less work."""
+    from samri.evaluation.clicks import session_3d
+
+    truth = labels == value
+    lo = np.maximum(np.argwhere(truth).min(axis=0) - 1, 0)
+    hi = np.argwhere(truth).max(axis=0) + 2
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    low, high = family_of(value)
+    oracle = VolumeOracle(truth=truth[crop], family=(labels[crop] >= low) & (labels[crop] <= high),
+                          click_rule=click_rule, axis=axis, spacing=spacing)
+    session = session_3d(oracle, None, axis, truth[crop], first=first, max_clicks=max_clicks, spacing=spacing,
+                         index=int(index) - int(lo[axis]))
+    return session.dice
+
+
 def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model: str | None = None,
                click_rules: Sequence[str] = CLICK_RULES) -> dict[str, Any]:
     """Oracle figures on the 2D sessions of a clicks run, with the run's own models beside them.
 
     Args:
-        run_dir: a ``samri evaluate --protocol clicks --mode 2d`` output folder (``sessions.jsonl``).
+        run_dir: a ``samri evaluate --protocol clicks`` output folder (``sessions.jsonl``): its 2D sessions,
+            or with none, its 3D sessions (`oracle_session_3d`).
         label_paths: the label maps of its images (matched by file stem: ``<image>.nii.gz``).
         model: whose sessions define the pairs (default: the first model in the file).
 
@@ -136,9 +235,10 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
     from samri.volume import load_image
 
     rows = [json.loads(line) for line in Path(run_dir, "sessions.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("mode") == "2d"]
+    mode = "2d" if any(r.get("mode") == "2d" for r in rows) else "3d"
+    rows = [r for r in rows if r.get("mode") == mode]
     if not rows:
-        raise SamriInputError("run_dir", str(run_dir), "has no 2D clicks sessions (sessions.jsonl)")
+        raise SamriInputError("run_dir", str(run_dir), "has no clicks sessions (sessions.jsonl)")
     model = model or rows[0]["model"]
     by_stem = {image_id(p): Path(p) for p in label_paths}
     max_clicks = len(rows[0]["dice_curve"])
@@ -148,7 +248,7 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
             mine = [r for r in rows if r["model"] == name and r["first"] == first]
             if mine:
                 results.setdefault(name, {})[f"clicks:{first}"] = _with_groups(mine)
-    volumes: dict[str, np.ndarray] = {}
+    volumes: dict[str, Any] = {}
     for first in FIRSTS:
         pairs = [r for r in rows if r["model"] == model and r["first"] == first]
         for rule in click_rules:
@@ -157,10 +257,15 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
                 if r["image"] not in by_stem:
                     raise SamriInputError("label", r["image"], f"no label map given for this image ({sorted(by_stem)})")
                 if r["image"] not in volumes:
-                    volumes[r["image"]] = np.rint(np.asarray(load_image(by_stem[r["image"]], "label").array))
-                labels_slice = take_slice(volumes[r["image"]], int(r["axis"]), int(r["slice"]))
-                curve = oracle_session(labels_slice, int(r["label_value"]), first=first, click_rule=rule,
-                                       max_clicks=max_clicks)
+                    volumes[r["image"]] = load_image(by_stem[r["image"]], "label")
+                labels = np.rint(np.asarray(volumes[r["image"]].array))
+                if mode == "2d":
+                    curve = oracle_session(take_slice(labels, int(r["axis"]), int(r["slice"])), int(r["label_value"]),
+                                           first=first, click_rule=rule, max_clicks=max_clicks)
+                else:
+                    curve = oracle_session_3d(labels, int(r["label_value"]), axis=int(r["axis"]),
+                                              index=int(r["slice"]), first=first, click_rule=rule,
+                                              max_clicks=max_clicks, spacing=volumes[r["image"]].spacing)
                 oracle_rows.append({"dice_curve": curve, "seconds_curve": [0.0] * max_clicks,
                                     "image": r["image"], "structure": r["structure"]})
             if oracle_rows:
@@ -206,7 +311,7 @@ def markdown(report: Mapping[str, Any], at: Sequence[int] = (1, 3, 5, 10)) -> st
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m samri.evaluation.oracle", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", help="a samri evaluate --protocol clicks --mode 2d output folder")
+    parser.add_argument("run_dir", help="a samri evaluate --protocol clicks output folder (2d or 3d)")
     parser.add_argument("--label", action="append", required=True, help="label map of each image (repeat)")
     parser.add_argument("--model", help="whose sessions define the pairs (default: the run's first model)")
     parser.add_argument("--out", help="write the JSON here (default: <run_dir>/oracle.json) and a .md beside it")

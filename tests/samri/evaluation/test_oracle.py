@@ -104,3 +104,89 @@ def test_replay_run_scores_the_run_sessions(tmp_path: Path) -> None:
     assert "| box | oracle_region | 1.000 | 1.000 |" in markdown(report)
     with pytest.raises(SamriInputError, match="label"):
         replay_run(run, [tmp_path / "other.nii.gz"])
+
+
+# --- 3D ------------------------------------------------------------------------------------------------
+def slanted_areas() -> np.ndarray:
+    """A ``(30, 30, 12)`` label map: area 101 slides across the slices (its box differs on each), area 102
+    of the same atlas fills the rest of a slab beside it, tract 5 lies apart."""
+    labels = np.zeros((30, 30, 12), np.int32)
+    labels[5:25, 4:26, 2:10] = 102
+    for k in range(2, 10):
+        labels[8:18, 4 + k:12 + k, k] = 101
+    labels[27:29, 2:28, 2:10] = 5
+    return labels
+
+
+def test_inscribed_ball_uses_the_voxel_size() -> None:
+    from samri.evaluation.oracle import inscribed_disk
+
+    slab = np.zeros((21, 21, 11), bool)
+    slab[2:19, 2:19, 2:9] = True  # 17 x 17 x 7 voxels around (10, 10, 5)
+    iso = inscribed_disk(slab, (10, 10, 5))
+    thick = inscribed_disk(slab, (10, 10, 5), spacing=(1.0, 1.0, 3.0))  # 3 mm slices: 21 mm deep along k
+    assert not (iso & ~slab).any() and not (thick & ~slab).any()
+    assert iso[10, 10, 5] and iso[13, 10, 5] and not iso[16, 10, 5]  # 4 voxels to the nearest outside one
+    assert thick[16, 10, 5] and not thick[10, 10, 8]  # radius 9 mm: 8 voxels in-plane, 2 slices along k
+    assert not inscribed_disk(slab, (0, 0, 0)).any()
+
+
+def test_volume_oracle_first_box_follows_each_slices_box() -> None:
+    from samri.evaluation.oracle import VolumeOracle
+
+    labels = slanted_areas()
+    truth, family = labels == 101, labels >= 100
+    oracle = VolumeOracle(truth=truth, family=family, click_rule="region", axis=2, spacing=(1.0, 1.0, 1.0))
+    first = oracle.first_box()
+    np.testing.assert_array_equal(first, truth)  # the area fills its own box on every slice
+    other = VolumeOracle(truth=labels == 102, family=family, click_rule="region", axis=2, spacing=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(other.first_box(), family)  # 102's boxes hold 101 too: a tissue classifier takes it
+    assert not other.first_box()[labels == 5].any()  # the tract is other tissue
+
+
+@pytest.mark.parametrize("rule", ["region", "local"])
+def test_3d_oracle_session_clicks(rule: str) -> None:
+    from samri.evaluation.oracle import oracle_session_3d
+
+    labels = slanted_areas()
+    curve = oracle_session_3d(labels, 102, axis=2, index=5, first="box", click_rule=rule, max_clicks=6,
+                              spacing=(1.0, 1.0, 1.0))
+    assert len(curve) == 6 and curve[0] < 0.95  # the first box also takes area 101
+    assert all(b >= a - 1e-9 for a, b in zip(curve, curve[1:]))  # a perfect edit never hurts
+    if rule == "region":
+        assert curve[1] == 1.0  # one negative click removes the whole of area 101 (one connected region)
+    else:
+        assert curve[1] < 1.0 and curve[-1] > curve[0]
+    point = oracle_session_3d(labels, 101, axis=2, index=5, first="point", click_rule=rule, max_clicks=4,
+                              spacing=(1.0, 1.0, 1.0))
+    assert point[0] < 0.5 and point[-1] > point[0]  # a ball in a thin slanted area, then clicks add to it
+
+
+def test_3d_oracle_on_the_cropped_box_equals_the_whole_volume() -> None:
+    """Answers lie inside the structure's box, so the crop changes no Dice."""
+    from samri.evaluation.clicks import session_3d
+    from samri.evaluation.oracle import VolumeOracle, oracle_session_3d
+
+    labels = np.pad(slanted_areas(), ((6, 3), (2, 7), (4, 1)))
+    spacing = (1.0, 0.8, 2.0)
+    for first in ("box", "point"):
+        cropped = oracle_session_3d(labels, 102, axis=2, index=9, first=first, click_rule="local", max_clicks=4,
+                                    spacing=spacing)
+        oracle = VolumeOracle(truth=labels == 102, family=labels >= 100, click_rule="local", axis=2, spacing=spacing)
+        whole = session_3d(oracle, None, 2, labels == 102, first=first, max_clicks=4, spacing=spacing, index=9)
+        np.testing.assert_allclose(cropped, whole.dice)
+
+
+def test_replay_run_scores_a_3d_run(tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(slanted_areas().astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])),
+             str(tmp_path / "subject.nii.gz"))
+    run = tmp_path / "run3d"
+    run.mkdir()
+    rows = [{"model": "m", "image": "subject", "structure": f"ho_area_{v}", "label_value": v, "mode": "3d", "axis": 2,
+             "slice": 5, "first": first, "dice_curve": [0.3, 0.4, 0.5], "seconds_curve": [0.2, 0.2, 0.2]}
+            for v in (101, 102) for first in ("box", "point")]
+    (run / "sessions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = replay_run(run, [tmp_path / "subject.nii.gz"])
+    assert report["sessions"] == 2 and report["max_clicks"] == 3
+    region = report["results"]["oracle_region"]["clicks:box"]
+    assert region["n"] == 2 and region["dice_at"][0] < 1.0 and region["dice_at"][1] == 1.0
