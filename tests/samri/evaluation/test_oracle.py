@@ -85,17 +85,26 @@ def test_unknown_click_rule_is_refused() -> None:
         SliceOracle(truth=np.ones((2, 2), bool), family=np.ones((2, 2), bool), click_rule="magic")
 
 
+def write_run(folder: Path, labels: np.ndarray, affine: np.ndarray, *, mode: str, index: int,
+              curve: list[float]) -> tuple[Path, Path]:
+    """A clicks run of model ``m`` on areas 101 and 102 (first box and point, slice ``index`` of axis 2) and
+    its label map: ``(run folder, label path)``."""
+    label_path = folder / "subject.nii.gz"
+    nib.save(nib.Nifti1Image(labels.astype(np.int16), affine), str(label_path))
+    run = folder / f"run{mode}"
+    run.mkdir()
+    rows = [{"model": "m", "image": "subject", "structure": f"ho_area_{v}", "label_value": v, "mode": mode, "axis": 2,
+             "slice": index, "first": first, "dice_curve": curve, "seconds_curve": [0.1] * len(curve)}
+            for v in (101, 102) for first in ("box", "point")]
+    (run / "sessions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run, label_path
+
+
 def test_replay_run_scores_the_run_sessions(tmp_path: Path) -> None:
     volume = np.zeros((40, 40, 3), np.int16)
     volume[:, :, 1] = two_areas()
-    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "subject.nii.gz"))
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [{"model": "m", "image": "subject", "structure": f"ho_area_{v}", "label_value": v, "mode": "2d", "axis": 2,
-             "slice": 1, "first": first, "dice_curve": [0.5, 0.6, 0.7], "seconds_curve": [0.1, 0.1, 0.1]}
-            for v in (101, 102) for first in ("box", "point")]
-    (run / "sessions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report = replay_run(run, [tmp_path / "subject.nii.gz"])
+    run, label_path = write_run(tmp_path, volume, np.eye(4), mode="2d", index=1, curve=[0.5, 0.6, 0.7])
+    report = replay_run(run, [label_path])
     assert report["sessions"] == 2 and report["max_clicks"] == 3
     assert set(report["results"]) == {"m", "oracle_local", "oracle_region"}
     assert report["results"]["m"]["clicks:box"]["dice_at"] == [0.5, 0.6, 0.7]
@@ -178,15 +187,9 @@ def test_3d_oracle_on_the_cropped_box_equals_the_whole_volume() -> None:
 
 
 def test_replay_run_scores_a_3d_run(tmp_path: Path) -> None:
-    nib.save(nib.Nifti1Image(slanted_areas().astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])),
-             str(tmp_path / "subject.nii.gz"))
-    run = tmp_path / "run3d"
-    run.mkdir()
-    rows = [{"model": "m", "image": "subject", "structure": f"ho_area_{v}", "label_value": v, "mode": "3d", "axis": 2,
-             "slice": 5, "first": first, "dice_curve": [0.3, 0.4, 0.5], "seconds_curve": [0.2, 0.2, 0.2]}
-            for v in (101, 102) for first in ("box", "point")]
-    (run / "sessions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report = replay_run(run, [tmp_path / "subject.nii.gz"])
+    run, label_path = write_run(tmp_path, slanted_areas(), np.diag([1.0, 1.0, 2.0, 1.0]), mode="3d", index=5,
+                                curve=[0.3, 0.4, 0.5])
+    report = replay_run(run, [label_path])
     assert report["sessions"] == 2 and report["max_clicks"] == 3
     region = report["results"]["oracle_region"]["clicks:box"]
     assert region["n"] == 2 and region["dice_at"][0] < 1.0 and region["dice_at"][1] == 1.0
