@@ -248,7 +248,7 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
             mine = [r for r in rows if r["model"] == name and r["first"] == first]
             if mine:
                 results.setdefault(name, {})[f"clicks:{first}"] = _with_groups(mine)
-    volumes: dict[str, Any] = {}
+    volumes: dict[str, tuple[np.ndarray, tuple[float, float, float]]] = {}
     for first in FIRSTS:
         pairs = [r for r in rows if r["model"] == model and r["first"] == first]
         for rule in click_rules:
@@ -257,15 +257,16 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
                 if r["image"] not in by_stem:
                     raise SamriInputError("label", r["image"], f"no label map given for this image ({sorted(by_stem)})")
                 if r["image"] not in volumes:
-                    volumes[r["image"]] = load_image(by_stem[r["image"]], "label")
-                labels = np.rint(np.asarray(volumes[r["image"]].array))
+                    image = load_image(by_stem[r["image"]], "label")
+                    volumes[r["image"]] = (np.rint(np.asarray(image.array)), image.spacing)
+                labels, spacing = volumes[r["image"]]
                 if mode == "2d":
                     curve = oracle_session(take_slice(labels, int(r["axis"]), int(r["slice"])), int(r["label_value"]),
                                            first=first, click_rule=rule, max_clicks=max_clicks)
                 else:
                     curve = oracle_session_3d(labels, int(r["label_value"]), axis=int(r["axis"]),
                                               index=int(r["slice"]), first=first, click_rule=rule,
-                                              max_clicks=max_clicks, spacing=volumes[r["image"]].spacing)
+                                              max_clicks=max_clicks, spacing=spacing)
                 oracle_rows.append({"dice_curve": curve, "seconds_curve": [0.0] * max_clicks,
                                     "image": r["image"], "structure": r["structure"]})
             if oracle_rows:
