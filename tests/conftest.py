@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_NAMES = ("colin27_t1", "mni152_t1")
 
 
+@pytest.fixture(autouse=True)
+def _torch_rng_from_a_fixed_state():
+    """Every test starts from the same global torch RNG state: the tiny models' random weights (and anything
+    else drawn from it) must not depend on which tests ran before (a training run seeds and draws from it).
+    A test that has not imported torch yet gets its fixed initial state anyway."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def sample_studies_dir(tmp_path_factory) -> Path:
     """A folder with the sample studies: the repo's ``data/studies`` when `make run` wrote it, else

@@ -40,11 +40,7 @@ def test_every_answer_names_its_decoder_version(make_app) -> None:
 
 
 def test_slice_budget_from_conf_marks_the_answer_partial(make_app) -> None:
-    import torch
-
-    # the tiny model's random weights come from the global RNG: seeded here, so what ran before (a training
-    # run seeds and draws from it) cannot give a decoder whose seed slice is empty (propagation then stops)
-    torch.manual_seed(0)
+    # the tiny model's random weights: tests/conftest.py starts every test from one torch RNG state
     app = make_app(max_slices_3d="3", max_seconds_3d="600")
     assert app.runtime.settings.max_slices_3d == 3 and app.runtime.settings.max_seconds_3d == 600.0
     # a 3D request predicting at most 3 slices, whatever the random decoder does
