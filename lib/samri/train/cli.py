@@ -28,11 +28,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--decoder", default=None, help="start from this decoder-only checkpoint")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--backend", choices=("torch", "openvino", "auto"), default=None,
+    from samri.model.backends import BACKENDS, PRECISIONS
+
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="what encodes the slices (stage 1); default: the registry entry's, as the server and "
                         "its trainer encode, so the embeddings and cache keys are the served ones. The decoder "
                         "being trained is PyTorch either way")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the encoder backend's precision; default: the registry entry's")
 
 
