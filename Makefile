@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-limits bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle click-response
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-limits bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle propagation-gap click-response
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -175,6 +175,7 @@ evaluate: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks \
 		--first box,point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
 	$(MAKE) oracle
+	$(MAKE) propagation-gap
 	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(wildcard $(EVAL_DIR)/backends-2d) \
 		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
@@ -185,6 +186,11 @@ oracle:
 		$(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-3d \
 		$(foreach s,cohort_s00_t1 cohort_s01_t2like,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
+
+# How much of a first box's 3D Dice the propagation costs (samri.evaluation.propagation_gap): samri_lite's 3D
+# box sessions above again, with the structure's extent known and with every slice's own box (about a minute).
+propagation-gap:
+	$(PY) -m samri.evaluation.propagation_gap $(EVAL_DIR)/clicks-3d $(SUBJECTS_3D) --cache-dir $(EVAL_CACHE)
 
 # How the decoder itself answers each corrective click, before serving's local merge and click fill
 # (samri.evaluation.click_response), on the recipe's 30 validation structures (samri.train.recipe's
