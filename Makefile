@@ -234,7 +234,7 @@ al-sim: sample-data
 
 # docs/ADAPTATION.md: the adaptation experiment (samri adapt-sim, configs/adaptation.yaml). A new domain
 # (INIA19 macaque, NeuroMaps structures, T2-like): 5 studies to annotate, 3 held out; a real server trains
-# after 1, 3 and 5 finished studies. About an hour on the 2-core CPU; run nothing else meanwhile.
+# after 1, 3 and 5 finished studies. About half an hour on the 2-core CPU; run nothing else meanwhile.
 ADAPT_COHORT ?= data/adapt-cohort
 ADAPT_OUT ?= data/adapt-sim
 adapt-cohort: setup sysdeps
