@@ -175,6 +175,7 @@ class EffortRun:
         from samri.config import load_registry
         from samri.inference.embeddings import EmbeddingCache
         from samri.inference.segmenter import Segmenter
+        from samri.model.backends import apply_backend
         from samri.model.builders import load_model
 
         self.cfg, self.work_dir = cfg, work_dir
@@ -194,6 +195,9 @@ class EffortRun:
         registry = load_registry()
         self.window = registry.window
         self.model = load_model(registry.spec(cfg.model))
+        # the served encoder, as the app's trainer and `samri train` encode: the embeddings annotators get;
+        # the decoder stays a PyTorch module, since it is trained and swapped in place
+        apply_backend(self.model, parts=("encoder",))
         self.base_state = copy.deepcopy(self.model.mask_decoder.state_dict())
         self.cache = EmbeddingCache(cache_dir=work_dir / "cache")
         studies = [SimStudy(sid, "cohort", "", self.own_sets[sid].images[0], self.own_sets[sid].labels[0],
@@ -314,9 +318,10 @@ def run_effort(cfg: EffortConfig, work_dir: str | Path, *, progress: bool = True
     """Every (strategy, seed) run of ``cfg``; returns the record `effort_report` renders.
 
     Returns:
-        ``{"config", "cohort": {"annotate", "test", "heldout_structures"}, "base": held-out figures of the
-        shipped decoder, "runs": [{"strategy", "seed", "rounds": [{"finished", "study", "cost",
-        "training", "heldout", "clicks_so_far"}, ...], "reached_at_clicks"}], "timings", "seconds"}``.
+        ``{"config", "cohort": {"annotate", "test", "heldout_structures"}, "encoder": the image encoder's
+        backend (``model.backend_info``), "base": held-out figures of the shipped decoder, "runs":
+        [{"strategy", "seed", "rounds": [{"finished", "study", "cost", "training", "heldout",
+        "clicks_so_far"}, ...], "reached_at_clicks"}], "timings", "seconds"}``.
     """
     from tqdm.auto import tqdm
 
@@ -325,6 +330,7 @@ def run_effort(cfg: EffortConfig, work_dir: str | Path, *, progress: bool = True
     run = EffortRun(cfg, work_dir)
     base = run.heldout_figures(0, [])
     record: dict[str, Any] = {"config": cfg.to_dict(), "base": base, "runs": [],
+                              "encoder": dict(getattr(run.model, "backend_info", {}) or {}),
                               "cohort": {"annotate": run.annotate, "test": run.test,
                                          "heldout_structures": list(run.heldout.structures)}}
     bar = tqdm(total=len(cfg.seeds) * len(cfg.strategies) * cfg.studies_per_run, desc="al-effort",

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from samri.activelearning.sim.report import encoder_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["compare_to_random", "render_effort", "spread", "write_effort_figure"]
@@ -193,6 +195,7 @@ def render_effort(record: Mapping[str, Any], *, command: str, figure: str | None
         f"`{dict(cfg['train'])}`, continuing from the previous decoder, kept only if the publish gate passes.",
         f"- Shipped decoder on the held-out sessions: NoC@85 {base['noc85']:.2f}, Dice@1 {base['dice1']:.3f}, "
         f"NoC@80 {base['noc80']:.2f}, Dice@{len(base['dice_at'])} {base['dice_at'][-1]:.3f} (n {base['n']} sessions).",
+        f"- Image encoder: {encoder_text(record)}.",
         f"- Wall time {record.get('seconds', 0):.0f} s ({record.get('timings', {})}).", "",
         *_training(record), "",
         "## Held-out NoC@85 after each finished study (mean ± sd over seeds)", "",

@@ -253,6 +253,7 @@ def run_simulation(config: SimConfig, work_dir: str | Path, *, progress: bool = 
     from samri.config import load_registry
     from samri.inference.embeddings import EmbeddingCache
     from samri.inference.segmenter import Segmenter
+    from samri.model.backends import apply_backend
     from samri.model.builders import load_model
 
     start = time.perf_counter()
@@ -266,11 +267,13 @@ def run_simulation(config: SimConfig, work_dir: str | Path, *, progress: bool = 
     rounds = min(config.rounds, len(pool_ids) - 1)
     registry = load_registry()
     model = load_model(registry.spec(config.model))
+    apply_backend(model, parts=("encoder",))  # served embeddings; the trained decoder stays PyTorch
     segmenter = Segmenter(model, EmbeddingCache(cache_dir=work_dir / "cache"))
     sim = Simulation(config=config, studies=studies, segmenter=segmenter,
                      window=registry.window, work_dir=work_dir)
     sim.base_state = copy.deepcopy(model.mask_decoder.state_dict())
-    results: dict[str, Any] = {"base_dice": sim.evaluate(), "curves": {}, "picks": {}}
+    results: dict[str, Any] = {"base_dice": sim.evaluate(), "curves": {}, "picks": {},
+                               "encoder": dict(getattr(model, "backend_info", {}) or {})}
     logger.info("base decoder: held-out Dice %.4f", results["base_dice"]["mean"])
     first_train = sim.train([config.start])
     first_dice = sim.evaluate()

@@ -15,6 +15,15 @@ from samri.io import write_bytes, write_text
 logger = logging.getLogger(__name__)
 
 
+def encoder_text(record: Mapping[str, Any]) -> str:
+    """The image encoder's backend as a `run_simulation` or `run_effort` record names it (a record from
+    before it was kept: PyTorch eager)."""
+    info = record.get("encoder")
+    if not info:
+        return "PyTorch eager fp32 (not recorded: a run from before the served encoder)"
+    return f"{info.get('backend', 'torch')} {info.get('precision', 'fp32')} (the served backend; the decoder PyTorch)"
+
+
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per (strategy, number of annotated studies): the study added and the held-out Dice."""
     rows = []
@@ -99,7 +108,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, *, command: st
             f"Model `{cfg.get('model')}`; {len([p for p in results['pool'] if not p['held_out']])} pool studies, "
             f"{len([p for p in results['pool'] if p['held_out']])} held out; start `{cfg.get('start')}`; "
             f"{cfg.get('epochs')} epochs x {cfg.get('steps_per_epoch')} steps of batch {cfg.get('batch_size')} "
-            "per round.",
+            f"per round. Image encoder: {encoder_text(results)}.",
             "", "![Dice vs annotated studies](al_sim.png)", "", markdown_table(results), "", "Studies:", ""]
     text += [f"- `{p['id']}`: {p['variant']}{' (held out)' if p['held_out'] else ''}, {p['structures']} structures"
              for p in results["pool"]]

@@ -81,7 +81,14 @@ def test_al_effort_runs_each_strategy_and_seed_and_shares_work(tmp_path, monkeyp
         "seeds": [0, 1], "studies_per_run": 2, "annotate_structures": 2, "annotate_max_clicks": 2,
         "heldout_structures": 2, "eval_max_clicks": 2, "score_slices": 2,
         "train": {"epochs": 1, "max_steps_per_epoch": 2, "max_val_samples": 4, "validation_clicks": 2}})
+    import samri.model.backends as backends
+
+    applied = []
+    real = backends.apply_backend
+    monkeypatch.setattr(backends, "apply_backend", lambda model, *a, **kw: applied.append(kw) or real(model, *a, **kw))
     record = run_effort(cfg, tmp_path / "work", progress=False)
+    assert applied == [{"parts": ("encoder",)}]  # the served encoder, as the app's trainer; the decoder trains
+    assert record["encoder"]["backend"] == "torch"  # the tiny registry's
 
     annotate, test = record["cohort"]["annotate"], record["cohort"]["test"]
     assert len(record["runs"]) == 4 and record["base"]["n"] == 2 * len(test)
@@ -104,3 +111,5 @@ def test_al_effort_runs_each_strategy_and_seed_and_shares_work(tmp_path, monkeyp
     assert write_effort_figure(record, tmp_path / "fig.png").stat().st_size > 1000
     text = render_effort(record, command="samri al-effort")
     assert "## Against MONAI Label's random" in text and "samri_uncertainty" in text
+    assert "Image encoder: torch fp32" in text
+    assert "PyTorch eager fp32 (not recorded" in render_effort({**record, "encoder": {}}, command="x")

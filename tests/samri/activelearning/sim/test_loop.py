@@ -31,9 +31,17 @@ def test_config_errors_name_the_key(sim_studies: Path) -> None:
         SimConfig.from_mapping({"pool": {"a": [""]}, "held_out": {"b": [""]}, "colour": 1})
 
 
-def test_simulation_runs_every_strategy_and_writes_the_report(sim_studies: Path, tmp_path: Path) -> None:
+def test_simulation_runs_every_strategy_and_writes_the_report(sim_studies: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import samri.model.backends as backends
+
+    applied = []
+    real = backends.apply_backend
+    monkeypatch.setattr(backends, "apply_backend", lambda model, *a, **kw: applied.append(kw) or real(model, *a, **kw))
     config = _config(sim_studies)
     results = run_simulation(config, tmp_path / "work", progress=False)
+    assert applied == [{"parts": ("encoder",)}]  # the served encoder, as the app's trainer; the decoder trains
+    assert results["encoder"]["backend"] == "torch"  # the tiny registry's
     pool = {"src_a", "src_a__noise-0.05", "src_a__inverted", "src_b"}
     assert set(results["curves"]) == set(config.strategies)
     for curve in results["curves"].values():
@@ -52,7 +60,7 @@ def test_simulation_runs_every_strategy_and_writes_the_report(sim_studies: Path,
     assert paths["png"].stat().st_size > 1000 and paths["png"].read_bytes()[:4] == b"\x89PNG"
     table = markdown_table(results)
     assert all(f"| {s} |" in table for s in config.strategies) and "3 annotated" in table
-    assert "samri al-sim --test" in paths["md"].read_text()
+    assert "samri al-sim --test" in paths["md"].read_text() and "Image encoder: torch fp32" in paths["md"].read_text()
     rows = paths["csv"].read_text().splitlines()
     assert rows[0].startswith("strategy,annotated,added,dice") and len(rows) == 1 + 3 * len(config.strategies)
     assert json.loads(paths["json"].read_text())["command"] == "samri al-sim --test"
