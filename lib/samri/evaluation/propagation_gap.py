@@ -12,6 +12,9 @@ answers the same first box three ways, each on the served code path (`Segmenter.
   where the structure ends. What it gains over ``served`` is lost past the structure's ends.
 - ``true_boxes``: every slice the structure spans prompted with its own tight box: propagation that
   knows each slice's box and extent. What it still misses is the decoder's answer to a box.
+- ``slicer_roi``: what 3D Slicer sends when the annotator places its ROI around the structure in 3D (the
+  structure's tight 3D box as ``roi``, no click), through `samri.inference.request.run_request`: the ROI's
+  middle slice is prompted with the ROI's in-plane box and its slice range bounds propagation.
 
 So ``true_boxes - served`` is what propagation costs, and ``1 - true_boxes`` what each slice's answer
 costs. ``python -m samri.evaluation.propagation_gap RUN_DIR --image I --label L ...`` writes
@@ -35,7 +38,7 @@ from samri.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
-WAYS = ("served", "extent", "true_boxes")
+WAYS = ("served", "extent", "true_boxes", "slicer_roi")
 #: the server's default 3D slice budget (`--conf max_slices_3d`), as `samri evaluate` runs the 3D sessions
 DEFAULT_MAX_SLICES = 96
 
@@ -63,7 +66,8 @@ def session_gap(segmenter, volume, truth: np.ndarray, *, axis: int, index: int,
         max_slices: the 3D slice budget (None: none).
 
     Returns:
-        ``{"served": Dice, "extent": Dice, "true_boxes": Dice, "seed_slice": 2D Dice on slice index}``.
+        ``{"served": Dice, "extent": Dice, "true_boxes": Dice, "slicer_roi": Dice, "seed_slice": 2D Dice on
+        slice index}``.
     """
     from samri.inference.prompts import SlicePrompt
     from samri.inference.segmenter import PropagationBudget
@@ -84,7 +88,21 @@ def session_gap(segmenter, volume, truth: np.ndarray, *, axis: int, index: int,
         put_slice(per_slice, axis, k, segmenter.predict_slice(volume, axis, k, SlicePrompt(box=slice_box)).mask)
     out["true_boxes"] = dice(per_slice, truth)
     out["seed_slice"] = dice(take_slice(per_slice, axis, int(index)), take_slice(truth, axis, int(index)))
+    out["slicer_roi"] = dice(np.asarray(_roi_request(segmenter, volume, truth, axis, max_slices).mask, dtype=bool),
+                             truth)
     return out
+
+
+def _roi_request(segmenter, volume, truth: np.ndarray, axis: int, max_slices: int | None):
+    """The 3D request Slicer sends for an ROI placed tightly around ``truth`` in 3D and no click."""
+    from samri.inference.request import run_request
+    from samri.inference.segmenter import PropagationBudget
+
+    voxels = np.argwhere(truth)
+    lo, hi = voxels.min(axis=0), voxels.max(axis=0)
+    roi = [int(v) for pair in zip(lo, hi) for v in pair]  # [i0, i1, j0, j1, k0, k1], as Slicer sends it
+    return run_request(segmenter, volume, {"roi": roi}, mode="3d", axis=axis,
+                       budget=PropagationBudget(max_slices=max_slices))
 
 
 def _mean(rows: Sequence[Mapping[str, Any]], key: str) -> float:
@@ -150,8 +168,8 @@ def measure_run(run_dir: str | Path, image_paths: Sequence[str | Path], label_pa
                               index=int(r["slice"]), max_slices=max_slices)
             out_rows.append({"image": name, "structure": r["structure"], "slice": int(r["slice"]),
                              "run_dice_1": float(r["dice_curve"][0]), **{k: round(v, 5) for k, v in gap.items()}})
-            logger.info("%s %s: served %.3f extent %.3f true boxes %.3f", name, r["structure"], gap["served"],
-                        gap["extent"], gap["true_boxes"])
+            logger.info("%s %s: served %.3f extent %.3f true boxes %.3f Slicer ROI %.3f", name, r["structure"],
+                        gap["served"], gap["extent"], gap["true_boxes"], gap["slicer_roi"])
     return {"run": str(run_dir), "model": model, "max_slices": max_slices, "sessions": out_rows,
             "summary": summarise(out_rows)}
 
@@ -159,13 +177,13 @@ def measure_run(run_dir: str | Path, image_paths: Sequence[str | Path], label_pa
 def markdown(report: Mapping[str, Any]) -> str:
     """A table of 3D Dice@1 per way, overall and per atlas."""
     head = ("| sessions | n | run's Dice@1 | served | extent known | every slice's box known | "
-            "seed slice (2D) |\n|---|---|---|---|---|---|---|")
+            "seed slice (2D) | Slicer 3D ROI, no click |\n|---|---|---|---|---|---|---|---|")
     lines = [head]
     summary = report["summary"]
     groups = [("all", summary), *summary["by_atlas"].items()]
     for name, s in groups:
         lines.append(f"| {name} | {s['n']} | {s['run_dice_1']:.3f} | {s['served']:.3f} | {s['extent']:.3f} | "
-                     f"{s['true_boxes']:.3f} | {s['seed_slice']:.3f} |")
+                     f"{s['true_boxes']:.3f} | {s['seed_slice']:.3f} | {s['slicer_roi']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -38,14 +38,14 @@ class BoxFillingSegmenter:
         plane = take_slice(self.truth, axis, index)
         return SimpleNamespace(mask=plane & box_mask(prompt.box, plane.shape))
 
-    def propagate(self, volume, axis, seeds, *, bounds=None, roi_box=None, budget=None):
+    def propagate(self, volume, axis, seeds, *, bounds=None, roi_box=None, budget=None, memo=None):
         self.calls.append({"seeds": dict(seeds), "bounds": bounds, "roi_box": roi_box, "budget": budget})
         (index, prompt), = seeds.items()
         mask = np.zeros_like(self.truth)
         lo, hi = bounds if bounds is not None else (0, self.truth.shape[axis] - 1)
         for k in range(lo, hi + 1):
             put_slice(mask, axis, k, box_mask(prompt.box, take_slice(mask, axis, k).shape))
-        return SimpleNamespace(mask=mask)
+        return SimpleNamespace(mask=mask, slices={}, stops=[], partial=None, memo=None, kept=set())
 
 
 def test_slice_boxes_are_each_slices_tight_box() -> None:
@@ -61,10 +61,15 @@ def test_slice_boxes_are_each_slices_tight_box() -> None:
 def test_session_gap_separates_propagation_from_each_slices_answer() -> None:
     truth = drifting_tube()
     seg = BoxFillingSegmenter(truth)
-    gap = session_gap(seg, None, truth, axis=AXIS, index=5, max_slices=96)
+    gap = session_gap(seg, SimpleNamespace(shape=truth.shape), truth, axis=AXIS, index=5, max_slices=96)
     assert gap["true_boxes"] == 1.0 and gap["seed_slice"] == 1.0  # a perfect decoder given every slice's box
     assert gap["served"] < gap["extent"] < gap["true_boxes"]  # the leak past the ends, then the drift
-    served, extent = seg.calls
+    served, extent, roi = seg.calls
+    # Slicer's 3D ROI around the tube: its middle slice, the ROI's in-plane box, its slice range as bounds
+    assert list(roi["seeds"]) == [5] and roi["bounds"] == (3, 8) and roi["budget"].max_slices == 96
+    np.testing.assert_array_equal(roi["seeds"][5].box, [7, 6, 15, 9])
+    np.testing.assert_array_equal(roi["roi_box"], [7, 6, 15, 9])
+    assert gap["slicer_roi"] == pytest.approx(2 * 96 / (9 * 4 * 6 + 96))  # the in-plane box filled on 6 slices
     assert served["bounds"] is None and extent["bounds"] == (3, 8)
     for call in (served, extent):
         np.testing.assert_array_equal(call["roi_box"], [9, 6, 12, 9])  # the user's box bounds every slice's
@@ -78,7 +83,7 @@ def test_session_gap_separates_propagation_from_each_slices_answer() -> None:
 def test_session_gap_refuses_a_slice_off_the_structure() -> None:
     truth = drifting_tube()
     with pytest.raises(SamriInputError, match="slice"):
-        session_gap(BoxFillingSegmenter(truth), None, truth, axis=AXIS, index=0)
+        session_gap(BoxFillingSegmenter(truth), SimpleNamespace(shape=truth.shape), truth, axis=AXIS, index=0)
 
 
 def write_run(folder: Path, truth: np.ndarray) -> tuple[Path, Path, Path]:
@@ -113,7 +118,8 @@ def test_measure_run_replays_the_box_sessions(tmp_path: Path) -> None:
             return super().predict_slice(volume, axis, index, prompt)
 
         def propagate(self, volume, axis, seeds, **kw):
-            self.value = int(labels[tuple(np.argwhere(box_mask(seeds[5].box, (24, 24)))[0]) + (5,)])
+            r, c = ((seeds[5].box[:2] + seeds[5].box[2:]) // 2).astype(int)  # the box's centre is the structure
+            self.value = int(labels[r, c, 5])
             self.truth = labels == self.value
             return super().propagate(volume, axis, seeds, **kw)
 
@@ -124,7 +130,8 @@ def test_measure_run_replays_the_box_sessions(tmp_path: Path) -> None:
     assert set(summary["by_atlas"]) == {"ho", "jhu"}
     assert summary["by_atlas"]["ho"]["extent"] == 1.0  # a box that does not move: bounded, it is exact
     table = markdown(report)
-    assert "| all | 2 | 0.250 |" in table and "| jhu | 1 |" in table
+    assert "| all | 2 | 0.250 |" in table and "| jhu | 1 |" in table and "Slicer 3D ROI" in table
+    assert summary["by_atlas"]["ho"]["slicer_roi"] == 1.0  # a box-shaped structure: its 3D box is exact
     with pytest.raises(SamriInputError, match="model"):
         measure_run(run, [image], [label], segmenter=Segmenter(truth), model="other", window=None)
     with pytest.raises(SamriInputError, match="image"):
