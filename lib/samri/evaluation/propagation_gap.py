@@ -6,8 +6,9 @@ and stops where its rules say the object ended. For each such session of a click
 answers the same first box three ways, each on the served code path (`Segmenter.propagate` and
 `Segmenter.predict_slice`, with the server's slice budget):
 
-- ``served``: propagation from the box, as `samri.inference.request.run_request` serves a box on one
-  slice (the user's box also bounds every propagated box in-plane). Its 3D Dice is the run's Dice@1.
+- ``served``: the session's own first request (`samri.evaluation.clicks.client_params`, a box on one
+  slice) through `samri.inference.request.run_request`; the user's box also bounds every propagated box
+  in-plane. Its 3D Dice is the run's Dice@1.
 - ``extent``: the same propagation bounded to the slices the structure spans: a stop rule that knows
   where the structure ends. What it gains over ``served`` is lost past the structure's ends.
 - ``true_boxes``: every slice the structure spans prompted with its own tight box: propagation that
@@ -69,7 +70,9 @@ def session_gap(segmenter, volume, truth: np.ndarray, *, axis: int, index: int,
         ``{"served": Dice, "extent": Dice, "true_boxes": Dice, "slicer_roi": Dice, "seed_slice": 2D Dice on
         slice index}``.
     """
+    from samri.evaluation.clicks import client_params
     from samri.inference.prompts import SlicePrompt
+    from samri.inference.request import run_request
     from samri.inference.segmenter import PropagationBudget
 
     truth = np.asarray(truth, dtype=bool)
@@ -78,31 +81,23 @@ def session_gap(segmenter, volume, truth: np.ndarray, *, axis: int, index: int,
         raise SamriInputError("slice", int(index), "the structure is not on the session's slice")
     box = boxes[int(index)]
     ends = (min(boxes), max(boxes))
-    out = {}
-    for way, bounds in (("served", None), ("extent", ends)):
-        result = segmenter.propagate(volume, axis, {int(index): SlicePrompt(box=box.copy())}, bounds=bounds,
-                                     roi_box=box.copy(), budget=PropagationBudget(max_slices=max_slices))
-        out[way] = dice(np.asarray(result.mask, dtype=bool), truth)
+    budget = PropagationBudget(max_slices=max_slices)
+    served = run_request(segmenter, volume, client_params(axis, int(index), box, []), mode="3d", axis=axis,
+                         budget=budget)  # the session's own first request
+    extent = segmenter.propagate(volume, axis, {int(index): SlicePrompt(box=box.copy())}, bounds=ends,
+                                 roi_box=box.copy(), budget=budget)
+    out = {way: dice(np.asarray(result.mask, dtype=bool), truth) for way, result in (("served", served),
+                                                                                      ("extent", extent))}
     per_slice = np.zeros_like(truth)
     for k, slice_box in boxes.items():
         put_slice(per_slice, axis, k, segmenter.predict_slice(volume, axis, k, SlicePrompt(box=slice_box)).mask)
     out["true_boxes"] = dice(per_slice, truth)
     out["seed_slice"] = dice(take_slice(per_slice, axis, int(index)), take_slice(truth, axis, int(index)))
-    out["slicer_roi"] = dice(np.asarray(_roi_request(segmenter, volume, truth, axis, max_slices).mask, dtype=bool),
-                             truth)
-    return out
-
-
-def _roi_request(segmenter, volume, truth: np.ndarray, axis: int, max_slices: int | None):
-    """The 3D request Slicer sends for an ROI placed tightly around ``truth`` in 3D and no click."""
-    from samri.inference.request import run_request
-    from samri.inference.segmenter import PropagationBudget
-
     voxels = np.argwhere(truth)
-    lo, hi = voxels.min(axis=0), voxels.max(axis=0)
-    roi = [int(v) for pair in zip(lo, hi) for v in pair]  # [i0, i1, j0, j1, k0, k1], as Slicer sends it
-    return run_request(segmenter, volume, {"roi": roi}, mode="3d", axis=axis,
-                       budget=PropagationBudget(max_slices=max_slices))
+    roi = [int(v) for pair in zip(voxels.min(axis=0), voxels.max(axis=0)) for v in pair]  # [i0, i1, ..., k1]
+    slicer_roi = run_request(segmenter, volume, {"roi": roi}, mode="3d", axis=axis, budget=budget)
+    out["slicer_roi"] = dice(np.asarray(slicer_roi.mask, dtype=bool), truth)
+    return out
 
 
 def _mean(rows: Sequence[Mapping[str, Any]], key: str) -> float:
