@@ -69,6 +69,16 @@ def box_mask(box, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def slice_boxes(mask: np.ndarray, axis: int) -> dict[int, np.ndarray]:
+    """``{slice index: (r0, c0, r1, c1)}``: the tight inclusive box (slice pixels, float64) of an ``(X, Y, Z)``
+    bool ``mask`` on each slice along ``axis`` that it touches."""
+    out = {}
+    for k in np.flatnonzero(mask.sum(axis=tuple(a for a in range(3) if a != axis))):
+        rows, cols = np.nonzero(take_slice(mask, axis, int(k)))
+        out[int(k)] = np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
+    return out
+
+
 def split_point(ijk: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Volume voxel points ``(N, 3)`` -> (slice indices ``(N,)``, slice pixels ``(N, 2)`` as ``(r, c)``)."""
     pts = np.asarray(ijk).reshape(-1, 3)

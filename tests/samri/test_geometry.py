@@ -8,7 +8,17 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samri.errors import SamriInputError
-from samri.geometry import SliceGeometry, check_axis, in_plane_axes, join_point, put_slice, split_point, take_slice
+from samri.geometry import (
+    SliceGeometry,
+    box_mask,
+    check_axis,
+    in_plane_axes,
+    join_point,
+    put_slice,
+    slice_boxes,
+    split_point,
+    take_slice,
+)
 
 # (height, width, input_size): tall, wide, square, 1xN, Nx1, larger than the input, odd ratios
 SHAPES = [(48, 30, 64), (30, 48, 64), (40, 40, 64), (1, 50, 64), (50, 1, 64), (200, 130, 64),
@@ -252,9 +262,25 @@ def test_slice_geometry_rejects_empty_shape():
 
 
 def test_box_mask_is_inclusive_rounded_and_clipped_to_the_slice():
-    from samri.geometry import box_mask
-
     mask = box_mask([1.4, 2.6, 3.0, 4.0], (6, 8))
     assert mask.sum() == 3 * 2 and mask[1:4, 3:5].all()
     edge = box_mask([-2, -1, 10, 3], (6, 8))  # past the slice: clipped to it
     assert edge.sum() == 6 * 4 and edge[:, :4].all()
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_boxes_are_each_slices_tight_box(axis: int) -> None:
+    """A square that moves one pixel per slice: each slice's box is that slice's square, and filling the boxes
+    gives the mask back (round trip)."""
+    mask = np.zeros((24, 24, 12), bool)
+    for k in range(3, 9):
+        mask[4 + k:8 + k, 6:10, k] = True
+    mask = np.moveaxis(mask, 2, axis)
+    boxes = slice_boxes(mask, axis)
+    assert sorted(boxes) == list(range(3, 9))
+    filled = np.zeros_like(mask)
+    for k, box in boxes.items():
+        put_slice(filled, axis, k, box_mask(box, take_slice(mask, axis, k).shape))
+    np.testing.assert_array_equal(filled, mask)
+    if axis == 2:
+        np.testing.assert_array_equal(boxes[5], [9, 6, 12, 9])

@@ -148,14 +148,12 @@ class VolumeOracle:
 
     def first_box(self) -> np.ndarray:
         """``(X, Y, Z)`` bool: the family inside the truth's tight box on each slice the truth spans."""
-        from samri.geometry import put_slice, take_slice
+        from samri.geometry import put_slice, slice_boxes, take_slice
 
         out = np.zeros_like(self.truth)
-        for k in np.flatnonzero(self.truth.sum(axis=tuple(a for a in range(3) if a != self.axis))):
-            plane = take_slice(self.truth, self.axis, int(k))
-            rows, cols = np.nonzero(plane)
-            inside = box_mask((rows.min(), cols.min(), rows.max(), cols.max()), plane.shape)
-            put_slice(out, self.axis, int(k), take_slice(self.family, self.axis, int(k)) & inside)
+        for k, box in slice_boxes(self.truth, self.axis).items():
+            family = take_slice(self.family, self.axis, k)
+            put_slice(out, self.axis, k, family & box_mask(box, family.shape))
         return out
 
     def request(self, volume, params: Mapping[str, Any], *, mode: str, axis: int,

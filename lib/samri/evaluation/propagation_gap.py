@@ -34,7 +34,7 @@ import numpy as np
 
 from samri.errors import SamriInputError
 from samri.evaluation.metrics import dice
-from samri.geometry import put_slice, take_slice
+from samri.geometry import put_slice, slice_boxes, take_slice
 from samri.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -42,16 +42,6 @@ logger = logging.getLogger(__name__)
 WAYS = ("served", "extent", "true_boxes", "slicer_roi")
 #: the server's default 3D slice budget (`--conf max_slices_3d`), as `samri evaluate` runs the 3D sessions
 DEFAULT_MAX_SLICES = 96
-
-
-def slice_boxes(truth: np.ndarray, axis: int) -> dict[int, np.ndarray]:
-    """``{slice index: (r0, c0, r1, c1)}`` tight box of ``truth`` (``(X, Y, Z)`` bool) on each slice of
-    ``axis`` it touches, inclusive slice pixels (`samri.inference.prompts.SlicePrompt.box`'s frame)."""
-    out = {}
-    for k in np.flatnonzero(truth.sum(axis=tuple(a for a in range(3) if a != axis))):
-        rows, cols = np.nonzero(take_slice(truth, axis, int(k)))
-        out[int(k)] = np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=np.float64)
-    return out
 
 
 def session_gap(segmenter, volume, truth: np.ndarray, *, axis: int, index: int,

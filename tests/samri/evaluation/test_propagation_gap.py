@@ -12,7 +12,7 @@ import pytest
 
 from samri.errors import SamriInputError
 from samri.evaluation.metrics import dice
-from samri.evaluation.propagation_gap import markdown, measure_run, session_gap, slice_boxes
+from samri.evaluation.propagation_gap import markdown, measure_run, session_gap
 from samri.geometry import box_mask, put_slice, take_slice
 
 AXIS = 2
@@ -46,16 +46,6 @@ class BoxFillingSegmenter:
         for k in range(lo, hi + 1):
             put_slice(mask, axis, k, box_mask(prompt.box, take_slice(mask, axis, k).shape))
         return SimpleNamespace(mask=mask, slices={}, stops=[], partial=None, memo=None, kept=set())
-
-
-def test_slice_boxes_are_each_slices_tight_box() -> None:
-    truth = drifting_tube()
-    boxes = slice_boxes(truth, AXIS)
-    assert sorted(boxes) == list(range(3, 9))
-    for k, box in boxes.items():
-        plane = take_slice(truth, AXIS, k)
-        np.testing.assert_array_equal(box_mask(box, plane.shape), plane)  # the square is its own box
-    np.testing.assert_array_equal(boxes[5], [9, 6, 12, 9])
 
 
 def test_session_gap_separates_propagation_from_each_slices_answer() -> None:
