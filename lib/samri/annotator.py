@@ -8,10 +8,12 @@ inclusive pixel extremes; 3D masks ``(X, Y, Z)`` bool voxels and points ``(i, j,
 
 Prompt kinds (`PROMPT_KINDS`): ``box`` (tight box, optionally jittered), ``point`` (one positive
 click inside), ``box+point``, ``points_neg`` (one positive and up to ``max_negatives`` negative
-clicks near the object) and ``propagated_box`` (the box 3D propagation would give this slice: a
-neighbouring slice's box plus the propagation margin). With ``rng=None`` every draw is
-deterministic: no jitter, the deepest interior point (distance-transform maximum). With a
-generator the interior point is drawn among the deep pixels, as an annotator's click varies.
+clicks near the object), ``propagated_box`` (the box 3D propagation would give this slice: a
+neighbouring slice's box plus the propagation margin) and ``propagated_chain`` (the same box here; the
+trainer replaces it with the decoder's own answer on the neighbouring slice, its box and its logits as
+the mask prompt, as propagation with ``chain_logits`` prompts: `samri.train.stage2.DecoderTrainer`).
+With ``rng=None`` every draw is deterministic: no jitter, the deepest interior point (distance-transform maximum).
+With a generator the interior point is drawn among the deep pixels, as an annotator's click varies.
 
 A corrective click (`corrective_click`) goes where the field's interactive protocol puts it
 (RITM, SAM, nnInteractive's evaluation): into the largest connected error region, at its deepest
@@ -30,9 +32,11 @@ from samri.errors import SamriInputError
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationSettings, mask_box
 
-PROMPT_KINDS = ("box", "point", "box+point", "points_neg", "propagated_box")
+PROMPT_KINDS = ("box", "point", "box+point", "points_neg", "propagated_box", "propagated_chain")
+#: the kinds prompted from a neighbouring slice
+PROPAGATED_KINDS = ("propagated_box", "propagated_chain")
 
-#: slice offsets a ``propagated_box`` takes its box from
+#: slice offsets a propagated kind takes its box from
 PROPAGATION_OFFSETS = (-2, -1, 1, 2)
 
 #: how deep (fraction of the region's largest inner distance) a randomly drawn click lies
@@ -136,7 +140,7 @@ def simulate_prompt(mask: np.ndarray, kind: str, *, jitter: float = 0.0, rng: np
         rng: draws the box jitter (and, with ``point_depth``, the point); None = deterministic.
         point_depth: None = the deepest interior point (validation, evaluation: the click an
             annotator aims at the middle); a fraction = a random point that deep (training).
-        neighbour: ``propagated_box`` only: the structure's mask on a nearby slice
+        neighbour: `PROPAGATED_KINDS` only: the structure's mask on a nearby slice
             (`PROPAGATION_OFFSETS`); its box plus `PropagationSettings.box_margin` is the prompt.
             Without one, or when it is empty, the slice's own (jittered) box is used.
         max_negatives: ``points_neg``: up to this many negatives (needs ``rng``; none without).
@@ -145,7 +149,7 @@ def simulate_prompt(mask: np.ndarray, kind: str, *, jitter: float = 0.0, rng: np
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise SamriInputError("mask", "empty", "cannot simulate a prompt for an empty mask")
-    if kind == "propagated_box":
+    if kind in PROPAGATED_KINDS:
         if neighbour is not None and np.any(neighbour):
             return SlicePrompt(box=mask_box(neighbour, PropagationSettings().box_margin))
         kind = "box"

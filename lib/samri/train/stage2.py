@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 
 from samri.annotator import (
+    PROPAGATED_KINDS,
     PROPAGATION_OFFSETS,
     corrective_click,
     pick_mode,
@@ -27,6 +28,7 @@ from samri.evaluation.clicks import FIRST_INTERACTIONS, noc
 from samri.geometry import SliceGeometry, in_plane_axes, take_slice
 from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
+from samri.inference.propagation import PropagationSettings, mask_box
 from samri.inference.refine import FORCED_LOGIT, ClickFill, box_bound, low_res_cover
 from samri.intensity import WindowSettings
 from samri.train.config import TrainSettings
@@ -50,11 +52,14 @@ class SampleSource:
         self._windowed: dict[str, np.ndarray | None] = {}
 
     def embedding(self, s: SliceSample) -> torch.Tensor:
-        key = EmbeddingKey(self.by_study[s.study_id].content_key, s.axis, s.index, self.encoder_key)
-        emb = self.cache.get(key)
+        emb = self.cached_embedding(s)
         if emb is None:
             raise RuntimeError(f"embedding missing for {s} (stage 1 did not run for this study)")
         return emb
+
+    def cached_embedding(self, s: SliceSample) -> torch.Tensor | None:
+        """``(C, h, w)`` embedding of the sample's slice, or None when stage 1 did not encode it."""
+        return self.cache.get(EmbeddingKey(self.by_study[s.study_id].content_key, s.axis, s.index, self.encoder_key))
 
     def target(self, s: SliceSample) -> np.ndarray:
         if s.study_id not in self._labels:
@@ -83,10 +88,15 @@ class SampleSource:
 
     def neighbour(self, s: SliceSample, rng: np.random.Generator) -> np.ndarray | None:
         """The structure's mask on a random slice of `PROPAGATION_OFFSETS` away (None off the volume)."""
+        near = self.neighbour_sample(s, rng)
+        return None if near is None else self.target(near)
+
+    def neighbour_sample(self, s: SliceSample, rng: np.random.Generator) -> SliceSample | None:
+        """The same structure on a random slice `PROPAGATION_OFFSETS` away (None off the volume)."""
         index = s.index + int(rng.choice(PROPAGATION_OFFSETS))
         if not 0 <= index < self.by_study[s.study_id].shape[s.axis]:
             return None
-        return self.target(SliceSample(s.study_id, s.axis, index, s.value, 0))
+        return SliceSample(s.study_id, s.axis, index, s.value, 0)
 
     def geometry(self, s: SliceSample) -> SliceGeometry:
         rows, cols = in_plane_axes(s.axis)
@@ -209,6 +219,28 @@ class DecoderTrainer:
             seg_loss = seg_loss + self.settings.click_weight * click_loss(logits, geoms, prompts)
         return logits, seg_loss, iou_loss
 
+    @torch.no_grad()
+    def chained_prompt(self, near: SliceSample | None, near_mask: np.ndarray | None, geom: SliceGeometry,
+                       rng: np.random.Generator) -> SlicePrompt | None:
+        """One step of 3D propagation with ``chain_logits``, as served: the decoder answers the
+        neighbouring slice ``near`` (its jittered box; the answer clipped to that box, as serving clips),
+        and this slice gets that answer's box plus the propagation margin and its low-res logits
+        ``(1, 1, s, s)`` as the mask prompt (`samri.inference.propagation.Propagator`). None when the
+        neighbour is off the volume, empty or not encoded, or the answer is empty (the caller then
+        prompts with the neighbour's true box)."""
+        if near is None or near_mask is None or not near_mask.any():
+            return None
+        embedding = self.source.cached_embedding(near)
+        if embedding is None:
+            return None
+        seed = training_prompt(near_mask, "box", self.settings.sim, rng)
+        sparse, dense = encode_prompts(self.model, [geom], [seed])
+        logits, _ = decoder_forward(self.model, self.decoder, embedding[None].to(self.model.device), sparse, dense,
+                                    self.image_pe)
+        logits = clip_logits_to_boxes(logits, [geom], [seed]).detach()
+        box = mask_box(geom.logits_to_slice(logits)[0, 0].cpu().numpy() > 0, PropagationSettings().box_margin)
+        return None if box is None else SlicePrompt(box=box, mask_logits=logits)
+
     def batch(self, samples: Sequence[SliceSample]):
         embeddings = torch.stack([self.source.embedding(s) for s in samples]).to(self.model.device)
         masks = [self.source.target(s) for s in samples]
@@ -226,10 +258,12 @@ class DecoderTrainer:
         self.decoder.train()
         embeddings, masks, geoms, targets = self.batch(samples)
         prompts = []
-        for s, m in zip(samples, masks):
+        for s, m, geom in zip(samples, masks, geoms):
             mode = pick_mode(self.settings.sim, rng)
-            near = self.source.neighbour(s, rng) if mode == "propagated_box" else None
-            prompts.append(training_prompt(m, mode, self.settings.sim, rng, neighbour=near))
+            near = self.source.neighbour_sample(s, rng) if mode in PROPAGATED_KINDS else None
+            near_mask = None if near is None else self.source.target(near)
+            chained = self.chained_prompt(near, near_mask, geom, rng) if mode == "propagated_chain" else None
+            prompts.append(chained or training_prompt(m, mode, self.settings.sim, rng, neighbour=near_mask))
         logits, seg_loss, iou_loss = self._forward(samples, prompts, geoms, targets, embeddings)
         loss = seg_loss + self.settings.iou_weight * iou_loss
         corrected = [n for n in range(len(samples)) if rng.random() < self.settings.sim.correction_prob]

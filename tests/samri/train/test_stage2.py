@@ -206,3 +206,73 @@ def test_clicks_validation_fills_clicks_on_the_image_only_when_asked(studies_dir
         out = trainer.validate_clicks(indices[0].samples[:2], firsts=("box",), max_clicks=3)
         assert len(out["clicks_box"]) == 3
         assert seen and set(seen) == {(fill, fill)}, fill
+
+
+def test_chained_prompt_is_one_propagation_step_with_the_neighbours_logits(studies_dir, fresh_tiny_model,
+                                                                             monkeypatch):
+    """``propagated_chain``: the decoder answers the neighbouring slice (its own box, clipped as served),
+    and this slice gets that answer's box plus the propagation margin and its logits as the mask prompt."""
+    from samri.annotator import SimSettings
+    from samri.inference.propagation import PropagationSettings, mask_box
+    from samri.train import stage2
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = stage2.SampleSource(indices, cache, model.cache_key(), model.input_size)
+    sample = indices[0].samples[len(indices[0].samples) // 2]
+    near = source.neighbour_sample(sample, np.random.default_rng(0))
+    near_mask = source.target(near)
+    geom = source.geometry(sample)
+    assert near_mask.any() and source.cached_embedding(near) is not None
+    size = model.low_res_size
+    found = stage2.low_res_target(geom, near_mask, size)[None] > 0.5  # the decoder "finds" the neighbour's section
+    answer = torch.where(found, torch.tensor(5.0), torch.tensor(-5.0))
+    answer[..., :, :2] = 5.0  # and leaks along the frame's edge, outside the neighbour's box: clipped as served
+    seen = {}
+
+    def fake_forward(model_, decoder, embeddings, sparse, dense, image_pe):
+        seen["embedding"] = embeddings
+        return answer.clone(), torch.zeros(1, 1)
+
+    monkeypatch.setattr(stage2, "decoder_forward", fake_forward)
+    settings = small_train_settings(sim=SimSettings(mode_weights={"propagated_chain": 1.0}, box_jitter=0.0))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)  # as run_training sets them up
+    trainer = stage2.DecoderTrainer(model=model, source=source, settings=settings)
+    prompt = trainer.chained_prompt(near, near_mask, geom, np.random.default_rng(0))
+    torch.testing.assert_close(seen["embedding"][0], source.cached_embedding(near))
+    seed = SlicePrompt(box=mask_box(near_mask))
+    expected = stage2.clip_logits_to_boxes(answer, [geom], [seed])  # as serving clips the neighbour's answer
+    torch.testing.assert_close(prompt.mask_logits, expected)
+    answer_mask = geom.logits_to_slice(expected)[0, 0].numpy() > 0
+    assert answer_mask.any() and not (expected[..., :, :2] > 0).all()
+    np.testing.assert_array_equal(prompt.box, mask_box(answer_mask, PropagationSettings().box_margin))
+    assert prompt.points is None or len(prompt.points) == 0
+    # no prompt to chain from: an empty neighbour, or one stage 1 never encoded
+    assert trainer.chained_prompt(near, np.zeros_like(near_mask), geom, np.random.default_rng(0)) is None
+    assert trainer.chained_prompt(None, None, geom, np.random.default_rng(0)) is None
+    empty_source = stage2.SampleSource(indices, EmbeddingCache(), model.cache_key(), model.input_size)
+    bare = stage2.DecoderTrainer(model=model, source=empty_source, settings=settings)
+    assert bare.chained_prompt(near, near_mask, geom, np.random.default_rng(0)) is None
+
+
+def test_step_with_chained_prompts_trains(studies_dir, fresh_tiny_model):
+    """A step where every sample is prompted as chained propagation runs and moves the decoder."""
+    from samri.annotator import SimSettings
+    from samri.train.stage2 import DecoderTrainer, SampleSource
+
+    model = fresh_tiny_model
+    cache = EmbeddingCache()
+    indices, _ = stage1(find_studies(studies_dir), model, cache, window=load_registry().window, min_pixels=5,
+                        progress=False)
+    source = SampleSource(indices, cache, model.cache_key(), model.input_size)
+    settings = small_train_settings(sim=SimSettings(mode_weights={"propagated_chain": 1.0}, correction_prob=1.0))
+    for param in model.mask_decoder.parameters():
+        param.requires_grad_(True)
+    trainer = DecoderTrainer(model=model, source=source, settings=settings)
+    before = state_copy(model.mask_decoder)
+    out = trainer.step(indices[0].samples[:4], np.random.default_rng(1))
+    assert np.isfinite(out["loss"]) and out["loss"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.mask_decoder.state_dict().items())
