@@ -68,13 +68,15 @@ def test_interior_point_deepest_random_and_3d():
     assert interior_point(ball, spacing=(1.0, 1.0, 3.0)).tolist()[:2] == [4, 4]
 
 
-def test_propagated_box_is_the_neighbour_box_with_the_propagation_margin():
+@pytest.mark.parametrize("kind", ["propagated_box", "propagated_chain"])
+def test_propagated_box_is_the_neighbour_box_with_the_propagation_margin(kind):
+    """Both propagated kinds start from the neighbour's true box (the trainer chains ``propagated_chain``)."""
     mask, near = _disc((20, 24), 6), _disc((23, 28), 5)
-    prompt = simulate_prompt(mask, "propagated_box", neighbour=near)
+    prompt = simulate_prompt(mask, kind, neighbour=near)
     np.testing.assert_array_equal(prompt.box, mask_box(near, PropagationSettings().box_margin))
-    assert len(prompt.points) == 0
+    assert len(prompt.points) == 0 and prompt.mask_logits is None
     for missing in (None, np.zeros_like(mask)):  # volume edge or object ended: the slice's own box
-        np.testing.assert_array_equal(simulate_prompt(mask, "propagated_box", neighbour=missing).box, mask_box(mask))
+        np.testing.assert_array_equal(simulate_prompt(mask, kind, neighbour=missing).box, mask_box(mask))
 
 
 def test_jitter_is_bounded_seeded_and_per_pair():
