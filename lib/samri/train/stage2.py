@@ -235,8 +235,9 @@ class DecoderTrainer:
             return None
         seed = training_prompt(near_mask, "box", self.settings.sim, rng)
         sparse, dense = encode_prompts(self.model, [geom], [seed])
-        logits, _ = decoder_forward(self.model, self.decoder, embedding[None].to(self.model.device), sparse, dense,
-                                    self.image_pe)
+        # the bare decoder (same weights): a no-grad forward needs no DDP synchronisation
+        logits, _ = decoder_forward(self.model, self.model.mask_decoder, embedding[None].to(self.model.device), sparse,
+                                    dense, self.image_pe)
         logits = clip_logits_to_boxes(logits, [geom], [seed]).detach()
         box = mask_box(geom.logits_to_slice(logits)[0, 0].cpu().numpy() > 0, PropagationSettings().box_margin)
         return None if box is None else SlicePrompt(box=box, mask_logits=logits)
