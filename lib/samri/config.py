@@ -66,6 +66,7 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
                                 random_init=bool(entry.get("random_init", False)),
                                 point_prompts=str(entry.get("point_prompts", "native")),
                                 point_prompts_3d=entry.get("point_prompts_3d"),
+                                lone_point_threshold=entry.get("lone_point_threshold", 0.0),
                                 decoder=entry.get("decoder"), base=entry.get("base"),
                                 backend=str(entry.get("backend", default_backend)),
                                 precision=str(entry.get("precision", default_precision)))

@@ -142,6 +142,8 @@ class Segmenter:
         Models trained with boxes only (``point_prompts == "box_search"``, e.g. LiteMedSAM) turn
         a points-only prompt into a search over boxes around the points (`_box_search`);
         ``"single_or_box"`` lets a first points-only prompt pick between both (`_single_or_box`).
+        With ``"single"``, a lone first point (no box, no previous logits) is answered where the logits
+        exceed the model's ``lone_point_threshold`` (the logits are shifted by it).
         ``point_prompts`` overrides the model's mode for this call (3D seeds: `point_prompts_3d`).
         """
         if prompt.is_empty and prompt.mask_logits is None:
@@ -160,6 +162,10 @@ class Segmenter:
                                          multimask)
         best = int(torch.argmax(iou[0])) if multimask else 0
         low_res = low_res[:, best:best + 1]
+        if mode == "single" and prompt.box is None and prompt.mask_logits is None and self.lone_point_threshold:
+            # the single-mask answer to a lone point spills into the tissue around it; shifted, the mask
+            # is logits > threshold and the logits fed back with the next click say the same
+            low_res = low_res - self.lone_point_threshold
         mask = geom.logits_to_slice(low_res)[0, 0].numpy() > 0.0
         return self._merged(geom, prompt, SliceResult(mask=mask, low_res_logits=low_res, iou=float(iou[0, best])))
 
@@ -175,6 +181,11 @@ class Segmenter:
     @property
     def point_prompts(self) -> str:
         return getattr(self.model, "point_prompts", "native")
+
+    @property
+    def lone_point_threshold(self) -> float:
+        """Logit threshold of a lone first point's single-mask answer (`samri.model.builders.ModelSpec`)."""
+        return float(getattr(self.model, "lone_point_threshold", 0.0) or 0.0)
 
     @property
     def point_prompts_3d(self) -> str:

@@ -34,6 +34,21 @@ SAM_VIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: a lone point's threshold is a logit: beyond this the mask would be empty or the whole slice
+MAX_LONE_POINT_THRESHOLD = 8.0
+
+
+def check_lone_point_threshold(field: str, value: Any) -> float:
+    """``value`` as a float in ``[0, MAX_LONE_POINT_THRESHOLD]``, else `SamriInputError` naming ``field``."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise SamriInputError(field, value, "must be a number (a logit)") from None
+    if not 0.0 <= threshold <= MAX_LONE_POINT_THRESHOLD:
+        raise SamriInputError(field, value, f"must be between 0 and {MAX_LONE_POINT_THRESHOLD}")
+    return threshold
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One registry entry.
@@ -58,6 +73,11 @@ class ModelSpec:
         point_prompts_3d: the same choice for a 3D seed prompted by points alone, or None (as
             ``point_prompts``). A decoder checkpoint keeps it only when its metadata serves points
             with ``"single"`` (what it was measured for) and sets no ``point_prompts_3d`` of its own.
+        lone_point_threshold: the logit a lone first point's single-mask answer must exceed (a
+            points-only prompt without a box or previous logits, served with ``"single"``; 0 is SAM's
+            threshold). The answer's logits are shifted by it, so the mask and the logits fed back with
+            the next click agree. Like ``point_prompts_3d``, a decoder checkpoint keeps it only when its
+            metadata serves points with ``"single"`` and sets no ``lone_point_threshold`` of its own.
         decoder: decoder-only checkpoint applied by default (a path, or ``package:NAME`` for a
             file shipped in ``samri/assets``); ``load_model(decoder=...)`` overrides it.
         base: for a variant that only adds a decoder, the entry whose encoder it shares.
@@ -75,6 +95,7 @@ class ModelSpec:
     random_init: bool = False
     point_prompts: str = "native"
     point_prompts_3d: str | None = None
+    lone_point_threshold: float = 0.0
     decoder: str | None = None
     base: str | None = None
     backend: str = "torch"
@@ -92,6 +113,9 @@ class ModelSpec:
         if self.point_prompts_3d is not None and self.point_prompts_3d not in POINT_PROMPT_MODES:
             raise SamriInputError(f"models.{self.name}.point_prompts_3d", self.point_prompts_3d,
                                   f"must be one of {list(POINT_PROMPT_MODES)} or null")
+        object.__setattr__(self, "lone_point_threshold",
+                           check_lone_point_threshold(f"models.{self.name}.lone_point_threshold",
+                                                      self.lone_point_threshold))
         from samri.model.backends import BACKENDS, PRECISIONS, check_option
 
         object.__setattr__(self, "backend", check_option(f"models.{self.name}.backend", self.backend, BACKENDS))
@@ -117,6 +141,7 @@ class SamModel(nn.Module):
             checkpoint's metadata may set it.
         point_prompts_3d: how a 3D seed of points alone is decoded, or None (as ``point_prompts``);
             from `ModelSpec` or a decoder checkpoint's metadata.
+        lone_point_threshold: the logit threshold of a lone first point's answer (see `ModelSpec`).
         backend_key: ``""`` for PyTorch eager fp32, else ``"openvino-bf16"``...: part of
             `cache_key` (set by `samri.model.backends.apply_backend`).
         backend_info: which backend serves and why (for ``/info/``).
@@ -134,6 +159,7 @@ class SamModel(nn.Module):
         self.decoder_info: dict[str, Any] = {}
         self.point_prompts = spec.point_prompts
         self.point_prompts_3d = spec.point_prompts_3d
+        self.lone_point_threshold = spec.lone_point_threshold
         self.backend_key = ""
         self.backend_info: dict[str, Any] = {"backend": "torch", "precision": "fp32"}
 
@@ -284,11 +310,18 @@ def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamMod
     if mode_3d is not None and mode_3d not in POINT_PROMPT_MODES:
         raise CheckpointError("decoder", str(path),
                               f"metadata point_prompts_3d={mode_3d!r} not in {list(POINT_PROMPT_MODES)}")
+    threshold = envelope["metadata"].get("lone_point_threshold",
+                                         model.spec.lone_point_threshold if mode == "single" else 0.0)
+    try:
+        threshold = check_lone_point_threshold("lone_point_threshold", threshold)
+    except SamriInputError as exc:
+        raise CheckpointError("decoder", str(path), f"metadata {exc}") from exc
     state = unwrap_state_dict(envelope["mask_decoder"], path, field="decoder")
     load_strict(model.mask_decoder, state, path, field="decoder", prefix="mask_decoder.")
     model.preprocessing = prep
     model.point_prompts = mode
     model.point_prompts_3d = mode_3d
+    model.lone_point_threshold = threshold
     model.decoder_info = {"path": str(path), **dict(envelope["metadata"])}
     return model
 

@@ -309,3 +309,34 @@ def test_answer_on_an_embedding_is_the_served_answer_without_a_volume(monkeypatc
     assert seg.answer(embedding, geom, again).mask[18, 20]
     image = prepared_volume.windowed[:, :, 15]
     np.testing.assert_array_equal(seg.answer(embedding, geom, again, image=image).mask, filled.mask)
+
+
+def test_a_lone_first_point_is_answered_above_its_threshold(fresh_tiny_model, prepared_volume, monkeypatch):
+    """``lone_point_threshold``: a lone first point's single-mask answer is the logits above it, and the logits
+    fed back are shifted so they say the same; a box, previous logits or another point mode are untouched."""
+    geom = Segmenter(fresh_tiny_model, EmbeddingCache()).slice_geometry(prepared_volume, 2)
+    ramp = torch.linspace(-4.0, 4.0, 32)[None, None, None, :].expand(1, 1, 32, 32).clone()  # logits grow along c
+
+    def fake(self, embedding, prompt_embeddings, multimask):
+        batch, masks = prompt_embeddings[0].shape[0], 3 if multimask else 1
+        return ramp.expand(batch, masks, -1, -1).clone(), torch.full((batch, masks), 0.5)
+
+    monkeypatch.setattr(Segmenter, "_run_decoder", fake)
+    fresh_tiny_model.point_prompts = "single"
+    point = SlicePrompt(points=[[20, 40]], labels=[1])
+    plain = Segmenter(fresh_tiny_model, EmbeddingCache()).predict_slice(prepared_volume, 2, 15, point)
+    fresh_tiny_model.lone_point_threshold = 2.0
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache())
+    assert seg.lone_point_threshold == 2.0
+    res = seg.predict_slice(prepared_volume, 2, 15, point)
+    torch.testing.assert_close(res.low_res_logits, plain.low_res_logits - 2.0)
+    np.testing.assert_array_equal(res.mask, geom.logits_to_slice(ramp)[0, 0].numpy() > 2.0)
+    assert 0 < res.area < plain.area
+    # untouched: a box with the point, a refinement (previous logits), and a decoder serving points otherwise
+    boxed = SlicePrompt(points=[[20, 40]], labels=[1], box=[0, 0, 39, 47])
+    torch.testing.assert_close(seg.predict_slice(prepared_volume, 2, 15, boxed).low_res_logits, ramp)
+    refine = SlicePrompt(points=[[20, 40], [20, 5]], labels=[1, 0], mask_logits=plain.low_res_logits)
+    torch.testing.assert_close(seg.decode(seg.embedding(prepared_volume, 2, 15), geom, refine).low_res_logits, ramp)
+    fresh_tiny_model.point_prompts = "native"
+    torch.testing.assert_close(Segmenter(fresh_tiny_model, EmbeddingCache()).predict_slice(
+        prepared_volume, 2, 15, point).low_res_logits, ramp)

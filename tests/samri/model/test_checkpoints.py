@@ -413,3 +413,29 @@ def test_interrupt_by_keyboard_also_cleans_up(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ({"point_prompts": "single"}, 1.0),  # the registry's threshold holds for a "single" decoder
+    ({"point_prompts": "box_search"}, 0.0),  # measured for single-mask answers only
+    ({"point_prompts": "single", "lone_point_threshold": 0.5}, 0.5),  # its own choice wins
+])
+def test_decoder_lone_point_threshold(tmp_path, fresh_tiny_model, metadata, expected):
+    spec = replace(tiny_spec(), lone_point_threshold=1.0)
+    path = save_decoder_checkpoint(tmp_path / "dec.pt", mask_decoder=fresh_tiny_model.mask_decoder, base_model="tiny",
+                                   preprocessing=Preprocessing(input_size=64).to_dict(), metadata=metadata)
+    assert load_model(spec, decoder=path).lone_point_threshold == expected
+    assert load_model(spec).lone_point_threshold == 1.0  # no decoder: the spec's
+
+
+@pytest.mark.parametrize("value", [-1.0, 9.0, "high", float("nan")])
+def test_a_lone_point_threshold_out_of_range_is_refused(tmp_path, fresh_tiny_model, value):
+    with pytest.raises(SamriInputError, match=r"^models\.x\.lone_point_threshold="):
+        ModelSpec(name="x", architecture="sam_vit_b", checkpoint=None, preprocessing=Preprocessing(),
+                  lone_point_threshold=value)
+    path = save_decoder_checkpoint(tmp_path / "dec.pt", mask_decoder=fresh_tiny_model.mask_decoder, base_model="tiny",
+                                   preprocessing=Preprocessing(input_size=64).to_dict(),
+                                   metadata={"point_prompts": "single", "lone_point_threshold": value})
+    with pytest.raises(CheckpointError, match="lone_point_threshold"):
+        apply_decoder_checkpoint(fresh_tiny_model, path)
+    assert fresh_tiny_model.lone_point_threshold == 0.0  # the live model is untouched
