@@ -86,11 +86,6 @@ class SampleSource:
         windowed = self._windowed[s.study_id]
         return None if windowed is None else take_slice(windowed, s.axis, s.index)
 
-    def neighbour(self, s: SliceSample, rng: np.random.Generator) -> np.ndarray | None:
-        """The structure's mask on a random slice of `PROPAGATION_OFFSETS` away (None off the volume)."""
-        near = self.neighbour_sample(s, rng)
-        return None if near is None else self.target(near)
-
     def neighbour_sample(self, s: SliceSample, rng: np.random.Generator) -> SliceSample | None:
         """The same structure on a random slice `PROPAGATION_OFFSETS` away (None off the volume)."""
         index = s.index + int(rng.choice(PROPAGATION_OFFSETS))

@@ -58,10 +58,12 @@ def test_step_with_propagated_boxes_reads_neighbour_slices(studies_dir, fresh_ti
     source = SampleSource(indices, cache, model.cache_key(), model.input_size)
     sample = indices[0].samples[len(indices[0].samples) // 2]
     rng = np.random.default_rng(0)
-    near = source.neighbour(sample, rng)
-    assert near is not None and near.shape == source.target(sample).shape and near.any()
+    near_sample = source.neighbour_sample(sample, rng)
+    assert abs(near_sample.index - sample.index) in (1, 2) and near_sample.value == sample.value
+    near = source.target(near_sample)
+    assert near.shape == source.target(sample).shape and near.any()
     edge = type(sample)(sample.study_id, sample.axis, 0, sample.value, 0)
-    at_edge = [source.neighbour(edge, np.random.default_rng(seed)) for seed in range(20)]
+    at_edge = [source.neighbour_sample(edge, np.random.default_rng(seed)) for seed in range(20)]
     assert any(n is None for n in at_edge) and any(n is not None for n in at_edge)  # slices -2, -1 do not exist
     settings = small_train_settings(sim=SimSettings(mode_weights={"propagated_box": 1.0}, correction_prob=1.0))
     for param in model.mask_decoder.parameters():
