@@ -127,6 +127,19 @@ def test_decoder_file_appearing_is_served(make_app, tmp_path: Path) -> None:
     assert holder.loads == 2
 
 
+def test_requests_without_client_id_refine_the_clicks_they_extend(make_app) -> None:
+    app = make_app()
+    assert infer(app, label="blob")[0]["samri"]["refined_slices"] == []
+    # OHIF sends every click so far and no client_id: the earlier answer to the first click is refined
+    meta, _ = infer(app, label="blob", background=[[5, 5, 4]])
+    assert meta["samri"]["refined_slices"] == [4]
+    assert app.info()["samri"]["click_history"] == 2
+    # clicks that do not contain an earlier request's, another label, or reset_state: start over
+    assert infer(app, label="blob", foreground=[[20, 20, 4]])[0]["samri"]["refined_slices"] == []
+    assert infer(app, label="other", background=[[5, 5, 4]])[0]["samri"]["refined_slices"] == []
+    assert infer(app, label="blob", background=[[5, 5, 4]], reset_state=True)[0]["samri"]["refined_slices"] == []
+
+
 def test_samri_3d_returns_volume(make_app) -> None:
     app = make_app()
     meta, mask = infer(app, model="samri_3d", roi=[30, 10, 10, 26, 6, 2], client_id="a")

@@ -55,6 +55,10 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "clicks through the server's request path (NoC@80/85/90, Dice after each click)")
     p.add_argument("--first", default="box,point", help="clicks: first interactions, comma list of box, point")
     p.add_argument("--max-clicks", type=int, default=20, help="clicks: interactions per session, the first included")
+    p.add_argument("--client", choices=["slicer", "ohif", "ohif_no_history"], default="slicer",
+                   help="clicks: slicer sends a client_id (each click refines the previous logits); ohif sends "
+                        "points only and no client_id (the server's click history finds the logits); "
+                        "ohif_no_history: no logits at all. ohif* need --first point")
     p.add_argument("--human-seconds", type=float, default=2.0, help="clicks: annotator seconds per interaction")
     p.add_argument("--max-slices-3d", type=int, default=96,
                    help="3d requests: slice budget, as the server's --conf max_slices_3d (0 = none)")
@@ -167,7 +171,7 @@ def build_config(args: argparse.Namespace):
                       seed=args.seed, slice_step=args.slice_step, max_pairs=args.max_pairs,
                       nsd_tolerance_mm=args.nsd_tolerance, labels=labels, variants=tuple(args.variant),
                       protocol=args.protocol, first=first, max_clicks=args.max_clicks,
-                      human_seconds_per_click=args.human_seconds).validate()
+                      human_seconds_per_click=args.human_seconds, client=args.client).validate()
 
 
 def parse_propagation(values: list[str] | None):

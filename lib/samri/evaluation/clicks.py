@@ -7,7 +7,10 @@ connected error region (positive on missed object, negative on a false positive)
 interaction is sent as a client sends it: a MONAI Label request in voxel indices carrying the box
 (``roi``) and *all* clicks so far, run by `samri.inference.request.run_request` with the previous
 low-res logits of this "client" as the mask prompt, exactly as the app's per-client state serves a
-second Slicer click (`apps/samri/lib/runtime/client_state.py`).
+second Slicer click (`apps/samri/lib/runtime/client_state.py`). ``client="ohif"`` is OHIF's: no
+``client_id``, so the server finds the previous logits from the clicks
+(`samri.inference.click_history`, as the app does); ``"ohif_no_history"`` serves each such request
+with no previous logits at all (the server before that history).
 
 * 2D: one session per (image, structure, slice) pair; the metric is the slice's Dice.
 * 3D: one session per (image, structure): the first interaction on the structure's largest slice,
@@ -32,6 +35,8 @@ import numpy as np
 from samri.annotator import corrective_click, simulate_prompt
 from samri.evaluation.metrics import dice
 from samri.geometry import in_plane_axes, join_point, take_slice
+from samri.inference.click_history import ClickHistory, ClickSet
+from samri.inference.prompts import parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -109,25 +114,73 @@ def _first(gt2d: np.ndarray, index: int, axis: int, first: str, jitter: float,
     return prompt.box, clicks
 
 
-def _run(runner: RequestRunner, volume, params: dict, mode: str, axis: int,
-         previous: dict[int, Any], memo: dict[str, Any]) -> tuple[np.ndarray, float]:
-    """One request; ``previous`` (logits per slice) and ``memo`` (``"run"``: the last 3D run's memo)
-    are the client state the app keeps, updated in place."""
+class _ClientIdState:
+    """Slicer's: the app keeps this client's latest logits per slice and its last 3D run."""
+
+    def __init__(self) -> None:
+        self.logits: dict[int, Any] = {}
+        self.run: Any = None
+
+    def before(self, params: Mapping[str, Any], shape: tuple[int, ...], axis: int) -> tuple[dict[int, Any], Any]:
+        return dict(self.logits), self.run
+
+    def after(self, result: Any) -> None:
+        self.logits.update({int(i): s.low_res_logits for i, s in result.slices.items()})
+        self.run = getattr(result, "memo", None)
+
+
+class _ClickHistoryState:
+    """OHIF's: no client_id; the app's `ClickHistory` finds the logits of the clicks a request extends."""
+
+    SCOPE = "session"
+
+    def __init__(self) -> None:
+        self.history = ClickHistory()
+        self.clicks: ClickSet | None = None
+
+    def before(self, params: Mapping[str, Any], shape: tuple[int, ...], axis: int) -> tuple[dict[int, Any], Any]:
+        self.clicks = ClickSet.of(parse_request(params, shape, axis))
+        return self.history.previous(self.SCOPE, self.clicks)
+
+    def after(self, result: Any) -> None:
+        self.history.remember(self.SCOPE, self.clicks, {int(i): s.low_res_logits for i, s in result.slices.items()},
+                              getattr(result, "memo", None))
+
+
+class _NoState:
+    """A client without client_id on a server that keeps nothing: every request starts over."""
+
+    def before(self, params: Mapping[str, Any], shape: tuple[int, ...], axis: int) -> tuple[dict[int, Any], Any]:
+        return {}, None
+
+    def after(self, result: Any) -> None:
+        pass
+
+
+#: what the server keeps between one client's requests, by `EvalConfig.client`
+SERVER_STATES = {"slicer": _ClientIdState, "ohif": _ClickHistoryState, "ohif_no_history": _NoState}
+
+
+def _run(runner: RequestRunner, volume, params: dict, mode: str, axis: int, state) -> tuple[np.ndarray, float]:
+    """One request, served with and then updating ``state`` (one of `SERVER_STATES`)."""
+    previous, previous_run = state.before(params, tuple(getattr(volume, "shape", ())), axis)
     start = time.perf_counter()
-    result = runner.request(volume, params, mode=mode, axis=axis, previous_logits=dict(previous),
-                            previous_run=memo.get("run"))
+    result = runner.request(volume, params, mode=mode, axis=axis, previous_logits=previous,
+                            previous_run=previous_run)
     seconds = time.perf_counter() - start
-    previous.update({int(i): s.low_res_logits for i, s in result.slices.items()})  # as the app's client state
-    memo["run"] = getattr(result, "memo", None)
+    state.after(result)
     return np.asarray(result.mask, dtype=bool), seconds
 
 
 def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.ndarray, *, first: str,
-               max_clicks: int, jitter: float = 0.0, rng: np.random.Generator | None = None) -> Session:
-    """Interactions on slice ``index`` until ``max_clicks`` or an exact mask; ``gt2d`` is ``(H, W)`` bool."""
+               max_clicks: int, jitter: float = 0.0, rng: np.random.Generator | None = None,
+               client: str = "slicer") -> Session:
+    """Interactions on slice ``index`` until ``max_clicks`` or an exact mask; ``gt2d`` is ``(H, W)`` bool.
+
+    ``client``: a key of `SERVER_STATES`, what the server keeps between the requests."""
     box, clicks = _first(gt2d, index, axis, first, jitter, rng)
     out = Session(box=None if box is None else [float(v) for v in box], slice=int(index))
-    previous: dict[int, Any] = {}
+    state = SERVER_STATES[client]()
     pred: np.ndarray | None = None
     for _ in range(max_clicks):
         if pred is not None:
@@ -135,7 +188,7 @@ def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.nd
             if click is None:
                 break
             clicks.append(Click(_voxel(index, click[0], axis), int(click[1])))
-        mask, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "2d", axis, previous, {})
+        mask, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "2d", axis, state)
         pred = take_slice(mask, axis, index)
         out.dice.append(dice(pred, gt2d))
         out.seconds.append(seconds)
@@ -146,15 +199,16 @@ def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.nd
 
 def session_3d(runner: RequestRunner, volume, axis: int, gt3d: np.ndarray, *, first: str, max_clicks: int,
                spacing: Sequence[float], index: int | None = None, jitter: float = 0.0,
-               rng: np.random.Generator | None = None) -> Session:
+               rng: np.random.Generator | None = None, client: str = "slicer") -> Session:
     """3D interactions on one structure (``gt3d`` ``(X, Y, Z)`` bool): first on ``index`` (default
-    its largest slice), then corrective clicks at the deepest voxel of the largest 3D error."""
+    its largest slice), then corrective clicks at the deepest voxel of the largest 3D error.
+
+    ``client``: a key of `SERVER_STATES`, what the server keeps between the requests."""
     areas = gt3d.sum(axis=tuple(a for a in range(3) if a != axis))
     index = int(np.argmax(areas)) if index is None else int(index)
     box, clicks = _first(take_slice(gt3d, axis, index), index, axis, first, jitter, rng)
     out = Session(box=None if box is None else [float(v) for v in box], slice=index)
-    previous: dict[int, Any] = {}
-    memo: dict[str, Any] = {}
+    state = SERVER_STATES[client]()
     pred: np.ndarray | None = None
     for _ in range(max_clicks):
         if pred is not None:
@@ -162,7 +216,7 @@ def session_3d(runner: RequestRunner, volume, axis: int, gt3d: np.ndarray, *, fi
             if click is None:
                 break
             clicks.append(Click(tuple(int(v) for v in np.round(click[0])), int(click[1])))
-        pred, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "3d", axis, previous, memo)
+        pred, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "3d", axis, state)
         out.dice.append(dice(pred, gt3d))
         out.seconds.append(seconds)
     _pad(out, max_clicks)

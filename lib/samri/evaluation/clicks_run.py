@@ -139,11 +139,11 @@ def _sessions_of_case(model: str, runner, case: Case, pairs: Sequence[Pair], con
         if config.mode == "2d":
             gt = take_slice(case.label, axis, pair.slice) == pair.value
             session = session_2d(runner, volume, axis, pair.slice, gt, first=first, max_clicks=config.max_clicks,
-                                 jitter=config.jitter, rng=rng)
+                                 jitter=config.jitter, rng=rng, client=config.client)
         else:
             gt3d = case.label == pair.value
             session = session_3d(runner, volume, axis, gt3d, first=first, max_clicks=config.max_clicks,
-                                 spacing=spacing, jitter=config.jitter, rng=rng)
+                                 spacing=spacing, jitter=config.jitter, rng=rng, client=config.client)
             gt = take_slice(gt3d, axis, session.slice)
         row = _row(model, case, pair, first, config, session)
         store.append(row)
@@ -263,6 +263,17 @@ def _f(value: Any, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def _served_as(client: str) -> str:
+    if client == "ohif":
+        return ("each sent through `run_request` as OHIF sends it (points only: every click so far, no "
+                "`client_id`), with the logits the server's click history finds for it.")
+    if client == "ohif_no_history":
+        return ("each sent through `run_request` as OHIF sends it (points only: every click so far, no "
+                "`client_id`), with no previous logits (a server without click history).")
+    return ("each sent through `run_request` with every click so far and the previous logits, as a Slicer "
+            "client's next click is served.")
+
+
 def render_clicks_markdown(summary: Mapping, fig_prefix: str = "", heading: str = "#") -> str:
     """The report of one clicks run; figure links get ``fig_prefix`` (a folder relative to the document)."""
     cfg, h = summary["config"], heading
@@ -271,11 +282,14 @@ def render_clicks_markdown(summary: Mapping, fig_prefix: str = "", heading: str 
     keys = [target_key(t) for t in TARGETS]
     what = ("(image, structure, slice) sessions" if cfg["mode"] == "2d" else
             "(image, structure) sessions, first prompt on the largest slice")
-    lines = [f"{h} Clicks to an accurate mask: {cfg['mode'].upper()}, axis {cfg['axis']}", "",
+    client = cfg.get("client", "slicer")
+    lines = [f"{h} Clicks to an accurate mask: {cfg['mode'].upper()}, axis {cfg['axis']}"
+             + {"ohif": ", OHIF's requests",
+                "ohif_no_history": ", OHIF's requests without click history"}.get(client, ""),
+             "",
              f"First interaction {', '.join(cfg['first'])} (box jitter {cfg['jitter']:g} x longest side), then "
              f"corrective clicks at the deepest point of the largest error region, {n_max} interactions in all, "
-             "each sent through `run_request` with every click so far and the previous logits, as a client's "
-             f"next click is served. {summary['n_pairs']} {what}, identical for every model; seed {cfg['seed']}. "
+             + _served_as(client) + f" {summary['n_pairs']} {what}, identical for every model; seed {cfg['seed']}. "
              f"NoC@t counts interactions to Dice >= t ({n_max} when never reached: a failure). Annotator seconds "
              f"to 0.85: {cfg['human_seconds_per_click']:g} s per interaction + measured model time.", "",
              "| image | variant | shape | spacing (mm) | structures |", "|---|---|---|---|---|"]

@@ -57,6 +57,8 @@ MODES = ("2d", "3d")
 #: ``single``: one prompt per pair (Dice, HD95, NSD); ``clicks``: the interactive protocol (`samri.evaluation.clicks`)
 PROTOCOLS = ("single", "clicks")
 FIRST_INTERACTIONS = ("box", "point")
+#: clicks protocol: what the server keeps between a client's requests (`samri.evaluation.clicks.SERVER_STATES`)
+CLIENTS = ("slicer", "ohif", "ohif_no_history")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class EvalConfig:
         first: clicks protocol: first interactions, subset of `FIRST_INTERACTIONS`.
         max_clicks: clicks protocol: interactions per session, the first included.
         human_seconds_per_click: clicks protocol: annotator time per interaction.
+        client: clicks protocol: one of `CLIENTS`. ``"slicer"`` sends a ``client_id``, so each click is
+            served with its previous logits; ``"ohif"`` sends points only and no ``client_id`` (the
+            server's click history finds the logits); ``"ohif_no_history"``: the same, served with none.
     """
 
     prompts: tuple[str, ...] = PROMPTS
@@ -97,6 +102,7 @@ class EvalConfig:
     first: tuple[str, ...] = FIRST_INTERACTIONS
     max_clicks: int = 20
     human_seconds_per_click: float = 2.0
+    client: str = "slicer"
 
     def validate(self) -> "EvalConfig":
         if not self.prompts:
@@ -110,6 +116,10 @@ class EvalConfig:
             raise SamriInputError("protocol", self.protocol, f"must be one of {list(PROTOCOLS)}")
         if not self.first or any(f not in FIRST_INTERACTIONS for f in self.first):
             raise SamriInputError("first", ",".join(self.first), f"use a comma list of {list(FIRST_INTERACTIONS)}")
+        if self.client not in CLIENTS:
+            raise SamriInputError("client", self.client, f"must be one of {list(CLIENTS)}")
+        if self.client != "slicer" and "box" in self.first:
+            raise SamriInputError("first", ",".join(self.first), "OHIF sends points only: use --first point")
         if not 1 <= self.max_clicks <= 100:
             raise SamriInputError("max-clicks", self.max_clicks, "must be 1..100")
         if not self.human_seconds_per_click >= 0:

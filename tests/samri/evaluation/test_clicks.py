@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from samri.errors import SamriInputError
 from samri.evaluation.clicks import (
     Click,
     aggregate_sessions,
@@ -17,6 +18,7 @@ from samri.evaluation.clicks import (
     session_3d,
     session_figures,
 )
+from samri.evaluation.protocol import EvalConfig
 from samri.geometry import take_slice
 from samri.inference.request import run_request
 from samri.inference.segmenter import SliceResult, VolumeResult
@@ -124,6 +126,32 @@ def test_the_previous_logits_are_fed_back_as_the_server_does():
     s = session_2d(runner, VOLUME, AXIS, K, take_slice(gt, AXIS, K), first="point", max_clicks=3)
     assert s.dice[0] == pytest.approx(2 / 3) and s.dice[1] == 1.0  # only reachable with the mask prompt
     assert runner.previous_seen[0] == {} and K in runner.previous_seen[1]
+
+
+def test_ohif_requests_get_the_logits_of_the_clicks_they_extend():
+    gt = _truth()
+    runner = Runner(FakeSegmenter(gt, "refines"))
+    s = session_2d(runner, VOLUME, AXIS, K, take_slice(gt, AXIS, K), first="point", max_clicks=3, client="ohif")
+    assert runner.previous_seen[0] == {} and K in runner.previous_seen[1]  # found from the clicks, no client_id
+    assert s.dice[1] == 1.0  # as the Slicer client with state
+    bare = Runner(FakeSegmenter(gt, "refines"))
+    s = session_2d(bare, VOLUME, AXIS, K, take_slice(gt, AXIS, K), first="point", max_clicks=3,
+                   client="ohif_no_history")
+    assert bare.previous_seen == [{}, {}, {}] and s.dice[1] < 1.0  # every request as a first one
+    bare3d = Runner(FakeSegmenter(gt, "refines"))
+    session_3d(bare3d, VOLUME, AXIS, gt, first="point", max_clicks=2, spacing=(1.0, 1.0, 1.0),
+               client="ohif_no_history")
+    assert bare3d.previous_seen == [{}, {}]
+
+
+def test_an_ohif_run_takes_points_only():
+    assert EvalConfig(protocol="clicks", first=("point",), client="ohif").validate().client == "ohif"
+    with pytest.raises(SamriInputError, match="first"):
+        EvalConfig(protocol="clicks", first=("box", "point"), client="ohif").validate()
+    with pytest.raises(SamriInputError, match="first"):
+        EvalConfig(protocol="clicks", first=("box",), client="ohif_no_history").validate()
+    with pytest.raises(SamriInputError, match="client"):
+        EvalConfig(protocol="clicks", client="orthanc").validate()
 
 
 def test_3d_corrective_clicks_go_to_the_slice_with_the_largest_error():

@@ -5,6 +5,11 @@ Request (form field ``params`` merged into MONAI Label's request dict), in image
 ``slice`` (2D), ``label``, ``client_id``, ``reset_state``, ``result_*`` (see `options`). Slices are
 taken along axis 2 (k), the axial plane of the sample studies and the one Slicer's 2D path uses.
 
+A click refines the previous answer (its low-res logits are the mask prompt): a client with a
+``client_id`` (Slicer) through its own state (`runtime.client_state.ClientStateStore`); a client
+without one (OHIF, which sends every click so far) through the answer to the largest earlier set of
+its clicks on the same image and label (`samri.inference.click_history`).
+
 Response: a ``(X, Y, Z)`` uint8 file on the image grid (1 = the object; for ``samri_2d`` only the
 request's slice is filled) and JSON params with ``label_names``, ``samri`` (slices, predicted IoU,
 whether the client's previous logits were used, ``decoder_version`` that served it, and for
@@ -25,11 +30,14 @@ from typing import Any, Callable
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from samri.errors import SamriInputError
+from samri.inference.click_history import ClickSet
+from samri.inference.prompts import parse_request
 from samri.inference.propagation import PropagationBudget
 from samri.inference.request import run_request
 
 from ..http_errors import http_errors
 from ..runtime import SamriRuntime
+from ..runtime.client_state import ClickHistoryRefinement, ClientIdRefinement
 from ..server.context import current as current_request
 from .options import parse_options
 from .result import write_result
@@ -84,16 +92,20 @@ class SamriInfer(InferTask):
             decoder_version = self.decoder_version()
             t_pre = time.perf_counter()
 
-            key = (self.name, options.client_id, image) if options.client_id else None
-            previous = self.runtime.states.previous(key, label=options.label, content_key=volume.content_key,
-                                                    reset=options.reset_state)
-            previous_run = self.runtime.states.previous_run(key, label=options.label, content_key=volume.content_key)
+            if options.client_id:
+                state = ClientIdRefinement(self.runtime.states, (self.name, options.client_id, image),
+                                           label=options.label, content_key=volume.content_key,
+                                           reset=options.reset_state)
+            else:  # OHIF: no client_id; the clicks say which earlier answer this request refines
+                state = ClickHistoryRefinement(self.runtime.click_history,
+                                               (self.name, image, options.label, volume.content_key, decoder_version),
+                                               ClickSet.of(parse_request(request, volume.shape, AXIS)),
+                                               reset=options.reset_state)
+            previous, previous_run = state.previous()
             result = run_request(segmenter, volume, request, mode=self.mode, axis=AXIS, previous_logits=previous,
                                  budget=self.budget(context.work_clock),
                                  should_stop=_should_stop(request) or context.should_stop, previous_run=previous_run)
-            self.runtime.states.update(key, label=options.label, content_key=volume.content_key,
-                                       logits={i: s.low_res_logits for i, s in result.slices.items()},
-                                       run=result.memo)
+            state.update(result)
             t_infer = time.perf_counter()
             if request.get(DATASTORE_IMAGE_KEY):
                 slices = sorted(result.slices)

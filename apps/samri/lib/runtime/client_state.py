@@ -4,9 +4,10 @@ A key is ``(task, client_id, image)``; its entry remembers the label and the ima
 made for, ``{slice index: (1, 1, s, s) low-res logits}`` and, for 3D tasks, the memo of the last
 propagation (`samri.inference.reuse`: the next click re-predicts only what it changes). A request
 with another label, another image content or ``reset_state`` starts over. Clients without a
-``client_id`` get no state (they could not be told apart, and one client must never see another's
-masks). The store is a `cachetools.LRUCache` sized in bytes of logits and also bounded in entries,
-guarded by one lock.
+``client_id`` (OHIF) get no entry here (they could not be told apart, and one client must never
+see another's masks); their requests are matched by their clicks instead
+(`samri.inference.click_history`, `ClickHistoryRefinement`). The store is a `cachetools.LRUCache`
+sized in bytes of logits and also bounded in entries, guarded by one lock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Hashable
 
 import torch
 from cachetools import LRUCache
+
+from samri.inference.click_history import ClickHistory, ClickSet
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +117,34 @@ class ClientStateStore:
             while len(self._entries) > self.max_entries:
                 oldest, _ = self._entries.popitem()
                 logger.debug("evicting refinement state %s", oldest)
+
+
+class ClientIdRefinement:
+    """One request's refinement state of a client with a ``client_id`` (Slicer), in the `ClientStateStore`."""
+
+    def __init__(self, store: ClientStateStore, key: Hashable, *, label: str, content_key: str, reset: bool) -> None:
+        self.store, self.key, self.label, self.content_key, self.reset = store, key, label, content_key, reset
+
+    def previous(self) -> tuple[dict[int, torch.Tensor], Any]:
+        """``({slice: logits}, 3D memo or None)`` to refine; `previous` drops a state the request resets."""
+        logits = self.store.previous(self.key, label=self.label, content_key=self.content_key, reset=self.reset)
+        return logits, self.store.previous_run(self.key, label=self.label, content_key=self.content_key)
+
+    def update(self, result: Any) -> None:
+        self.store.update(self.key, label=self.label, content_key=self.content_key,
+                          logits={i: s.low_res_logits for i, s in result.slices.items()}, run=result.memo)
+
+
+class ClickHistoryRefinement:
+    """One request's refinement state of a client without ``client_id`` (OHIF), in the app's
+    `samri.inference.click_history.ClickHistory`: ``scope`` is (task, image, label, content, decoder)."""
+
+    def __init__(self, history: ClickHistory, scope: Hashable, clicks: ClickSet, *, reset: bool) -> None:
+        self.history, self.scope, self.clicks, self.reset = history, scope, clicks, reset
+
+    def previous(self) -> tuple[dict[int, torch.Tensor], Any]:
+        return ({}, None) if self.reset else self.history.previous(self.scope, self.clicks)
+
+    def update(self, result: Any) -> None:
+        self.history.remember(self.scope, self.clicks, {i: s.low_res_logits for i, s in result.slices.items()},
+                              result.memo)

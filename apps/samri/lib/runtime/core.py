@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from samri.inference.click_history import ClickHistory
+
 from ..configs.settings import AppSettings
 from .client_state import ClientStateStore
 from .models import DecoderSelector, ModelHolder
@@ -27,6 +29,7 @@ class SamriRuntime:
     def __init__(self, *, settings: AppSettings) -> None:
         self.settings = settings
         self.states = ClientStateStore()
+        self.click_history = ClickHistory()  # clients without client_id (OHIF)
         self.activity = Activity()
         self._lock = threading.Lock()
         self._cache = None
@@ -85,7 +88,7 @@ class SamriRuntime:
                                             "pinned": self.settings.decoder_version,
                                             "serves": self.decoders.choose().summary(),
                                             "store": str(self.decoders.root)},
-                               "client_states": len(self.states)}
+                               "client_states": len(self.states), "click_history": len(self.click_history)}
         if self._cache is not None:
             out["embedding_cache"] = dict(self._cache.stats)
         if self._precomputer is not None:
