@@ -10,7 +10,7 @@ PORT ?= 8000
 MODEL ?= samri_lite
 CONF ?=
 
-.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-limits bench-cuda evaluate-backends clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle propagation-gap click-response
+.PHONY: setup sysdeps sample-data run test test-fast lint bench bench-backends bench-vit-b bench-vit-l bench-vit-h bench-limits bench-cuda evaluate-backends evaluate-ohif clean default-decoder evaluate heldout sysdeps-ohif run-ohif al-sim al-effort fuzz test-split val-split validate-3d adapt-cohort adapt-sim oracle propagation-gap click-response
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -168,6 +168,11 @@ EVAL_LABELS_3D ?= jhu_genu_of_corpus_callosum,jhu_cerebral_peduncle_l,jhu_poster
 SUBJECTS := $(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--image $(TEST_SPLIT)/$(s).nii.gz --label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 SUBJECTS_3D := $(foreach s,cohort_s00_t1 cohort_s01_t2like,--image $(TEST_SPLIT)/$(s).nii.gz --label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 
+# docs/EVALUATION.md from the runs of evaluate, evaluate-ohif and evaluate-backends that exist
+EVAL_RUNS = clicks-2d clicks-3d clicks-2d-ohif clicks-2d-ohif-no-history backends-2d
+EVAL_REPORT = $(PY) -m samri.evaluation.report $$(for d in $(EVAL_RUNS); do test -d $(EVAL_DIR)/$$d && echo $(EVAL_DIR)/$$d; done) \
+		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+
 evaluate: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks \
 		--first box,point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
@@ -176,8 +181,7 @@ evaluate: test-split
 		--first box,point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d
 	$(MAKE) oracle
 	$(MAKE) propagation-gap
-	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(wildcard $(EVAL_DIR)/backends-2d) \
-		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+	$(EVAL_REPORT)
 
 # What a box and each kind of corrective click can buy at best on the 2D and 3D sessions above
 # (samri.evaluation.oracle): numpy on the label maps only, a few minutes.
@@ -206,14 +210,24 @@ click-response: sample-data
 		$(if $(DECODER),--decoder $(DECODER)) --max-pairs 2 --max-clicks 6 --cache-dir $(EVAL_CACHE) \
 		--out docs/decoder-clicks/click-response$(if $(DECODER),-$(notdir $(basename $(DECODER)))).json
 
+# OHIF's requests (points only, every click so far, no client_id) on the 2D point sessions of make evaluate:
+# served with the click history (samri.inference.click_history), and without it; then docs/EVALUATION.md.
+evaluate-ohif: test-split
+	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks --client ohif \
+		--first point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
+		--out $(EVAL_DIR)/clicks-2d-ohif
+	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks \
+		--client ohif_no_history --first point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 \
+		--cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-2d-ohif-no-history
+	$(EVAL_REPORT)
+
 # The served backend (auto) against PyTorch eager fp32 on the 2D sessions of make evaluate (samri_lite), then
 # docs/EVALUATION.md recomposed with it.
 evaluate-backends: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) --model samri_lite --backend torch --backend auto \
 		--protocol clicks --first box,point --max-clicks 10 --axis 2 --mode 2d --max-pairs 1 \
 		--cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/backends-2d
-	$(PY) -m samri.evaluation.report $(EVAL_DIR)/clicks-2d $(EVAL_DIR)/clicks-3d $(EVAL_DIR)/backends-2d \
-		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
+	$(EVAL_REPORT)
 
 # docs/decoder-heldout: the shipped decoder vs plain LiteMedSAM on structures and contrasts no training saw:
 # Colin27's Brodmann areas (mricron-data; value N = area N, configs/brodmann_names.json), original and

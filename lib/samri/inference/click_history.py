@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
@@ -33,19 +34,19 @@ Voxel = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class ClickSet:
-    """The prompt of one request as sets: ``roi`` ``(i0, j0, k0, i1, j1, k1)`` or None, and the
-    foreground / background clicks as voxel indices ``(i, j, k)``."""
+    """The prompt of one request, order aside: ``roi`` ``(i0, j0, k0, i1, j1, k1)`` or None, and the
+    foreground / background clicks as sorted voxel indices ``(i, j, k)``, a click sent twice kept twice."""
 
     roi: tuple[int, ...] | None
-    foreground: frozenset[Voxel]
-    background: frozenset[Voxel]
+    foreground: tuple[Voxel, ...]
+    background: tuple[Voxel, ...]
 
     @classmethod
     def of(cls, request: VolumeRequest) -> "ClickSet":
         roi = None if request.roi is None else tuple(int(v) for v in request.roi.reshape(-1))
 
-        def voxels(points) -> frozenset[Voxel]:
-            return frozenset((int(p[0]), int(p[1]), int(p[2])) for p in points)
+        def voxels(points) -> tuple[Voxel, ...]:
+            return tuple(sorted((int(p[0]), int(p[1]), int(p[2])) for p in points))
 
         return cls(roi=roi, foreground=voxels(request.foreground), background=voxels(request.background))
 
@@ -53,9 +54,10 @@ class ClickSet:
         return len(self.foreground) + len(self.background)
 
     def extends(self, earlier: "ClickSet") -> bool:
-        """True when this set is ``earlier`` plus at least one click (same ROI)."""
-        return (self.roi == earlier.roi and len(earlier) < len(self) and earlier.foreground <= self.foreground
-                and earlier.background <= self.background)
+        """True when this set is ``earlier`` plus at least one click (same ROI; a repeated click counts)."""
+        return (self.roi == earlier.roi and len(earlier) < len(self)
+                and Counter(earlier.foreground) <= Counter(self.foreground)
+                and Counter(earlier.background) <= Counter(self.background))
 
 
 @dataclass

@@ -30,6 +30,8 @@ def test_a_set_extends_an_earlier_one_only_by_adding_clicks_with_the_same_roi():
     assert not clicks(fg=[(10, 10, 4)], bg=[(3, 3, 4)], roi=[2, 30, 2, 30, 4, 4]).extends(one)
     assert clicks(fg=[(10, 10, 4), (12, 12, 4)]) == clicks(fg=[(12, 12, 4), (10, 10, 4)])  # order-free
     assert len(two) == 2
+    again = clicks(fg=[(10, 10, 4), (10, 10, 4)])  # the same voxel clicked twice is a new click
+    assert again.extends(one) and len(again) == 2 and not one.extends(again)
 
 
 def test_previous_is_the_largest_earlier_set_the_request_extends():
