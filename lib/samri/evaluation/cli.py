@@ -216,6 +216,8 @@ def command_line(args: argparse.Namespace) -> str:
     words += ["--prompts", args.prompts, "--mode", args.mode, "--axis", str(args.axis)]
     if args.protocol == "clicks":
         words += ["--protocol", "clicks", "--first", args.first, "--max-clicks", str(args.max_clicks)]
+        if args.client != "slicer":
+            words += ["--client", args.client]
     for flag in ("labels", "label_names", "min_size", "slice_step", "max_pairs", "jitter", "seed", "nsd_tolerance"):
         value = getattr(args, flag)
         if value is not None:

@@ -115,6 +115,20 @@ def test_tiny_models_side_by_side_through_the_cli(files, tmp_path, tiny_registry
     assert command_line(parse(argv)).count("--model") == 2
 
 
+def test_an_ohif_clicks_run_records_its_client(files, tmp_path, tiny_registry):
+    out = tmp_path / "out"
+    argv = ["--image", str(files["image"]), "--label", str(files["label"]), "--label-names", str(files["names"]),
+            "--labels", "body", "--model", "tiny", "--protocol", "clicks", "--first", "point", "--max-clicks", "3",
+            "--client", "ohif", "--max-pairs", "1", "--out", str(out), "--no-progress"]
+    assert run(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["client"] == "ohif" and "--client ohif" in summary["command"]
+    assert summary["results"]["tiny"]["clicks:point"]["n"] > 0
+    assert "OHIF's requests" in (out / "report.md").read_text()
+    with pytest.raises(SamriInputError, match="first"):
+        run([*argv[:-3], "--first", "box,point", "--out", str(tmp_path / "box"), "--no-progress"])
+
+
 def test_backends_side_by_side_on_the_same_pairs(files, tmp_path, tiny_registry, fresh_tiny_model):
     """``--backend`` runs every model with each backend on the same pairs; fp32 OpenVINO agrees with eager."""
     import torch
