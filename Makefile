@@ -169,7 +169,7 @@ SUBJECTS := $(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias
 SUBJECTS_3D := $(foreach s,cohort_s00_t1 cohort_s01_t2like,--image $(TEST_SPLIT)/$(s).nii.gz --label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 
 # docs/EVALUATION.md from the runs of evaluate, evaluate-ohif and evaluate-backends that exist
-EVAL_RUNS = clicks-2d clicks-3d clicks-2d-ohif clicks-2d-ohif-no-history backends-2d
+EVAL_RUNS = clicks-2d clicks-3d clicks-2d-ohif clicks-2d-ohif-no-history clicks-3d-ohif backends-2d
 EVAL_REPORT = $(PY) -m samri.evaluation.report $$(for d in $(EVAL_RUNS); do test -d $(EVAL_DIR)/$$d && echo $(EVAL_DIR)/$$d; done) \
 		--doc docs/EVALUATION.md --command "make evaluate" --preamble $(EVAL_DIR)/PREAMBLE.md
 
@@ -210,8 +210,9 @@ click-response: sample-data
 		$(if $(DECODER),--decoder $(DECODER)) --max-pairs 2 --max-clicks 6 --cache-dir $(EVAL_CACHE) \
 		--out docs/decoder-clicks/click-response$(if $(DECODER),-$(notdir $(basename $(DECODER)))).json
 
-# OHIF's requests (points only, every click so far, no client_id) on the 2D point sessions of make evaluate:
-# served with the click history (samri.inference.click_history), and without it; then docs/EVALUATION.md.
+# OHIF's requests (points only, every click so far, no client_id) on the 2D point sessions of make evaluate,
+# served with the click history (samri.inference.click_history) and without it, and on its 3D point sessions
+# with it (about 12 min); then docs/EVALUATION.md.
 evaluate-ohif: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks --client ohif \
 		--first point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 --cache-dir $(EVAL_CACHE) \
@@ -219,6 +220,8 @@ evaluate-ohif: test-split
 	$(VENV)/bin/samri evaluate $(SUBJECTS) --labels $(EVAL_LABELS) $(EVAL_MODELS) --protocol clicks \
 		--client ohif_no_history --first point --max-clicks 20 --axis 2 --mode 2d --max-pairs 1 \
 		--cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-2d-ohif-no-history
+	$(VENV)/bin/samri evaluate $(SUBJECTS_3D) --labels $(EVAL_LABELS_3D) $(EVAL_MODELS) --protocol clicks --client ohif \
+		--first point --max-clicks 5 --axis 2 --mode 3d --cache-dir $(EVAL_CACHE) --out $(EVAL_DIR)/clicks-3d-ohif
 	$(EVAL_REPORT)
 
 # The served backend (auto) against PyTorch eager fp32 on the 2D sessions of make evaluate (samri_lite), then

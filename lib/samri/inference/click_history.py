@@ -7,7 +7,8 @@ every click of an earlier request on the same image, label and ROI, and more, is
 plus new clicks: the earlier request's logits are what a client with state would have been served
 with. `ClickHistory` remembers the last few click sets per (task, image, label, content) and their
 results, and hands back the logits (and the 3D memo) of the largest earlier set that the new request
-extends.
+extends. Slices an answer did not predict keep the logits of the answer it refined, so a chain of
+requests holds what a client's own state (`apps/samri/lib/runtime/client_state.py`) would hold.
 
 Why this is safe for several users on one image: an entry is used only when the new request carries
 every click of it, so the answer depends only on clicks the requesting client sent itself (up to
@@ -105,26 +106,29 @@ class ClickHistory:
         """``({slice: (1, 1, s, s) logits}, 3D memo or None)`` of the largest remembered set that
         ``clicks`` extends; ``({}, None)`` when there is none."""
         with self._lock:
-            entry = self._scopes.get(scope)
-            if entry is None:
-                return {}, None
-            found = [a for a in entry.answers if clicks.extends(a.clicks)]
-            if not found:
-                return {}, None
-            best = max(reversed(found), key=lambda a: len(a.clicks))  # a tie goes to the newest
-            return dict(best.logits), best.run
+            best = self._refined(scope, clicks)
+            return ({}, None) if best is None else (dict(best.logits), best.run)
+
+    def _refined(self, scope: Hashable, clicks: ClickSet) -> _Answer | None:
+        entry = self._scopes.get(scope)  # a hit becomes the most recently used
+        found = [a for a in entry.answers if clicks.extends(a.clicks)] if entry is not None else []
+        return max(reversed(found), key=lambda a: len(a.clicks)) if found else None  # a tie: the newest
 
     def remember(self, scope: Hashable, clicks: ClickSet, logits: dict[int, torch.Tensor], run: Any = None) -> None:
-        """Keep the answer to ``clicks`` (replacing an earlier answer to the same set)."""
+        """Keep the answer to ``clicks`` (replacing an earlier answer to the same set). Slices it did not
+        predict keep the logits of the answer it refined, as a client's own state does."""
         copies = {int(i): t.detach().to("cpu", copy=True) for i, t in logits.items()}
-        answer = _Answer(clicks=clicks, logits=copies, run=run)
         with self._lock:
+            refined = self._refined(scope, clicks)
+            merged = {**(refined.logits if refined is not None else {}), **copies}
             entry = self._scopes.get(scope) or _Scope()
             kept = [a for a in entry.answers if a.clicks != clicks]
-            entry.answers = (kept + [answer])[-self.per_scope:]
+            entry.answers = (kept + [_Answer(clicks=clicks, logits=merged, run=run)])[-self.per_scope:]
+            while len(entry.answers) > 1 and entry.nbytes > self._scopes.maxsize:
+                entry.answers.pop(0)  # large 3D answers: keep the newest rather than lose the scope
             try:
                 self._scopes[scope] = entry  # (re)sized; evicts the least recently used beyond max_bytes
-            except ValueError:  # larger than max_bytes on its own
+            except ValueError:  # one answer larger than max_bytes
                 self._scopes.pop(scope, None)
                 logger.debug("click history of %s (%d bytes) exceeds max_bytes; not kept", scope, entry.nbytes)
             while len(self._scopes) > self.max_scopes:

@@ -202,6 +202,10 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
             break
     if candidate is None:  # no epoch took a step: the file holds the starting decoder (the gate refuses it)
         candidate, candidate_state = dict(baseline, epoch=0), initial
+    elif settings.validation_clicks and point_prompt_mode(candidate) == "single":
+        candidate = choose_lone_point_threshold(trainer, model, candidate, candidate_state, val_samples,
+                                                max_clicks=settings.validation_clicks)
+        seconds["validation"] += candidate["lone_point_threshold_choice"]["seconds"]
     seconds = {k: round(v, 1) for k, v in seconds.items()}
     seconds["total"] = round(time.perf_counter() - start, 1)
     path = None
@@ -212,6 +216,45 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     model.mask_decoder.load_state_dict(best_state)
     return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline,
                        candidate=candidate, budget=budget, seconds=seconds)
+
+
+def choose_lone_point_threshold(trainer: DecoderTrainer, model, candidate: dict[str, Any],
+                                state: dict[str, torch.Tensor], val_samples, *, max_clicks: int) -> dict[str, Any]:
+    """Pick the candidate decoder's ``lone_point_threshold`` on the validation pairs: 0, the registry's
+    value and the one it trained under, by mean Dice of the first-point clicks sessions (a tie keeps the
+    one it trained under). A decoder fine-tuned on finished studies may no longer spill around a lone
+    point, and then the shift only shrinks its answer (docs/ADAPTATION.md).
+
+    Returns ``candidate`` with ``clicks_point``, ``noc85_point``, ``clicks_score`` and ``score`` of the
+    chosen threshold, and ``lone_point_threshold_choice`` ``{"chosen", "mean_dice": {threshold: ...},
+    "seconds"}``; ``model`` keeps the threshold it had.
+    """
+    t0 = time.perf_counter()
+    served = float(getattr(model, "lone_point_threshold", 0.0) or 0.0)
+    options = sorted({0.0, served, float(getattr(model.spec, "lone_point_threshold", 0.0) or 0.0)})
+    results = {served: {k: candidate[k] for k in ("clicks_point", "noc85_point") if k in candidate}}
+    if "clicks_point" not in candidate or len(options) == 1:
+        return dict(candidate, lone_point_threshold_choice={"chosen": served, "mean_dice": {}, "seconds": 0.0})
+    model.mask_decoder.load_state_dict(state)
+    try:
+        for threshold in options:
+            if threshold != served:
+                model.lone_point_threshold = threshold
+                results[threshold] = trainer.validate_clicks(val_samples, firsts=("point",), max_clicks=max_clicks)
+    finally:
+        model.lone_point_threshold = served
+    means = {t: float(np.mean(r["clicks_point"])) if r.get("clicks_point") else 0.0 for t, r in results.items()}
+    chosen = max(sorted(means), key=lambda t: (means[t], t == served))
+    out = dict(candidate, clicks_point=results[chosen]["clicks_point"], noc85_point=results[chosen]["noc85_point"])
+    if "clicks_box" in out and out["clicks_box"]:
+        out["clicks_score"] = float(np.mean([np.mean(out["clicks_box"]), means[chosen]]))
+    out["score"] = selection_score(out)
+    out["lone_point_threshold_choice"] = {"chosen": chosen,
+                                          "mean_dice": {str(t): round(m, 4) for t, m in sorted(means.items())},
+                                          "seconds": round(time.perf_counter() - t0, 1)}
+    logger.info("lone point threshold %s (mean first-point Dice by threshold: %s)", chosen,
+                out["lone_point_threshold_choice"]["mean_dice"])
+    return out
 
 
 def selection_score(val: dict[str, Any]) -> float:
@@ -242,6 +285,10 @@ def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainS
                              "min_pixels": min_pixels, "axes": list(axes), "world_size": world},
                 "budget": budget, "point_prompts": point_prompt_mode(metrics["val"]),
                 "seconds": seconds["total"], "stage1_seconds": seconds["stage1"], "phase_seconds": seconds}
+    if metadata["point_prompts"] == "single":  # the threshold a lone first point is served with
+        choice = metrics["val"].get("lone_point_threshold_choice", {})
+        metadata["lone_point_threshold"] = float(choice.get("chosen", getattr(model, "lone_point_threshold", 0.0)
+                                                            or 0.0))
     return save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
                                    base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
                                    metadata=metadata)

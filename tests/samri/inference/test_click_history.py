@@ -60,11 +60,22 @@ def test_the_history_is_bounded_per_scope_in_scopes_and_in_bytes():
     history.remember("b", chain[0], logits(0.0))
     history.remember("c", chain[0], logits(0.0))
     assert len(history) == 2 and history.previous("a", chain[3]) == ({}, None)  # scope "a" was least recent
-    small = ClickHistory(max_bytes=1000)  # one answer of 8x8 float32 (256 bytes) fits, a large one does not
-    small.remember("s", chain[0], logits(0.0))
-    assert float(small.previous("s", chain[1])[0][4].mean()) == 0.0
-    small.remember("s", chain[1], {4: torch.zeros(1, 1, 32, 32)})
+    small = ClickHistory(max_bytes=1000)  # three answers of 8x8 float32 (256 bytes) fit
+    for k in range(4):
+        small.remember("s", chain[k], logits(float(k)))
+    assert len(small) == 3 and small.previous("s", chain[1]) == ({}, None)  # the oldest went, not the scope
+    assert float(small.previous("s", clicks(fg=[(10, 10, 4)] + [(20, 5 + n, 4) for n in range(5)]))[0][4].mean()) == 3
+    small.remember("s", chain[0], {4: torch.zeros(1, 1, 32, 32)})  # one answer larger than max_bytes
     assert small.previous("s", chain[2]) == ({}, None) and len(small) == 0
+
+
+def test_slices_an_answer_did_not_predict_keep_the_logits_it_refined():
+    history = ClickHistory()
+    one, two = clicks(fg=[(10, 10, 4)]), clicks(fg=[(10, 10, 4), (12, 12, 5)])
+    history.remember("s", one, {3: torch.ones(1, 1, 8, 8), 4: torch.ones(1, 1, 8, 8)})
+    history.remember("s", two, {4: torch.zeros(1, 1, 8, 8), 5: torch.zeros(1, 1, 8, 8)})
+    found, _ = history.previous("s", clicks(fg=[(10, 10, 4), (12, 12, 5), (2, 2, 6)]))
+    assert sorted(found) == [3, 4, 5] and float(found[3].mean()) == 1.0 and float(found[4].mean()) == 0.0
 
 
 def test_remembered_logits_are_copies_on_the_cpu():

@@ -78,6 +78,58 @@ def test_clicks_validation_picks_the_epoch_and_gates_by_its_score(studies_dir, f
     assert selection_score({"dice": 0.7}) == 0.7  # runs without clicks validation: box Dice
 
 
+def test_the_lone_point_threshold_is_chosen_on_validation():
+    """The candidate is validated with a first point at 0 and the registry's threshold; the better mean
+    Dice wins (a tie keeps the one it trained under) and the score follows; the model keeps its own."""
+    from types import SimpleNamespace
+
+    from samri.train.run import choose_lone_point_threshold
+
+    class Trainer:
+        def __init__(self, model, dice_by_threshold):
+            self.model, self.dice, self.seen = model, dice_by_threshold, []
+
+        def validate_clicks(self, samples, firsts, max_clicks):
+            assert firsts == ("point",)
+            t = self.model.lone_point_threshold
+            self.seen.append(t)
+            return {"clicks_point": [self.dice[t]] * max_clicks, "noc85_point": 3.0 - self.dice[t]}
+
+    model = SimpleNamespace(lone_point_threshold=0.5, spec=SimpleNamespace(lone_point_threshold=0.5),
+                            mask_decoder=SimpleNamespace(load_state_dict=lambda state: None))
+    candidate = {"epoch": 2, "clicks_box": [0.7] * 3, "clicks_point": [0.4] * 3, "noc85_point": 2.9,
+                 "clicks_score": 0.55, "score": 0.55}
+    trainer = Trainer(model, {0.0: 0.6})
+    out = choose_lone_point_threshold(trainer, model, candidate, {}, [], max_clicks=3)
+    assert trainer.seen == [0.0] and model.lone_point_threshold == 0.5
+    assert out["lone_point_threshold_choice"]["chosen"] == 0.0
+    assert out["lone_point_threshold_choice"]["mean_dice"] == {"0.0": 0.6, "0.5": 0.4}
+    assert out["clicks_point"] == [0.6] * 3 and out["noc85_point"] == pytest.approx(2.4)
+    assert out["score"] == out["clicks_score"] == pytest.approx(0.65)
+    kept = choose_lone_point_threshold(Trainer(model, {0.0: 0.4}), model, candidate, {}, [], max_clicks=3)
+    assert kept["lone_point_threshold_choice"]["chosen"] == 0.5 and kept["score"] == pytest.approx(0.55)
+    model.lone_point_threshold = 0.0  # a decoder chosen at 0 still tries the registry's value next time
+    trainer = Trainer(model, {0.5: 0.45})
+    assert choose_lone_point_threshold(trainer, model, candidate, {}, [], max_clicks=3)[
+        "lone_point_threshold_choice"]["chosen"] == 0.5 and trainer.seen == [0.5]
+    bare = SimpleNamespace(lone_point_threshold=0.0, spec=SimpleNamespace(lone_point_threshold=0.0))
+    assert choose_lone_point_threshold(Trainer(bare, {}), bare, candidate, {}, [], max_clicks=3)[
+        "lone_point_threshold_choice"] == {"chosen": 0.0, "mean_dice": {}, "seconds": 0.0}
+
+
+def test_a_trained_decoder_records_the_chosen_threshold(studies_dir, fresh_tiny_model, tmp_path):
+    fresh_tiny_model.lone_point_threshold = 0.5
+    settings = small_train_settings(epochs=1, max_steps_per_epoch=2, max_val_samples=4, validation_clicks=3)
+    result = run_training(find_studies(studies_dir), model=fresh_tiny_model, out_dir=tmp_path / "run",
+                          settings=settings, window=load_registry().window, cache=EmbeddingCache(), min_pixels=5,
+                          progress=False)
+    meta = read_decoder_checkpoint(result.checkpoint)["metadata"]
+    assert meta["point_prompts"] == "single"  # the tiny decoder answers points itself on these studies
+    choice = meta["metrics"]["val"]["lone_point_threshold_choice"]
+    assert set(choice["mean_dice"]) == {"0.0", "0.5"} and meta["lone_point_threshold"] == choice["chosen"]
+    assert fresh_tiny_model.lone_point_threshold == 0.5
+
+
 def test_point_prompt_mode_follows_validation():
     from samri.train.run import point_prompt_mode
 
