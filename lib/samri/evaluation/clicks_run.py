@@ -285,7 +285,8 @@ def render_clicks_markdown(summary: Mapping, fig_prefix: str = "", heading: str 
     client = cfg.get("client", "slicer")
     lines = [f"{h} Clicks to an accurate mask: {cfg['mode'].upper()}, axis {cfg['axis']}"
              + {"ohif": ", OHIF's requests",
-                "ohif_no_history": ", OHIF's requests without click history"}.get(client, ""),
+                "ohif_no_history": ", OHIF's requests without click history"}.get(client, "")
+             + (", backends side by side" if summary.get("backend_agreement") else ""),
              "",
              f"First interaction {', '.join(cfg['first'])} (box jitter {cfg['jitter']:g} x longest side), then "
              f"corrective clicks at the deepest point of the largest error region, {n_max} interactions in all, "
