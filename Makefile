@@ -184,10 +184,11 @@ evaluate: test-split
 	$(EVAL_REPORT)
 
 # What a box and each kind of corrective click can buy at best on the 2D and 3D sessions above
-# (samri.evaluation.oracle): numpy on the label maps only, a few minutes.
+# (samri.evaluation.oracle): numpy on the label maps (and, for the 2D intensity-band box oracle, the images),
+# a few minutes.
 oracle:
 	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-2d \
-		$(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
+		$(foreach s,cohort_s00_t1 cohort_s01_t2like cohort_s02_inverted_bias cohort_s03_lowres_noise,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz --image $(TEST_SPLIT)/$(s).nii.gz)
 	$(PY) -m samri.evaluation.oracle $(EVAL_DIR)/clicks-3d \
 		$(foreach s,cohort_s00_t1 cohort_s01_t2like,--label $(TEST_SPLIT)/labels/final/$(s).nii.gz)
 

@@ -274,6 +274,8 @@ def test_http_click_benchmark_reports_percentiles(live_server: LiveServer) -> No
     point = center_point(live_server, image)
     out = http_click_benchmark(live_server.url, image, {"foreground": [point]}, repeats=4, first_clicks=2)
     assert out["first"]["n"] == 2 and out["cached"]["n"] == 4
+    # OHIF-style: one series of 5 requests, 4 of them timed refinements, and the check after it refined
+    assert out["ohif"]["n"] == 4 and out["ohif_refined"] == {"checked": 1, "refined": 1}
     assert 0 < out["cached"]["p50_ms"] <= out["cached"]["p95_ms"]
     assert out["response_bytes"] > 0
     if importlib.util.find_spec("openvino"):  # the default conf serves OpenVINO (backend auto) once it is ready

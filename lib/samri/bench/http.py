@@ -40,6 +40,27 @@ def shift_slice(params: Mapping[str, Any], dk: int) -> dict[str, Any]:
     return out
 
 
+#: in-plane offsets (voxels) from the request's first point of the clicks an OHIF-style series sends
+OHIF_SERIES_OFFSETS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def ohif_series(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Requests as OHIF sends them on the slice of ``params``: points only, no ``roi`` and no
+    ``client_id``, each with every click of the one before and one more (`OHIF_SERIES_OFFSETS` around the
+    first foreground point, or the ``roi``'s centre), so each after the first refines the answer the
+    server's click history remembers for the one before (`samri.inference.click_history`)."""
+    if params.get("foreground"):
+        i, j, k = (int(v) for v in params["foreground"][0])
+    elif params.get("roi"):
+        roi = [int(v) for v in params["roi"]]
+        i, j, k = (roi[0] + roi[1]) // 2, (roi[2] + roi[3]) // 2, (roi[4] + roi[5]) // 2
+    else:
+        raise ValueError("params: need a foreground point or a roi to place OHIF-style clicks")
+    clicks = [[i + di, j + dj, k] for di, dj in OHIF_SERIES_OFFSETS]
+    extra = {key: params[key] for key in ("result_extension", "result_dtype", "label") if key in params}
+    return [{**extra, "foreground": clicks[:n + 1]} for n in range(len(clicks))]
+
+
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     """``n``, ``p50_ms``, ``p95_ms``, ``min_ms``, ``max_ms``, ``mean_ms`` of durations in seconds."""
     if not seconds:
@@ -141,14 +162,41 @@ def http_click_benchmark(base_url: str, image_id: str, params: Mapping[str, Any]
         wait_for_backend(base_url, timeout_s)
     first = [click({**shift_slice(base, dk), "client_id": client, "reset_state": True}) for dk in range(n_first)]
     cached = [click({**base, "client_id": client, "reset_state": True}) for _ in range(max(1, int(repeats)))]
+    ohif, refined = _ohif_clicks(click, base, repeats, lambda request: post_infer(
+        base_url, model, image_id, request, session=session, timeout_s=timeout_s, output="all"))
     info = requests.get(f"{base_url.rstrip('/')}/info/", timeout=30).json()
     backend = ((info.get("samri") or {}).get("model") or {}).get("backend") or {}
     result = {"model": model, "image": image_id, "first": percentiles_ms(first), "cached": percentiles_ms(cached),
               "response_bytes": size, "backend": {k: backend.get(k) for k in ("backend", "precision", "pending")
                                                   if k in backend}}
+    result["ohif"], result["ohif_refined"] = percentiles_ms(ohif), refined
     # flat aliases (the names docs/BENCHMARKS.md uses)
     result["first_click_ms"] = result["first"]["p50_ms"]
     result["cached_click_ms"] = {"p50": result["cached"]["p50_ms"], "p95": result["cached"]["p95_ms"]}
-    logger.info("HTTP clicks on %s: first p50 %.0f ms, cached p50 %.0f ms", image_id,
-                result["first"]["p50_ms"], result["cached"]["p50_ms"])
+    result["ohif_click_ms"] = {"p50": result["ohif"]["p50_ms"], "p95": result["ohif"]["p95_ms"]}
+    logger.info("HTTP clicks on %s: first p50 %.0f ms, cached p50 %.0f ms, OHIF-style p50 %.0f ms", image_id,
+                result["first"]["p50_ms"], result["cached"]["p50_ms"], result["ohif"]["p50_ms"])
     return result
+
+
+def _ohif_clicks(click, base: Mapping[str, Any], repeats: int, post_all) -> tuple[list[float], dict[str, int]]:
+    """Time about ``repeats`` OHIF-style refinement clicks (`ohif_series`, every request after a series'
+    first); ``click(request) -> seconds`` times one. After each series one more request that extends it
+    is sent with ``output=all`` (``post_all(request) -> response``, untimed) to check from its
+    ``samri.refined_slices`` that the server refined the remembered answer: ``{"checked", "refined"}``."""
+    from samri.bench.clients import split_multipart
+
+    seconds, checked, refined = [], 0, 0
+    series = ohif_series(base)
+    check = dict(series[-1])
+    check["background"] = [[p[0] + 2, p[1] + 2, p[2]] for p in series[-1]["foreground"][:1]]
+    for _ in range(max(1, -(-int(repeats) // (len(series) - 1)))):
+        click(series[0])  # a first click: no earlier clicks to extend (its set may repeat, so not a refinement)
+        seconds += [click(request) for request in series[1:]]
+        resp = post_all(check)
+        if resp.status_code != 200:
+            raise RuntimeError(f"OHIF-style check: HTTP {resp.status_code}: {resp.text[:500]}")
+        meta = json.loads(split_multipart(resp.content, resp.headers.get("content-type", "")).get("params", b"{}"))
+        checked += 1
+        refined += bool(((meta.get("samri") or {}).get("refined_slices")))
+    return seconds, {"checked": checked, "refined": refined}

@@ -83,14 +83,18 @@ class Session:
     final: np.ndarray | None = field(default=None, repr=False)
 
 
-def client_params(axis: int, index: int, box: np.ndarray | None, clicks: Sequence[Click]) -> dict[str, Any]:
+def client_params(axis: int, index: int, box: np.ndarray | None, clicks: Sequence[Click],
+                  label: str | None = None) -> dict[str, Any]:
     """The request a Slicer/OHIF client sends: ``roi`` (voxel box on slice ``index``) and all clicks.
 
     Args:
         box: ``(r0, c0, r1, c1)`` slice pixels of slice ``index`` (rounded to voxel indices), or None.
+        label: the structure's name, sent as Slicer sends its segment's name (None: not sent).
     """
     params: dict[str, Any] = {"foreground": [list(c.point) for c in clicks if c.label == 1],
                               "background": [list(c.point) for c in clicks if c.label == 0]}
+    if label:
+        params["label"] = str(label)
     if box is not None:
         rows, cols = in_plane_axes(axis)
         r0, c0, r1, c1 = (int(round(float(v))) for v in box)
@@ -174,10 +178,11 @@ def _run(runner: RequestRunner, volume, params: dict, mode: str, axis: int, stat
 
 def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.ndarray, *, first: str,
                max_clicks: int, jitter: float = 0.0, rng: np.random.Generator | None = None,
-               client: str = "slicer") -> Session:
+               client: str = "slicer", label: str | None = None) -> Session:
     """Interactions on slice ``index`` until ``max_clicks`` or an exact mask; ``gt2d`` is ``(H, W)`` bool.
 
-    ``client``: a key of `SERVER_STATES`, what the server keeps between the requests."""
+    ``client``: a key of `SERVER_STATES`, what the server keeps between the requests. ``label``: the
+    structure's name, sent with every request as Slicer sends it (OHIF sends none)."""
     box, clicks = _first(gt2d, index, axis, first, jitter, rng)
     out = Session(box=None if box is None else [float(v) for v in box], slice=int(index))
     state = SERVER_STATES[client]()
@@ -188,7 +193,7 @@ def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.nd
             if click is None:
                 break
             clicks.append(Click(_voxel(index, click[0], axis), int(click[1])))
-        mask, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "2d", axis, state)
+        mask, seconds = _run(runner, volume, client_params(axis, index, box, clicks, label), "2d", axis, state)
         pred = take_slice(mask, axis, index)
         out.dice.append(dice(pred, gt2d))
         out.seconds.append(seconds)
@@ -199,11 +204,12 @@ def session_2d(runner: RequestRunner, volume, axis: int, index: int, gt2d: np.nd
 
 def session_3d(runner: RequestRunner, volume, axis: int, gt3d: np.ndarray, *, first: str, max_clicks: int,
                spacing: Sequence[float], index: int | None = None, jitter: float = 0.0,
-               rng: np.random.Generator | None = None, client: str = "slicer") -> Session:
+               rng: np.random.Generator | None = None, client: str = "slicer", label: str | None = None) -> Session:
     """3D interactions on one structure (``gt3d`` ``(X, Y, Z)`` bool): first on ``index`` (default
     its largest slice), then corrective clicks at the deepest voxel of the largest 3D error.
 
-    ``client``: a key of `SERVER_STATES`, what the server keeps between the requests."""
+    ``client``: a key of `SERVER_STATES`, what the server keeps between the requests. ``label``: the
+    structure's name, sent with every request (`session_2d`)."""
     areas = gt3d.sum(axis=tuple(a for a in range(3) if a != axis))
     index = int(np.argmax(areas)) if index is None else int(index)
     box, clicks = _first(take_slice(gt3d, axis, index), index, axis, first, jitter, rng)
@@ -216,7 +222,7 @@ def session_3d(runner: RequestRunner, volume, axis: int, gt3d: np.ndarray, *, fi
             if click is None:
                 break
             clicks.append(Click(tuple(int(v) for v in np.round(click[0])), int(click[1])))
-        pred, seconds = _run(runner, volume, client_params(axis, index, box, clicks), "3d", axis, state)
+        pred, seconds = _run(runner, volume, client_params(axis, index, box, clicks, label), "3d", axis, state)
         out.dice.append(dice(pred, gt3d))
         out.seconds.append(seconds)
     _pad(out, max_clicks)

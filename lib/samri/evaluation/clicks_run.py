@@ -139,11 +139,12 @@ def _sessions_of_case(model: str, runner, case: Case, pairs: Sequence[Pair], con
         if config.mode == "2d":
             gt = take_slice(case.label, axis, pair.slice) == pair.value
             session = session_2d(runner, volume, axis, pair.slice, gt, first=first, max_clicks=config.max_clicks,
-                                 jitter=config.jitter, rng=rng, client=config.client)
+                                 jitter=config.jitter, rng=rng, client=config.client, label=_label(config, pair))
         else:
             gt3d = case.label == pair.value
             session = session_3d(runner, volume, axis, gt3d, first=first, max_clicks=config.max_clicks,
-                                 spacing=spacing, jitter=config.jitter, rng=rng, client=config.client)
+                                 spacing=spacing, jitter=config.jitter, rng=rng, client=config.client,
+                                 label=_label(config, pair))
             gt = take_slice(gt3d, axis, session.slice)
         row = _row(model, case, pair, first, config, session)
         store.append(row)
@@ -151,6 +152,11 @@ def _sessions_of_case(model: str, runner, case: Case, pairs: Sequence[Pair], con
                                   spacing_2d))
         written += 1
     return written
+
+
+def _label(config, pair: Pair) -> str | None:
+    """The structure's name as the client sends it: Slicer sends its segment's name, OHIF none."""
+    return pair.structure if config.client == "slicer" else None
 
 
 def _areas(mask: np.ndarray, axis: int) -> np.ndarray:

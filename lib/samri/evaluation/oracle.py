@@ -8,8 +8,10 @@ whatever the decoder does:
 - First interaction. ``box``: every pixel of the structure's *tissue family* inside the box (for
   an atlas of touching areas, e.g. Harvard-Oxford cortex or JHU tracts: the union of that atlas's
   labels), a perfect tissue classifier that cannot see the borders between areas of one tissue.
-  ``point``: the largest disk around the click that fits in the structure (what local evidence
-  certifies).
+  With the image (``--image``), a second box oracle, ``band``: the pixels inside the box whose
+  windowed intensity lies in the one interval that fits the structure best (`best_intensity_band`),
+  the best that a pair of intensity thresholds inside the box can do. ``point``: the largest disk
+  around the click that fits in the structure (what local evidence certifies).
 - Each corrective click. ``local``: the click flips the largest disk around it that fits in the
   error region it lands in (a perfect local edit that does not know the region's shape).
   ``region``: the click flips that whole connected error region (an annotator's click read as
@@ -46,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 CLICK_RULES = ("local", "region")
 FIRSTS = ("box", "point")
+#: what a first box's oracle answer is: the tissue family in the box, or the best intensity band in it
+BOX_ANSWERS = ("family", "band")
 
 
 def inscribed_disk(region: np.ndarray, point: Sequence[float], spacing: Sequence[float] | None = None) -> np.ndarray:
@@ -83,6 +87,38 @@ def fixed_by_click(mask: np.ndarray, truth: np.ndarray, point: Sequence[float], 
     return out
 
 
+def best_intensity_band(intensity: np.ndarray, truth: np.ndarray, region: np.ndarray, *,
+                        bins: int = 64) -> np.ndarray:
+    """The pixels of ``region`` whose intensity lies in the interval ``[lo, hi]`` that gives the highest
+    Dice with ``truth``: what a rule that reads only intensity inside ``region`` can do at best.
+
+    Args:
+        intensity: ``(H, W)`` (or any shape) windowed image.
+        truth, region: bool, same shape; the truth may reach outside the region (it counts in the Dice).
+        bins: intervals are searched on this many equal-width intensity bins over the region's range.
+
+    Returns:
+        bool mask inside ``region`` (empty when the region holds no truth).
+    """
+    region = np.asarray(region, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    if not (region & truth).any():
+        return np.zeros_like(region)
+    values = np.asarray(intensity, dtype=np.float64)[region]
+    lo, hi = float(values.min()), float(values.max())
+    index = np.zeros(values.shape, dtype=np.int64) if hi <= lo else \
+        np.minimum(((values - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    every = np.concatenate([[0], np.cumsum(np.bincount(index, minlength=bins))])
+    inside = np.concatenate([[0], np.cumsum(np.bincount(index[truth[region]], minlength=bins))])
+    start, stop = np.triu_indices(bins)  # the interval of bins start..stop, inclusive
+    hits = inside[stop + 1] - inside[start]
+    taken = every[stop + 1] - every[start]
+    best = int(np.argmax(2.0 * hits / (taken + truth.sum())))
+    out = np.zeros_like(region)
+    out[region] = (index >= start[best]) & (index <= stop[best])
+    return out
+
+
 def _check_rule(click_rule: str) -> str:
     if click_rule not in CLICK_RULES:
         raise SamriInputError("click_rule", click_rule, f"must be one of {list(CLICK_RULES)}")
@@ -96,17 +132,30 @@ class SliceOracle:
         truth: the structure on the session's slice, ``(H, W)`` bool.
         family: its tissue family on that slice (``(H, W)`` bool; it holds ``truth``).
         click_rule: ``"local"`` or ``"region"``.
+        box_answer: ``"family"`` (the family inside the box) or ``"band"`` (`best_intensity_band` inside it).
+        image: the ``(H, W)`` windowed slice; needed for ``"band"``.
     """
 
-    def __init__(self, *, truth: np.ndarray, family: np.ndarray, click_rule: str) -> None:
+    def __init__(self, *, truth: np.ndarray, family: np.ndarray, click_rule: str, box_answer: str = "family",
+                 image: np.ndarray | None = None) -> None:
         self.truth = np.asarray(truth, dtype=bool)
         self.family = np.asarray(family, dtype=bool) | self.truth
         self.click_rule = _check_rule(click_rule)
+        if box_answer not in BOX_ANSWERS:
+            raise SamriInputError("box_answer", box_answer, f"must be one of {list(BOX_ANSWERS)}")
+        if box_answer == "band" and image is None:
+            raise SamriInputError("image", None, "the band oracle reads the image's intensities")
+        self.box_answer = box_answer
+        self.image = image
 
     def first(self, prompt: SlicePrompt) -> np.ndarray:
-        """The answer to the first interaction: family inside the box, or the first point's disk."""
+        """The answer to the first interaction: family (or best intensity band) inside the box, or the
+        first point's disk."""
         if prompt.box is not None:
-            return self.family & box_mask(prompt.box, self.truth.shape)
+            inside = box_mask(prompt.box, self.truth.shape)
+            if self.box_answer == "band":
+                return best_intensity_band(self.image, self.truth, inside)
+            return self.family & inside
         return inscribed_disk(self.truth, prompt.points[0])
 
     def click(self, mask: np.ndarray, point: Sequence[float]) -> np.ndarray:
@@ -187,11 +236,12 @@ def family_of(value: int) -> tuple[int, int]:
 
 
 def oracle_session(labels_slice: np.ndarray, value: int, *, first: str, click_rule: str,
-                   max_clicks: int) -> list[float]:
-    """Dice after each interaction of one oracle session on a ``(H, W)`` label slice."""
+                   max_clicks: int, box_answer: str = "family", image_slice: np.ndarray | None = None) -> list[float]:
+    """Dice after each interaction of one oracle session on a ``(H, W)`` label slice (``image_slice``: the
+    ``(H, W)`` windowed slice, for ``box_answer="band"``)."""
     low, high = family_of(value)
     oracle = SliceOracle(truth=labels_slice == value, family=(labels_slice >= low) & (labels_slice <= high),
-                         click_rule=click_rule)
+                         click_rule=click_rule, box_answer=box_answer, image=image_slice)
     return slice_session(oracle, labels_slice == value, first=first, max_clicks=max_clicks)
 
 
@@ -215,7 +265,8 @@ def oracle_session_3d(labels: np.ndarray, value: int, *, axis: int, index: int, 
 
 
 def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model: str | None = None,
-               click_rules: Sequence[str] = CLICK_RULES) -> dict[str, Any]:
+               click_rules: Sequence[str] = CLICK_RULES,
+               image_paths: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Oracle figures on the 2D sessions of a clicks run, with the run's own models beside them.
 
     Args:
@@ -223,10 +274,12 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
             or with none, its 3D sessions (`oracle_session_3d`).
         label_paths: the label maps of its images (matched by file stem: ``<image>.nii.gz``).
         model: whose sessions define the pairs (default: the first model in the file).
+        image_paths: the run's images (matched by stem), windowed as the registry windows them: with them
+            a 2D run's box sessions are also replayed with the ``band`` box answer (``oracle_band_<rule>``).
 
     Returns:
         ``{"sessions": n, "max_clicks": N, "results": {name: {"clicks:<first>": aggregate_sessions(...)}}}``
-        where ``name`` is each model of the run and ``oracle_<rule>``.
+        where ``name`` is each model of the run, ``oracle_<rule>`` and ``oracle_band_<rule>``.
     """
     from samri.evaluation.variants import image_id
     from samri.geometry import take_slice
@@ -246,34 +299,56 @@ def replay_run(run_dir: str | Path, label_paths: Sequence[str | Path], *, model:
             mine = [r for r in rows if r["model"] == name and r["first"] == first]
             if mine:
                 results.setdefault(name, {})[f"clicks:{first}"] = _with_groups(mine)
+    images = {image_id(p): Path(p) for p in image_paths}
     volumes: dict[str, tuple[np.ndarray, tuple[float, float, float]]] = {}
+    windowed: dict[str, np.ndarray] = {}
+    box_answers = ("family", "band") if images and mode == "2d" else ("family",)
     for first in FIRSTS:
         pairs = [r for r in rows if r["model"] == model and r["first"] == first]
-        for rule in click_rules:
-            oracle_rows = []
-            for r in pairs:
-                if r["image"] not in by_stem:
-                    raise SamriInputError("label", r["image"], f"no label map given for this image ({sorted(by_stem)})")
-                if r["image"] not in volumes:
-                    image = load_image(by_stem[r["image"]], "label")
-                    volumes[r["image"]] = (np.rint(np.asarray(image.array)), image.spacing)
-                labels, spacing = volumes[r["image"]]
-                if mode == "2d":
-                    curve = oracle_session(take_slice(labels, int(r["axis"]), int(r["slice"])), int(r["label_value"]),
-                                           first=first, click_rule=rule, max_clicks=max_clicks)
-                else:
-                    curve = oracle_session_3d(labels, int(r["label_value"]), axis=int(r["axis"]),
-                                              index=int(r["slice"]), first=first, click_rule=rule,
-                                              max_clicks=max_clicks, spacing=spacing)
-                oracle_rows.append({"dice_curve": curve, "seconds_curve": [0.0] * max_clicks,
-                                    "image": r["image"], "structure": r["structure"]})
-            if oracle_rows:
-                results.setdefault(f"oracle_{rule}", {})[f"clicks:{first}"] = _with_groups(oracle_rows)
-                logger.info("oracle_%s, first %s: %d sessions, Dice@1 %.3f", rule, first, len(oracle_rows),
-                            results[f"oracle_{rule}"][f"clicks:{first}"]["dice_at"][0])
+        for box_answer in box_answers if first == "box" else ("family",):
+            for rule in click_rules:
+                oracle_rows = []
+                for r in pairs:
+                    if r["image"] not in by_stem:
+                        raise SamriInputError("label", r["image"],
+                                              f"no label map given for this image ({sorted(by_stem)})")
+                    if r["image"] not in volumes:
+                        image = load_image(by_stem[r["image"]], "label")
+                        volumes[r["image"]] = (np.rint(np.asarray(image.array)), image.spacing)
+                    labels, spacing = volumes[r["image"]]
+                    axis, index = int(r["axis"]), int(r["slice"])
+                    if mode == "3d":
+                        curve = oracle_session_3d(labels, int(r["label_value"]), axis=axis, index=index, first=first,
+                                                  click_rule=rule, max_clicks=max_clicks, spacing=spacing)
+                    else:
+                        image_slice = None
+                        if box_answer == "band":
+                            image_slice = take_slice(_windowed(images, r["image"], windowed), axis, index)
+                        curve = oracle_session(take_slice(labels, axis, index), int(r["label_value"]), first=first,
+                                               click_rule=rule, max_clicks=max_clicks, box_answer=box_answer,
+                                               image_slice=image_slice)
+                    oracle_rows.append({"dice_curve": curve, "seconds_curve": [0.0] * max_clicks,
+                                        "image": r["image"], "structure": r["structure"]})
+                if oracle_rows:
+                    name = f"oracle_{rule}" if box_answer == "family" else f"oracle_band_{rule}"
+                    results.setdefault(name, {})[f"clicks:{first}"] = _with_groups(oracle_rows)
+                    logger.info("%s, first %s: %d sessions, Dice@1 %.3f", name, first, len(oracle_rows),
+                                results[name][f"clicks:{first}"]["dice_at"][0])
     return {"run": str(run_dir), "pairs_from": model, "sessions": len({(r["image"], r["structure"], r["slice"])
                                                                        for r in rows}),
             "max_clicks": max_clicks, "results": results}
+
+
+def _windowed(images: Mapping[str, Path], stem: str, done: dict[str, np.ndarray]) -> np.ndarray:
+    """The image ``stem`` windowed as served (the registry's window), read once."""
+    from samri.config import load_registry
+    from samri.volume import load_image, prepare_volume
+
+    if stem not in images:
+        raise SamriInputError("image", stem, f"no image given for this session ({sorted(images)})")
+    if stem not in done:
+        done[stem] = prepare_volume(load_image(images[stem], "image"), load_registry().window).windowed
+    return done[stem]
 
 
 def _with_groups(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -312,11 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m samri.evaluation.oracle", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a samri evaluate --protocol clicks output folder (2d or 3d)")
     parser.add_argument("--label", action="append", required=True, help="label map of each image (repeat)")
+    parser.add_argument("--image", action="append", default=[],
+                        help="image of each session (repeat; 2D runs): adds the intensity-band box oracle")
     parser.add_argument("--model", help="whose sessions define the pairs (default: the run's first model)")
     parser.add_argument("--out", help="write the JSON here (default: <run_dir>/oracle.json) and a .md beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = replay_run(args.run_dir, args.label, model=args.model)
+    report = replay_run(args.run_dir, args.label, model=args.model, image_paths=args.image)
     out = Path(args.out or Path(args.run_dir) / "oracle.json")
     out.write_text(json.dumps(report, indent=1) + "\n")
     table = markdown(report)

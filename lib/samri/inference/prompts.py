@@ -34,12 +34,15 @@ class SlicePrompt:
         box: ``(4,)`` ``(r0, c0, r1, c1)`` inclusive pixel extremes, or None.
         mask_logits: previous decoder logits ``(1, 1, s, s)`` in the decoder's low-res frame
             (refinement), or None.
+        structure: the name of the structure being segmented (the request's ``label``), or None; a
+            first box of a named structure may use finished studies' shapes (`samri.inference.shape_prior`).
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
     box: np.ndarray | None = None
     mask_logits: torch.Tensor | None = None
+    structure: str | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
@@ -104,6 +107,7 @@ class VolumeRequest:
         slice: requested slice index along ``axis`` or None.
         axis: slicing axis (2 = k for Slicer and OHIF).
         shape: the volume's ``(X, Y, Z)``.
+        label: the structure's name (Slicer's segment name), or None.
     """
 
     foreground: np.ndarray
@@ -112,6 +116,7 @@ class VolumeRequest:
     slice: int | None
     axis: int
     shape: tuple[int, int, int]
+    label: str | None = None
 
     @property
     def points(self) -> np.ndarray:
@@ -153,7 +158,7 @@ class VolumeRequest:
         roi_range = self.roi_range()
         if self.roi is not None and roi_range[0] <= index <= roi_range[1]:
             box = np.array([self.roi[0, rows], self.roi[0, cols], self.roi[1, rows], self.roi[1, cols]])
-        return SlicePrompt(points=rc, labels=self.point_labels[on_slice], box=box)
+        return SlicePrompt(points=rc, labels=self.point_labels[on_slice], box=box, structure=self.label)
 
     def prompted_slices(self) -> list[int]:
         """Slices that carry a prompt for 3D propagation: every slice with a foreground point; a flat
@@ -247,4 +252,8 @@ def parse_request(params: Mapping[str, Any], shape: tuple[int, int, int], axis: 
     if len(fg) == 0 and roi is None:
         raise SamriInputError("foreground", params.get("foreground", []),
                               "empty prompt: give at least one foreground point or an roi box")
-    return VolumeRequest(foreground=fg, background=bg, roi=roi, slice=slice_index, axis=axis, shape=shape)
+    label = params.get("label")
+    if label is not None and not isinstance(label, str):
+        raise SamriInputError("label", label, "must be the structure's name (a string)")
+    return VolumeRequest(foreground=fg, background=bg, roi=roi, slice=slice_index, axis=axis, shape=shape,
+                         label=label or None)

@@ -309,9 +309,10 @@ class Propagator:
         """A prompted slice; a lone-points seed is decoded as the model's ``point_prompts_3d`` says."""
         seg = self.segmenter
         mode = seg.point_prompts_3d
+        # shape priors were measured on 2D first boxes only (docs/ADAPTATION.md): 3D seeds do without
         if mode == seg.point_prompts:
-            return seg.predict_slice(self.volume, self.axis, index, prompt)
-        return seg.predict_slice(self.volume, self.axis, index, prompt, point_prompts=mode)
+            return seg.predict_slice(self.volume, self.axis, index, prompt, shape_prior=False)
+        return seg.predict_slice(self.volume, self.axis, index, prompt, point_prompts=mode, shape_prior=False)
 
     def _reference_iou(self, index: int, prompt: SlicePrompt, res: "SliceResult") -> float:
         """The predicted IoU that ``min_relative_iou`` is relative to, for a box prompt on the seed slice.

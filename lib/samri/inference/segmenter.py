@@ -22,6 +22,7 @@ from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationBudget, PropagationSettings, Propagator, mask_box
 from samri.inference.refine import CLICK_MERGES, ClickFill, clipped_to_box, fill_clicks, local_merge, logits_for_mask
 from samri.inference.reuse import PropagationMemo
+from samri.inference.shape_prior import fuse_prior
 
 __all__ = ["BOX_SEARCH_HALF_SIZES", "PropagationBudget", "PropagationSettings", "Segmenter", "SliceResult",
            "VolumeResult", "mask_box"]
@@ -247,20 +248,30 @@ class Segmenter:
         return SliceResult(mask=full[best], low_res_logits=low_res[best:best + 1, :1], iou=float(iou[best, 0]))
 
     def predict_slice(self, volume, axis: int, index: int, prompt: SlicePrompt, *,
-                      point_prompts: str | None = None) -> SliceResult:
+                      point_prompts: str | None = None, shape_prior: bool = True) -> SliceResult:
         """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss); on a refinement
-        every click holds in the answer (`click_fill`). ``point_prompts``: as in `decode`."""
+        every click holds in the answer (`click_fill`). ``point_prompts``: as in `decode`. ``shape_prior``:
+        a first box of a named structure takes the model's shape prior (`with_shape_prior`)."""
         axis = check_axis(axis)
         geom = self.slice_geometry(volume, axis)
+        rows, cols = in_plane_axes(axis)
+        spacing = getattr(volume, "spacing", None)
         return self.answer(self.embedding(volume, axis, index), geom, prompt,
-                           image=take_slice(volume.windowed, axis, index), point_prompts=point_prompts)
+                           image=take_slice(volume.windowed, axis, index), point_prompts=point_prompts,
+                           prior_at=None if spacing is None or not shape_prior else (axis, (spacing[rows],
+                                                                                             spacing[cols])))
 
     def answer(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt, *,
-               image: np.ndarray | None = None, point_prompts: str | None = None) -> SliceResult:
-        """The served answer on one embedding ``(C, h, w)``: `decode`, then the box clip (``box_clip``),
-        then click fill (``click_fill``; only with ``image``, the ``(H, W)`` windowed slice in ``[0, 1]``)."""
+               image: np.ndarray | None = None, point_prompts: str | None = None,
+               prior_at: tuple[int, tuple[float, float]] | None = None) -> SliceResult:
+        """The served answer on one embedding ``(C, h, w)``: `decode`, then a first box's shape prior (only
+        with ``prior_at``, ``(axis, (row mm, column mm))`` of the slice: `with_shape_prior`), then the box clip
+        (``box_clip``), then click fill (``click_fill``; only with ``image``, the ``(H, W)`` windowed slice in
+        ``[0, 1]``)."""
         override = {} if point_prompts is None else {"point_prompts": point_prompts}
         result = self.decode(embedding, geom, prompt, **override)
+        if prior_at is not None:
+            result = self.with_shape_prior(geom, prompt, result, *prior_at)
         if self.box_clip:
             result = clipped_to_box(geom, result, prompt.box, prompt.points, prompt.labels)
         if self.click_fill is None or image is None or prompt.mask_logits is None or not len(prompt.points):
@@ -270,6 +281,20 @@ class Segmenter:
             return result
         logits = logits_for_mask(geom, result.low_res_logits, result.mask, filled)
         return SliceResult(mask=filled, low_res_logits=logits, iou=result.iou)
+
+    def with_shape_prior(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult, axis: int,
+                         spacing_mm: tuple[float, float]) -> SliceResult:
+        """A first box's answer (a box, no previous logits) with the model's shape prior of
+        ``prompt.structure`` added to its logits (`samri.inference.shape_prior`); ``result`` itself when the
+        model has no prior for that structure on ``axis`` or the prompt is not a first box."""
+        priors = getattr(self.model, "shape_priors", None)
+        if priors is None or prompt.box is None or prompt.mask_logits is not None or not prompt.structure:
+            return result
+        prior = priors.prior(prompt.structure, axis, prompt.box, (geom.height, geom.width), spacing_mm)
+        if prior is None:
+            return result
+        logits = fuse_prior(geom, result.low_res_logits, prior, prompt.box, priors.settings.weight)
+        return replace(result, mask=geom.logits_to_slice(logits)[0, 0].numpy() > 0.0, low_res_logits=logits)
 
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,
                   bounds: tuple[int, int] | None = None, roi_box: np.ndarray | None = None,

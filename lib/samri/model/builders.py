@@ -160,6 +160,7 @@ class SamModel(nn.Module):
         self.point_prompts = spec.point_prompts
         self.point_prompts_3d = spec.point_prompts_3d
         self.lone_point_threshold = spec.lone_point_threshold
+        self.shape_priors = None  # `samri.inference.shape_prior.ShapePriors` a decoder checkpoint brings
         self.backend_key = ""
         self.backend_info: dict[str, Any] = {"backend": "torch", "precision": "fp32"}
 
@@ -316,12 +317,21 @@ def apply_decoder_checkpoint(model: SamModel, path: str | os.PathLike) -> SamMod
         threshold = check_lone_point_threshold("lone_point_threshold", threshold)
     except SamriInputError as exc:
         raise CheckpointError("decoder", str(path), f"metadata {exc}") from exc
+    priors = None
+    if envelope.get("shape_priors") is not None:
+        from samri.inference.shape_prior import ShapePriors
+
+        try:
+            priors = ShapePriors.from_payload(envelope["shape_priors"])
+        except SamriInputError as exc:
+            raise CheckpointError("decoder", str(path), f"{exc}") from exc
     state = unwrap_state_dict(envelope["mask_decoder"], path, field="decoder")
     load_strict(model.mask_decoder, state, path, field="decoder", prefix="mask_decoder.")
     model.preprocessing = prep
     model.point_prompts = mode
     model.point_prompts_3d = mode_3d
     model.lone_point_threshold = threshold
+    model.shape_priors = priors
     model.decoder_info = {"path": str(path), **dict(envelope["metadata"])}
     return model
 

@@ -81,7 +81,8 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: str 
 
 
 def save_decoder_checkpoint(path: str | os.PathLike, *, mask_decoder: nn.Module, base_model: str,
-                            preprocessing: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
+                            preprocessing: Mapping[str, Any], metadata: Mapping[str, Any],
+                            shape_priors: Mapping[str, Any] | None = None) -> Path:
     """Write a decoder-only checkpoint atomically.
 
     Args:
@@ -89,11 +90,15 @@ def save_decoder_checkpoint(path: str | os.PathLike, *, mask_decoder: nn.Module,
         base_model: registry name the decoder belongs on (its encoder produced the embeddings).
         preprocessing: `samri.intensity.Preprocessing.to_dict()` used in training.
         metadata: free-form JSON-like facts: training data, metrics, version, created time.
+        shape_priors: optional `samri.inference.shape_prior.ShapePriors.to_payload()` of the finished
+            studies the decoder was trained on (served with it).
     """
     state = {k: v.detach().cpu().clone() for k, v in mask_decoder.state_dict().items()}
     payload = {"format": DECODER_FORMAT, "format_version": DECODER_FORMAT_VERSION,
                "base_model": str(base_model), "preprocessing": dict(preprocessing),
                "metadata": dict(metadata), "mask_decoder": state}
+    if shape_priors is not None:
+        payload["shape_priors"] = dict(shape_priors)
     return atomic_torch_save(payload, path)
 
 

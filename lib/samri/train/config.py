@@ -55,6 +55,9 @@ class TrainSettings:
     (`samri.train.stage2.clip_logits_to_boxes`) in the loss, the fed-back logits and validation.
     ``validation_click_fill``: the clicks validation applies serving's click fill
     (`samri.inference.refine.fill_clicks`) on the windowed slice, so it scores the served answer.
+    ``shape_prior_weight`` > 0: the decoder file also carries the shapes of the studies' named
+    structures, added to a first box's logits with this weight when a request names the structure
+    (`samri.inference.shape_prior`); ``shape_prior_neighbours`` sections are averaged per prior.
     """
 
     lr: float = 1e-4
@@ -72,6 +75,8 @@ class TrainSettings:
     max_slices: int | None = None
     validation_clicks: int = 0
     validation_click_fill: bool = False
+    shape_prior_weight: float = 0.0
+    shape_prior_neighbours: int = 16
     seed: int = 0
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -247,6 +252,8 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "include_labels": ("config", "include_labels", _labels),
     "validation.label_stride": ("config", "label_stride", _stride),
     "validation.click_fill": ("settings", "validation_click_fill", _boolean),
+    "shape_prior.weight": ("settings", "shape_prior_weight", _number()),
+    "shape_prior.neighbours": ("settings", "shape_prior_neighbours", _integer(1)),
     "gate.margin": ("config", "gate_margin", _number()),
     "pseudo_structures.grey_cells": ("config", "pseudo_grey_cells", _integer(0)),
     "pseudo_structures.white_cells": ("config", "pseudo_white_cells", _integer(0)),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from samri.inference.embeddings import EmbeddingCache
+from samri.inference.shape_prior import ShapePriors, ShapePriorSettings
 from samri.model.checkpoints import save_decoder_checkpoint
 from samri.train.config import TrainConfig, TrainSettings
 from samri.train.stage1 import DataStats, Study, split_by_study, stage1, write_manifest
@@ -210,8 +211,16 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     seconds["total"] = round(time.perf_counter() - start, 1)
     path = None
     if rank == 0:
+        priors = None
+        if settings.shape_prior_weight > 0:
+            t0 = time.perf_counter()
+            priors = study_shape_priors(studies, axes=axes, include_labels=include_labels, settings=ShapePriorSettings(
+                weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours))
+            seconds["shape_priors"] = round(time.perf_counter() - t0, 1)
+            logger.info("shape priors: %d sections of %d structures (%.1f s)", len(priors), len(priors.names),
+                        seconds["shape_priors"])
         path = _save(model, out_dir, candidate_state, settings, stats, train_idx, val_idx, budget, seconds,
-                     min_pixels=min_pixels, axes=axes, world=world,
+                     min_pixels=min_pixels, axes=axes, world=world, priors=priors,
                      metrics={"val": candidate, "baseline_val": baseline, "best_overall": best, "history": history})
     model.mask_decoder.load_state_dict(best_state)
     return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline,
@@ -263,6 +272,21 @@ def selection_score(val: dict[str, Any]) -> float:
     return float(val["clicks_score"]) if "clicks_score" in val else float(val.get("dice", 0.0))
 
 
+def study_shape_priors(studies: Sequence[Study], *, axes: Sequence[int], include_labels: Sequence[str] | None,
+                       settings: ShapePriorSettings) -> ShapePriors:
+    """The sections of every named structure of the finished ``studies`` (`ShapePriors.from_labels`), only
+    those of ``include_labels`` when given."""
+    from samri.volume import load_image
+
+    def labels():
+        for study in studies:
+            label = load_image(study.label, "label")
+            names = {n: v for n, v in study.label_names.items() if not include_labels or n in include_labels}
+            yield np.rint(np.asarray(label.array)).astype(np.int32), names, label.spacing
+
+    return ShapePriors.from_labels(labels(), axes=axes, settings=settings)
+
+
 def _steps_per_epoch(n_samples: int, settings: TrainSettings) -> int:
     steps = -(-n_samples // settings.batch_size)
     return min(steps, int(settings.max_steps_per_epoch)) if settings.max_steps_per_epoch else steps
@@ -270,8 +294,8 @@ def _steps_per_epoch(n_samples: int, settings: TrainSettings) -> int:
 
 def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainSettings, stats: DataStats,
           train_idx, val_idx, budget: dict[str, Any], seconds: dict[str, float], *, min_pixels: int,
-          axes: Sequence[int], world: int, metrics: dict[str, Any]) -> Path:
-    """``out_dir/decoder.pt``: the decoder ``state`` with the run's metadata (rank 0 only)."""
+          axes: Sequence[int], world: int, metrics: dict[str, Any], priors: ShapePriors | None = None) -> Path:
+    """``out_dir/decoder.pt``: the decoder ``state`` with the run's metadata and ``priors`` (rank 0 only)."""
     model.mask_decoder.load_state_dict(state)
     now = datetime.now(timezone.utc)
     train_samples = sum(len(i.samples) for i in train_idx)
@@ -289,9 +313,12 @@ def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainS
         choice = metrics["val"].get("lone_point_threshold_choice", {})
         metadata["lone_point_threshold"] = float(choice.get("chosen", getattr(model, "lone_point_threshold", 0.0)
                                                             or 0.0))
+    if priors is not None:
+        metadata["shape_priors"] = {"weight": priors.settings.weight, "structures": len(priors.names),
+                                    "sections": len(priors)}
     return save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
                                    base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
-                                   metadata=metadata)
+                                   metadata=metadata, shape_priors=None if priors is None else priors.to_payload())
 
 
 def point_prompt_mode(val: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from samri.bench.http import percentiles_ms, shift_slice
+from samri.bench.http import ohif_series, percentiles_ms, shift_slice
 
 
 def test_bench_helpers() -> None:
@@ -25,3 +25,13 @@ def test_bench_markdown_keeps_sections_other_commands_wrote() -> None:
                                         "## int8 encoder (NNCF post-training quantization): probed, not offered",
                                         "int8 text"]
     assert other_sections([], new) == []
+
+
+def test_ohif_series_sends_every_click_so_far_without_client_id() -> None:
+    series = ohif_series({"foreground": [[10, 20, 5]], "roi": [0, 30, 0, 30, 5, 5], "client_id": "x",
+                          "result_extension": ".nrrd"})
+    assert [len(r["foreground"]) for r in series] == [1, 2, 3, 4, 5]
+    assert all(r["foreground"][:n] == series[n - 1]["foreground"] for n, r in enumerate(series) if n)
+    assert all("roi" not in r and "client_id" not in r and r["result_extension"] == ".nrrd" for r in series)
+    assert {p[2] for p in series[-1]["foreground"]} == {5} and len({tuple(p) for p in series[-1]["foreground"]}) == 5
+    assert ohif_series({"roi": [0, 10, 20, 30, 4, 6]})[0]["foreground"] == [[5, 25, 5]]

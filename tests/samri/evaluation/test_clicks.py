@@ -94,6 +94,7 @@ def test_client_params_are_voxel_indices_as_slicer_sends():
     params = client_params(AXIS, K, np.array([10.2, 11.7, 29.0, 30.4]), [Click((20, 25, K), 1), Click((3, 4, K), 0)])
     assert params == {"foreground": [[20, 25, K]], "background": [[3, 4, K]], "roi": [10, 29, 12, 30, K, K]}
     assert client_params(0, 3, None, [Click((3, 5, 6), 1)]) == {"foreground": [[3, 5, 6]], "background": []}
+    assert client_params(0, 3, None, [], label="Putamen_L")["label"] == "Putamen_L"  # Slicer's segment name
 
 
 def test_a_perfect_model_needs_one_click():

@@ -12,7 +12,14 @@ import pytest
 from samri.annotator import corrective_click, slice_session
 from samri.errors import SamriInputError
 from samri.evaluation.metrics import dice
-from samri.evaluation.oracle import SliceOracle, inscribed_disk, markdown, oracle_session, replay_run
+from samri.evaluation.oracle import (
+    SliceOracle,
+    best_intensity_band,
+    inscribed_disk,
+    markdown,
+    oracle_session,
+    replay_run,
+)
 from samri.inference.prompts import SlicePrompt
 
 
@@ -113,6 +120,57 @@ def test_replay_run_scores_the_run_sessions(tmp_path: Path) -> None:
     assert "| box | oracle_region | 1.000 | 1.000 |" in markdown(report)
     with pytest.raises(SamriInputError, match="label"):
         replay_run(run, [tmp_path / "other.nii.gz"])
+
+
+def test_best_intensity_band_takes_the_interval_that_fits_the_truth() -> None:
+    intensity = np.zeros((20, 20))
+    intensity[:, 5:10], intensity[:, 10:15], intensity[:, 15:] = 0.3, 0.6, 0.9
+    region = np.ones((20, 20), bool)
+    visible = np.zeros((20, 20), bool)
+    visible[:, 5:10] = True  # the structure is exactly the 0.3 stripe: the band finds it
+    assert dice(best_intensity_band(intensity, visible, region), visible) == 1.0
+    two = np.zeros((20, 20), bool)
+    two[:, 5:15] = True  # two stripes next to each other in intensity: one interval holds both
+    assert dice(best_intensity_band(intensity, two, region), two) == 1.0
+    half = np.zeros((20, 20), bool)
+    half[:10, 10:15] = True  # half of a uniform stripe: no interval can split it, the best takes it whole
+    band = best_intensity_band(intensity, half, region)
+    assert band[:, 10:15].all() and band.sum() == 100 and dice(band, half) == pytest.approx(2 / 3)
+    inside = np.zeros((20, 20), bool)
+    inside[:, :12] = True
+    assert not (best_intensity_band(intensity, two, inside) & ~inside).any()  # never outside the region
+    assert not best_intensity_band(intensity, visible, ~region).any()  # no truth in the region: empty
+
+
+def test_band_oracle_reads_the_image_inside_the_box() -> None:
+    labels = two_areas()
+    image = np.where(labels == 101, 0.4, 0.6)  # area 101 darker than its neighbour: visible
+    first = SliceOracle(truth=labels == 101, family=labels > 100, click_rule="local", box_answer="band",
+                        image=image).first(SlicePrompt(box=np.array([5, 2, 32, 30])))
+    assert dice(first, labels == 101) == 1.0
+    flat = np.full((40, 40), 0.5)  # no contrast between the areas: the band takes everything in the box
+    assert SliceOracle(truth=labels == 101, family=labels > 100, click_rule="local", box_answer="band",
+                       image=flat).first(SlicePrompt(box=np.array([5, 2, 32, 30]))).sum() == 28 * 29
+    with pytest.raises(SamriInputError, match="image"):
+        SliceOracle(truth=labels == 101, family=labels > 100, click_rule="local", box_answer="band")
+    with pytest.raises(SamriInputError, match="box_answer"):
+        SliceOracle(truth=labels == 101, family=labels > 100, click_rule="local", box_answer="otsu")
+
+
+def test_replay_run_adds_the_band_oracle_with_the_images(tmp_path: Path) -> None:
+    volume = np.zeros((40, 40, 3), np.int16)
+    volume[:, :, 1] = two_areas()
+    run, label_path = write_run(tmp_path, volume, np.eye(4), mode="2d", index=1, curve=[0.5, 0.6, 0.7])
+    image_path = tmp_path / "images" / "subject.nii.gz"
+    image_path.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.where(volume > 0, 100.0 + volume, 0.0).astype(np.float32), np.eye(4)), image_path)
+    report = replay_run(run, [label_path], image_paths=[image_path])
+    assert set(report["results"]) == {"m", "oracle_local", "oracle_region", "oracle_band_local", "oracle_band_region"}
+    band = report["results"]["oracle_band_local"]
+    assert set(band) == {"clicks:box"}  # a point's oracle does not read the image
+    assert band["clicks:box"]["n"] == 2 and band["clicks:box"]["dice_at"][0] == 1.0  # each area alone in its box
+    with pytest.raises(SamriInputError, match="image"):
+        replay_run(run, [label_path], image_paths=[tmp_path / "images" / "other.nii.gz"])
 
 
 # --- 3D ------------------------------------------------------------------------------------------------

@@ -26,6 +26,14 @@ def test_foreground_background_parsing():
     assert req.points.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert req.point_labels.tolist() == [1, 1, 0]
     assert req.roi is None and req.slice is None and req.axis == 2 and req.shape == SHAPE
+    assert req.label == "x" and req.slice_prompt(3).structure == "x"  # the structure's name reaches the prompt
+
+
+def test_label_must_be_a_name():
+    assert parse_request({"foreground": [[1, 2, 3]], "label": ""}, SHAPE).label is None
+    assert parse_request({"foreground": [[1, 2, 3]]}, SHAPE).slice_prompt(3).structure is None
+    with pytest.raises(SamriInputError, match="label"):
+        parse_request({"foreground": [[1, 2, 3]], "label": 5}, SHAPE)
 
 
 def test_integral_floats_and_tuples_are_accepted():

@@ -439,3 +439,24 @@ def test_a_lone_point_threshold_out_of_range_is_refused(tmp_path, fresh_tiny_mod
     with pytest.raises(CheckpointError, match="lone_point_threshold"):
         apply_decoder_checkpoint(fresh_tiny_model, path)
     assert fresh_tiny_model.lone_point_threshold == 0.0  # the live model is untouched
+
+
+def test_decoder_shape_priors_load_with_it_and_a_malformed_payload_is_refused(tmp_path, fresh_tiny_model):
+    """A decoder file's ``shape_priors`` (`samri.inference.shape_prior`) load with it under weights_only."""
+    import numpy as np
+
+    from samri.inference.shape_prior import ShapePriors
+
+    labels = np.zeros((20, 20, 3), np.int16)
+    labels[4:12, 5:15, :] = 1
+    priors = ShapePriors.from_labels([(labels, {"a": 1}, (1.0, 1.0, 1.0))])
+    save = dict(mask_decoder=fresh_tiny_model.mask_decoder, base_model="tiny",
+                preprocessing=Preprocessing(input_size=64).to_dict(), metadata={})
+    path = save_decoder_checkpoint(tmp_path / "dec.pt", shape_priors=priors.to_payload(), **save)
+    loaded = load_model(tiny_spec(), decoder=path).shape_priors
+    assert loaded.names == ["a"] and len(loaded) == 3
+    assert load_model(tiny_spec()).shape_priors is None
+    bad = save_decoder_checkpoint(tmp_path / "bad.pt", shape_priors={"entries": [{"name": "a"}]}, **save)
+    with pytest.raises(CheckpointError, match="shape_priors"):
+        apply_decoder_checkpoint(fresh_tiny_model, bad)
+    assert fresh_tiny_model.shape_priors is None  # the live model is untouched

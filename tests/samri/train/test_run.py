@@ -130,6 +130,29 @@ def test_a_trained_decoder_records_the_chosen_threshold(studies_dir, fresh_tiny_
     assert fresh_tiny_model.lone_point_threshold == 0.5
 
 
+def test_a_trained_decoder_carries_the_studies_shapes(studies_dir, fresh_tiny_model, tmp_path):
+    """``shape_prior.weight`` > 0: the decoder file holds the finished studies' named structures' sections, and a
+    model loading it serves them (`samri.inference.shape_prior`)."""
+    from samri.model.builders import apply_decoder_checkpoint
+    from tests.helpers import tiny_spec
+
+    settings = small_train_settings(epochs=1, max_steps_per_epoch=1, max_val_samples=2, shape_prior_weight=1.5,
+                                    shape_prior_neighbours=4)
+    studies = find_studies(studies_dir)
+    result = run_training(studies, model=fresh_tiny_model, out_dir=tmp_path / "run", settings=settings,
+                          window=load_registry().window, cache=EmbeddingCache(), min_pixels=5, progress=False)
+    meta = read_decoder_checkpoint(result.checkpoint)["metadata"]
+    names = sorted({n for s in studies for n in s.label_names})
+    assert meta["shape_priors"]["weight"] == 1.5 and meta["shape_priors"]["structures"] == len(names)
+    assert "shape_priors" in result.seconds
+    model = apply_decoder_checkpoint(load_model(tiny_spec()), result.checkpoint)
+    assert model.shape_priors.names == names and model.shape_priors.settings.neighbours == 4
+    plain = run_training(studies, model=fresh_tiny_model, out_dir=tmp_path / "plain",
+                         settings=small_train_settings(epochs=1, max_steps_per_epoch=1, max_val_samples=2),
+                         window=load_registry().window, cache=EmbeddingCache(), min_pixels=5, progress=False)
+    assert apply_decoder_checkpoint(load_model(tiny_spec()), plain.checkpoint).shape_priors is None
+
+
 def test_point_prompt_mode_follows_validation():
     from samri.train.run import point_prompt_mode
 

@@ -1,0 +1,144 @@
+"""Shape priors from finished studies (`samri.inference.shape_prior`) and their use on a first box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from samri.errors import SamriInputError
+from samri.evaluation.metrics import dice
+from samri.geometry import SliceGeometry
+from samri.inference.embeddings import EmbeddingCache
+from samri.inference.prompts import SlicePrompt
+from samri.inference.segmenter import Segmenter, SliceResult
+from samri.inference.shape_prior import PRIOR_CLIP, ShapePriors, ShapePriorSettings, fuse_prior, prior_logits
+
+
+def triangle(h: int, w: int) -> np.ndarray:
+    """``(h, w)`` bool: the lower-left triangle of its box (a shape no box is)."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    return cols / max(w - 1, 1) <= rows / max(h - 1, 1)
+
+
+def study(sizes: list[int], shape=(40, 40, 8), offset=(3, 5)) -> np.ndarray:
+    """A label volume: structure 1 a triangle of side ``sizes[k]`` on slice k, structure 2 a square."""
+    labels = np.zeros(shape, np.int16)
+    for k, side in enumerate(sizes):
+        r, c = offset
+        labels[r:r + side, c:c + side, k][triangle(side, side)] = 1
+        labels[30:36, 30:36, k] = 2
+    return labels
+
+
+def test_a_prior_reproduces_the_finished_shape_in_a_new_box() -> None:
+    priors = ShapePriors.from_labels([(study([10, 12, 14]), {"tri": 1, "sq": 2}, (1.0, 1.0, 1.0))])
+    assert priors.names == ["sq", "tri"] and len(priors) == 6
+    box = np.array([5, 8, 24, 27])  # a 20 x 20 box elsewhere on a slice
+    prior = priors.prior("tri", 2, box, (40, 40), (1.0, 1.0))
+    assert prior.shape == (40, 40) and prior[~np.pad(np.ones((20, 20), bool), ((5, 15), (8, 12)))].max() == 0
+    expected = np.zeros((40, 40), bool)
+    expected[5:25, 8:28] = triangle(20, 20)
+    assert dice(prior > 0.5, expected) > 0.9
+    square = priors.prior("sq", 2, box, (40, 40), (1.0, 1.0))
+    assert (square[5:25, 8:28] > 0.5).all()
+    # no finished section of that name, none given, or another axis: no prior
+    assert priors.prior("other", 2, box, (40, 40), (1.0, 1.0)) is None
+    assert priors.prior(None, 2, box, (40, 40), (1.0, 1.0)) is None
+    assert priors.prior("tri", 0, box, (40, 40), (1.0, 1.0)) is None
+
+
+def test_the_nearest_sections_in_size_make_the_prior() -> None:
+    """Small sections of a name are triangles, large ones full squares: a box's size picks its kind (in mm)."""
+    labels = np.zeros((60, 60, 6), np.int16)
+    for k in range(3):
+        labels[2:8, 2:8, k][triangle(6, 6)] = 1
+        labels[10:40, 10:40, k + 3] = 1
+    priors = ShapePriors.from_labels([(labels, {"x": 1}, (1.0, 1.0, 1.0))],
+                                     settings=ShapePriorSettings(neighbours=3))
+    small = priors.prior("x", 2, np.array([0, 0, 5, 5]), (60, 60), (1.0, 1.0))
+    assert dice(small[:6, :6] > 0.5, triangle(6, 6)) > 0.8
+    large = priors.prior("x", 2, np.array([0, 0, 29, 29]), (60, 60), (1.0, 1.0))
+    assert (large[:30, :30] > 0.5).all()
+    # the same 6-pixel box on a slice of 5 mm pixels is 30 mm across: the large sections answer it
+    coarse = priors.prior("x", 2, np.array([0, 0, 5, 5]), (60, 60), (5.0, 5.0))
+    assert (coarse[:6, :6] > 0.5).all()
+
+
+def test_sections_are_bounded_and_small_ones_dropped() -> None:
+    labels = np.zeros((30, 30, 40), np.int16)
+    labels[5:15, 5:15, :] = 1
+    labels[20, 20, :] = 2  # one pixel per slice: under min_pixels
+    priors = ShapePriors.from_labels([(labels, {"a": 1, "b": 2}, (1.0, 1.0, 1.0))],
+                                     settings=ShapePriorSettings(max_sections=8))
+    assert priors.names == ["a"] and len(priors) == 8
+    assert ShapePriors.from_labels([(labels, {"a": 1}, (1.0, 1.0, 1.0))], axes=(0, 2)).names == ["a"]
+    assert len(ShapePriors.from_labels([(labels, {"a": 1}, (1.0, 1.0, 1.0))], axes=(0, 2))) == 50
+
+
+def test_payload_round_trip_and_malformed_payloads() -> None:
+    priors = ShapePriors.from_labels([(study([10, 12]), {"tri": 1}, (0.5, 0.5, 0.5))],
+                                     settings=ShapePriorSettings(weight=2.0, neighbours=4))
+    payload = priors.to_payload()
+    assert all(isinstance(e["shapes"], torch.Tensor) for e in payload["entries"])
+    again = ShapePriors.from_payload(payload)
+    assert again.settings == priors.settings and again.names == ["tri"]
+    box = np.array([2, 2, 20, 20])
+    np.testing.assert_array_equal(again.prior("tri", 2, box, (40, 40), (0.5, 0.5)),
+                                  priors.prior("tri", 2, box, (40, 40), (0.5, 0.5)))
+    bad = {**payload, "entries": [{**payload["entries"][0], "shapes": torch.zeros((2, 5, 5), dtype=torch.uint8)}]}
+    with pytest.raises(SamriInputError, match="shape_priors"):
+        ShapePriors.from_payload(bad)
+    with pytest.raises(SamriInputError, match="shape_priors"):
+        ShapePriors.from_payload({"entries": []})
+    with pytest.raises(SamriInputError, match="shape_prior.weight"):
+        ShapePriorSettings(weight=-1.0)
+    with pytest.raises(SamriInputError, match="shape_prior.grid"):
+        ShapePriorSettings(grid=0)
+
+
+def test_prior_logits_and_their_low_res_frame_round_trip() -> None:
+    box = np.array([4, 6, 27, 33])
+    prior = np.zeros((40, 48), np.float32)
+    prior[4:28, 6:34] = np.where(np.pad(triangle(24, 28), 0), 0.9, 0.1)
+    logits = prior_logits(prior, box)
+    assert logits.max() == pytest.approx(np.log(0.9 / 0.1)) and logits[0, 0] == pytest.approx(
+        np.log(PRIOR_CLIP / (1 - PRIOR_CLIP)))
+    geom = SliceGeometry(40, 48, 64)
+    zero = torch.zeros((1, 1, 16, 16))
+    fused = fuse_prior(geom, zero, prior, box, weight=1.0)
+    assert fused.shape == zero.shape
+    # slice frame -> decoder frame -> slice frame keeps the prior's mask (away from its edges)
+    back = geom.logits_to_slice(fused)[0, 0].numpy() > 0
+    assert dice(back, prior > 0.5) > 0.85
+    assert torch.equal(fuse_prior(geom, zero, prior, box, weight=0.0), zero)
+
+
+def test_a_first_box_of_a_named_structure_takes_the_prior(monkeypatch, fresh_tiny_model, prepared_volume) -> None:
+    """The decoder answers the whole box with no confidence (logits 0): the prior decides; a refinement, an
+    unnamed box or a name without finished sections are served as before."""
+
+    def decode(self, embedding, geom, prompt, **_):
+        return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.full(
+            (1, 1, 64, 64), 0.25), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    spacing = prepared_volume.spacing
+    labels = study([12, 16, 20], shape=prepared_volume.shape[:2] + (3,))
+    fresh_tiny_model.shape_priors = ShapePriors.from_labels([(labels, {"tri": 1}, spacing)])
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None)
+    box = np.array([10, 12, 25, 27])
+    named = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box, structure="tri"))
+    expected = np.zeros(named.mask.shape, bool)
+    expected[10:26, 12:28] = triangle(16, 16)
+    assert dice(named.mask, expected) > 0.85 and not (named.mask & ~np.pad(np.ones((16, 16), bool), (
+        (10, named.mask.shape[0] - 26), (12, named.mask.shape[1] - 28)))).any()
+    # the logits fed back with the next click say the same
+    geom = seg.slice_geometry(prepared_volume, 2)
+    assert dice(geom.logits_to_slice(named.low_res_logits)[0, 0].numpy() > 0, named.mask) > 0.95
+    for prompt in (SlicePrompt(box=box), SlicePrompt(box=box, structure="other"),
+                   SlicePrompt(box=box, structure="tri", mask_logits=named.low_res_logits)):
+        assert seg.predict_slice(prepared_volume, 2, 15, prompt).mask.sum() == 16 * 16
+    # the trainer's validation path (`answer` without where the slice lies) does not use priors
+    embedding = seg.embedding(prepared_volume, 2, 15)
+    assert seg.answer(embedding, geom, SlicePrompt(box=box, structure="tri")).mask.sum() == 16 * 16
