@@ -141,6 +141,38 @@ def label_names_from_info(info: Mapping[str, Any] | None) -> dict[str, int] | No
     return out or None
 
 
+#: the file a MONAI Label local datastore keeps its images' and labels' info in
+DATASTORE_FILE = "datastore_v2.json"
+
+
+def datastore_label_names(studies_dir: str | os.PathLike, tag: str = "final") -> dict[str, dict[str, int]]:
+    """``{image id: {name: voxel value}}`` from a local MONAI Label datastore's ``datastore_v2.json``: each
+    ``tag`` label's stored ``label_info`` (`label_names_from_info`), as the app's trainer reads it.
+
+    An absent or unreadable file, or a malformed entry, names nothing (logged), so a folder without a
+    datastore keeps working with ``label_names.json`` alone.
+    """
+    path = Path(studies_dir) / DATASTORE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        objects = json.loads(path.read_text(encoding="utf-8")).get("objects") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        logger.warning("ignoring unreadable %s (%s)", path, exc)
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for image_id, entry in objects.items() if isinstance(objects, Mapping) else ():
+        try:
+            info = ((entry.get("labels") or {}).get(tag) or {}).get("info")
+            names = label_names_from_info(info)
+        except (AttributeError, SamriInputError) as exc:
+            logger.warning("%s: %s label of %s names nothing (%s)", path, tag, image_id, exc)
+            continue
+        if names:
+            out[str(image_id)] = names
+    return out
+
+
 def check_label_info(info: Mapping[str, Any] | None) -> tuple[set[int], dict[str, int]] | None:
     """Validate an upload's ``info["label_info"]``: ``(every idx, {name: value} without background)``.
 

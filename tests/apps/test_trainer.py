@@ -403,3 +403,39 @@ def test_pid_alive_counts_a_killed_unreaped_process_as_dead() -> None:
         child.wait()
     assert not pid_alive(child.pid)
     assert not pid_alive(None) and not pid_alive(True) and not pid_alive(-3)
+
+
+def test_a_refused_run_still_serves_the_studies_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shape_prior.weight`` > 0: a published decoder carries the studies' shapes, a run the gate refuses
+    publishes them on the live decoder's weights, and a first box of a named structure is served with them."""
+    import nrrd
+    import yaml
+    from monailabel.config import settings
+
+    from samri.model.checkpoints import read_decoder_checkpoint
+
+    folder = write_tiny_config(tmp_path / "configs")
+    (folder / "training.yaml").write_text(yaml.safe_dump({**TRAINING, "shape_prior": {"weight": 1.0}}))
+    monkeypatch.setenv("SAMRI_CONFIG_DIR", str(folder))
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)
+    with in_process_apps(tmp_path, write_studies(tmp_path / "studies"), monkeypatch) as make:
+        app = make()
+        first = train(app, max_epochs=1, gate_margin=1.0)
+        assert first["published"] is True and first["version"] == "v0001"
+        decoders = tmp_path / "app" / "model" / "decoders"
+        v1 = read_decoder_checkpoint(decoders / "versions" / "v0001.pt")
+        assert v1["metadata"]["shape_priors"]["structures"] >= 1 and v1["shape_priors"]["entries"]
+        refused = train(app, max_epochs=1, lr=1e-12, gate_margin=0.0)  # no better than live: the gate refuses
+        assert refused["published"] is True and refused["shape_priors_only"] is True, refused
+        assert refused["version"] == "v0002" and refused["reason"].startswith("refused")
+        v2 = read_decoder_checkpoint(decoders / "versions" / "v0002.pt")
+        assert all(v2["mask_decoder"][k].equal(v1["mask_decoder"][k]) for k in v1["mask_decoder"])  # live weights
+        assert v2["shape_priors"]["entries"] and app.info()["samri"]["decoders"]["live"] == "v0002"
+        names = sorted(json.loads((tmp_path / "studies" / "label_names.json").read_text())["s0"])
+        roi = {"roi": [2, 14, 2, 14, 5, 5], "result_extension": ".nrrd"}
+        masks = []
+        for extra in ({}, {"label": names[0]}):
+            result = app.infer({"model": "samri_2d", "image": "s0", **roi, **extra})
+            masks.append(nrrd.read(result["file"])[0])
+            Path(result["file"]).unlink()
+        assert not np.array_equal(masks[0], masks[1])  # the named first box took the shapes

@@ -124,3 +124,32 @@ def test_import_is_light() -> None:
     code = "import samri.labels, sys; print(sorted(m for m in ('numpy', 'torch', 'nibabel') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_datastore_label_names_read_the_stored_label_info(tmp_path: Path) -> None:
+    """A local MONAI Label datastore's ``label_info`` names the values, as the app's trainer reads them;
+    `find_studies` (offline ``samri train``) falls back to them when ``label_names.json`` has none."""
+    import nibabel as nib
+    import numpy as np
+
+    from samri.labels import datastore_label_names
+    from samri.train.stage1 import find_studies
+
+    assert datastore_label_names(tmp_path) == {}
+    objects = {"a": {"labels": {"final": {"info": {"label_info": [{"name": "liver", "idx": 1},
+                                                                   {"name": "background", "idx": 0}]}}}},
+               "b": {"labels": {"final": {"info": {"label_info": "oops"}}}},
+               "c": {"labels": {"original": {"info": {"label_info": [{"name": "x", "idx": 2}]}}}}}
+    (tmp_path / "datastore_v2.json").write_text(json.dumps({"objects": objects}))
+    assert datastore_label_names(tmp_path) == {"a": {"liver": 1}}
+    assert datastore_label_names(tmp_path, tag="original") == {"c": {"x": 2}}
+    for image_id in ("a", "b"):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / f"{image_id}.nii.gz")
+        (tmp_path / "labels" / "final").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)),
+                 tmp_path / "labels" / "final" / f"{image_id}.nii.gz")
+    assert {s.study_id: s.label_names for s in find_studies(tmp_path)} == {"a": {"liver": 1}, "b": {}}
+    (tmp_path / "label_names.json").write_text(json.dumps({"a": {"organ": 1}}))  # label_names.json wins
+    assert find_studies(tmp_path)[0].label_names == {"organ": 1}
+    (tmp_path / "datastore_v2.json").write_text("not json")
+    assert datastore_label_names(tmp_path) == {}

@@ -39,6 +39,9 @@ class TrainResult:
             decoder) only when no epoch took a step.
         budget: what the run used: slices, steps, validation pairs (see `run_training`).
         seconds: wall seconds of ``stage1``, ``stage2`` (optimiser steps), ``validation`` and ``total``.
+        priors_checkpoint: with shape priors (``shape_prior_weight`` > 0), ``start_with_shape_priors.pt``: the
+            *starting* decoder with the studies' shape priors, which a store publishes when the gate refuses
+            the trained one (`samri.train.store.DecoderStore.publish_shape_priors`); else None.
     """
 
     checkpoint: Path | None
@@ -49,6 +52,7 @@ class TrainResult:
     candidate: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    priors_checkpoint: Path | None = None
 
 
 #: a progress callback: gets one event dict (``phase`` plus counters), must return fast.
@@ -209,7 +213,7 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
         seconds["validation"] += candidate["lone_point_threshold_choice"]["seconds"]
     seconds = {k: round(v, 1) for k, v in seconds.items()}
     seconds["total"] = round(time.perf_counter() - start, 1)
-    path = None
+    path = priors_path = None
     if rank == 0:
         priors = None
         if settings.shape_prior_weight > 0:
@@ -222,9 +226,16 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
         path = _save(model, out_dir, candidate_state, settings, stats, train_idx, val_idx, budget, seconds,
                      min_pixels=min_pixels, axes=axes, world=world, priors=priors,
                      metrics={"val": candidate, "baseline_val": baseline, "best_overall": best, "history": history})
+        if priors is not None:  # the starting decoder with today's shapes, in case the gate refuses the trained one
+            priors_path = _save(model, out_dir, initial, settings, stats, train_idx, val_idx, budget, seconds,
+                                min_pixels=min_pixels, axes=axes, world=world, priors=priors,
+                                name="start_with_shape_priors.pt",
+                                metrics={"val": dict(baseline, epoch=0), "baseline_val": baseline, "best_overall": best,
+                                         "history": history})
     model.mask_decoder.load_state_dict(best_state)
     return TrainResult(checkpoint=path, best=best, history=history, stats=stats.to_dict(), baseline=baseline,
-                       candidate=candidate, budget=budget, seconds=seconds)
+                       candidate=candidate, budget=budget, seconds=seconds,
+                       priors_checkpoint=priors_path)
 
 
 def choose_lone_point_threshold(trainer: DecoderTrainer, model, candidate: dict[str, Any],
@@ -294,8 +305,9 @@ def _steps_per_epoch(n_samples: int, settings: TrainSettings) -> int:
 
 def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainSettings, stats: DataStats,
           train_idx, val_idx, budget: dict[str, Any], seconds: dict[str, float], *, min_pixels: int,
-          axes: Sequence[int], world: int, metrics: dict[str, Any], priors: ShapePriors | None = None) -> Path:
-    """``out_dir/decoder.pt``: the decoder ``state`` with the run's metadata and ``priors`` (rank 0 only)."""
+          axes: Sequence[int], world: int, metrics: dict[str, Any], priors: ShapePriors | None = None,
+          name: str = "decoder.pt") -> Path:
+    """``out_dir/<name>``: the decoder ``state`` with the run's metadata and ``priors`` (rank 0 only)."""
     model.mask_decoder.load_state_dict(state)
     now = datetime.now(timezone.utc)
     train_samples = sum(len(i.samples) for i in train_idx)
@@ -316,7 +328,7 @@ def _save(model, out_dir: Path, state: dict[str, torch.Tensor], settings: TrainS
     if priors is not None:
         metadata["shape_priors"] = {"weight": priors.settings.weight, "structures": len(priors.names),
                                     "sections": len(priors)}
-    return save_decoder_checkpoint(out_dir / "decoder.pt", mask_decoder=model.mask_decoder,
+    return save_decoder_checkpoint(out_dir / name, mask_decoder=model.mask_decoder,
                                    base_model=model.spec.base_name, preprocessing=model.preprocessing.to_dict(),
                                    metadata=metadata, shape_priors=None if priors is None else priors.to_payload())
 

@@ -79,13 +79,14 @@ class DataStats:
 
 
 def find_studies(studies_dir: str | Path, tag: str = "final") -> list[Study]:
-    """Studies of a MONAI Label local datastore folder that have a ``labels/<tag>`` volume."""
-    from samri.labels import load_label_names
+    """Studies of a MONAI Label local datastore folder that have a ``labels/<tag>`` volume; label names from
+    ``label_names.json``, else from the datastore's stored ``label_info`` (`samri.labels.datastore_label_names`)."""
+    from samri.labels import datastore_label_names, load_label_names
 
     root = Path(studies_dir)
     if not root.is_dir():
         raise SamriInputError("studies", str(root), "folder not found")
-    names = load_label_names(root)
+    names = {**datastore_label_names(root, tag), **load_label_names(root)}
     out = []
     for image in sorted(root.glob("*.nii*")):
         study_id = image.name.split(".nii")[0]

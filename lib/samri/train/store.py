@@ -173,6 +173,46 @@ class DecoderStore:
         logger.info("published decoder %s (%s)", version, reason)
         return {"published": True, "version": version, "reason": reason}
 
+    def publish_shape_priors(self, candidate: str | os.PathLike, *, refused: str) -> dict[str, Any]:
+        """Publish ``candidate``, the live decoder's own weights with newer shape priors, without the gate.
+
+        Shape priors are the finished studies' shapes, not trained weights (`samri.inference.shape_prior`):
+        when the gate refuses a trained decoder (``refused``: its reason), the studies it was trained on still
+        serve as priors on the decoder already live. The caller checks that the run started from the live
+        decoder (`samri.train.run.TrainResult.priors_checkpoint` holds the starting weights).
+
+        Returns:
+            ``{"published": bool, "version": str | None, "reason": str}``.
+        """
+        from samri.model.checkpoints import read_decoder_checkpoint
+
+        if self.base_model is None:
+            raise ValueError("DecoderStore.publish_shape_priors needs the store's base_model")
+        envelope = read_decoder_checkpoint(candidate)
+        if envelope["base_model"] != self.base_model:
+            raise SamriInputError("decoder", str(candidate), f"is for base model '{envelope['base_model']}', "
+                                  f"this store serves '{self.base_model}'")
+        priors = envelope["metadata"].get("shape_priors")
+        if not envelope.get("shape_priors") or not priors:
+            return {"published": False, "version": None, "reason": refused}
+        index = self.index()
+        version = f"v{len(index) + 1:04d}"
+        reason = (f"{refused}; the live decoder's weights published with the shape priors of the finished studies "
+                  f"({priors.get('structures')} structures, {priors.get('sections')} sections)")
+        copy_file(candidate, self.version_file(version))
+        metrics = envelope["metadata"].get("metrics", {})
+        entry = {"version": version, "file": f"versions/{version}.pt",
+                 "val_dice": float(metrics.get("baseline_val", {}).get("score", 0.0)),
+                 "baseline_val_dice": float(metrics.get("baseline_val", {}).get("score", 0.0)),
+                 "published": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gate": reason,
+                 "shape_priors_only": True, "metrics": {"val": metrics.get("baseline_val", {}),
+                                                        "baseline_val": metrics.get("baseline_val", {})},
+                 "training_data": envelope["metadata"].get("training_data")}
+        write_json(self.root / "index.json", index + [entry])
+        write_json(self.live_file, entry)
+        logger.info("published decoder %s (%s)", version, reason)
+        return {"published": True, "version": version, "reason": reason, "shape_priors_only": True}
+
     def rollback(self, version: str | None = None) -> dict[str, Any] | None:
         """Serve ``version`` (default: the one published before the live one); ``"base"`` = plain decoder."""
         index = self.index()

@@ -145,6 +145,8 @@ def test_a_trained_decoder_carries_the_studies_shapes(studies_dir, fresh_tiny_mo
     names = sorted({n for s in studies for n in s.label_names})
     assert meta["shape_priors"]["weight"] == 1.5 and meta["shape_priors"]["structures"] == len(names)
     assert "shape_priors" in result.seconds
+    start = read_decoder_checkpoint(result.priors_checkpoint)  # the starting weights with the same shapes
+    assert start["shape_priors"]["entries"] and start["metadata"]["metrics"]["val"]["epoch"] == 0
     model = apply_decoder_checkpoint(load_model(tiny_spec()), result.checkpoint)
     assert model.shape_priors.names == names and model.shape_priors.settings.neighbours == 4
     plain = run_training(studies, model=fresh_tiny_model, out_dir=tmp_path / "plain",

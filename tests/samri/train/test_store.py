@@ -123,3 +123,29 @@ def test_publish_refuses_other_base_model(tiny_model, tmp_path):
     store = DecoderStore(tmp_path / "decoders", base_model="litemedsam")
     with pytest.raises(SamriInputError, match="base model"):
         store.publish(_candidate(tmp_path, tiny_model, "a.pt", 0.7, 0.6))
+
+
+def test_shape_priors_publish_without_the_gate_only_with_priors(tiny_model, tmp_path):
+    """`DecoderStore.publish_shape_priors`: the live weights with newer shapes go live whatever the gate said;
+    a file without shapes keeps the refusal."""
+    import numpy as np
+
+    from samri.inference.shape_prior import ShapePriors
+
+    store = DecoderStore(tmp_path / "decoders", base_model="tiny")
+    labels = np.zeros((10, 10, 2), np.int16)
+    labels[2:6, 2:6, :] = 1
+    payload = ShapePriors.from_labels([(labels, {"a": 1}, (1.0, 1.0, 1.0))]).to_payload()
+    common = dict(mask_decoder=tiny_model.mask_decoder, base_model="tiny",
+                  preprocessing=tiny_model.preprocessing.to_dict())
+    metrics = {"val": {"score": 0.6, "epoch": 0}, "baseline_val": {"score": 0.6}}
+    with_shapes = save_decoder_checkpoint(tmp_path / "p.pt", shape_priors=payload, metadata={
+        "metrics": metrics, "shape_priors": {"structures": 1, "sections": 2}}, **common)
+    out = store.publish_shape_priors(with_shapes, refused="refused: no better")
+    assert out["published"] and out["version"] == "v0001" and out["shape_priors_only"]
+    assert out["reason"].startswith("refused: no better; the live decoder's weights")
+    assert store.live()["version"] == "v0001" and store.index()[0]["shape_priors_only"] is True
+    plain = save_decoder_checkpoint(tmp_path / "q.pt", metadata={"metrics": metrics}, **common)
+    assert store.publish_shape_priors(plain, refused="refused: x") == {"published": False, "version": None,
+                                                                       "reason": "refused: x"}
+    assert store.live()["version"] == "v0001"

@@ -252,6 +252,10 @@ class SamriTrainer(TrainTask):
                            "reason": f"the live decoder changed during training ({choice.version} -> {live_now})"}
             else:
                 publish = store.publish(result.checkpoint, margin=options.gate_margin)
+                if not publish["published"] and result.priors_checkpoint is not None and choice.source == "store":
+                    # the finished studies' shapes are data, not weights: they serve on the live decoder the
+                    # run started from (a `--conf decoder` or pinned start is not the store's live one)
+                    publish = store.publish_shape_priors(result.priors_checkpoint, refused=publish["reason"])
         live = self.runtime.decoders.live_version()
         logger.info("publish: %s (live decoder: %s)", publish, live)
         return {**publish, "live": live, "started_from": started_from,
