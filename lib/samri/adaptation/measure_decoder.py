@@ -45,10 +45,14 @@ def heldout_set(record: Mapping[str, Any]):
 
 
 def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: bool = True,
-                    config: Path | None = None, progress: bool = False) -> dict[str, Any]:
+                    config: Path | None = None, progress: bool = False,
+                    shapes_from: Path | None = None) -> dict[str, Any]:
     """Clicks figures of ``decoder`` (None: the registry's) on ``run``'s held-out sessions, served
     with or without click fill (`samri.inference.refine.fill_clicks`). A ``run`` folder without a
     ``summary.json`` measures `fresh_record` (``config``), kept in ``run/heldout.json``.
+    ``shapes_from``: a studies folder whose finished labels' shapes the decoder serves instead of its own
+    (`samri.train.run.study_shape_priors` with `configs/training.yaml`'s ``shape_prior`` weight and neighbours,
+    as the trainer would collect them), e.g. the shipped decoder with an adapt-sim run's finished studies.
 
     Returns:
         ``{"decoder", "headline", "dice_at"}`` as a round's ``heldout`` entry, also written to
@@ -68,15 +72,33 @@ def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: b
     cfg = record["config"]
     registry = load_registry()
     model = load_model(registry.spec(cfg["model"]), decoder=decoder)
+    if shapes_from is not None:
+        model.shape_priors = _shapes(shapes_from)
     result = measure_clicks(heldout_set(record), model=model,
                             cache=EmbeddingCache(cache_dir=run / "cache", max_memory_bytes=1 << 30),
                             key=f"{cfg['model']}@{name}", first=cfg["eval_first"], max_clicks=cfg["eval_max_clicks"],
                             human_seconds=cfg["human_seconds"], out_dir=run / "extra" / name, window=registry.window,
                             progress=progress, click_fill=click_fill)
-    out = {"decoder": str(decoder) if decoder else "base", "click_fill": click_fill, "headline": headline(result),
+    out = {"decoder": str(decoder) if decoder else "base", "click_fill": click_fill,
+           "shapes_from": None if shapes_from is None else str(shapes_from), "headline": headline(result),
            "dice_at": {k.split(":", 1)[1]: v["dice_at"] for k, v in result.items() if k.startswith("clicks:")}}
     write_json(run / "extra" / f"{name}.json", out)
     return out
+
+
+def _shapes(studies: Path):
+    """The shape priors the trainer would collect from ``studies`` (a MONAI Label studies folder)."""
+    from samri.inference.shape_prior import ShapePriorSettings
+    from samri.train.config import load_train_config
+    from samri.train.run import study_shape_priors
+    from samri.train.stage1 import find_studies
+
+    cfg = load_train_config()
+    settings = ShapePriorSettings(weight=cfg.settings.shape_prior_weight or 1.0,
+                                  neighbours=cfg.settings.shape_prior_neighbours)
+    priors = study_shape_priors(find_studies(studies), axes=cfg.axes, include_labels=None, settings=settings)
+    logger.info("shapes from %s: %d sections of %d structures", studies, len(priors), len(priors.names))
+    return priors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--decoder", type=Path, default=None, help="decoder-only checkpoint (default: the registry's)")
     p.add_argument("--name", required=True, help="name of this measurement under RUN/extra/")
     p.add_argument("--click-fill", choices=("on", "off"), default="on", help="serve with click fill (default on)")
+    p.add_argument("--shapes-from", type=Path, default=None,
+                   help="studies folder whose finished labels' shapes the decoder serves (docs/ADAPTATION.md)")
     args = p.parse_args(argv)
     out = measure_decoder(args.run, args.decoder, args.name, click_fill=args.click_fill == "on",
-                          config=args.config, progress=True)
+                          config=args.config, progress=True, shapes_from=args.shapes_from)
     print(json.dumps(out["headline"]))
     return 0
 

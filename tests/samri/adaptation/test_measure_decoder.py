@@ -44,6 +44,11 @@ def test_a_decoder_file_is_measured_on_the_runs_heldout_sessions(tmp_path, monke
     box = printed["box"]
     assert box["n"] == 2 * len(test) and box["dice1"] == 0.0 and box["noc85"] == 2 and box["fail85"] == 1.0
     assert (run / "extra" / "silent" / "summary.json").is_file()
+    # with the cohort's finished shapes the silent decoder's first box answer is the shapes' mean in the box
+    assert main([str(run), "--decoder", str(tmp_path / "silent.pt"), "--name", "shaped", "--shapes-from",
+                 str(cohort)]) == 0
+    shaped = json.loads((run / "extra" / "shaped.json").read_text())
+    assert shaped["shapes_from"] == str(cohort) and shaped["headline"]["box"]["dice1"] > 0.5
 
 
 def test_a_folder_without_a_run_measures_the_sessions_adapt_sim_would(tmp_path, monkeypatch, capsys):
