@@ -142,14 +142,7 @@ class DecoderStore:
         Returns:
             ``{"published": bool, "version": str | None, "reason": str}``.
         """
-        from samri.model.checkpoints import read_decoder_checkpoint  # torch: only publishing needs it
-
-        if self.base_model is None:
-            raise ValueError("DecoderStore.publish needs the store's base_model")
-        envelope = read_decoder_checkpoint(candidate)
-        if envelope["base_model"] != self.base_model:
-            raise SamriInputError("decoder", str(candidate), f"is for base model '{envelope['base_model']}', "
-                                  f"this store serves '{self.base_model}'")
+        envelope = self._envelope(candidate)
         metrics = envelope["metadata"].get("metrics", {})
         new, old = metrics.get("val", {}), metrics.get("baseline_val", {})
         # the run's selection score (clicks protocol, else box Dice), computed alike for both
@@ -161,16 +154,7 @@ class DecoderStore:
         ok, reason = gate(new_dice, old_dice, margin, new_noc=mean_noc85(new), live_noc=mean_noc85(old))
         if not ok:
             return {"published": False, "version": None, "reason": reason}
-        index = self.index()
-        version = f"v{len(index) + 1:04d}"
-        copy_file(candidate, self.version_file(version))
-        entry = {"version": version, "file": f"versions/{version}.pt", "val_dice": new_dice,
-                 "baseline_val_dice": old_dice, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "gate": reason, "metrics": {"val": new, "baseline_val": old},
-                 "training_data": envelope["metadata"].get("training_data")}
-        write_json(self.root / "index.json", index + [entry])
-        write_json(self.live_file, entry)
-        logger.info("published decoder %s (%s)", version, reason)
+        version = self._record(candidate, envelope, reason, val=new, baseline=old)
         return {"published": True, "version": version, "reason": reason}
 
     def publish_shape_priors(self, candidate: str | os.PathLike, *, refused: str) -> dict[str, Any]:
@@ -184,34 +168,43 @@ class DecoderStore:
         Returns:
             ``{"published": bool, "version": str | None, "reason": str}``.
         """
-        from samri.model.checkpoints import read_decoder_checkpoint
+        envelope = self._envelope(candidate)
+        priors = envelope["metadata"].get("shape_priors")
+        if not envelope.get("shape_priors") or not priors:
+            return {"published": False, "version": None, "reason": refused}
+        reason = (f"{refused}; the live decoder's weights published with the shape priors of the finished studies "
+                  f"({priors.get('structures')} structures, {priors.get('sections')} sections)")
+        baseline = envelope["metadata"].get("metrics", {}).get("baseline_val", {})
+        version = self._record(candidate, envelope, reason, val=baseline, baseline=baseline, shape_priors_only=True)
+        return {"published": True, "version": version, "reason": reason, "shape_priors_only": True}
+
+    def _envelope(self, candidate: str | os.PathLike) -> dict[str, Any]:
+        """A candidate decoder file's checked envelope (it must be for this store's base model)."""
+        from samri.model.checkpoints import read_decoder_checkpoint  # torch: only publishing needs it
 
         if self.base_model is None:
-            raise ValueError("DecoderStore.publish_shape_priors needs the store's base_model")
+            raise ValueError("publishing into a DecoderStore needs the store's base_model")
         envelope = read_decoder_checkpoint(candidate)
         if envelope["base_model"] != self.base_model:
             raise SamriInputError("decoder", str(candidate), f"is for base model '{envelope['base_model']}', "
                                   f"this store serves '{self.base_model}'")
-        priors = envelope["metadata"].get("shape_priors")
-        if not envelope.get("shape_priors") or not priors:
-            return {"published": False, "version": None, "reason": refused}
+        return envelope
+
+    def _record(self, candidate: str | os.PathLike, envelope: dict[str, Any], reason: str, *,
+                val: dict[str, Any], baseline: dict[str, Any], **extra: Any) -> str:
+        """Copy ``candidate`` in as the next ``vNNNN``, append its index entry and make it live."""
         index = self.index()
         version = f"v{len(index) + 1:04d}"
-        reason = (f"{refused}; the live decoder's weights published with the shape priors of the finished studies "
-                  f"({priors.get('structures')} structures, {priors.get('sections')} sections)")
         copy_file(candidate, self.version_file(version))
-        metrics = envelope["metadata"].get("metrics", {})
-        entry = {"version": version, "file": f"versions/{version}.pt",
-                 "val_dice": float(metrics.get("baseline_val", {}).get("score", 0.0)),
-                 "baseline_val_dice": float(metrics.get("baseline_val", {}).get("score", 0.0)),
-                 "published": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gate": reason,
-                 "shape_priors_only": True, "metrics": {"val": metrics.get("baseline_val", {}),
-                                                        "baseline_val": metrics.get("baseline_val", {})},
+        score = [float(m.get("score", m.get("dice", 0.0))) for m in (val, baseline)]
+        entry = {"version": version, "file": f"versions/{version}.pt", "val_dice": score[0],
+                 "baseline_val_dice": score[1], "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "gate": reason, **extra, "metrics": {"val": val, "baseline_val": baseline},
                  "training_data": envelope["metadata"].get("training_data")}
         write_json(self.root / "index.json", index + [entry])
         write_json(self.live_file, entry)
         logger.info("published decoder %s (%s)", version, reason)
-        return {"published": True, "version": version, "reason": reason, "shape_priors_only": True}
+        return version
 
     def rollback(self, version: str | None = None) -> dict[str, Any] | None:
         """Serve ``version`` (default: the one published before the live one); ``"base"`` = plain decoder."""
