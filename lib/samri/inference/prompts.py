@@ -35,7 +35,7 @@ class SlicePrompt:
         mask_logits: previous decoder logits ``(1, 1, s, s)`` in the decoder's low-res frame
             (refinement), or None.
         structure: the name of the structure being segmented (the request's ``label``), or None; a
-            first box of a named structure may use finished studies' shapes (`samri.inference.shape_prior`).
+            box of a named structure may use finished studies' shapes (`samri.inference.shape_prior`).
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))

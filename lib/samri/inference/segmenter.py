@@ -251,7 +251,7 @@ class Segmenter:
                       point_prompts: str | None = None, shape_prior: bool = True) -> SliceResult:
         """2D prediction on slice ``index`` along ``axis`` (encodes it on a cache miss); on a refinement
         every click holds in the answer (`click_fill`). ``point_prompts``: as in `decode`. ``shape_prior``:
-        a first box of a named structure takes the model's shape prior (`with_shape_prior`)."""
+        a box of a named structure takes the model's shape prior (`with_shape_prior`)."""
         axis = check_axis(axis)
         geom = self.slice_geometry(volume, axis)
         rows, cols = in_plane_axes(axis)
@@ -264,7 +264,7 @@ class Segmenter:
     def answer(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt, *,
                image: np.ndarray | None = None, point_prompts: str | None = None,
                prior_at: tuple[int, tuple[float, float]] | None = None) -> SliceResult:
-        """The served answer on one embedding ``(C, h, w)``: `decode`, then a first box's shape prior (only
+        """The served answer on one embedding ``(C, h, w)``: `decode`, then a box's shape prior (only
         with ``prior_at``, ``(axis, (row mm, column mm))`` of the slice: `with_shape_prior`), then the box clip
         (``box_clip``), then click fill (``click_fill``; only with ``image``, the ``(H, W)`` windowed slice in
         ``[0, 1]``)."""
@@ -284,11 +284,13 @@ class Segmenter:
 
     def with_shape_prior(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult, axis: int,
                          spacing_mm: tuple[float, float]) -> SliceResult:
-        """A first box's answer (a box, no previous logits) with the model's shape prior of
-        ``prompt.structure`` added to its logits (`samri.inference.shape_prior`); ``result`` itself when the
-        model has no prior for that structure on ``axis`` or the prompt is not a first box."""
+        """An answer to a box (the first, and every refinement of a session with a box) with the model's shape
+        prior of ``prompt.structure`` added to its logits (`samri.inference.shape_prior`); ``result`` itself when
+        the model has no prior for that structure on ``axis`` or the prompt has no box. On a refinement the
+        previous logits already carry the prior where the clicks changed nothing, so there it adds up; on the
+        validation sessions that beat adding it to the first answer only (docs/ADAPTATION.md)."""
         priors = getattr(self.model, "shape_priors", None)
-        if priors is None or prompt.box is None or prompt.mask_logits is not None or not prompt.structure:
+        if priors is None or prompt.box is None or not prompt.structure:
             return result
         prior = priors.prior(prompt.structure, axis, prompt.box, (geom.height, geom.width), spacing_mm)
         if prior is None:

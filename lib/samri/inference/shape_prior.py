@@ -4,9 +4,10 @@ Annotators label the same structures study after study. Every finished label hol
 name and per slice, a section of that structure; scaled to its own tight box, a section is a shape
 (``grid x grid`` in ``[0, 1]``). When an annotator draws a box for a structure whose name has finished
 sections (Slicer sends the segment's name as ``label``), the sections whose boxes are closest in size
-(in mm) are averaged, scaled back onto the new box, and added to the decoder's first answer as
-logits (`fuse_prior`). The decoder keeps the image's evidence; the prior says where inside the box
-this structure usually lies. Without a name, or for a name no finished study has, nothing changes.
+(in mm) are averaged, scaled back onto the new box, and added to the decoder's answer as logits
+(`fuse_prior`), on the first answer and on every refinement of that box's session. The decoder keeps
+the image's evidence; the prior says where inside the box this structure usually lies. Without a name,
+or for a name no finished study has, nothing changes.
 
 Frames: slices ``(H, W)`` of a volume cut along ``axis`` (`samri.geometry.take_slice`); boxes
 ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`); sizes in mm along those rows and

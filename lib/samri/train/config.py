@@ -56,7 +56,7 @@ class TrainSettings:
     ``validation_click_fill``: the clicks validation applies serving's click fill
     (`samri.inference.refine.fill_clicks`) on the windowed slice, so it scores the served answer.
     ``shape_prior_weight`` > 0: the decoder file also carries the shapes of the studies' named
-    structures, added to a first box's logits with this weight when a request names the structure
+    structures, added to the logits of a box's answers with this weight when a request names the structure
     (`samri.inference.shape_prior`); ``shape_prior_neighbours`` sections are averaged per prior.
     """
 

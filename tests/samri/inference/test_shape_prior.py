@@ -115,8 +115,8 @@ def test_prior_logits_and_their_low_res_frame_round_trip() -> None:
 
 
 def test_a_first_box_of_a_named_structure_takes_the_prior(monkeypatch, fresh_tiny_model, prepared_volume) -> None:
-    """The decoder answers the whole box with no confidence (logits 0): the prior decides; a refinement, an
-    unnamed box or a name without finished sections are served as before."""
+    """The decoder answers the whole box with little confidence (logits 0.25): the prior decides, on the first
+    answer and on a refinement; an unnamed box, a name without finished sections or no box are served as before."""
 
     def decode(self, embedding, geom, prompt, **_):
         return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.full(
@@ -136,9 +136,14 @@ def test_a_first_box_of_a_named_structure_takes_the_prior(monkeypatch, fresh_tin
     # the logits fed back with the next click say the same
     geom = seg.slice_geometry(prepared_volume, 2)
     assert dice(geom.logits_to_slice(named.low_res_logits)[0, 0].numpy() > 0, named.mask) > 0.95
-    for prompt in (SlicePrompt(box=box), SlicePrompt(box=box, structure="other"),
-                   SlicePrompt(box=box, structure="tri", mask_logits=named.low_res_logits)):
+    for prompt in (SlicePrompt(box=box), SlicePrompt(box=box, structure="other")):  # unnamed, unknown name
         assert seg.predict_slice(prepared_volume, 2, 15, prompt).mask.sum() == 16 * 16
+    points_only = SlicePrompt(points=[[18, 14]], labels=[1], structure="tri")  # no box: nothing to shape
+    assert seg.predict_slice(prepared_volume, 2, 15, points_only).mask.all()
+    # a refinement of the box's session takes it too (the decoder answers 0.25 everywhere again)
+    again = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box, structure="tri",
+                                                                  mask_logits=named.low_res_logits))
+    assert dice(again.mask, expected) > 0.85
     # the trainer's validation path (`answer` without where the slice lies) does not use priors
     embedding = seg.embedding(prepared_volume, 2, 15)
     assert seg.answer(embedding, geom, SlicePrompt(box=box, structure="tri")).mask.sum() == 16 * 16
