@@ -142,6 +142,12 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
               "epochs": settings.epochs, "steps": 0, "val_pairs": len(val_samples),
               "val_prompts": len(val_samples) * len(VAL_MODES), "validations": 0}
 
+    val_priors = validation_shape_priors(train_idx, val_idx, settings, axes=axes, include_labels=include_labels)
+    budget["val_shape_priors"] = 0 if val_priors is None else len(val_priors)
+    if val_priors is not None:
+        logger.info("validating box sessions with %d sections of %d structures from the training studies",
+                    len(val_priors), len(val_priors.names))
+
     def validate(epoch: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         if rank == 0:
@@ -154,7 +160,7 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
              "pairs_total": total}))
         if settings.validation_clicks:
             val.update(trainer.validate_clicks(val_samples, max_clicks=settings.validation_clicks,
-                                               on_sample=lambda done, total: emit(
+                                               shape_priors=val_priors, on_sample=lambda done, total: emit(
                 {"phase": "validation", "epoch": epoch, "total_epochs": settings.epochs, "clicks_done": done,
                  "clicks_total": total})))
         val["score"] = selection_score(val)
@@ -281,6 +287,23 @@ def selection_score(val: dict[str, Any]) -> float:
     """What picks the epoch and gates publishing: the clicks protocol's mean Dice over its curves
     (first box and first point, interactions 1..``validation_clicks``) when it ran, else box Dice."""
     return float(val["clicks_score"]) if "clicks_score" in val else float(val.get("dice", 0.0))
+
+
+def validation_shape_priors(train_idx: Sequence, val_idx: Sequence, settings: TrainSettings, *,
+                            axes: Sequence[int], include_labels: Sequence[str] | None) -> ShapePriors | None:
+    """The shapes the clicks validation serves its box sessions with, so that the epoch choice and the gate
+    judge what the app will serve (the trained decoder with the finished studies' shapes): the sections of the
+    training studies only, never of a validation study (its own sections would answer its sessions). None
+    without ``shape_prior_weight``, without ``validation_clicks``, or when no training study is apart from
+    the validation ones (one finished study serves as both: validated without shapes, as before)."""
+    if settings.shape_prior_weight <= 0 or not settings.validation_clicks:
+        return None
+    val_ids = {i.study.study_id for i in val_idx}
+    apart = [i.study for i in train_idx if i.study.study_id not in val_ids]
+    if not apart:
+        return None
+    return study_shape_priors(apart, axes=axes, include_labels=include_labels, settings=ShapePriorSettings(
+        weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours))
 
 
 def study_shape_priors(studies: Sequence[Study], *, axes: Sequence[int], include_labels: Sequence[str] | None,

@@ -8,6 +8,7 @@ Its settings, `TrainSettings`, live in `samri.train.config` (imported here for e
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from samri.inference.embeddings import EmbeddingCache, EmbeddingKey
 from samri.inference.prompts import SlicePrompt
 from samri.inference.propagation import PropagationSettings, mask_box
 from samri.inference.refine import FORCED_LOGIT, ClickFill, box_bound, low_res_cover
+from samri.inference.shape_prior import ShapePriors
 from samri.intensity import WindowSettings
 from samri.train.config import TrainSettings
 from samri.train.stage1 import SliceSample, StudyIndex, label_slice
@@ -49,6 +51,7 @@ class SampleSource:
         self.input_size = input_size
         self.window = window
         self._labels: dict[str, np.ndarray] = {}
+        self._spacings: dict[str, tuple[float, float, float]] = {}
         self._windowed: dict[str, np.ndarray | None] = {}
 
     def embedding(self, s: SliceSample) -> torch.Tensor:
@@ -62,11 +65,28 @@ class SampleSource:
         return self.cache.get(EmbeddingKey(self.by_study[s.study_id].content_key, s.axis, s.index, self.encoder_key))
 
     def target(self, s: SliceSample) -> np.ndarray:
-        if s.study_id not in self._labels:
+        self._load_label(s.study_id)
+        return label_slice(self._labels[s.study_id], s)
+
+    def _load_label(self, study_id: str) -> None:
+        if study_id not in self._labels:
             from samri.volume import load_image
 
-            self._labels[s.study_id] = np.asarray(load_image(self.by_study[s.study_id].study.label, "label").array)
-        return label_slice(self._labels[s.study_id], s)
+            label = load_image(self.by_study[study_id].study.label, "label")
+            self._labels[study_id] = np.asarray(label.array)
+            self._spacings[study_id] = tuple(float(v) for v in label.spacing)
+
+    def structure(self, s: SliceSample) -> str | None:
+        """The name of the sample's structure (its study's ``label_names``), None when unnamed."""
+        names = {value: name for name, value in self.by_study[s.study_id].study.label_names.items()}
+        return names.get(s.value)
+
+    def spacing_mm(self, s: SliceSample) -> tuple[float, float]:
+        """``(row mm, column mm)`` of the sample's slice (the label volume's voxel spacing)."""
+        self._load_label(s.study_id)
+        rows, cols = in_plane_axes(s.axis)
+        spacing = self._spacings[s.study_id]
+        return spacing[rows], spacing[cols]
 
     def image(self, s: SliceSample) -> np.ndarray | None:
         """``(H, W)`` float32 windowed slice in ``[0, 1]``, as serving reads it; None without a ``window``,
@@ -323,11 +343,16 @@ class DecoderTrainer:
         return out
 
     def validate_clicks(self, samples: Sequence[SliceSample], firsts: Sequence[str] = FIRST_INTERACTIONS,
-                        max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None) -> dict:
+                        max_clicks: int = 5, on_sample: Callable[[int, int], None] | None = None,
+                        shape_priors: ShapePriors | None = None) -> dict:
         """The clicks protocol on validation pairs (`samri.annotator.slice_session`), answered as
         served (`samri.inference.segmenter.Segmenter.answer` on the cached embedding: the box clip
         when ``box_clip`` is set, click fill on the windowed slice when ``validation_click_fill`` is
         set and the source has the serving window).
+
+        ``shape_priors``: served as Slicer's named requests are (each prompt names its structure, a box
+        session takes these shapes, `Segmenter.with_shape_prior`); they must not hold the validation
+        studies' own sections. None: unnamed prompts, as OHIF's (the model's own shapes are not used).
 
         Returns:
             ``{"clicks_<first>": [mean Dice after interaction 1..max_clicks], "noc85_<first>": mean
@@ -342,24 +367,40 @@ class DecoderTrainer:
                               box_clip=self.settings.box_clip)
         out: dict[str, Any] = {}
         curves_all = []
-        for k, first in enumerate(firsts):
-            curves = []
-            for n, s in enumerate(samples):
-                embedding, geom = self.source.embedding(s), self.source.geometry(s)
-                image = self.source.image(s) if fill else None
-
-                def decode(prompt: SlicePrompt, embedding=embedding, geom=geom, image=image):
-                    res = segmenter.answer(embedding, geom, prompt, image=image)
-                    return res.mask, res.low_res_logits
-
-                curves.append(slice_session(decode, self.source.target(s), first=first, max_clicks=max_clicks))
-                if on_sample is not None:
-                    on_sample(k * len(samples) + n + 1, len(firsts) * len(samples))
-            curves = np.asarray(curves, dtype=np.float64).reshape(-1, max_clicks)
-            curves_all.append(curves)
-            out[f"clicks_{first}"] = [round(float(v), 4) for v in curves.mean(axis=0)] if len(curves) else []
-            reached = [noc(c, 0.85) or max_clicks for c in curves]
-            out[f"noc85_{first}"] = float(np.mean(reached)) if reached else float(max_clicks)
+        own_priors = getattr(self.model, "shape_priors", None)
+        self.model.shape_priors = shape_priors
+        try:
+            for k, first in enumerate(firsts):
+                curves = []
+                for n, s in enumerate(samples):
+                    curves.append(slice_session(self._served(segmenter, s, fill, shape_priors is not None),
+                                                self.source.target(s), first=first, max_clicks=max_clicks))
+                    if on_sample is not None:
+                        on_sample(k * len(samples) + n + 1, len(firsts) * len(samples))
+                curves = np.asarray(curves, dtype=np.float64).reshape(-1, max_clicks)
+                curves_all.append(curves)
+                out[f"clicks_{first}"] = [round(float(v), 4) for v in curves.mean(axis=0)] if len(curves) else []
+                reached = [noc(c, 0.85) or max_clicks for c in curves]
+                out[f"noc85_{first}"] = float(np.mean(reached)) if reached else float(max_clicks)
+        finally:
+            self.model.shape_priors = own_priors
         stacked = np.concatenate(curves_all) if curves_all else np.zeros((0, max_clicks))
         out["clicks_score"] = float(stacked.mean()) if stacked.size else 0.0
         return out
+
+    def _served(self, segmenter, s: SliceSample, fill: bool, named: bool
+                ) -> Callable[[SlicePrompt], tuple[np.ndarray, torch.Tensor]]:
+        """``prompt -> (mask, low-res logits)`` on sample ``s``'s cached embedding, as the server answers it;
+        ``named``: the prompt names the structure, with the slice's spacing for its shape prior."""
+        embedding, geom = self.source.embedding(s), self.source.geometry(s)
+        image = self.source.image(s) if fill else None
+        structure = self.source.structure(s) if named else None
+        prior_at = (s.axis, self.source.spacing_mm(s)) if structure else None
+
+        def decode(prompt: SlicePrompt) -> tuple[np.ndarray, torch.Tensor]:
+            if structure:
+                prompt = replace(prompt, structure=structure)
+            res = segmenter.answer(embedding, geom, prompt, image=image, prior_at=prior_at)
+            return res.mask, res.low_res_logits
+
+        return decode

@@ -155,6 +155,32 @@ def test_a_trained_decoder_carries_the_studies_shapes(studies_dir, fresh_tiny_mo
     assert apply_decoder_checkpoint(load_model(tiny_spec()), plain.checkpoint).shape_priors is None
 
 
+def test_validation_shapes_come_from_the_training_studies_only(studies_dir, fresh_tiny_model, tmp_path,
+                                                               monkeypatch):
+    """The clicks validation (epoch choice and gate) serves box sessions with the training studies' shapes, never
+    a validation study's own sections; one study serving both, no shape weight or no clicks validation: none."""
+    from samri.train import run as run_module
+    from samri.train.stage1 import StudyIndex
+
+    used = []
+    monkeypatch.setattr(run_module, "study_shape_priors",
+                        lambda studies, **kw: used.append([s.study_id for s in studies]) or "shapes")
+    studies = find_studies(studies_dir)
+    idx = [StudyIndex(study=s, content_key=s.study_id, shape=(1, 1, 1)) for s in studies]
+    settings = small_train_settings(shape_prior_weight=1.0, validation_clicks=3)
+    picked = run_module.validation_shape_priors(idx[1:], idx[:1], settings, axes=(2,), include_labels=None)
+    assert picked == "shapes" and used == [[s.study_id for s in studies[1:]]]
+    assert run_module.validation_shape_priors(idx[:1], idx[:1], settings, axes=(2,), include_labels=None) is None
+    for other in (small_train_settings(shape_prior_weight=0.0, validation_clicks=3),
+                  small_train_settings(shape_prior_weight=1.0, validation_clicks=0)):
+        assert run_module.validation_shape_priors(idx[1:], idx[:1], other, axes=(2,), include_labels=None) is None
+    monkeypatch.undo()
+    result = run_training(studies, model=fresh_tiny_model, out_dir=tmp_path / "run", settings=small_train_settings(
+        epochs=1, max_steps_per_epoch=1, max_val_samples=2, validation_clicks=2, shape_prior_weight=1.0),
+        window=load_registry().window, cache=EmbeddingCache(), min_pixels=5, progress=False, val_studies=["s0"])
+    assert result.budget["val_shape_priors"] > 0
+
+
 def test_point_prompt_mode_follows_validation():
     from samri.train.run import point_prompt_mode
 

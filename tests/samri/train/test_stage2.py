@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -196,9 +197,9 @@ def test_clicks_validation_fills_clicks_on_the_image_only_when_asked(studies_dir
     seen = []
     answer = Segmenter.answer
 
-    def recording(self, embedding, geom, prompt, *, image=None, point_prompts=None):
+    def recording(self, embedding, geom, prompt, *, image=None, point_prompts=None, prior_at=None):
         seen.append((self.click_fill is not None, image is not None))
-        return answer(self, embedding, geom, prompt, image=image, point_prompts=point_prompts)
+        return answer(self, embedding, geom, prompt, image=image, point_prompts=point_prompts, prior_at=prior_at)
 
     monkeypatch.setattr(Segmenter, "answer", recording)
     for fill in (False, True):
@@ -208,6 +209,37 @@ def test_clicks_validation_fills_clicks_on_the_image_only_when_asked(studies_dir
         out = trainer.validate_clicks(indices[0].samples[:2], firsts=("box",), max_clicks=3)
         assert len(out["clicks_box"]) == 3
         assert seen and set(seen) == {(fill, fill)}, fill
+
+
+def test_clicks_validation_names_the_structure_only_with_shapes(studies_dir, fresh_tiny_model, monkeypatch):
+    """Given shapes, every answer of a validation session is served as a named Slicer request (the structure's
+    name, the slice's spacing for its prior) with those shapes on the model; without, unnamed as before. The
+    model's own shapes are back afterwards."""
+    from samri.inference.segmenter import Segmenter
+    from samri.inference.shape_prior import ShapePriors, ShapePriorSettings
+
+    seen = []
+    answer = Segmenter.answer
+
+    def recording(self, embedding, geom, prompt, *, image=None, point_prompts=None, prior_at=None):
+        seen.append((prompt.structure, prior_at, self.model.shape_priors))
+        return answer(self, embedding, geom, prompt, image=image, point_prompts=point_prompts, prior_at=prior_at)
+
+    monkeypatch.setattr(Segmenter, "answer", recording)
+    trainer, indices = _trainer_on_studies(studies_dir, fresh_tiny_model, small_train_settings())
+    sample = indices[0].samples[0]
+    name = {v: n for n, v in indices[0].study.label_names.items()}[sample.value]
+    label = np.asarray(nib.load(indices[0].study.label).dataobj)
+    priors = ShapePriors.from_labels([(label.astype(np.int32), indices[0].study.label_names, (1.0, 1.0, 1.0))],
+                                     axes=(sample.axis,), settings=ShapePriorSettings())
+    own = object()
+    fresh_tiny_model.shape_priors = own
+    trainer.validate_clicks([sample], firsts=("box",), max_clicks=2)
+    assert seen and all(s == (None, None, None) for s in seen)
+    seen.clear()
+    trainer.validate_clicks([sample], firsts=("box",), max_clicks=2, shape_priors=priors)
+    assert seen and all(s == (name, (sample.axis, (1.0, 1.0)), priors) for s in seen)
+    assert fresh_tiny_model.shape_priors is own
 
 
 def test_chained_prompt_is_one_propagation_step_with_the_neighbours_logits(studies_dir, fresh_tiny_model,
