@@ -80,6 +80,17 @@ _SEGMENTER_IDS = itertools.count(1)
 BOX_SEARCH_HALF_SIZES = (0.02, 0.04, 0.06, 0.09, 0.13, 0.2)
 
 
+def _answer_box(mask: np.ndarray, prompt: SlicePrompt) -> np.ndarray | None:
+    """Tight ``(r0, c0, r1, c1)`` box of a ``(H, W)`` answer and the prompt's positive clicks; None without a
+    positive click."""
+    positive = prompt.points[prompt.labels > 0]
+    if not len(positive):
+        return None
+    covered = mask.copy()
+    covered[positive[:, 0].astype(int), positive[:, 1].astype(int)] = True
+    return mask_box(covered)
+
+
 def _fit_score(mask: np.ndarray, iou: float, prompt: SlicePrompt) -> tuple[int, float]:
     """How well a candidate ``(H, W)`` mask answers points-only clicks: (positive clicks inside minus
     negative clicks inside, predicted IoU); higher is better."""
@@ -264,11 +275,15 @@ class Segmenter:
     def answer(self, embedding: torch.Tensor, geom: SliceGeometry, prompt: SlicePrompt, *,
                image: np.ndarray | None = None, point_prompts: str | None = None,
                prior_at: tuple[int, tuple[float, float]] | None = None) -> SliceResult:
-        """The served answer on one embedding ``(C, h, w)``: `decode`, then a box's shape prior (only
-        with ``prior_at``, ``(axis, (row mm, column mm))`` of the slice: `with_shape_prior`), then the box clip
+        """The served answer on one embedding ``(C, h, w)``: `decode` (a lone first click of a named structure as
+        the box it stands for, `point_box`), then the shape prior (only with ``prior_at``, ``(axis, (row mm,
+        column mm))`` of the slice: `with_shape_prior`), then the box clip
         (``box_clip``), then click fill (``click_fill``; only with ``image``, the ``(H, W)`` windowed slice in
         ``[0, 1]``)."""
         override = {} if point_prompts is None else {"point_prompts": point_prompts}
+        sized = None if prior_at is None else self.point_box(geom, prompt, *prior_at)
+        if sized is not None:  # answered as the box it stands for; the prior would misplace an unsure box
+            prompt = replace(prompt, box=sized, structure=None)
         result = self.decode(embedding, geom, prompt, **override)
         if prior_at is not None:
             result = self.with_shape_prior(geom, prompt, result, *prior_at)
@@ -282,20 +297,37 @@ class Segmenter:
         logits = logits_for_mask(geom, result.low_res_logits, result.mask, filled)
         return SliceResult(mask=filled, low_res_logits=logits, iou=result.iou)
 
+    def point_box(self, geom: SliceGeometry, prompt: SlicePrompt, axis: int,
+                  spacing_mm: tuple[float, float]) -> np.ndarray | None:
+        """The box a lone first click of a named structure stands for: the structure's typical section size
+        centred on the first positive click (`samri.inference.shape_prior.ShapePriors.point_box`); None for a
+        prompt with a box or previous logits, without a positive click or name, or without finished sections."""
+        priors = getattr(self.model, "shape_priors", None)
+        positive = prompt.points[prompt.labels > 0]
+        if (priors is None or prompt.box is not None or prompt.mask_logits is not None or not prompt.structure
+                or not len(positive)):
+            return None
+        return priors.point_box(prompt.structure, axis, positive[0], (geom.height, geom.width), spacing_mm)
+
     def with_shape_prior(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult, axis: int,
                          spacing_mm: tuple[float, float]) -> SliceResult:
-        """An answer to a box (the first, and every refinement of a session with a box) with the model's shape
-        prior of ``prompt.structure`` added to its logits (`samri.inference.shape_prior`); ``result`` itself when
-        the model has no prior for that structure on ``axis`` or the prompt has no box. On a refinement the
-        previous logits already carry the prior where the clicks changed nothing, so there it adds up; on the
-        validation sessions that beat adding it to the first answer only (docs/ADAPTATION.md)."""
+        """An answer of a named structure with the model's shape prior of ``prompt.structure`` added to its
+        logits (`samri.inference.shape_prior`): on a box (the first answer and every refinement of a session
+        with a box), or, without a box, on the tight box of the answer and the positive clicks (a refinement of
+        a session begun with a click); ``result`` itself when the model has no prior for that structure on
+        ``axis`` or the prompt has neither box nor positive click. On a refinement the previous logits already
+        carry the prior where the clicks changed nothing, so there it adds up; on the validation sessions that
+        beat adding it to the first answer only (docs/ADAPTATION.md)."""
         priors = getattr(self.model, "shape_priors", None)
-        if priors is None or prompt.box is None or not prompt.structure:
+        if priors is None or not prompt.structure:
             return result
-        prior = priors.prior(prompt.structure, axis, prompt.box, (geom.height, geom.width), spacing_mm)
+        box = prompt.box if prompt.box is not None else _answer_box(result.mask, prompt)
+        if box is None:
+            return result
+        prior = priors.prior(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm)
         if prior is None:
             return result
-        logits = fuse_prior(geom, result.low_res_logits, prior, prompt.box, priors.settings.weight)
+        logits = fuse_prior(geom, result.low_res_logits, prior, box, priors.settings.weight)
         return replace(result, mask=geom.logits_to_slice(logits)[0, 0].numpy() > 0.0, low_res_logits=logits)
 
     def propagate(self, volume, axis: int, seeds: dict[int, SlicePrompt], *,

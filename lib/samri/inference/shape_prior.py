@@ -6,8 +6,10 @@ name and per slice, a section of that structure; scaled to its own tight box, a 
 sections (Slicer sends the segment's name as ``label``), the sections whose boxes are closest in size
 (in mm) are averaged, scaled back onto the new box, and added to the decoder's answer as logits
 (`fuse_prior`), on the first answer and on every refinement of that box's session. The decoder keeps
-the image's evidence; the prior says where inside the box this structure usually lies. Without a name,
-or for a name no finished study has, nothing changes.
+the image's evidence; the prior says where inside the box this structure usually lies. A lone first
+click of a named structure is answered as a box of the structure's typical size centred on it
+(`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight
+box of its answer and positive clicks. Without a name, or for a name no finished study has, nothing changes.
 
 Frames: slices ``(H, W)`` of a volume cut along ``axis`` (`samri.geometry.take_slice`); boxes
 ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`); sizes in mm along those rows and
@@ -31,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 #: a prior's probabilities are clipped to this before they become logits (a prior never forbids outright)
 PRIOR_CLIP = 0.02
+
+#: a lone first click of a named structure is answered as a box of this percentile of the structure's finished
+#: sections' sizes, centred on the click (chosen on the adaptation cohort's annotate studies among 10-90;
+#: docs/ADAPTATION.md)
+POINT_BOX_PERCENTILE = 40.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,20 @@ class ShapePriors:
         out = np.zeros((h, w), np.float32)
         out[r0:r1 + 1, c0:c1 + 1] = scaled
         return out
+
+    def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
+                  spacing_mm: tuple[float, float]) -> np.ndarray | None:
+        """``(4,)`` ``(r0, c0, r1, c1)`` box of structure ``name``'s typical section size (`POINT_BOX_PERCENTILE`
+        of its finished sections' sizes in mm, per side) centred on ``point`` ``(r, c)`` and cut at the slice's
+        edges; None when no finished section of that name exists on this axis."""
+        found = self.sections.get((str(name), int(axis))) if name else None
+        if found is None:
+            return None
+        half = (np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(spacing_mm, np.float64) - 1) / 2
+        h, w = slice_shape
+        r, c = float(point[0]), float(point[1])
+        return np.array([max(0.0, r - half[0]), max(0.0, c - half[1]), min(h - 1.0, r + half[0]),
+                         min(w - 1.0, c + half[1])])
 
     def to_payload(self) -> dict[str, Any]:
         """Tensors, lists and numbers only (a decoder checkpoint's ``shape_priors``, read with weights_only)."""

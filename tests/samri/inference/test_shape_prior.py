@@ -138,8 +138,7 @@ def test_a_first_box_of_a_named_structure_takes_the_prior(monkeypatch, fresh_tin
     assert dice(geom.logits_to_slice(named.low_res_logits)[0, 0].numpy() > 0, named.mask) > 0.95
     for prompt in (SlicePrompt(box=box), SlicePrompt(box=box, structure="other")):  # unnamed, unknown name
         assert seg.predict_slice(prepared_volume, 2, 15, prompt).mask.sum() == 16 * 16
-    points_only = SlicePrompt(points=[[18, 14]], labels=[1], structure="tri")  # no box: nothing to shape
-    assert seg.predict_slice(prepared_volume, 2, 15, points_only).mask.all()
+    assert seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[18, 14]], labels=[1])).mask.all()
     # a refinement of the box's session takes it too (the decoder answers 0.25 everywhere again)
     again = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(box=box, structure="tri",
                                                                   mask_logits=named.low_res_logits))
@@ -147,3 +146,46 @@ def test_a_first_box_of_a_named_structure_takes_the_prior(monkeypatch, fresh_tin
     # the trainer's validation path (`answer` without where the slice lies) does not use priors
     embedding = seg.embedding(prepared_volume, 2, 15)
     assert seg.answer(embedding, geom, SlicePrompt(box=box, structure="tri")).mask.sum() == 16 * 16
+
+
+def test_a_lone_click_of_a_named_structure_stands_for_a_box_of_its_typical_size(monkeypatch, fresh_tiny_model,
+                                                                                 prepared_volume) -> None:
+    """A first click of a named structure with finished sections is answered as a box of the sections' 40th
+    percentile size centred on it (the box clip keeps the answer inside); a refinement without a box takes the
+    prior on the tight box of its answer; unnamed clicks, unknown names and negative-only clicks as before."""
+    seen = []
+
+    def decode(self, embedding, geom, prompt, **_):
+        seen.append(None if prompt.box is None else prompt.box.copy())
+        return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.full(
+            (1, 1, 64, 64), 0.25), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    spacing = prepared_volume.spacing
+    sides = [12, 16, 20]
+    labels = study(sides, shape=prepared_volume.shape[:2] + (3,))
+    fresh_tiny_model.shape_priors = ShapePriors.from_labels([(labels, {"tri": 1}, spacing)])
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None)
+    first = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[20, 22]], labels=[1], structure="tri"))
+    side_r = np.percentile(np.array(sides) * spacing[0], 40) / spacing[0]
+    side_c = np.percentile(np.array(sides) * spacing[1], 40) / spacing[1]
+    assert seen[-1] == pytest.approx([20 - (side_r - 1) / 2, 22 - (side_c - 1) / 2, 20 + (side_r - 1) / 2,
+                                      22 + (side_c - 1) / 2])
+    rows, cols = np.flatnonzero(first.mask.any(axis=1)), np.flatnonzero(first.mask.any(axis=0))
+    assert abs(len(rows) - side_r) <= 1.5 and abs(len(cols) - side_c) <= 1.5  # clipped to that box
+    # near the edge the box is cut at the slice
+    edge = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[0, 0]], labels=[1], structure="tri"))
+    assert edge.mask[0, 0] and seen[-1][:2].tolist() == [0.0, 0.0]
+    # a refinement without a box: the prior on the tight box of the answer (the whole slice here)
+    refined = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[20, 22], [30, 5]], labels=[1, 1],
+                                                                    structure="tri", mask_logits=first.low_res_logits))
+    assert seen[-1] is None
+    h, w = refined.mask.shape
+    assert dice(refined.mask, triangle(h, w)) > 0.85
+    for prompt in (SlicePrompt(points=[[20, 22]], labels=[1]), SlicePrompt(points=[[20, 22]], labels=[1],
+                                                                           structure="other"),
+                   SlicePrompt(points=[[20, 22]], labels=[0], structure="tri")):
+        assert seg.predict_slice(prepared_volume, 2, 15, prompt).mask.all() and seen[-1] is None
+    # 3D seeds (`shape_prior=False`) are served as before
+    assert seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[20, 22]], labels=[1], structure="tri"),
+                             shape_prior=False).mask.all()
