@@ -145,7 +145,7 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
     val_priors = validation_shape_priors(train_idx, val_idx, settings, axes=axes, include_labels=include_labels)
     budget["val_shape_priors"] = 0 if val_priors is None else len(val_priors)
     if val_priors is not None:
-        logger.info("validating box sessions with %d sections of %d structures from the training studies",
+        logger.info("validating named sessions with %d sections of %d structures from the training studies",
                     len(val_priors), len(val_priors.names))
 
     def validate(epoch: int) -> dict[str, Any]:
@@ -291,8 +291,9 @@ def selection_score(val: dict[str, Any]) -> float:
 
 def validation_shape_priors(train_idx: Sequence, val_idx: Sequence, settings: TrainSettings, *,
                             axes: Sequence[int], include_labels: Sequence[str] | None) -> ShapePriors | None:
-    """The shapes the clicks validation serves its box sessions with, so that the epoch choice and the gate
-    judge what the app will serve (the trained decoder with the finished studies' shapes): the sections of the
+    """The shapes the clicks validation serves its named sessions with (box or click first), so that the epoch
+    choice and the gate judge what the app will serve (the trained decoder with the finished studies' shapes): the
+    sections of the
     training studies only, never of a validation study (its own sections would answer its sessions). None
     without ``shape_prior_weight``, without ``validation_clicks``, or when no training study is apart from
     the validation ones (one finished study serves as both: validated without shapes, as before)."""
