@@ -350,8 +350,8 @@ class DecoderTrainer:
         when ``box_clip`` is set, click fill on the windowed slice when ``validation_click_fill`` is
         set and the source has the serving window).
 
-        ``shape_priors``: served as Slicer's named requests are (each prompt names its structure, a box
-        session takes these shapes, `Segmenter.with_shape_prior`); they must not hold the validation
+        ``shape_priors``: served as Slicer's named requests are (each prompt names its structure; a session
+        takes these shapes, `Segmenter.point_box` and `Segmenter.with_shape_prior`); they must not hold the validation
         studies' own sections. None: unnamed prompts, as OHIF's (the model's own shapes are not used).
 
         Returns:
