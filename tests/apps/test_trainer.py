@@ -407,7 +407,8 @@ def test_pid_alive_counts_a_killed_unreaped_process_as_dead() -> None:
 
 def test_a_refused_run_still_serves_the_studies_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``shape_prior.weight`` > 0: a published decoder carries the studies' shapes, a run the gate refuses
-    publishes them on the live decoder's weights, and a first box of a named structure is served with them."""
+    publishes them on the live decoder's weights, and a first box or lone click of a named structure is served with
+    them."""
     import nrrd
     import yaml
     from monailabel.config import settings
@@ -439,3 +440,21 @@ def test_a_refused_run_still_serves_the_studies_shapes(tmp_path: Path, monkeypat
             masks.append(nrrd.read(result["file"])[0])
             Path(result["file"]).unlink()
         assert not np.array_equal(masks[0], masks[1])  # the named first box took the shapes
+        click = {"foreground": [[8, 8, 5]], "background": [], "slice": 5, "result_extension": ".nrrd"}
+        masks = []
+        for extra in ({}, {"label": names[0]}):
+            result = app.infer({"model": "samri_2d", "image": "s0", **click, **extra})
+            masks.append(nrrd.read(result["file"])[0])
+            Path(result["file"]).unlink()
+        assert not np.array_equal(masks[0], masks[1])
+        # the named lone click stood for a box of the structure's typical size around it (the box clip holds)
+        from samri.inference.shape_prior import ShapePriors
+        from samri.volume import load_image
+
+        spacing = load_image(tmp_path / "studies" / "s0.nii.gz", "image").spacing
+        named = masks[1][:, :, 5].astype(bool)
+        box = ShapePriors.from_payload(v2["shape_priors"]).point_box(names[0], 2, np.array([8.0, 8.0]), named.shape,
+                                                                     (spacing[0], spacing[1]))
+        r0, c0, r1, c1 = np.round(box).astype(int)
+        assert named.any() and not named[:r0].any() and not named[r1 + 1:].any()
+        assert not named[:, :c0].any() and not named[:, c1 + 1:].any()
