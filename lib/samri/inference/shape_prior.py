@@ -156,7 +156,8 @@ class ShapePriors:
         found = self.sections.get((str(name), int(axis))) if name else None
         if found is None:
             return None
-        half = (np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(spacing_mm, np.float64) - 1) / 2
+        side_px = np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(spacing_mm, np.float64)
+        half = np.maximum(side_px - 1, 0.0) / 2  # at least the clicked pixel (sections from finer voxels)
         h, w = slice_shape
         r, c = float(point[0]), float(point[1])
         return np.array([max(0.0, r - half[0]), max(0.0, c - half[1]), min(h - 1.0, r + half[0]),

@@ -176,6 +176,9 @@ def test_a_lone_click_of_a_named_structure_stands_for_a_box_of_its_typical_size(
     # near the edge the box is cut at the slice
     edge = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[0, 0]], labels=[1], structure="tri"))
     assert edge.mask[0, 0] and seen[-1][:2].tolist() == [0.0, 0.0]
+    # sections far smaller than the slice's voxels: at least the clicked pixel
+    assert fresh_tiny_model.shape_priors.point_box("tri", 2, np.array([20.0, 22.0]), (40, 40), (100.0, 100.0)
+                                                   ).tolist() == [20.0, 22.0, 20.0, 22.0]
     # a refinement without a box: the prior on the tight box of the answer (the whole slice here)
     refined = seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[20, 22], [30, 5]], labels=[1, 1],
                                                                     structure="tri", mask_logits=first.low_res_logits))
