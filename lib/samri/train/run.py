@@ -292,11 +292,10 @@ def selection_score(val: dict[str, Any]) -> float:
 def validation_shape_priors(train_idx: Sequence, val_idx: Sequence, settings: TrainSettings, *,
                             axes: Sequence[int], include_labels: Sequence[str] | None) -> ShapePriors | None:
     """The shapes the clicks validation serves its named sessions with (box or click first), so that the epoch
-    choice and the gate judge what the app will serve (the trained decoder with the finished studies' shapes): the
-    sections of the
-    training studies only, never of a validation study (its own sections would answer its sessions). None
-    without ``shape_prior_weight``, without ``validation_clicks``, or when no training study is apart from
-    the validation ones (one finished study serves as both: validated without shapes, as before)."""
+    choice and the gate judge what the app will serve (the trained decoder with the finished studies' shapes):
+    the sections of the training studies only, never of a validation study (its own sections would answer its
+    sessions). None without ``shape_prior_weight``, without ``validation_clicks``, or when no training study is
+    apart from the validation ones (one finished study serves as both: validated without shapes, as before)."""
     if settings.shape_prior_weight <= 0 or not settings.validation_clicks:
         return None
     val_ids = {i.study.study_id for i in val_idx}
