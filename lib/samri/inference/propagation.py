@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -246,10 +246,12 @@ class Propagator:
         bounds: inclusive slice range to stay within.
         roi_box: ``(r0, c0, r1, c1)`` in-plane limit for propagated boxes, or None.
         budget: slice, time and cancellation limits.
+        structure: the structure's name (the request's ``label``): seeds and propagated slices take the model's
+            shape prior of it (`Segmenter.with_shape_prior`), as 2D answers do; None: no prior.
     """
 
     def __init__(self, segmenter: "Segmenter", volume, axis: int, *, bounds: tuple[int, int],
-                 roi_box: np.ndarray | None, budget: PropagationBudget) -> None:
+                 roi_box: np.ndarray | None, budget: PropagationBudget, structure: str | None = None) -> None:
         self.segmenter = segmenter
         self.volume = volume
         self.axis = axis
@@ -258,6 +260,10 @@ class Propagator:
         self.budget = budget
         self.rules: PropagationSettings = segmenter.propagation
         self.geom = segmenter.slice_geometry(volume, axis)
+        self.structure = structure
+        spacing = getattr(volume, "spacing", None)
+        rows, cols = in_plane_axes(axis)
+        self.spacing_mm = None if spacing is None else (float(spacing[rows]), float(spacing[cols]))
 
     def run(self, seeds: dict[int, SlicePrompt], *, memo: PropagationMemo | None = None,
             context: Any = None) -> PropagationRun:
@@ -309,10 +315,10 @@ class Propagator:
         """A prompted slice; a lone-points seed is decoded as the model's ``point_prompts_3d`` says."""
         seg = self.segmenter
         mode = seg.point_prompts_3d
-        # shape priors were measured on 2D first boxes only (docs/ADAPTATION.md): 3D seeds do without
+        named = self.structure is not None
         if mode == seg.point_prompts:
-            return seg.predict_slice(self.volume, self.axis, index, prompt, shape_prior=False)
-        return seg.predict_slice(self.volume, self.axis, index, prompt, point_prompts=mode, shape_prior=False)
+            return seg.predict_slice(self.volume, self.axis, index, prompt, shape_prior=named)
+        return seg.predict_slice(self.volume, self.axis, index, prompt, point_prompts=mode, shape_prior=named)
 
     def _reference_iou(self, index: int, prompt: SlicePrompt, res: "SliceResult") -> float:
         """The predicted IoU that ``min_relative_iou`` is relative to, for a box prompt on the seed slice.
@@ -383,6 +389,9 @@ class Propagator:
         seg = self.segmenter
         prompt = SlicePrompt(box=box, mask_logits=front.prev.low_res_logits if self.rules.chain_logits else None)
         res = seg.decode(seg.embedding(self.volume, self.axis, index), self.geom, prompt)
+        if self.structure is not None and self.spacing_mm is not None:  # the shapes, on the box it propagates with
+            res = seg.with_shape_prior(self.geom, replace(prompt, structure=self.structure), res, self.axis,
+                                       self.spacing_mm)
         if self.rules.clip_to_box:
             res = clipped_to_box(self.geom, res, box)
         reason = stop_reason(self.rules, front.prev, res, iou_floor=front.iou_floor, seed_area=front.seed_area)

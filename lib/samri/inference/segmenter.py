@@ -359,10 +359,12 @@ class Segmenter:
         if should_stop is not None:
             budget = replace(budget, should_stop=should_stop)
         roi_key = None if roi_box is None else tuple(float(v) for v in roi_box)
+        structure = next((p.structure for p in seeds.values() if p.structure), None)
         context = (self.uid, getattr(volume, "content_key", id(volume)), axis,
-                   tuple(int(b) for b in bounds), roi_key, self.propagation)
-        run = Propagator(self, volume, axis, bounds=bounds, roi_box=roi_box, budget=budget).run(
-            seeds, memo=memo, context=context)
+                   tuple(int(b) for b in bounds), roi_key, self.propagation, structure,
+                   id(getattr(self.model, "shape_priors", None)))
+        run = Propagator(self, volume, axis, bounds=bounds, roi_box=roi_box, budget=budget,
+                         structure=structure).run(seeds, memo=memo, context=context)
         result = VolumeResult(mask=np.zeros(volume.shape, dtype=bool), slices=run.slices, axis=axis,
                               stops=run.stops, partial=run.partial, memo=run.memo, kept=run.kept)
         for index, res in result.slices.items():

@@ -9,7 +9,9 @@ sections (Slicer sends the segment's name as ``label``), the sections whose boxe
 the image's evidence; the prior says where inside the box this structure usually lies. A lone first
 click of a named structure is answered as a box of the structure's typical size centred on it
 (`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight
-box of its answer and positive clicks. Without a name, or for a name no finished study has, nothing changes.
+box of its answer and positive clicks. A 3D request of a named structure takes the prior on its seeds and on
+every propagated slice (on the box it propagates with, `samri.inference.propagation.Propagator`). Without a
+name, or for a name no finished study has, nothing changes.
 
 Frames: slices ``(H, W)`` of a volume cut along ``axis`` (`samri.geometry.take_slice`); boxes
 ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`); sizes in mm along those rows and

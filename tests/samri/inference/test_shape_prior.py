@@ -11,7 +11,7 @@ from samri.evaluation.metrics import dice
 from samri.geometry import SliceGeometry
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
-from samri.inference.segmenter import Segmenter, SliceResult
+from samri.inference.segmenter import Segmenter, SliceResult, mask_box
 from samri.inference.shape_prior import PRIOR_CLIP, ShapePriors, ShapePriorSettings, fuse_prior, prior_logits
 
 
@@ -192,3 +192,29 @@ def test_a_lone_click_of_a_named_structure_stands_for_a_box_of_its_typical_size(
     # 3D seeds (`shape_prior=False`) are served as before
     assert seg.predict_slice(prepared_volume, 2, 15, SlicePrompt(points=[[20, 22]], labels=[1], structure="tri"),
                              shape_prior=False).mask.all()
+
+
+def test_3d_seeds_and_propagated_slices_of_a_named_structure_take_the_prior(monkeypatch, fresh_tiny_model,
+                                                                             prepared_volume) -> None:
+    """A 3D request of a named structure: the seed box and every propagated slice (on the box it propagates
+    with) take the prior, so each answer is the triangle the finished sections show, not the whole box;
+    unnamed seeds propagate as before. The memo of one is not reused for the other."""
+
+    def decode(self, embedding, geom, prompt, **_):
+        return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.full(
+            (1, 1, 64, 64), 0.25), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    labels = study([12, 16, 20], shape=prepared_volume.shape[:2] + (3,))
+    fresh_tiny_model.shape_priors = ShapePriors.from_labels([(labels, {"tri": 1}, prepared_volume.spacing)])
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None)
+    box = np.array([10, 12, 25, 27])
+    unnamed = seg.propagate(prepared_volume, 2, {15: SlicePrompt(box=box)}, bounds=(14, 16))
+    named = seg.propagate(prepared_volume, 2, {15: SlicePrompt(box=box, structure="tri")}, bounds=(14, 16),
+                          memo=unnamed.memo)
+    assert sorted(named.slices) == sorted(unnamed.slices) == [14, 15, 16] and not named.kept
+    for index in (14, 15, 16):
+        mask = named.slices[index].mask
+        r0, c0, r1, c1 = (int(v) for v in mask_box(unnamed.slices[index].mask))
+        assert mask.sum() < 0.7 * unnamed.slices[index].mask.sum()
+        assert mask[r1 - 1, c0 + 1] and not mask[r0 + 1, c1 - 1]  # the lower-left triangle of its box
