@@ -88,15 +88,17 @@ def measure_decoder(run: Path, decoder: Path | None, name: str, *, click_fill: b
 
 def _shapes(studies: Path):
     """The shape priors the trainer would collect from ``studies`` (a MONAI Label studies folder)."""
-    from samri.inference.shape_prior import ShapePriorSettings
+    from dataclasses import replace
+
+    from samri.config import load_registry
     from samri.train.config import load_train_config
-    from samri.train.run import study_shape_priors
+    from samri.train.run import shape_prior_settings, study_shape_priors
     from samri.train.stage1 import find_studies
 
     cfg = load_train_config()
-    settings = ShapePriorSettings(weight=cfg.settings.shape_prior_weight or 1.0,
-                                  neighbours=cfg.settings.shape_prior_neighbours)
-    priors = study_shape_priors(find_studies(studies), axes=cfg.axes, include_labels=None, settings=settings)
+    settings = shape_prior_settings(replace(cfg.settings, shape_prior_weight=cfg.settings.shape_prior_weight or 1.0))
+    priors = study_shape_priors(find_studies(studies), axes=cfg.axes, include_labels=None, settings=settings,
+                                window=load_registry().window)
     logger.info("shapes from %s: %d sections of %d structures", studies, len(priors), len(priors.names))
     return priors
 

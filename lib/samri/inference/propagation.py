@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from samri.errors import SamriInputError
-from samri.geometry import in_plane_axes
+from samri.geometry import in_plane_axes, take_slice
 from samri.inference.prompts import SlicePrompt
 from samri.inference.refine import clipped_to_box
 from samri.inference.reuse import PropagationMemo, full_plan, plan_run, prompt_signature
@@ -390,8 +390,10 @@ class Propagator:
         prompt = SlicePrompt(box=box, mask_logits=front.prev.low_res_logits if self.rules.chain_logits else None)
         res = seg.decode(seg.embedding(self.volume, self.axis, index), self.geom, prompt)
         if self.structure is not None and self.spacing_mm is not None:  # the shapes, on the box it propagates with
+            windowed = getattr(self.volume, "windowed", None)
             res = seg.with_shape_prior(self.geom, replace(prompt, structure=self.structure), res, self.axis,
-                                       self.spacing_mm)
+                                       self.spacing_mm, image=None if windowed is None else take_slice(
+                                           windowed, self.axis, index))
         if self.rules.clip_to_box:
             res = clipped_to_box(self.geom, res, box)
         reason = stop_reason(self.rules, front.prev, res, iou_floor=front.iou_floor, seed_area=front.seed_area)

@@ -281,12 +281,15 @@ class Segmenter:
         (``box_clip``), then click fill (``click_fill``; only with ``image``, the ``(H, W)`` windowed slice in
         ``[0, 1]``)."""
         override = {} if point_prompts is None else {"point_prompts": point_prompts}
-        sized = None if prior_at is None else self.point_box(geom, prompt, *prior_at)
-        if sized is not None:  # answered as the box it stands for; the prior would misplace an unsure box
-            prompt = replace(prompt, box=sized, structure=None)
+        sized = None if prior_at is None else self.point_box(geom, prompt, *prior_at, image=image)
+        if sized is not None:  # answered as the box it stands for; a box only centred on the click is unsure and
+            # the prior would misplace it, a box found by the image takes the prior of the sections it matched
+            found_by_image = image is not None and self.model.shape_priors.searches_by_image(prompt.structure,
+                                                                                              prior_at[0])
+            prompt = replace(prompt, box=sized, structure=prompt.structure if found_by_image else None)
         result = self.decode(embedding, geom, prompt, **override)
         if prior_at is not None:
-            result = self.with_shape_prior(geom, prompt, result, *prior_at)
+            result = self.with_shape_prior(geom, prompt, result, *prior_at, image=image)
         if self.box_clip:
             result = clipped_to_box(geom, result, prompt.box, prompt.points, prompt.labels)
         if self.click_fill is None or image is None or prompt.mask_logits is None or not len(prompt.points):
@@ -297,34 +300,38 @@ class Segmenter:
         logits = logits_for_mask(geom, result.low_res_logits, result.mask, filled)
         return SliceResult(mask=filled, low_res_logits=logits, iou=result.iou)
 
-    def point_box(self, geom: SliceGeometry, prompt: SlicePrompt, axis: int,
-                  spacing_mm: tuple[float, float]) -> np.ndarray | None:
-        """The box a lone first click of a named structure stands for: the structure's typical section size
-        centred on the first positive click (`samri.inference.shape_prior.ShapePriors.point_box`); None for a
-        prompt with a box or previous logits, without a positive click or name, or without finished sections."""
+    def point_box(self, geom: SliceGeometry, prompt: SlicePrompt, axis: int, spacing_mm: tuple[float, float],
+                  image: np.ndarray | None = None) -> np.ndarray | None:
+        """The box a lone first click of a named structure stands for around the first positive click: found by the
+        windowed slice ``image`` when the sections carry their images, else the structure's typical section size
+        centred on it (`samri.inference.shape_prior.ShapePriors.point_box`); None for a prompt with a box or
+        previous logits, without a positive click or name, or without finished sections."""
         priors = getattr(self.model, "shape_priors", None)
         positive = prompt.points[prompt.labels > 0]
         if (priors is None or prompt.box is not None or prompt.mask_logits is not None or not prompt.structure
                 or not len(positive)):
             return None
-        return priors.point_box(prompt.structure, axis, positive[0], (geom.height, geom.width), spacing_mm)
+        return priors.point_box(prompt.structure, axis, positive[0], (geom.height, geom.width), spacing_mm,
+                                image=image)
 
     def with_shape_prior(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult, axis: int,
-                         spacing_mm: tuple[float, float]) -> SliceResult:
+                         spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> SliceResult:
         """An answer of a named structure with the model's shape prior of ``prompt.structure`` added to its
         logits (`samri.inference.shape_prior`): on a box (the first answer and every refinement of a session
         with a box), or, without a box, on the tight box of the answer and the positive clicks (a refinement of
         a session begun with a click); ``result`` itself when the model has no prior for that structure on
         ``axis`` or the prompt has neither box nor positive click. On a refinement the previous logits already
         carry the prior where the clicks changed nothing, so there it adds up; on the validation sessions that
-        beat adding it to the first answer only (docs/ADAPTATION.md)."""
+        beat adding it to the first answer only (docs/ADAPTATION.md). ``image``: the ``(H, W)`` windowed slice; with
+        it the sections are chosen by what the slice shows inside the box as well as by size
+        (`samri.inference.shape_prior.ShapePriors.prior`)."""
         priors = getattr(self.model, "shape_priors", None)
         if priors is None or not prompt.structure:
             return result
         box = prompt.box if prompt.box is not None else _answer_box(result.mask, prompt)
         if box is None:
             return result
-        prior = priors.prior(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm)
+        prior = priors.prior(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm, image=image)
         if prior is None:
             return result
         logits = fuse_prior(geom, result.low_res_logits, prior, box, priors.settings.weight)

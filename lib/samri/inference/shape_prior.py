@@ -4,7 +4,8 @@ Annotators label the same structures study after study. Every finished label hol
 name and per slice, a section of that structure; scaled to its own tight box, a section is a shape
 (``grid x grid`` in ``[0, 1]``). When an annotator draws a box for a structure whose name has finished
 sections (Slicer sends the segment's name as ``label``), the sections whose boxes are closest in size
-(in mm) are averaged, scaled back onto the new box, and added to the decoder's answer as logits
+(in mm) and whose image inside the box looks most like the new box's are averaged (`ShapePriors.prior`), scaled
+back onto the new box, and added to the decoder's answer as logits
 (`fuse_prior`), on the first answer and on every refinement of that box's session. The decoder keeps
 the image's evidence; the prior says where inside the box this structure usually lies. A lone first
 click of a named structure is answered as a box of the structure's typical size centred on it
@@ -41,6 +42,13 @@ PRIOR_CLIP = 0.02
 #: docs/ADAPTATION.md)
 POINT_BOX_PERCENTILE = 40.0
 
+#: with the sections' image patches, a lone first click's box is searched instead: boxes of these percentiles of the
+#: sections' sizes ...
+POINT_SEARCH_PERCENTILES = (25.0, 40.0, 60.0)
+#: ... centred on the click moved by these fractions of the box's side along rows and columns; the box whose image
+#: correlates best with the sections' wins (chosen on the adaptation cohort's annotate studies; docs/ADAPTATION.md)
+POINT_SEARCH_SHIFTS = (-0.375, -0.25, -0.125, 0.0, 0.125, 0.25, 0.375)
+
 
 @dataclass(frozen=True)
 class ShapePriorSettings:
@@ -48,10 +56,15 @@ class ShapePriorSettings:
 
     Attributes:
         grid: side of a stored section, scaled to its box (pixels).
-        neighbours: sections averaged into one prior, those closest to the new box in size.
+        neighbours: sections averaged into one prior when they are chosen by size alone (no image: sections
+            stored without their image patch, or a request without the slice), those closest to the new box.
         weight: the prior's logits are multiplied by this before they are added to the decoder's.
         max_sections: most sections kept per (structure, axis); more are subsampled evenly.
         min_pixels: sections smaller than this (pixels) are not kept.
+        patch: side of the windowed image inside a section's box, stored with it (pixels; 0 = none stored).
+        candidates: with patches, the sections closest in size among which the image chooses.
+        matched: with patches, sections averaged into one prior: the ``matched`` of the ``candidates`` whose
+            patch correlates best (normalised cross-correlation) with the new box's image.
     """
 
     grid: int = 32
@@ -59,9 +72,14 @@ class ShapePriorSettings:
     weight: float = 1.0
     max_sections: int = 512
     min_pixels: int = 16
+    patch: int = 16
+    candidates: int = 64
+    matched: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("grid", "neighbours", "max_sections", "min_pixels"):
+        if int(self.patch) < 0:
+            raise SamriInputError("shape_prior.patch", self.patch, "must be >= 0")
+        for name in ("grid", "neighbours", "max_sections", "min_pixels", "candidates", "matched"):
             if int(getattr(self, name)) < 1:
                 raise SamriInputError(f"shape_prior.{name}", getattr(self, name), "must be at least 1")
         if not float(self.weight) >= 0.0:
@@ -74,45 +92,61 @@ class ShapePriors:
     Args:
         sections: ``{(name, axis): (shapes (N, grid, grid) uint8 in 0..255, sizes_mm (N, 2) float32)}``.
         settings: `ShapePriorSettings`.
+        patches: ``{(name, axis): (N, patch, patch) uint8}``, the windowed image inside each section's box (0..255
+            for 0..1), in the order of ``sections``; a key without patches chooses its sections by size alone.
     """
 
     def __init__(self, sections: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
-                 settings: ShapePriorSettings = ShapePriorSettings()) -> None:
+                 settings: ShapePriorSettings = ShapePriorSettings(),
+                 patches: Mapping[tuple[str, int], np.ndarray] | None = None) -> None:
         self.settings = settings
         self.sections = {(str(n), int(a)): (np.asarray(s, np.uint8), np.asarray(z, np.float32))
                          for (n, a), (s, z) in sections.items()}
+        self.patches = {(str(n), int(a)): np.asarray(p, np.uint8) for (n, a), p in (patches or {}).items()}
+        for key, patch in self.patches.items():
+            if key not in self.sections or len(patch) != len(self.sections[key][0]):
+                raise SamriInputError("shape_prior.patches", key, "needs one patch per section of that structure")
+        self._unit_patches: dict[tuple[str, int], np.ndarray] = {}
 
     @classmethod
-    def from_labels(cls, labels: Iterable[tuple[np.ndarray, Mapping[str, int], tuple[float, float, float]]], *,
-                    axes: Iterable[int] = (2,), settings: ShapePriorSettings = ShapePriorSettings()) -> "ShapePriors":
+    def from_labels(cls, labels: Iterable[tuple], *, axes: Iterable[int] = (2,),
+                    settings: ShapePriorSettings = ShapePriorSettings()) -> "ShapePriors":
         """Collect every section of every named structure.
 
         Args:
-            labels: ``(label volume (X, Y, Z) int, {name: value}, voxel spacing mm)`` per finished study.
+            labels: per finished study ``(label volume (X, Y, Z) int, {name: value}, voxel spacing mm)``, or the
+                same and the study's windowed image ``(X, Y, Z)`` in ``[0, 1]`` (`samri.volume.prepare_volume`), whose
+                patch inside each section's box is stored with it (``settings.patch`` > 0). A structure keeps patches
+                only when every study that has it gave an image.
             axes: slicing axes to collect along (the axes requests are served on).
         """
-        found: dict[tuple[str, int], tuple[list[np.ndarray], list[tuple[float, float]]]] = {}
-        for volume, names, spacing in labels:
+        found: dict[tuple[str, int], tuple[list[np.ndarray], list[tuple[float, float]], list[np.ndarray | None]]] = {}
+        for volume, names, spacing, *rest in labels:
             volume = np.asarray(volume)
+            image = _study_image(rest[0] if rest else None, volume.shape, settings)
             for axis in axes:
                 rows, cols = in_plane_axes(check_axis(axis))
                 for name, value in names.items():
                     structure = volume == int(value)
                     present = np.flatnonzero(structure.any(axis=tuple(a for a in range(3) if a != axis)))
                     for index in present:
-                        shape, size = _section(take_slice(structure, axis, int(index)), settings,
-                                               (float(spacing[rows]), float(spacing[cols])))
+                        plane = take_slice(structure, axis, int(index))
+                        shape, size = _section(plane, settings, (float(spacing[rows]), float(spacing[cols])))
                         if shape is not None:
-                            bucket = found.setdefault((str(name), int(axis)), ([], []))
+                            bucket = found.setdefault((str(name), int(axis)), ([], [], []))
                             bucket[0].append(shape)
                             bucket[1].append(size)
-        sections = {}
-        for key, (shapes, sizes) in found.items():
+                            bucket[2].append(None if image is None else image_patch(
+                                take_slice(image, axis, int(index)), _tight_box(plane), settings.patch))
+        sections, patches = {}, {}
+        for key, (shapes, sizes, found_patches) in found.items():
             keep = np.arange(len(shapes))
             if len(keep) > settings.max_sections:
                 keep = np.unique(np.linspace(0, len(shapes) - 1, settings.max_sections).round().astype(int))
             sections[key] = (np.stack([shapes[i] for i in keep]), np.asarray([sizes[i] for i in keep], np.float32))
-        return cls(sections, settings)
+            if all(found_patches[i] is not None for i in keep):
+                patches[key] = np.stack([found_patches[i] for i in keep])
+        return cls(sections, settings, patches)
 
     @property
     def names(self) -> list[str]:
@@ -122,14 +156,19 @@ class ShapePriors:
         return sum(len(shapes) for shapes, _ in self.sections.values())
 
     def prior(self, name: str | None, axis: int, box: np.ndarray, slice_shape: tuple[int, int],
-              spacing_mm: tuple[float, float]) -> np.ndarray | None:
+              spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> np.ndarray | None:
         """``(H, W)`` float32 probability that a pixel belongs to structure ``name``, inside ``box`` (0
         outside it); None when no finished section of that name exists on this axis.
+
+        The sections averaged: with ``image`` and stored patches, the ``matched`` of the ``candidates`` closest in
+        size whose image inside their box correlates best with ``image`` inside ``box`` (the slice's own anatomy
+        picks among sections of the right size); otherwise the ``neighbours`` closest in size.
 
         Args:
             box: ``(4,)`` ``(r0, c0, r1, c1)`` inclusive slice pixels.
             slice_shape: the slice's ``(H, W)``.
             spacing_mm: the slice's row and column spacing.
+            image: the slice's ``(H, W)`` windowed image in ``[0, 1]``, as the model reads it.
         """
         found = self.sections.get((str(name), int(axis))) if name else None
         if found is None:
@@ -142,7 +181,7 @@ class ShapePriors:
             return None
         size = np.array([(r1 - r0 + 1) * spacing_mm[0], (c1 - c0 + 1) * spacing_mm[1]], np.float32)
         distance = np.abs(np.log(sizes / size)).sum(axis=1)  # relative difference of the box's sides
-        nearest = np.argsort(distance, kind="stable")[:self.settings.neighbours]
+        nearest = self._chosen(str(name), int(axis), np.argsort(distance, kind="stable"), image, (r0, c0, r1, c1))
         mean = shapes[nearest].astype(np.float32).mean(axis=0) / 255.0
         scaled = F.interpolate(torch.from_numpy(mean)[None, None], size=(r1 - r0 + 1, c1 - c0 + 1), mode="bilinear",
                                align_corners=False)[0, 0].numpy()
@@ -150,46 +189,156 @@ class ShapePriors:
         out[r0:r1 + 1, c0:c1 + 1] = scaled
         return out
 
+    def _chosen(self, name: str, axis: int, by_size: np.ndarray, image: np.ndarray | None,
+                box: tuple[int, int, int, int]) -> np.ndarray:
+        """Indices of the sections to average; ``by_size`` orders them by closeness in size."""
+        settings = self.settings
+        if image is None or (name, axis) not in self.patches:
+            return by_size[:settings.neighbours]
+        candidates = by_size[:settings.candidates]
+        correlation = self._unit(name, axis)[candidates] @ self._query(name, axis, image, box)
+        return candidates[np.argsort(-correlation, kind="stable")[:settings.matched]]
+
     def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
-                  spacing_mm: tuple[float, float]) -> np.ndarray | None:
-        """``(4,)`` ``(r0, c0, r1, c1)`` box of structure ``name``'s typical section size (`POINT_BOX_PERCENTILE`
-        of its finished sections' sizes in mm, per side) centred on ``point`` ``(r, c)`` and cut at the slice's
-        edges; None when no finished section of that name exists on this axis."""
+                  spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> np.ndarray | None:
+        """``(4,)`` ``(r0, c0, r1, c1)`` box a lone first click ``point`` ``(r, c)`` of structure ``name`` stands for,
+        cut at the slice's edges; None when no finished section of that name exists on this axis.
+
+        Without ``image`` (or patches): structure ``name``'s typical section size (`POINT_BOX_PERCENTILE` of its
+        finished sections' sizes in mm, per side) centred on the click. With the slice's windowed ``image`` and
+        stored patches (`searches_by_image`): of the boxes of `POINT_SEARCH_PERCENTILES` sizes centred on the click
+        moved by `POINT_SEARCH_SHIFTS` of their side, the one whose image correlates best with the ``matched``
+        best of its ``candidates`` sections (the slice shows where the structure lies around the click).
+        """
         found = self.sections.get((str(name), int(axis))) if name else None
         if found is None:
             return None
-        side_px = np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(spacing_mm, np.float64)
-        half = np.maximum(side_px - 1, 0.0) / 2  # at least the clicked pixel (sections from finer voxels)
+        if image is None or not self.searches_by_image(name, axis):
+            return _centred_box(point, np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(
+                spacing_mm, np.float64), slice_shape)
+        best, best_score = None, -np.inf
+        image = np.asarray(image, np.float32)
+        for percentile in POINT_SEARCH_PERCENTILES:
+            side_px = np.percentile(found[1], percentile, axis=0) / np.asarray(spacing_mm, np.float64)
+            for dr in POINT_SEARCH_SHIFTS:
+                for dc in POINT_SEARCH_SHIFTS:
+                    centre = (float(point[0]) + dr * side_px[0], float(point[1]) + dc * side_px[1])
+                    box = _centred_box(centre, side_px, slice_shape)
+                    score = self._box_match(str(name), int(axis), box, slice_shape, spacing_mm, image)
+                    if score > best_score:
+                        best, best_score = box, score
+        return best
+
+    def searches_by_image(self, name: str | None, axis: int) -> bool:
+        """Whether structure ``name``'s sections on ``axis`` carry their image patches (chosen by the image)."""
+        return bool(name) and (str(name), int(axis)) in self.patches
+
+    def _box_match(self, name: str, axis: int, box: np.ndarray, slice_shape: tuple[int, int],
+                   spacing_mm: tuple[float, float], image: np.ndarray) -> float:
+        """Mean correlation of ``box``'s image with its ``matched`` best-correlated ``candidates`` sections."""
         h, w = slice_shape
-        r, c = float(point[0]), float(point[1])
-        return np.array([max(0.0, r - half[0]), max(0.0, c - half[1]), min(h - 1.0, r + half[0]),
-                         min(w - 1.0, c + half[1])])
+        r0, c0, r1, c1 = (int(round(float(v))) for v in box)
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h - 1), min(c1, w - 1)
+        if r1 < r0 or c1 < c0:
+            return -np.inf
+        sizes = self.sections[(name, axis)][1]
+        size = np.array([(r1 - r0 + 1) * spacing_mm[0], (c1 - c0 + 1) * spacing_mm[1]], np.float32)
+        candidates = np.argsort(np.abs(np.log(sizes / size)).sum(axis=1), kind="stable")[:self.settings.candidates]
+        correlation = self._unit(name, axis)[candidates] @ self._query(name, axis, image, (r0, c0, r1, c1))
+        return float(np.sort(correlation)[::-1][:self.settings.matched].mean())
+
+    def _unit(self, name: str, axis: int) -> np.ndarray:
+        unit = self._unit_patches.get((name, axis))
+        if unit is None:
+            unit = self._unit_patches[(name, axis)] = _unit_rows(self.patches[(name, axis)])
+        return unit
+
+    def _query(self, name: str, axis: int, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        side = self.patches[(name, axis)].shape[-1]
+        return _unit_rows(image_patch(np.asarray(image, np.float32), box, side)[None])[0]
 
     def to_payload(self) -> dict[str, Any]:
         """Tensors, lists and numbers only (a decoder checkpoint's ``shape_priors``, read with weights_only)."""
         s = self.settings
+        entries = []
+        for (name, axis), (shapes, sizes) in sorted(self.sections.items()):
+            entry = {"name": name, "axis": axis, "shapes": torch.from_numpy(shapes.copy()),
+                     "sizes_mm": torch.from_numpy(sizes.copy())}
+            if (name, axis) in self.patches:
+                entry["patches"] = torch.from_numpy(self.patches[(name, axis)].copy())
+            entries.append(entry)
         return {"settings": {"grid": s.grid, "neighbours": s.neighbours, "weight": float(s.weight),
-                             "max_sections": s.max_sections, "min_pixels": s.min_pixels},
-                "entries": [{"name": name, "axis": axis, "shapes": torch.from_numpy(shapes.copy()),
-                             "sizes_mm": torch.from_numpy(sizes.copy())}
-                            for (name, axis), (shapes, sizes) in sorted(self.sections.items())]}
+                             "max_sections": s.max_sections, "min_pixels": s.min_pixels, "patch": s.patch,
+                             "candidates": s.candidates, "matched": s.matched},
+                "entries": entries}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], field: str = "shape_priors") -> "ShapePriors":
-        """Inverse of `to_payload`; a malformed payload raises `SamriInputError` naming ``field``."""
+        """Inverse of `to_payload`; a malformed payload raises `SamriInputError` naming ``field``. Files written
+        before patches were stored (no ``patches``) choose their sections by size alone, as they were served."""
         try:
             settings = ShapePriorSettings(**dict(payload["settings"]))
-            sections = {}
+            sections, patches = {}, {}
             for entry in payload["entries"]:
                 shapes = np.asarray(entry["shapes"], dtype=np.uint8)
                 sizes = np.asarray(entry["sizes_mm"], dtype=np.float32)
                 if shapes.ndim != 3 or shapes.shape[1:] != (settings.grid, settings.grid) or sizes.shape != (
                         len(shapes), 2) or not (sizes > 0).all():
                     raise ValueError(f"entry {entry['name']!r}: shapes {shapes.shape}, sizes {sizes.shape}")
-                sections[(str(entry["name"]), check_axis(int(entry["axis"])))] = (shapes, sizes)
+                key = (str(entry["name"]), check_axis(int(entry["axis"])))
+                sections[key] = (shapes, sizes)
+                if "patches" in entry:
+                    patch = np.asarray(entry["patches"], dtype=np.uint8)
+                    if patch.ndim != 3 or len(patch) != len(shapes) or patch.shape[1] != patch.shape[2]:
+                        raise ValueError(f"entry {entry['name']!r}: patches {patch.shape}")
+                    patches[key] = patch
         except (KeyError, TypeError, ValueError) as exc:
             raise SamriInputError(field, "malformed", str(exc)) from exc
-        return cls(sections, settings)
+        return cls(sections, settings, patches)
+
+
+def image_patch(image: np.ndarray, box: tuple[int, int, int, int] | np.ndarray, side: int) -> np.ndarray:
+    """``(side, side)`` uint8: the ``(H, W)`` windowed ``image`` (``[0, 1]``) inside ``box`` ``(r0, c0, r1, c1)``
+    (inclusive pixels, already inside the slice), scaled as a section is (bilinear)."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    crop = torch.from_numpy(np.ascontiguousarray(image[r0:r1 + 1, c0:c1 + 1], dtype=np.float32))[None, None]
+    scaled = F.interpolate(crop, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return (np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _centred_box(centre: tuple[float, float] | np.ndarray, side_px: np.ndarray, slice_shape: tuple[int, int]
+                 ) -> np.ndarray:
+    """``(4,)`` box of ``side_px`` (rows, columns; at least one pixel) centred on ``centre``, cut at the slice."""
+    half = np.maximum(np.asarray(side_px, np.float64) - 1, 0.0) / 2  # at least the pixel (sections of finer voxels)
+    h, w = slice_shape
+    r, c = float(centre[0]), float(centre[1])
+    return np.array([max(0.0, r - half[0]), max(0.0, c - half[1]), min(h - 1.0, r + half[0]),
+                     min(w - 1.0, c + half[1])])
+
+
+def _unit_rows(patches: np.ndarray) -> np.ndarray:
+    """``(N, p, p)`` patches -> ``(N, p * p)`` float32 rows of mean 0 and norm 1 (a flat patch: all 0), so a
+    dot product is their normalised cross-correlation: blind to the studies' brightness and contrast."""
+    rows = patches.reshape(len(patches), -1).astype(np.float32)
+    rows -= rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+
+
+def _tight_box(plane: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def _study_image(image: np.ndarray | None, label_shape: tuple[int, ...], settings: ShapePriorSettings
+                 ) -> np.ndarray | None:
+    """The study's windowed image when patches are stored; it must lie on the label's voxel grid."""
+    if image is None or not settings.patch:
+        return None
+    image = np.asarray(image)
+    if image.shape != tuple(label_shape):
+        raise SamriInputError("image", list(image.shape), f"must have the label's shape {list(label_shape)}")
+    return image
 
 
 def _section(plane: np.ndarray, settings: ShapePriorSettings,

@@ -57,7 +57,9 @@ class TrainSettings:
     (`samri.inference.refine.fill_clicks`) on the windowed slice, so it scores the served answer.
     ``shape_prior_weight`` > 0: the decoder file also carries the shapes of the studies' named
     structures, added to the logits of a box's answers with this weight when a request names the structure
-    (`samri.inference.shape_prior`); ``shape_prior_neighbours`` sections are averaged per prior.
+    (`samri.inference.shape_prior`); ``shape_prior_neighbours`` sections are averaged per prior when chosen by size
+    alone; with ``shape_prior_patch`` > 0 each section keeps the image inside its box, and a prior averages the
+    ``shape_prior_matched`` of the ``shape_prior_candidates`` closest in size that look most like the request's box.
     """
 
     lr: float = 1e-4
@@ -77,6 +79,9 @@ class TrainSettings:
     validation_click_fill: bool = False
     shape_prior_weight: float = 0.0
     shape_prior_neighbours: int = 16
+    shape_prior_patch: int = 16
+    shape_prior_candidates: int = 64
+    shape_prior_matched: int = 4
     seed: int = 0
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -254,6 +259,9 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "validation.click_fill": ("settings", "validation_click_fill", _boolean),
     "shape_prior.weight": ("settings", "shape_prior_weight", _number()),
     "shape_prior.neighbours": ("settings", "shape_prior_neighbours", _integer(1)),
+    "shape_prior.patch": ("settings", "shape_prior_patch", _integer(0)),
+    "shape_prior.candidates": ("settings", "shape_prior_candidates", _integer(1)),
+    "shape_prior.matched": ("settings", "shape_prior_matched", _integer(1)),
     "gate.margin": ("config", "gate_margin", _number()),
     "pseudo_structures.grey_cells": ("config", "pseudo_grey_cells", _integer(0)),
     "pseudo_structures.white_cells": ("config", "pseudo_white_cells", _integer(0)),

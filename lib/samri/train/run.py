@@ -18,6 +18,7 @@ import torch
 
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.shape_prior import ShapePriors, ShapePriorSettings
+from samri.intensity import WindowSettings
 from samri.model.checkpoints import save_decoder_checkpoint
 from samri.train.config import TrainConfig, TrainSettings
 from samri.train.stage1 import DataStats, Study, split_by_study, stage1, write_manifest
@@ -142,7 +143,8 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
               "epochs": settings.epochs, "steps": 0, "val_pairs": len(val_samples),
               "val_prompts": len(val_samples) * len(VAL_MODES), "validations": 0}
 
-    val_priors = validation_shape_priors(train_idx, val_idx, settings, axes=axes, include_labels=include_labels)
+    val_priors = validation_shape_priors(train_idx, val_idx, settings, axes=axes, include_labels=include_labels,
+                                         window=window)
     budget["val_shape_priors"] = 0 if val_priors is None else len(val_priors)
     if val_priors is not None:
         logger.info("validating named sessions with %d sections of %d structures from the training studies",
@@ -224,8 +226,8 @@ def run_training(studies: Sequence[Study], *, model, out_dir: str | Path, settin
         priors = None
         if settings.shape_prior_weight > 0:
             t0 = time.perf_counter()
-            priors = study_shape_priors(studies, axes=axes, include_labels=include_labels, settings=ShapePriorSettings(
-                weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours))
+            priors = study_shape_priors(studies, axes=axes, include_labels=include_labels,
+                                        settings=shape_prior_settings(settings), window=window)
             seconds["shape_priors"] = round(time.perf_counter() - t0, 1)
             logger.info("shape priors: %d sections of %d structures (%.1f s)", len(priors), len(priors.names),
                         seconds["shape_priors"])
@@ -290,7 +292,8 @@ def selection_score(val: dict[str, Any]) -> float:
 
 
 def validation_shape_priors(train_idx: Sequence, val_idx: Sequence, settings: TrainSettings, *,
-                            axes: Sequence[int], include_labels: Sequence[str] | None) -> ShapePriors | None:
+                            axes: Sequence[int], include_labels: Sequence[str] | None,
+                            window: WindowSettings | None = None) -> ShapePriors | None:
     """The shapes the clicks validation serves its named sessions with (box or click first), so that the epoch
     choice and the gate judge what the app will serve (the trained decoder with the finished studies' shapes):
     the sections of the training studies only, never of a validation study (its own sections would answer its
@@ -302,21 +305,33 @@ def validation_shape_priors(train_idx: Sequence, val_idx: Sequence, settings: Tr
     apart = [i.study for i in train_idx if i.study.study_id not in val_ids]
     if not apart:
         return None
-    return study_shape_priors(apart, axes=axes, include_labels=include_labels, settings=ShapePriorSettings(
-        weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours))
+    return study_shape_priors(apart, axes=axes, include_labels=include_labels, settings=shape_prior_settings(settings),
+                              window=window)
+
+
+def shape_prior_settings(settings: TrainSettings) -> ShapePriorSettings:
+    """The `ShapePriorSettings` a decoder file's shapes are collected and served with (``shape_prior`` of the
+    training config)."""
+    return ShapePriorSettings(weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours,
+                              patch=settings.shape_prior_patch, candidates=settings.shape_prior_candidates,
+                              matched=settings.shape_prior_matched)
 
 
 def study_shape_priors(studies: Sequence[Study], *, axes: Sequence[int], include_labels: Sequence[str] | None,
-                       settings: ShapePriorSettings) -> ShapePriors:
+                       settings: ShapePriorSettings, window: WindowSettings | None = None) -> ShapePriors:
     """The sections of every named structure of the finished ``studies`` (`ShapePriors.from_labels`), only
-    those of ``include_labels`` when given."""
-    from samri.volume import load_image
+    those of ``include_labels`` when given; with ``window`` (the served model's) and ``settings.patch`` each keeps
+    the windowed image inside its box too, one study's image in memory at a time."""
+    from samri.volume import load_image, prepare_volume
 
     def labels():
         for study in studies:
             label = load_image(study.label, "label")
             names = {n: v for n, v in study.label_names.items() if not include_labels or n in include_labels}
-            yield np.rint(np.asarray(label.array)).astype(np.int32), names, label.spacing
+            image = None
+            if window is not None and settings.patch:
+                image = prepare_volume(load_image(study.image, "image"), window).windowed
+            yield np.rint(np.asarray(label.array)).astype(np.int32), names, label.spacing, image
 
     return ShapePriors.from_labels(labels(), axes=axes, settings=settings)
 

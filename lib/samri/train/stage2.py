@@ -393,8 +393,8 @@ class DecoderTrainer:
         """``prompt -> (mask, low-res logits)`` on sample ``s``'s cached embedding, as the server answers it;
         ``named``: the prompt names the structure, with the slice's spacing for its shape prior."""
         embedding, geom = self.source.embedding(s), self.source.geometry(s)
-        image = self.source.image(s) if fill else None
         structure = self.source.structure(s) if named else None
+        image = self.source.image(s) if fill or structure else None  # click fill; the shapes' choice of sections
         prior_at = (s.axis, self.source.spacing_mm(s)) if structure else None
 
         def decode(prompt: SlicePrompt) -> tuple[np.ndarray, torch.Tensor]:

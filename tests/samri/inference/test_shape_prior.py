@@ -97,6 +97,123 @@ def test_payload_round_trip_and_malformed_payloads() -> None:
         ShapePriorSettings(grid=0)
 
 
+def two_looks(shape=(40, 40, 8)) -> tuple[np.ndarray, np.ndarray]:
+    """A label volume and its windowed image: structure 1 is 16 x 16 on every slice, the lower-left triangle where
+    the image darkens down the rows (slices 0-3), the upper-right one where it darkens along the columns (4-7)."""
+    labels = np.zeros(shape, np.int16)
+    image = np.zeros(shape, np.float32)
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    for k in range(shape[2]):
+        if k < shape[2] // 2:
+            labels[3:19, 5:21, k][triangle(16, 16)] = 1
+            image[:, :, k] = 1.0 - rows / shape[0]
+        else:
+            labels[3:19, 5:21, k][~triangle(16, 16) | np.eye(16, dtype=bool)] = 1
+            image[:, :, k] = 1.0 - cols / shape[1]
+    return labels, image
+
+
+def test_the_image_inside_the_box_picks_among_sections_of_the_same_size() -> None:
+    """Sections of one size but two shapes, each over its own image: a new box's image picks the shape (whatever
+    its brightness and contrast); without the image, or from sections stored without theirs, all are averaged."""
+    labels, image = two_looks()
+    settings = ShapePriorSettings(neighbours=8, candidates=8, matched=2)
+    priors = ShapePriors.from_labels([(labels, {"tri": 1}, (1.0, 1.0, 1.0), image)], settings=settings)
+    assert priors.patches[("tri", 2)].shape == (8, 16, 16)
+    box = np.array([10, 12, 25, 27])
+    lower_left = np.zeros((40, 40), bool)
+    lower_left[10:26, 12:28] = triangle(16, 16)
+    rows, cols = np.mgrid[0:40, 0:40].astype(np.float32)
+    down_rows, along_cols = 0.2 + 0.5 * (1 - rows / 40), 0.9 - 0.3 * cols / 40
+    assert dice(priors.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=down_rows) > 0.5, lower_left) > 0.9
+    upper_right = priors.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=along_cols) > 0.5
+    assert dice(upper_right, ~lower_left & np.pad(np.ones((16, 16), bool), ((10, 14), (12, 12)))) > 0.85
+    blind = priors.prior("tri", 2, box, (40, 40), (1.0, 1.0))
+    assert np.abs(blind[10:26, 12:28] - 0.5).mean() < 0.15  # half of each shape
+    plain = ShapePriors.from_labels([(labels, {"tri": 1}, (1.0, 1.0, 1.0))], settings=settings)
+    assert not plain.patches
+    np.testing.assert_array_equal(plain.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=down_rows), blind)
+    off = ShapePriors.from_labels([(labels, {"tri": 1}, (1.0, 1.0, 1.0), image)],
+                                  settings=ShapePriorSettings(patch=0, neighbours=8))
+    assert not off.patches
+    # the payload keeps the patches; a payload written before them (none) chooses by size, as it was served
+    again = ShapePriors.from_payload(priors.to_payload())
+    np.testing.assert_array_equal(again.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=down_rows),
+                                  priors.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=down_rows))
+    old = priors.to_payload()
+    old["settings"] = {k: old["settings"][k] for k in ("grid", "neighbours", "weight", "max_sections", "min_pixels")}
+    for entry in old["entries"]:
+        del entry["patches"]
+    np.testing.assert_array_equal(ShapePriors.from_payload(old).prior("tri", 2, box, (40, 40), (1.0, 1.0),
+                                                                      image=down_rows), blind)
+    bad = priors.to_payload()
+    bad["entries"][0]["patches"] = bad["entries"][0]["patches"][:3]
+    with pytest.raises(SamriInputError, match="shape_priors"):
+        ShapePriors.from_payload(bad)
+    with pytest.raises(SamriInputError, match="image"):
+        ShapePriors.from_labels([(labels, {"tri": 1}, (1.0, 1.0, 1.0), image[:, :, :4])])
+    with pytest.raises(SamriInputError, match="shape_prior.matched"):
+        ShapePriorSettings(matched=0)
+
+
+def test_the_served_answer_chooses_the_shape_by_the_slice_it_is_on(monkeypatch, fresh_tiny_model) -> None:
+    """`Segmenter.answer` hands the windowed slice to the prior: the same named box on two slices that look
+    different gets the shape each look had in the finished study."""
+
+    def decode(self, embedding, geom, prompt, **_):
+        return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.full(
+            (1, 1, 64, 64), 0.25), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    labels, image = two_looks()
+    fresh_tiny_model.shape_priors = ShapePriors.from_labels(
+        [(labels, {"tri": 1}, (1.0, 1.0, 1.0), image)], settings=ShapePriorSettings(candidates=8, matched=2))
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None)
+    geom = SliceGeometry(40, 40, fresh_tiny_model.input_size)
+    box = np.array([10, 12, 25, 27])
+    lower_left = np.zeros((40, 40), bool)
+    lower_left[10:26, 12:28] = triangle(16, 16)
+    prompt = SlicePrompt(box=box, structure="tri")
+    embedding = torch.zeros(1)
+    first = seg.answer(embedding, geom, prompt, image=image[:, :, 0], prior_at=(2, (1.0, 1.0)))
+    other = seg.answer(embedding, geom, prompt, image=image[:, :, 7], prior_at=(2, (1.0, 1.0)))
+    assert dice(first.mask, lower_left) > 0.85 and dice(other.mask, lower_left) < 0.3
+
+
+def test_a_lone_click_near_the_edge_finds_its_structure_by_the_image(monkeypatch, fresh_tiny_model) -> None:
+    """With the sections' images, a lone click near a structure's corner is answered as the box whose image matches
+    the finished sections' (the structure's own box), with their prior; without the image, the typical-size box
+    centred on the click (unnamed, no prior)."""
+    seen = []
+
+    def decode(self, embedding, geom, prompt, **_):
+        seen.append((prompt.box.copy(), prompt.structure))
+        return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.full(
+            (1, 1, 64, 64), 0.25), iou=0.9)
+
+    def scene(r0: int, c0: int, shape=(40, 40)) -> tuple[np.ndarray, np.ndarray]:
+        """A 16 x 16 structure at (r0, c0): its image brightens down its rows, 0 around it."""
+        structure, image = np.zeros(shape, bool), np.zeros(shape, np.float32)
+        structure[r0:r0 + 16, c0:c0 + 16] = True
+        image[r0:r0 + 16, c0:c0 + 16] = 0.5 + 0.4 * np.arange(16)[:, None] / 15
+        return structure, image
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    labels, images = zip(*(scene(r, c) for r, c in ((4, 6), (12, 3), (20, 20))))
+    fresh_tiny_model.shape_priors = ShapePriors.from_labels(
+        [(np.stack(labels, axis=2).astype(np.int16), {"sq": 1}, (1.0, 1.0, 1.0), np.stack(images, axis=2))])
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None, box_clip=True)
+    geom = SliceGeometry(40, 40, fresh_tiny_model.input_size)
+    truth, image = scene(10, 12)
+    click = SlicePrompt(points=[[11, 13]], labels=[1], structure="sq")
+    found = seg.answer(torch.zeros(1), geom, click, image=image, prior_at=(2, (1.0, 1.0)))
+    box, structure = seen[-1]
+    assert np.abs(box - [10, 12, 25, 27]).max() <= 1.0 and structure == "sq"
+    assert dice(found.mask, truth) > 0.9
+    seg.answer(torch.zeros(1), geom, click, image=None, prior_at=(2, (1.0, 1.0)))
+    assert seen[-1][0] == pytest.approx([11 - 7.5, 13 - 7.5, 11 + 7.5, 13 + 7.5]) and seen[-1][1] is None
+
+
 def test_prior_logits_and_their_low_res_frame_round_trip() -> None:
     box = np.array([4, 6, 27, 33])
     prior = np.zeros((40, 48), np.float32)

@@ -57,7 +57,7 @@ def test_shipped_training_yaml():
                                                      focal_gamma=2.0, iou_weight=1.0, click_weight=0.1, box_clip=True,
                                                      epochs=4, batch_size=8, max_steps_per_epoch=12, max_val_samples=32,
                                                      max_slices=16, validation_clicks=5, validation_click_fill=True,
-                                                     shape_prior_weight=1.0, seed=0, sim=CLICKS_SIM),
+                                                     shape_prior_weight=2.0, seed=0, sim=CLICKS_SIM),
                               min_pixels=30, axes=(2,), val_fraction=0.25, include_labels=None, label_stride=0,
                               gate_margin=0.0)
 
