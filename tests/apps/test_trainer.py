@@ -447,8 +447,8 @@ def test_a_refused_run_still_serves_the_studies_shapes(tmp_path: Path, monkeypat
             masks.append(nrrd.read(result["file"])[0])
             Path(result["file"]).unlink()
         assert not np.array_equal(masks[0], masks[1])
-        # the named lone click stood for the box its slice's image matched among the finished sections (the box
-        # clip holds): the sections carry their images
+        # the named lone click stood for the box its slice's image matched among the finished sections, or the
+        # typical-size box around it when none matches (the box clip holds): the sections carry their images
         from samri.config import load_registry
         from samri.inference.shape_prior import ShapePriors
         from samri.volume import load_image, prepare_volume
@@ -458,8 +458,9 @@ def test_a_refused_run_still_serves_the_studies_shapes(tmp_path: Path, monkeypat
         named = masks[1][:, :, 5].astype(bool)
         priors = ShapePriors.from_payload(v2["shape_priors"])
         assert priors.searches_by_image(names[0], 2)
-        box = priors.point_box(names[0], 2, np.array([8.0, 8.0]), named.shape, (spacing[0], spacing[1]),
-                               image=prepare_volume(image, load_registry().window).windowed[:, :, 5])
+        where = (names[0], 2, np.array([8.0, 8.0]), named.shape, (spacing[0], spacing[1]))
+        box = priors.matched_point_box(*where, image=prepare_volume(image, load_registry().window).windowed[:, :, 5])
+        box = priors.point_box(*where) if box is None else box  # no section looks like it: the typical size
         r0, c0, r1, c1 = np.round(box).astype(int)
         assert named.any() and not named[:r0].any() and not named[r1 + 1:].any()
         assert not named[:, :c0].any() and not named[:, c1 + 1:].any()

@@ -284,9 +284,8 @@ class Segmenter:
         sized = None if prior_at is None else self.point_box(geom, prompt, *prior_at, image=image)
         if sized is not None:  # answered as the box it stands for; a box only centred on the click is unsure and
             # the prior would misplace it, a box found by the image takes the prior of the sections it matched
-            found_by_image = image is not None and self.model.shape_priors.searches_by_image(prompt.structure,
-                                                                                              prior_at[0])
-            prompt = replace(prompt, box=sized, structure=prompt.structure if found_by_image else None)
+            box, found_by_image = sized
+            prompt = replace(prompt, box=box, structure=prompt.structure if found_by_image else None)
         result = self.decode(embedding, geom, prompt, **override)
         if prior_at is not None:
             result = self.with_shape_prior(geom, prompt, result, *prior_at, image=image)
@@ -301,18 +300,24 @@ class Segmenter:
         return SliceResult(mask=filled, low_res_logits=logits, iou=result.iou)
 
     def point_box(self, geom: SliceGeometry, prompt: SlicePrompt, axis: int, spacing_mm: tuple[float, float],
-                  image: np.ndarray | None = None) -> np.ndarray | None:
-        """The box a lone first click of a named structure stands for around the first positive click: found by the
-        windowed slice ``image`` when the sections carry their images, else the structure's typical section size
-        centred on it (`samri.inference.shape_prior.ShapePriors.point_box`); None for a prompt with a box or
-        previous logits, without a positive click or name, or without finished sections."""
+                  image: np.ndarray | None = None) -> tuple[np.ndarray, bool] | None:
+        """``(box, found by the image)``: the box a lone first click of a named structure stands for around the first
+        positive click, found by the windowed slice ``image`` when the sections carry their images and one matches
+        (`samri.inference.shape_prior.ShapePriors.matched_point_box`), else the structure's typical section size
+        centred on it (`ShapePriors.point_box`); None for a prompt with a box or previous logits, without a positive
+        click or name, or without finished sections."""
         priors = getattr(self.model, "shape_priors", None)
         positive = prompt.points[prompt.labels > 0]
         if (priors is None or prompt.box is not None or prompt.mask_logits is not None or not prompt.structure
                 or not len(positive)):
             return None
-        return priors.point_box(prompt.structure, axis, positive[0], (geom.height, geom.width), spacing_mm,
-                                image=image)
+        shape = (geom.height, geom.width)
+        if image is not None:
+            matched = priors.matched_point_box(prompt.structure, axis, positive[0], shape, spacing_mm, image)
+            if matched is not None:
+                return matched, True
+        typical = priors.point_box(prompt.structure, axis, positive[0], shape, spacing_mm)
+        return None if typical is None else (typical, False)
 
     def with_shape_prior(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult, axis: int,
                          spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> SliceResult:

@@ -48,6 +48,10 @@ POINT_SEARCH_PERCENTILES = (25.0, 40.0, 60.0)
 #: ... centred on the click moved by these fractions of the box's side along rows and columns; the box whose image
 #: correlates best with the sections' wins (chosen on the adaptation cohort's annotate studies; docs/ADAPTATION.md)
 POINT_SEARCH_SHIFTS = (-0.375, -0.25, -0.125, 0.0, 0.125, 0.25, 0.375)
+#: ... when its correlation reaches this (or ``min_correlation`` if higher): the best of 147 boxes correlates better
+#: than one box by chance, so the search asks more (on the annotate studies with the new study's contrast inverted,
+#: 0.5 let half of the searches through and halved the first answer's Dice; docs/ADAPTATION.md)
+POINT_SEARCH_MIN_CORRELATION = 0.7
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class ShapePriorSettings:
         candidates: with patches, the sections closest in size among which the image chooses.
         matched: with patches, sections averaged into one prior: the ``matched`` of the ``candidates`` whose
             patch correlates best (normalised cross-correlation) with the new box's image.
+        min_correlation: below this mean correlation of the ``matched`` the image does not look like any finished
+            section (another contrast, another anatomy): the sections are chosen by size alone, as without patches.
     """
 
     grid: int = 32
@@ -75,8 +81,11 @@ class ShapePriorSettings:
     patch: int = 16
     candidates: int = 64
     matched: int = 4
+    min_correlation: float = 0.5
 
     def __post_init__(self) -> None:
+        if not -1.0 <= float(self.min_correlation) <= 1.0:
+            raise SamriInputError("shape_prior.min_correlation", self.min_correlation, "must be in [-1, 1]")
         if int(self.patch) < 0:
             raise SamriInputError("shape_prior.patch", self.patch, "must be >= 0")
         for name in ("grid", "neighbours", "max_sections", "min_pixels", "candidates", "matched"):
@@ -197,29 +206,37 @@ class ShapePriors:
             return by_size[:settings.neighbours]
         candidates = by_size[:settings.candidates]
         correlation = self._unit(name, axis)[candidates] @ self._query(name, axis, image, box)
-        return candidates[np.argsort(-correlation, kind="stable")[:settings.matched]]
+        best = np.argsort(-correlation, kind="stable")[:settings.matched]
+        if correlation[best].mean() < settings.min_correlation:  # looks like none of them: by size
+            return by_size[:settings.neighbours]
+        return candidates[best]
 
     def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
-                  spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> np.ndarray | None:
-        """``(4,)`` ``(r0, c0, r1, c1)`` box a lone first click ``point`` ``(r, c)`` of structure ``name`` stands for,
-        cut at the slice's edges; None when no finished section of that name exists on this axis.
-
-        Without ``image`` (or patches): structure ``name``'s typical section size (`POINT_BOX_PERCENTILE` of its
-        finished sections' sizes in mm, per side) centred on the click. With the slice's windowed ``image`` and
-        stored patches (`searches_by_image`): of the boxes of `POINT_SEARCH_PERCENTILES` sizes centred on the click
-        moved by `POINT_SEARCH_SHIFTS` of their side, the one whose image correlates best with the ``matched``
-        best of its ``candidates`` sections (the slice shows where the structure lies around the click).
-        """
+                  spacing_mm: tuple[float, float]) -> np.ndarray | None:
+        """``(4,)`` ``(r0, c0, r1, c1)`` box of structure ``name``'s typical section size (`POINT_BOX_PERCENTILE`
+        of its finished sections' sizes in mm, per side) centred on ``point`` ``(r, c)`` and cut at the slice's
+        edges; None when no finished section of that name exists on this axis."""
         found = self.sections.get((str(name), int(axis))) if name else None
         if found is None:
             return None
-        if image is None or not self.searches_by_image(name, axis):
-            return _centred_box(point, np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(
-                spacing_mm, np.float64), slice_shape)
+        return _centred_box(point, np.percentile(found[1], POINT_BOX_PERCENTILE, axis=0) / np.asarray(
+            spacing_mm, np.float64), slice_shape)
+
+    def matched_point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
+                          spacing_mm: tuple[float, float], image: np.ndarray) -> np.ndarray | None:
+        """``(4,)`` box a lone first click ``point`` ``(r, c)`` of structure ``name`` stands for, found by the slice's
+        windowed ``image`` ``(H, W)``: of the boxes of `POINT_SEARCH_PERCENTILES` sizes centred on the click moved by
+        `POINT_SEARCH_SHIFTS` of their side, the one whose image correlates best with its ``matched`` best
+        ``candidates`` sections. None without patches for that name (`searches_by_image`) or when the best box's
+        correlation is under `POINT_SEARCH_MIN_CORRELATION` or ``min_correlation`` (nothing there looks like a finished
+        section)."""
+        if not self.searches_by_image(name, axis):
+            return None
+        sizes = self.sections[(str(name), int(axis))][1]
         best, best_score = None, -np.inf
         image = np.asarray(image, np.float32)
         for percentile in POINT_SEARCH_PERCENTILES:
-            side_px = np.percentile(found[1], percentile, axis=0) / np.asarray(spacing_mm, np.float64)
+            side_px = np.percentile(sizes, percentile, axis=0) / np.asarray(spacing_mm, np.float64)
             for dr in POINT_SEARCH_SHIFTS:
                 for dc in POINT_SEARCH_SHIFTS:
                     centre = (float(point[0]) + dr * side_px[0], float(point[1]) + dc * side_px[1])
@@ -227,7 +244,7 @@ class ShapePriors:
                     score = self._box_match(str(name), int(axis), box, slice_shape, spacing_mm, image)
                     if score > best_score:
                         best, best_score = box, score
-        return best
+        return best if best_score >= max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION) else None
 
     def searches_by_image(self, name: str | None, axis: int) -> bool:
         """Whether structure ``name``'s sections on ``axis`` carry their image patches (chosen by the image)."""
@@ -269,7 +286,8 @@ class ShapePriors:
             entries.append(entry)
         return {"settings": {"grid": s.grid, "neighbours": s.neighbours, "weight": float(s.weight),
                              "max_sections": s.max_sections, "min_pixels": s.min_pixels, "patch": s.patch,
-                             "candidates": s.candidates, "matched": s.matched},
+                             "candidates": s.candidates, "matched": s.matched,
+                             "min_correlation": float(s.min_correlation)},
                 "entries": entries}
 
     @classmethod

@@ -314,7 +314,8 @@ def shape_prior_settings(settings: TrainSettings) -> ShapePriorSettings:
     training config)."""
     return ShapePriorSettings(weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours,
                               patch=settings.shape_prior_patch, candidates=settings.shape_prior_candidates,
-                              matched=settings.shape_prior_matched)
+                              matched=settings.shape_prior_matched,
+                              min_correlation=settings.shape_prior_min_correlation)
 
 
 def study_shape_priors(studies: Sequence[Study], *, axes: Sequence[int], include_labels: Sequence[str] | None,

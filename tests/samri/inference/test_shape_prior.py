@@ -154,6 +154,11 @@ def test_the_image_inside_the_box_picks_among_sections_of_the_same_size() -> Non
         ShapePriors.from_labels([(labels, {"tri": 1}, (1.0, 1.0, 1.0), image[:, :, :4])])
     with pytest.raises(SamriInputError, match="shape_prior.matched"):
         ShapePriorSettings(matched=0)
+    with pytest.raises(SamriInputError, match="shape_prior.min_correlation"):
+        ShapePriorSettings(min_correlation=2.0)
+    # an image that looks like no finished section (here their contrast inverted): chosen by size, as without one
+    inverted = priors.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=1.0 - down_rows)
+    np.testing.assert_array_equal(inverted, blind)
 
 
 def test_the_served_answer_chooses_the_shape_by_the_slice_it_is_on(monkeypatch, fresh_tiny_model) -> None:
@@ -182,8 +187,8 @@ def test_the_served_answer_chooses_the_shape_by_the_slice_it_is_on(monkeypatch, 
 
 def test_a_lone_click_near_the_edge_finds_its_structure_by_the_image(monkeypatch, fresh_tiny_model) -> None:
     """With the sections' images, a lone click near a structure's corner is answered as the box whose image matches
-    the finished sections' (the structure's own box), with their prior; without the image, the typical-size box
-    centred on the click (unnamed, no prior)."""
+    the finished sections' (the structure's own box), with their prior; without the image, or with one that looks
+    like no finished section, the typical-size box centred on the click (unnamed, no prior)."""
     seen = []
 
     def decode(self, embedding, geom, prompt, **_):
@@ -210,8 +215,12 @@ def test_a_lone_click_near_the_edge_finds_its_structure_by_the_image(monkeypatch
     box, structure = seen[-1]
     assert np.abs(box - [10, 12, 25, 27]).max() <= 1.0 and structure == "sq"
     assert dice(found.mask, truth) > 0.9
+    typical = [11 - 7.5, 13 - 7.5, 11 + 7.5, 13 + 7.5]
     seg.answer(torch.zeros(1), geom, click, image=None, prior_at=(2, (1.0, 1.0)))
-    assert seen[-1][0] == pytest.approx([11 - 7.5, 13 - 7.5, 11 + 7.5, 13 + 7.5]) and seen[-1][1] is None
+    assert seen[-1][0] == pytest.approx(typical) and seen[-1][1] is None
+    # an image unlike every finished section's (contrast inverted): the typical-size box, unnamed, as without one
+    seg.answer(torch.zeros(1), geom, click, image=1.0 - image, prior_at=(2, (1.0, 1.0)))
+    assert seen[-1][0] == pytest.approx(typical) and seen[-1][1] is None
 
 
 def test_prior_logits_and_their_low_res_frame_round_trip() -> None:
