@@ -2,17 +2,18 @@
 
 Annotators label the same structures study after study. Every finished label holds, per structure
 name and per slice, a section of that structure; scaled to its own tight box, a section is a shape
-(``grid x grid`` in ``[0, 1]``). When an annotator draws a box for a structure whose name has finished
-sections (Slicer sends the segment's name as ``label``), the sections whose boxes are closest in size
-(in mm) and whose image inside the box looks most like the new box's are averaged (`ShapePriors.prior`), scaled
-back onto the new box, and added to the decoder's answer as logits
-(`fuse_prior`), on the first answer and on every refinement of that box's session. The decoder keeps
-the image's evidence; the prior says where inside the box this structure usually lies. A lone first
-click of a named structure is answered as a box of the structure's typical size centred on it
-(`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight
-box of its answer and positive clicks. A 3D request of a named structure takes the prior on its seeds and on
-every propagated slice (on the box it propagates with, `samri.inference.propagation.Propagator`). Without a
-name, or for a name no finished study has, nothing changes.
+(``grid x grid`` in ``[0, 1]``), stored with the windowed image inside that box (``patch x patch``). When an
+annotator draws a box for a structure whose name has finished sections (Slicer sends the segment's name as
+``label``), of the sections whose boxes are closest in size (in mm) those whose image correlates best with the
+new box's are averaged (`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box,
+and added to the decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that
+box's session. The decoder keeps the image's evidence; the prior says where inside the box this structure usually
+lies. A lone first click of a named structure is answered as the box around it whose image matches the sections
+(`ShapePriors.matched_point_box`), or else a box of the structure's typical size centred on it
+(`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight box of its
+answer and positive clicks. A 3D request of a named structure takes the prior on its seeds and on every propagated
+slice (on the box it propagates with, `samri.inference.propagation.Propagator`). Without a name, or for a name no
+finished study has, nothing changes.
 
 Frames: slices ``(H, W)`` of a volume cut along ``axis`` (`samri.geometry.take_slice`); boxes
 ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`); sizes in mm along those rows and
@@ -180,36 +181,43 @@ class ShapePriors:
             image: the slice's ``(H, W)`` windowed image in ``[0, 1]``, as the model reads it.
         """
         found = self.sections.get((str(name), int(axis))) if name else None
-        if found is None:
+        pixels = _pixel_box(box, slice_shape)
+        if found is None or pixels is None:
             return None
-        shapes, sizes = found
-        h, w = slice_shape
-        r0, c0, r1, c1 = (int(round(float(v))) for v in box)
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h - 1), min(c1, w - 1)
-        if r1 < r0 or c1 < c0:
-            return None
-        size = np.array([(r1 - r0 + 1) * spacing_mm[0], (c1 - c0 + 1) * spacing_mm[1]], np.float32)
-        distance = np.abs(np.log(sizes / size)).sum(axis=1)  # relative difference of the box's sides
-        nearest = self._chosen(str(name), int(axis), np.argsort(distance, kind="stable"), image, (r0, c0, r1, c1))
-        mean = shapes[nearest].astype(np.float32).mean(axis=0) / 255.0
+        key, (r0, c0, r1, c1) = (str(name), int(axis)), pixels
+        by_size = self._by_size(key, pixels, spacing_mm)
+        chosen = by_size[:self.settings.neighbours]
+        if image is not None and key in self.patches:
+            matched, correlation = self._matched(key, by_size, image, pixels)
+            if correlation >= self.settings.min_correlation:  # else it looks like none of them: by size
+                chosen = matched
+        mean = found[0][chosen].astype(np.float32).mean(axis=0) / 255.0
         scaled = F.interpolate(torch.from_numpy(mean)[None, None], size=(r1 - r0 + 1, c1 - c0 + 1), mode="bilinear",
                                align_corners=False)[0, 0].numpy()
-        out = np.zeros((h, w), np.float32)
+        out = np.zeros(slice_shape, np.float32)
         out[r0:r1 + 1, c0:c1 + 1] = scaled
         return out
 
-    def _chosen(self, name: str, axis: int, by_size: np.ndarray, image: np.ndarray | None,
-                box: tuple[int, int, int, int]) -> np.ndarray:
-        """Indices of the sections to average; ``by_size`` orders them by closeness in size."""
-        settings = self.settings
-        if image is None or (name, axis) not in self.patches:
-            return by_size[:settings.neighbours]
-        candidates = by_size[:settings.candidates]
-        correlation = self._unit(name, axis)[candidates] @ self._query(name, axis, image, box)
-        best = np.argsort(-correlation, kind="stable")[:settings.matched]
-        if correlation[best].mean() < settings.min_correlation:  # looks like none of them: by size
-            return by_size[:settings.neighbours]
-        return candidates[best]
+    def _by_size(self, key: tuple[str, int], pixels: tuple[int, int, int, int],
+                 spacing_mm: tuple[float, float]) -> np.ndarray:
+        """Indices of ``key``'s sections, closest in size (mm) to the pixel box ``pixels`` first."""
+        r0, c0, r1, c1 = pixels
+        size = np.array([(r1 - r0 + 1) * spacing_mm[0], (c1 - c0 + 1) * spacing_mm[1]], np.float32)
+        distance = np.abs(np.log(self.sections[key][1] / size)).sum(axis=1)  # relative difference of the sides
+        return np.argsort(distance, kind="stable")
+
+    def _matched(self, key: tuple[str, int], by_size: np.ndarray, image: np.ndarray,
+                 pixels: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
+        """The ``matched`` of the first ``candidates`` of ``by_size`` whose patch correlates best with ``image``
+        inside ``pixels``, and their mean correlation."""
+        candidates = by_size[:self.settings.candidates]
+        unit = self._unit_patches.get(key)
+        if unit is None:
+            unit = self._unit_patches[key] = _unit_rows(self.patches[key])
+        query = _unit_rows(image_patch(np.asarray(image, np.float32), pixels, self.patches[key].shape[-1])[None])[0]
+        correlation = unit[candidates] @ query
+        best = np.argsort(-correlation, kind="stable")[:self.settings.matched]
+        return candidates[best], float(correlation[best].mean())
 
     def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
                   spacing_mm: tuple[float, float]) -> np.ndarray | None:
@@ -241,7 +249,7 @@ class ShapePriors:
                 for dc in POINT_SEARCH_SHIFTS:
                     centre = (float(point[0]) + dr * side_px[0], float(point[1]) + dc * side_px[1])
                     box = _centred_box(centre, side_px, slice_shape)
-                    score = self._box_match(str(name), int(axis), box, slice_shape, spacing_mm, image)
+                    score = self._box_match((str(name), int(axis)), box, slice_shape, spacing_mm, image)
                     if score > best_score:
                         best, best_score = box, score
         return best if best_score >= max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION) else None
@@ -250,29 +258,13 @@ class ShapePriors:
         """Whether structure ``name``'s sections on ``axis`` carry their image patches (chosen by the image)."""
         return bool(name) and (str(name), int(axis)) in self.patches
 
-    def _box_match(self, name: str, axis: int, box: np.ndarray, slice_shape: tuple[int, int],
+    def _box_match(self, key: tuple[str, int], box: np.ndarray, slice_shape: tuple[int, int],
                    spacing_mm: tuple[float, float], image: np.ndarray) -> float:
         """Mean correlation of ``box``'s image with its ``matched`` best-correlated ``candidates`` sections."""
-        h, w = slice_shape
-        r0, c0, r1, c1 = (int(round(float(v))) for v in box)
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h - 1), min(c1, w - 1)
-        if r1 < r0 or c1 < c0:
+        pixels = _pixel_box(box, slice_shape)
+        if pixels is None:
             return -np.inf
-        sizes = self.sections[(name, axis)][1]
-        size = np.array([(r1 - r0 + 1) * spacing_mm[0], (c1 - c0 + 1) * spacing_mm[1]], np.float32)
-        candidates = np.argsort(np.abs(np.log(sizes / size)).sum(axis=1), kind="stable")[:self.settings.candidates]
-        correlation = self._unit(name, axis)[candidates] @ self._query(name, axis, image, (r0, c0, r1, c1))
-        return float(np.sort(correlation)[::-1][:self.settings.matched].mean())
-
-    def _unit(self, name: str, axis: int) -> np.ndarray:
-        unit = self._unit_patches.get((name, axis))
-        if unit is None:
-            unit = self._unit_patches[(name, axis)] = _unit_rows(self.patches[(name, axis)])
-        return unit
-
-    def _query(self, name: str, axis: int, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        side = self.patches[(name, axis)].shape[-1]
-        return _unit_rows(image_patch(np.asarray(image, np.float32), box, side)[None])[0]
+        return self._matched(key, self._by_size(key, pixels, spacing_mm), image, pixels)[1]
 
     def to_payload(self) -> dict[str, Any]:
         """Tensors, lists and numbers only (a decoder checkpoint's ``shape_priors``, read with weights_only)."""
@@ -322,6 +314,14 @@ def image_patch(image: np.ndarray, box: tuple[int, int, int, int] | np.ndarray, 
     crop = torch.from_numpy(np.ascontiguousarray(image[r0:r1 + 1, c0:c1 + 1], dtype=np.float32))[None, None]
     scaled = F.interpolate(crop, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
     return (np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _pixel_box(box: np.ndarray, slice_shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``box`` rounded to whole pixels and cut at the slice's edges; None when nothing of it is left."""
+    h, w = slice_shape
+    r0, c0, r1, c1 = (int(round(float(v))) for v in box)
+    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h - 1), min(c1, w - 1)
+    return None if r1 < r0 or c1 < c0 else (r0, c0, r1, c1)
 
 
 def _centred_box(centre: tuple[float, float] | np.ndarray, side_px: np.ndarray, slice_shape: tuple[int, int]
