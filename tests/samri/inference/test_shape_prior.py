@@ -223,6 +223,25 @@ def test_a_lone_click_near_the_edge_finds_its_structure_by_the_image(monkeypatch
     assert seen[-1][0] == pytest.approx(typical) and seen[-1][1] is None
 
 
+def test_image_patches_scale_as_torch_scales_a_crop() -> None:
+    """The batched patches (a lone click's search) sample as bilinear `interpolate` does, boxes larger and smaller
+    than the patch alike (at most one grey level apart, float rounding)."""
+    import torch.nn.functional as F
+
+    from samri.inference.shape_prior import image_patches
+
+    rng = np.random.default_rng(0)
+    image = rng.random((50, 60)).astype(np.float32)
+    boxes = np.array([[0, 0, 49, 59], [3, 7, 9, 12], [10, 20, 10, 20], [5, 5, 44, 30], [40, 50, 49, 59]])
+    patches = image_patches(image, boxes, 16)
+    assert patches.shape == (5, 16, 16) and patches.dtype == np.uint8
+    for patch, (r0, c0, r1, c1) in zip(patches, boxes):
+        crop = torch.from_numpy(image[r0:r1 + 1, c0:c1 + 1].copy())[None, None]
+        scaled = F.interpolate(crop, size=(16, 16), mode="bilinear", align_corners=False)[0, 0].numpy()
+        expected = (scaled * 255).round()
+        assert np.abs(patch.astype(int) - expected.astype(int)).max() <= 1
+
+
 def test_prior_logits_and_their_low_res_frame_round_trip() -> None:
     box = np.array([4, 6, 27, 33])
     prior = np.zeros((40, 48), np.float32)
