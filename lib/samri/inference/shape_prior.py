@@ -51,7 +51,7 @@ POINT_SEARCH_PERCENTILES = (25.0, 40.0, 60.0)
 POINT_SEARCH_SHIFTS = (-0.375, -0.25, -0.125, 0.0, 0.125, 0.25, 0.375)
 #: ... when its correlation reaches this (or ``min_correlation`` if higher): the best of 147 boxes correlates better
 #: than one box by chance, so the search asks more (on the annotate studies with the new study's contrast inverted,
-#: 0.5 let half of the searches through and halved the first answer's Dice; docs/ADAPTATION.md)
+#: 0.5 let two thirds of the searches through and the first answer's Dice fell from 0.500 to 0.282; docs/ADAPTATION.md)
 POINT_SEARCH_MIN_CORRELATION = 0.7
 
 
