@@ -336,7 +336,8 @@ class Segmenter:
         box = prompt.box if prompt.box is not None else _answer_box(result.mask, prompt)
         if box is None:
             return result
-        prior = priors.prior(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm, image=image)
+        prior = priors.prior(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm, image=image,
+                             points=prompt.points, labels=prompt.labels)
         if prior is None:
             return result
         logits = fuse_prior(geom, result.low_res_logits, prior, box, priors.settings.weight)

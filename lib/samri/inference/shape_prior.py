@@ -7,9 +7,9 @@ annotator draws a box for a structure whose name has finished sections (Slicer s
 ``label``), of the sections whose boxes are closest in size (in mm) those whose image correlates best with the
 new box's are averaged (`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box,
 and added to the decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that
-box's session. The decoder keeps the image's evidence; the prior says where inside the box this structure usually
-lies. A lone first click of a named structure is answered as the box around it whose image matches the sections
-(`ShapePriors.matched_point_box`), or else a box of the structure's typical size centred on it
+box's session; on a refinement, sections that contradict the session's clicks count less. The decoder keeps the
+image's evidence; the prior says where inside the box this structure usually lies. A lone first click of a named
+structure is answered as the box around it whose image matches the sections (`ShapePriors.matched_point_box`), or else a box of the structure's typical size centred on it
 (`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight box of its
 answer and positive clicks. A 3D request of a named structure takes the prior on its seeds and on every propagated
 slice (on the box it propagates with, `samri.inference.propagation.Propagator`). Without a name, or for a name no
@@ -72,6 +72,10 @@ class ShapePriorSettings:
             patch correlates best (normalised cross-correlation) with the new box's image.
         min_correlation: below this mean correlation of the ``matched`` the image does not look like any finished
             section (another contrast, another anatomy): the sections are chosen by size alone, as without patches.
+        click_penalty: on a refinement, a section's correlation is lowered by this times the fraction of the clicks
+            inside the box that it contradicts (a positive click outside it, a negative one inside), so the clicks
+            choose among the sections too; chosen by size alone, the ``neighbours`` of the ``candidates`` that
+            contradict the fewest clicks are averaged (0 = the clicks choose nothing).
     """
 
     grid: int = 32
@@ -83,8 +87,11 @@ class ShapePriorSettings:
     candidates: int = 64
     matched: int = 4
     min_correlation: float = 0.5
+    click_penalty: float = 0.3
 
     def __post_init__(self) -> None:
+        if not float(self.click_penalty) >= 0.0:
+            raise SamriInputError("shape_prior.click_penalty", self.click_penalty, "must be >= 0")
         if not -1.0 <= float(self.min_correlation) <= 1.0:
             raise SamriInputError("shape_prior.min_correlation", self.min_correlation, "must be in [-1, 1]")
         if int(self.patch) < 0:
@@ -166,19 +173,22 @@ class ShapePriors:
         return sum(len(shapes) for shapes, _ in self.sections.values())
 
     def prior(self, name: str | None, axis: int, box: np.ndarray, slice_shape: tuple[int, int],
-              spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> np.ndarray | None:
+              spacing_mm: tuple[float, float], image: np.ndarray | None = None,
+              points: np.ndarray | None = None, labels: np.ndarray | None = None) -> np.ndarray | None:
         """``(H, W)`` float32 probability that a pixel belongs to structure ``name``, inside ``box`` (0
         outside it); None when no finished section of that name exists on this axis.
 
         The sections averaged: with ``image`` and stored patches, the ``matched`` of the ``candidates`` closest in
         size whose image inside their box correlates best with ``image`` inside ``box`` (the slice's own anatomy
-        picks among sections of the right size); otherwise the ``neighbours`` closest in size.
+        picks among sections of the right size); otherwise the ``neighbours`` closest in size. With clicks
+        (``click_penalty`` > 0), sections that contradict them count less (`ShapePriorSettings.click_penalty`).
 
         Args:
             box: ``(4,)`` ``(r0, c0, r1, c1)`` inclusive slice pixels.
             slice_shape: the slice's ``(H, W)``.
             spacing_mm: the slice's row and column spacing.
             image: the slice's ``(H, W)`` windowed image in ``[0, 1]``, as the model reads it.
+            points: ``(K, 2)`` ``(r, c)`` slice pixels, the session's clicks so far; labels: ``(K,)``, 1 positive.
         """
         found = self.sections.get((str(name), int(axis))) if name else None
         pixels = _pixel_box(box, slice_shape)
@@ -186,9 +196,14 @@ class ShapePriors:
             return None
         key, (r0, c0, r1, c1) = (str(name), int(axis)), pixels
         by_size = self._by_size(key, pixels, spacing_mm)
-        chosen = by_size[:self.settings.neighbours]
+        chosen, wrong = by_size[:self.settings.neighbours], None
+        if points is not None and len(points) and self.settings.click_penalty > 0:
+            wrong = self._contradicted(key, pixels, np.asarray(points, np.float64).reshape(-1, 2),
+                                       np.asarray(labels).reshape(-1))
+            pool = by_size[:self.settings.candidates]
+            chosen = pool[np.argsort(wrong[pool], kind="stable")][:self.settings.neighbours]
         if image is not None and key in self.patches:
-            matched, correlation = self._matched(key, by_size, image, pixels)
+            matched, correlation = self._matched(key, by_size, image, pixels, wrong)
             if correlation >= self.settings.min_correlation:  # else it looks like none of them: by size
                 chosen = matched
         mean = found[0][chosen].astype(np.float32).mean(axis=0) / 255.0
@@ -207,14 +222,33 @@ class ShapePriors:
         return np.argsort(distance, kind="stable")
 
     def _matched(self, key: tuple[str, int], by_size: np.ndarray, image: np.ndarray,
-                 pixels: tuple[int, int, int, int]) -> tuple[np.ndarray, float]:
+                 pixels: tuple[int, int, int, int], wrong: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """The ``matched`` of the first ``candidates`` of ``by_size`` whose patch correlates best with ``image``
-        inside ``pixels``, and their mean correlation."""
+        inside ``pixels`` (less ``click_penalty`` x ``wrong``, the fractions of the clicks each section contradicts,
+        when given), and their mean correlation."""
         candidates = by_size[:self.settings.candidates]
         query = _unit_rows(image_patch(image, pixels, self.patches[key].shape[-1])[None])[0]
         correlation = self._unit(key)[candidates] @ query
-        best = np.argsort(-correlation, kind="stable")[:self.settings.matched]
+        score = correlation if wrong is None else correlation - self.settings.click_penalty * wrong[candidates]
+        best = np.argsort(-score, kind="stable")[:self.settings.matched]
         return candidates[best], float(correlation[best].mean())
+
+    def _contradicted(self, key: tuple[str, int], pixels: tuple[int, int, int, int], points: np.ndarray,
+                      labels: np.ndarray) -> np.ndarray:
+        """``(N,)`` for each of ``key``'s sections scaled onto the pixel box ``pixels``: the fraction of the clicks
+        ``points`` ``(K, 2)`` ``(r, c)`` inside the box that it contradicts (a positive click outside the section, a
+        negative one inside it); zeros when no click is inside the box."""
+        r0, c0, r1, c1 = pixels
+        shapes = self.sections[key][0]
+        inside = (points[:, 0] > r0 - 0.5) & (points[:, 0] < r1 + 0.5) & (points[:, 1] > c0 - 0.5) & (
+            points[:, 1] < c1 + 0.5)
+        if not inside.any():
+            return np.zeros(len(shapes))
+        grid = shapes.shape[-1]
+        rows = np.clip(np.round((points[inside, 0] - r0 + 0.5) * grid / (r1 - r0 + 1) - 0.5), 0, grid - 1).astype(int)
+        cols = np.clip(np.round((points[inside, 1] - c0 + 0.5) * grid / (c1 - c0 + 1) - 0.5), 0, grid - 1).astype(int)
+        within = shapes[:, rows, cols] >= 128  # (N, K)
+        return (within != (labels[inside] > 0)[None]).mean(axis=1)
 
     def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
                   spacing_mm: tuple[float, float]) -> np.ndarray | None:
@@ -296,15 +330,16 @@ class ShapePriors:
         return {"settings": {"grid": s.grid, "neighbours": s.neighbours, "weight": float(s.weight),
                              "max_sections": s.max_sections, "min_pixels": s.min_pixels, "patch": s.patch,
                              "candidates": s.candidates, "matched": s.matched,
-                             "min_correlation": float(s.min_correlation)},
+                             "min_correlation": float(s.min_correlation), "click_penalty": float(s.click_penalty)},
                 "entries": entries}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], field: str = "shape_priors") -> "ShapePriors":
         """Inverse of `to_payload`; a malformed payload raises `SamriInputError` naming ``field``. Files written
-        before patches were stored (no ``patches``) choose their sections by size alone, as they were served."""
+        before patches were stored (no ``patches``) choose their sections by size alone, as they were served; files
+        written before the clicks chose sections (no ``click_penalty``) keep their sections whatever the clicks."""
         try:
-            settings = ShapePriorSettings(**dict(payload["settings"]))
+            settings = ShapePriorSettings(**{"click_penalty": 0.0, **dict(payload["settings"])})
             sections, patches = {}, {}
             for entry in payload["entries"]:
                 shapes = np.asarray(entry["shapes"], dtype=np.uint8)

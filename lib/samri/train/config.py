@@ -60,7 +60,8 @@ class TrainSettings:
     (`samri.inference.shape_prior`); ``shape_prior_neighbours`` sections are averaged per prior when chosen by size
     alone; with ``shape_prior_patch`` > 0 each section keeps the image inside its box, and a prior averages the
     ``shape_prior_matched`` of the ``shape_prior_candidates`` closest in size that look most like the request's box
-    (by size alone when their mean correlation is under ``shape_prior_min_correlation``).
+    (by size alone when their mean correlation is under ``shape_prior_min_correlation``); on a refinement a section's
+    correlation is lowered by ``shape_prior_click_penalty`` x the fraction of the clicks it contradicts.
     """
 
     lr: float = 1e-4
@@ -84,6 +85,7 @@ class TrainSettings:
     shape_prior_candidates: int = 64
     shape_prior_matched: int = 4
     shape_prior_min_correlation: float = 0.5
+    shape_prior_click_penalty: float = 0.3
     seed: int = 0
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -265,6 +267,7 @@ KEYS: dict[str, tuple[str, str, Parser]] = {
     "shape_prior.candidates": ("settings", "shape_prior_candidates", _integer(1)),
     "shape_prior.matched": ("settings", "shape_prior_matched", _integer(1)),
     "shape_prior.min_correlation": ("settings", "shape_prior_min_correlation", _number(low=-1.0, high=1.0)),
+    "shape_prior.click_penalty": ("settings", "shape_prior_click_penalty", _number()),
     "gate.margin": ("config", "gate_margin", _number()),
     "pseudo_structures.grey_cells": ("config", "pseudo_grey_cells", _integer(0)),
     "pseudo_structures.white_cells": ("config", "pseudo_white_cells", _integer(0)),

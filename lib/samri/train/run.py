@@ -315,7 +315,8 @@ def shape_prior_settings(settings: TrainSettings) -> ShapePriorSettings:
     return ShapePriorSettings(weight=settings.shape_prior_weight, neighbours=settings.shape_prior_neighbours,
                               patch=settings.shape_prior_patch, candidates=settings.shape_prior_candidates,
                               matched=settings.shape_prior_matched,
-                              min_correlation=settings.shape_prior_min_correlation)
+                              min_correlation=settings.shape_prior_min_correlation,
+                              click_penalty=settings.shape_prior_click_penalty)
 
 
 def study_shape_priors(studies: Sequence[Study], *, axes: Sequence[int], include_labels: Sequence[str] | None,

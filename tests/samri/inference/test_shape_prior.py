@@ -97,6 +97,13 @@ def test_payload_round_trip_and_malformed_payloads() -> None:
         ShapePriorSettings(grid=0)
 
 
+def box_mask_of(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``shape`` bool, True inside the inclusive pixel box ``(r0, c0, r1, c1)``."""
+    out = np.zeros(shape, bool)
+    out[box[0]:box[2] + 1, box[1]:box[3] + 1] = True
+    return out
+
+
 def two_looks(shape=(40, 40, 8)) -> tuple[np.ndarray, np.ndarray]:
     """A label volume and its windowed image: structure 1 is 16 x 16 on every slice, the lower-left triangle where
     the image darkens down the rows (slices 0-3), the upper-right one where it darkens along the columns (4-7)."""
@@ -159,6 +166,71 @@ def test_the_image_inside_the_box_picks_among_sections_of_the_same_size() -> Non
     # an image that looks like no finished section (here their contrast inverted): chosen by size, as without one
     inverted = priors.prior("tri", 2, box, (40, 40), (1.0, 1.0), image=1.0 - down_rows)
     np.testing.assert_array_equal(inverted, blind)
+
+
+def test_the_clicks_choose_among_sections_too() -> None:
+    """On a refinement, sections that contradict the session's clicks count less: by size alone the clicks pick the
+    shape outright; by the image a section's correlation is lowered by ``click_penalty`` x the fraction of clicks it
+    contradicts; clicks outside the box, or a penalty of 0, choose nothing."""
+    labels, image = two_looks()
+    priors = ShapePriors.from_labels([(labels, {"tri": 1}, (1.0, 1.0, 1.0), image)],
+                                     settings=ShapePriorSettings(neighbours=4, candidates=8, matched=2))
+    box, shape, spacing = np.array([10, 12, 25, 27]), (40, 40), (1.0, 1.0)
+    lower_left = np.zeros(shape, bool)
+    lower_left[10:26, 12:28] = triangle(16, 16)
+    upper_right = ~lower_left & box_mask_of(box, shape)
+    inside_lower, inside_upper = np.array([23.0, 14.0]), np.array([12.0, 25.0])  # each inside one shape only
+    clicks = np.stack([inside_lower, inside_upper])
+    blind = priors.prior("tri", 2, box, shape, spacing)
+    toward_lower = priors.prior("tri", 2, box, shape, spacing, points=clicks, labels=np.array([1, 0]))
+    toward_upper = priors.prior("tri", 2, box, shape, spacing, points=clicks, labels=np.array([0, 1]))
+    assert dice(blind > 0.5, lower_left) > 0.9  # the first four in size order (all sizes are equal)
+    assert dice(toward_lower > 0.5, lower_left) > 0.9 and dice(toward_upper > 0.5, upper_right) > 0.85
+    # the image says upper right (correlation about 1, the lower-left sections about 0): two contradicted clicks
+    # lower it by 0.3, not enough; with a penalty of 2 the clicks win
+    along_cols = np.broadcast_to(0.9 - 0.3 * np.arange(40, dtype=np.float32) / 40, shape)
+    seen = priors.prior("tri", 2, box, shape, spacing, image=along_cols, points=clicks, labels=np.array([1, 0]))
+    assert dice(seen > 0.5, upper_right) > 0.85
+    strict = ShapePriors(priors.sections, ShapePriorSettings(neighbours=4, candidates=8, matched=2, click_penalty=2.0),
+                         priors.patches)
+    assert dice(strict.prior("tri", 2, box, shape, spacing, image=along_cols, points=clicks,
+                             labels=np.array([1, 0])) > 0.5, lower_left) > 0.9
+    outside = priors.prior("tri", 2, box, shape, spacing, points=np.array([[2.0, 2.0]]), labels=np.array([1]))
+    np.testing.assert_array_equal(outside, blind)
+    deaf = ShapePriors(priors.sections, ShapePriorSettings(neighbours=4, candidates=8, matched=2, click_penalty=0.0))
+    np.testing.assert_array_equal(deaf.prior("tri", 2, box, shape, spacing, points=clicks, labels=np.array([1, 0])),
+                                  blind)
+    with pytest.raises(SamriInputError, match="shape_prior.click_penalty"):
+        ShapePriorSettings(click_penalty=-1.0)
+    # the payload keeps the penalty; a file written before it keeps its sections whatever the clicks
+    assert ShapePriors.from_payload(strict.to_payload()).settings.click_penalty == 2.0
+    old = priors.to_payload()
+    del old["settings"]["click_penalty"]
+    assert ShapePriors.from_payload(old).settings.click_penalty == 0.0
+
+
+def test_a_refinement_hands_its_clicks_to_the_prior(monkeypatch, fresh_tiny_model) -> None:
+    """`Segmenter.answer` on a refinement passes the session's clicks to the prior, so they choose the shape."""
+
+    def decode(self, embedding, geom, prompt, **_):
+        return SliceResult(mask=np.ones((geom.height, geom.width), bool), low_res_logits=torch.zeros(
+            (1, 1, 64, 64)), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    labels, image = two_looks()
+    fresh_tiny_model.shape_priors = ShapePriors.from_labels(
+        [(labels, {"tri": 1}, (1.0, 1.0, 1.0))], settings=ShapePriorSettings(neighbours=4, candidates=8))
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None)
+    geom = SliceGeometry(40, 40, fresh_tiny_model.input_size)
+    box = np.array([10, 12, 25, 27])
+    lower_left = np.zeros((40, 40), bool)
+    lower_left[10:26, 12:28] = triangle(16, 16)
+    clicks = dict(points=np.array([[23.0, 14.0], [12.0, 25.0]]), mask_logits=torch.zeros((1, 1, 64, 64)))
+    toward_lower = seg.answer(torch.zeros(1), geom, SlicePrompt(box=box, structure="tri", labels=np.array([1, 0]),
+                                                                **clicks), prior_at=(2, (1.0, 1.0)))
+    toward_upper = seg.answer(torch.zeros(1), geom, SlicePrompt(box=box, structure="tri", labels=np.array([0, 1]),
+                                                                **clicks), prior_at=(2, (1.0, 1.0)))
+    assert dice(toward_lower.mask, lower_left) > 0.85 and dice(toward_upper.mask, lower_left) < 0.3
 
 
 def test_the_served_answer_chooses_the_shape_by_the_slice_it_is_on(monkeypatch, fresh_tiny_model) -> None:

@@ -57,9 +57,17 @@ def test_shipped_training_yaml():
                                                      focal_gamma=2.0, iou_weight=1.0, click_weight=0.1, box_clip=True,
                                                      epochs=4, batch_size=8, max_steps_per_epoch=12, max_val_samples=32,
                                                      max_slices=16, validation_clicks=5, validation_click_fill=True,
-                                                     shape_prior_weight=2.0, seed=0, sim=CLICKS_SIM),
+                                                     shape_prior_weight=2.0, shape_prior_candidates=64,
+                                                     shape_prior_click_penalty=0.3, seed=0, sim=CLICKS_SIM),
                               min_pixels=30, axes=(2,), val_fraction=0.25, include_labels=None, label_stride=0,
                               gate_margin=0.0)
+
+
+def test_a_negative_click_penalty_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shape_prior:\n  click_penalty: -0.5\n")
+    with pytest.raises(SamriInputError, match="shape_prior.click_penalty"):
+        load_train_config(bad, base=CONFIGS / "training.yaml")
 
 
 # --- the recipe: its YAMLs hold only what differs, and parse to what the full YAMLs gave -------------------------
