@@ -9,8 +9,8 @@ new box's are averaged (`ShapePriors.prior`; by size alone when none looks like 
 and added to the decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that
 box's session; on a refinement, sections that contradict the session's clicks count less. The decoder keeps the
 image's evidence; the prior says where inside the box this structure usually lies. A lone first click of a named
-structure is answered as the box around it whose image matches the sections (`ShapePriors.matched_point_box`), or else a box of the structure's typical size centred on it
-(`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight box of its
+structure is answered as the box around it whose image matches the sections (`ShapePriors.matched_point_box`),
+or else a box of the structure's typical size centred on it (`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight box of its
 answer and positive clicks. A 3D request of a named structure takes the prior on its seeds and on every propagated
 slice (on the box it propagates with, `samri.inference.propagation.Propagator`). Without a name, or for a name no
 finished study has, nothing changes.
