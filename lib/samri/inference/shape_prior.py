@@ -1,19 +1,19 @@
 """Shape priors from finished studies: what a labelled structure looks like inside its box.
 
-Annotators label the same structures study after study. Every finished label holds, per structure
-name and per slice, a section of that structure; scaled to its own tight box, a section is a shape
-(``grid x grid`` in ``[0, 1]``), stored with the windowed image inside that box (``patch x patch``). When an
-annotator draws a box for a structure whose name has finished sections (Slicer sends the segment's name as
-``label``), of the sections whose boxes are closest in size (in mm) those whose image correlates best with the
-new box's are averaged (`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box,
-and added to the decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that
-box's session; on a refinement, sections that contradict the session's clicks count less. The decoder keeps the
-image's evidence; the prior says where inside the box this structure usually lies. A lone first click of a named
-structure is answered as the box around it whose image matches the sections (`ShapePriors.matched_point_box`),
-or else a box of the structure's typical size centred on it (`ShapePriors.point_box`), and every refinement of a session without a box takes the prior on the tight box of its
-answer and positive clicks. A 3D request of a named structure takes the prior on its seeds and on every propagated
-slice (on the box it propagates with, `samri.inference.propagation.Propagator`). Without a name, or for a name no
-finished study has, nothing changes.
+Annotators label the same structures study after study. Every finished label holds, per structure name and per
+slice, a section of that structure; scaled to its own tight box, a section is a shape (``grid x grid`` in ``[0,
+1]``), stored with the windowed image inside that box (``patch x patch``). When an annotator draws a box for a
+structure whose name has finished sections (Slicer sends the segment's name as ``label``), of the sections whose
+boxes are closest in size (in mm) those whose image correlates best with the new box's are averaged
+(`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box, and added to the
+decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that box's session; on a
+refinement, sections that contradict the session's clicks count less. The decoder keeps the image's evidence; the
+prior says where inside the box this structure usually lies. A lone first click of a named structure is answered as
+the box around it whose image matches the sections (`ShapePriors.matched_point_box`), or else a box of the
+structure's typical size centred on it (`ShapePriors.point_box`), and every refinement of a session without a box
+takes the prior on the tight box of its answer and positive clicks. A 3D request of a named structure takes the
+prior on its seeds and on every propagated slice (on the box it propagates with,
+`samri.inference.propagation.Propagator`). Without a name, or for a name no finished study has, nothing changes.
 
 Frames: slices ``(H, W)`` of a volume cut along ``axis`` (`samri.geometry.take_slice`); boxes
 ``(r0, c0, r1, c1)`` inclusive slice pixels (`SlicePrompt.box`); sizes in mm along those rows and
