@@ -6,8 +6,8 @@ slice, a section of that structure; scaled to its own tight box, a section is a 
 structure whose name has finished sections (Slicer sends the segment's name as ``label``), of the sections whose
 boxes are closest in size (in mm) those whose image correlates best with the new box's are averaged
 (`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box, and added to the
-decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that box's session; on a
-refinement, sections that contradict the session's clicks count less. The decoder keeps the image's evidence; the
+decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that box's session; on an
+answer with clicks, sections that contradict them count less. The decoder keeps the image's evidence; the
 prior says where inside the box this structure usually lies. A lone first click of a named structure is answered as
 the box around it whose image matches the sections (`ShapePriors.matched_point_box`), or else a box of the
 structure's typical size centred on it (`ShapePriors.point_box`), and every refinement of a session without a box
@@ -72,10 +72,11 @@ class ShapePriorSettings:
             patch correlates best (normalised cross-correlation) with the new box's image.
         min_correlation: below this mean correlation of the ``matched`` the image does not look like any finished
             section (another contrast, another anatomy): the sections are chosen by size alone, as without patches.
-        click_penalty: on a refinement, a section's correlation is lowered by this times the fraction of the clicks
-            inside the box that it contradicts (a positive click outside it, a negative one inside), so the clicks
-            choose among the sections too; chosen by size alone, the ``neighbours`` of the ``candidates`` that
-            contradict the fewest clicks are averaged (0 = the clicks choose nothing).
+        click_penalty: on an answer with clicks (every refinement, a lone first click), a section's correlation is
+            lowered by this times the fraction of the clicks inside the box that it contradicts (a positive click
+            outside it, a negative one inside), so the clicks choose among the sections too; chosen by size alone,
+            the ``neighbours`` of the ``candidates`` that contradict the fewest clicks are averaged (0 = the clicks
+            choose nothing).
     """
 
     grid: int = 32
