@@ -199,10 +199,10 @@ class ShapePriors:
         by_size = self._by_size(key, pixels, spacing_mm)
         chosen, wrong = by_size[:self.settings.neighbours], None
         if points is not None and len(points) and self.settings.click_penalty > 0:
-            wrong = self._contradicted(key, pixels, np.asarray(points, np.float64).reshape(-1, 2),
-                                       np.asarray(labels).reshape(-1))
             pool = by_size[:self.settings.candidates]
-            chosen = pool[np.argsort(wrong[pool], kind="stable")][:self.settings.neighbours]
+            wrong = self._contradicted(key, pool, pixels, np.asarray(points, np.float64).reshape(-1, 2),
+                                       np.asarray(labels).reshape(-1))
+            chosen = pool[np.argsort(wrong, kind="stable")][:self.settings.neighbours]
         if image is not None and key in self.patches:
             matched, correlation = self._matched(key, by_size, image, pixels, wrong)
             if correlation >= self.settings.min_correlation:  # else it looks like none of them: by size
@@ -225,22 +225,22 @@ class ShapePriors:
     def _matched(self, key: tuple[str, int], by_size: np.ndarray, image: np.ndarray,
                  pixels: tuple[int, int, int, int], wrong: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """The ``matched`` of the first ``candidates`` of ``by_size`` whose patch correlates best with ``image``
-        inside ``pixels`` (less ``click_penalty`` x ``wrong``, the fractions of the clicks each section contradicts,
-        when given), and their mean correlation."""
+        inside ``pixels`` (less ``click_penalty`` x ``wrong``, the fractions of the clicks each of those candidates
+        contradicts, when given), and their mean correlation."""
         candidates = by_size[:self.settings.candidates]
         query = _unit_rows(image_patch(image, pixels, self.patches[key].shape[-1])[None])[0]
         correlation = self._unit(key)[candidates] @ query
-        score = correlation if wrong is None else correlation - self.settings.click_penalty * wrong[candidates]
+        score = correlation if wrong is None else correlation - self.settings.click_penalty * wrong
         best = np.argsort(-score, kind="stable")[:self.settings.matched]
         return candidates[best], float(correlation[best].mean())
 
-    def _contradicted(self, key: tuple[str, int], pixels: tuple[int, int, int, int], points: np.ndarray,
-                      labels: np.ndarray) -> np.ndarray:
-        """``(N,)`` for each of ``key``'s sections scaled onto the pixel box ``pixels``: the fraction of the clicks
-        ``points`` ``(K, 2)`` ``(r, c)`` inside the box that it contradicts (a positive click outside the section, a
-        negative one inside it); zeros when no click is inside the box."""
+    def _contradicted(self, key: tuple[str, int], indices: np.ndarray, pixels: tuple[int, int, int, int],
+                      points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``(len(indices),)`` for each of ``key``'s sections ``indices`` scaled onto the pixel box ``pixels``: the
+        fraction of the clicks ``points`` ``(K, 2)`` ``(r, c)`` inside the box that it contradicts (a positive click
+        outside the section, a negative one inside it); zeros when no click is inside the box."""
         r0, c0, r1, c1 = pixels
-        shapes = self.sections[key][0]
+        shapes = self.sections[key][0][indices]
         inside = (points[:, 0] > r0 - 0.5) & (points[:, 0] < r1 + 0.5) & (points[:, 1] > c0 - 0.5) & (
             points[:, 1] < c1 + 0.5)
         if not inside.any():
