@@ -321,14 +321,15 @@ class Segmenter:
 
     def with_shape_prior(self, geom: SliceGeometry, prompt: SlicePrompt, result: SliceResult, axis: int,
                          spacing_mm: tuple[float, float], image: np.ndarray | None = None) -> SliceResult:
-        """An answer of a named structure with the model's shape prior of ``prompt.structure`` added to its
-        logits (`samri.inference.shape_prior`): on a box (the first answer and every refinement of a session
-        with a box), or, without a box, on the tight box of the answer and the positive clicks (a refinement of
-        a session begun with a click); ``result`` itself when the model has no prior for that structure on
-        ``axis`` or the prompt has neither box nor positive click. On a refinement the previous logits already
-        carry the prior where the clicks changed nothing, so there it adds up; on the validation sessions that
-        beat adding it to the first answer only (docs/ADAPTATION.md). ``image``: the ``(H, W)`` windowed slice; with
-        it the sections are chosen by what the slice shows inside the box as well as by size
+        """An answer of a named structure with the model's shape prior of ``prompt.structure`` added to its logits
+        (`samri.inference.shape_prior`): on a box (the first answer and every refinement of a session with a box), or,
+        without a box, on the tight box of the answer and the positive clicks (a lone first click answered without a
+        box) or on the box the image and the clicks choose around it (a refinement of a session begun with a click,
+        `samri.inference.shape_prior.ShapePriors.refined_box`); ``result`` itself when the model has no prior for that
+        structure on ``axis`` or the prompt has neither box nor positive click. On a refinement the previous logits
+        already carry the prior where the clicks changed nothing, so there it adds up; on the validation sessions that
+        beat adding it to the first answer only (docs/ADAPTATION.md). ``image``: the ``(H, W)`` windowed slice; with it
+        the sections are chosen by what the slice shows inside the box as well as by size
         (`samri.inference.shape_prior.ShapePriors.prior`)."""
         priors = getattr(self.model, "shape_priors", None)
         if priors is None or not prompt.structure:
@@ -336,6 +337,9 @@ class Segmenter:
         box = prompt.box if prompt.box is not None else _answer_box(result.mask, prompt)
         if box is None:
             return result
+        if prompt.box is None and prompt.mask_logits is not None and image is not None:
+            box = priors.refined_box(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm, image,
+                                     prompt.points, prompt.labels)
         prior = priors.prior(prompt.structure, axis, box, (geom.height, geom.width), spacing_mm, image=image,
                              points=prompt.points, labels=prompt.labels)
         if prior is None:

@@ -1,18 +1,18 @@
 """Shape priors from finished studies: what a labelled structure looks like inside its box.
 
 Annotators label the same structures study after study. Every finished label holds, per structure name and per
-slice, a section of that structure; scaled to its own tight box, a section is a shape (``grid x grid`` in
-``[0, 1]``), stored with the windowed image inside that box (``patch x patch``). When an annotator draws a box for a
+slice, a section of that structure; scaled to its own tight box, a section is a shape (``grid x grid`` in ``[0,
+1]``), stored with the windowed image inside that box (``patch x patch``). When an annotator draws a box for a
 structure whose name has finished sections (Slicer sends the segment's name as ``label``), of the sections whose
 boxes are closest in size (in mm) those whose image correlates best with the new box's are averaged
 (`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box, and added to the
 decoder's answer as logits (`fuse_prior`), on the first answer and on every refinement of that box's session; on an
-answer with clicks, sections that contradict them count less. The decoder keeps the image's evidence; the
-prior says where inside the box this structure usually lies. A lone first click of a named structure is answered as
-the box around it whose image matches the sections (`ShapePriors.matched_point_box`), or else a box of the
-structure's typical size centred on it (`ShapePriors.point_box`), and every refinement of a session without a box
-takes the prior on the tight box of its answer and positive clicks. A 3D request of a named structure takes the
-prior on its seeds and on every propagated slice (on the box it propagates with,
+answer with clicks, sections that contradict them count less. The decoder keeps the image's evidence; the prior says
+where inside the box this structure usually lies. A lone first click of a named structure is answered as the box
+around it whose image matches the sections (`ShapePriors.matched_point_box`), or else a box of the structure's
+typical size centred on it (`ShapePriors.point_box`), and every refinement of a session without a box takes the
+prior on the box around its answer that the image and the clicks choose (`ShapePriors.refined_box`). A 3D request of
+a named structure takes the prior on its seeds and on every propagated slice (on the box it propagates with,
 `samri.inference.propagation.Propagator`). Without a name, or for a name no finished study has, nothing changes.
 
 Frames: slices ``(H, W)`` of a volume cut along ``axis`` (`samri.geometry.take_slice`); boxes
@@ -235,21 +235,24 @@ class ShapePriors:
         return candidates[best], float(correlation[best].mean())
 
     def _contradicted(self, key: tuple[str, int], indices: np.ndarray, pixels: tuple[int, int, int, int],
-                      points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+                      points: np.ndarray, labels: np.ndarray, *, outside: bool = False) -> np.ndarray:
         """``(len(indices),)`` for each of ``key``'s sections ``indices`` scaled onto the pixel box ``pixels``: the
         fraction of the clicks ``points`` ``(K, 2)`` ``(r, c)`` inside the box that it contradicts (a positive click
-        outside the section, a negative one inside it); zeros when no click is inside the box."""
+        outside the section, a negative one inside it); zeros when no click is inside the box. With ``outside``, the
+        fraction of all the clicks, a positive click outside the box contradicting every section."""
         r0, c0, r1, c1 = pixels
         shapes = self.sections[key][0][indices]
         inside = (points[:, 0] > r0 - 0.5) & (points[:, 0] < r1 + 0.5) & (points[:, 1] > c0 - 0.5) & (
             points[:, 1] < c1 + 0.5)
-        if not inside.any():
-            return np.zeros(len(shapes))
+        if not outside:
+            if not inside.any():
+                return np.zeros(len(shapes))
+            points, labels, inside = points[inside], labels[inside], inside[inside]
         grid = shapes.shape[-1]
-        rows = np.clip(np.round((points[inside, 0] - r0 + 0.5) * grid / (r1 - r0 + 1) - 0.5), 0, grid - 1).astype(int)
-        cols = np.clip(np.round((points[inside, 1] - c0 + 0.5) * grid / (c1 - c0 + 1) - 0.5), 0, grid - 1).astype(int)
-        within = shapes[:, rows, cols] >= 128  # (N, K)
-        return (within != (labels[inside] > 0)[None]).mean(axis=1)
+        rows = np.clip(np.round((points[:, 0] - r0 + 0.5) * grid / (r1 - r0 + 1) - 0.5), 0, grid - 1).astype(int)
+        cols = np.clip(np.round((points[:, 1] - c0 + 0.5) * grid / (c1 - c0 + 1) - 0.5), 0, grid - 1).astype(int)
+        within = (shapes[:, rows, cols] >= 128) & inside[None]  # (N, K)
+        return (within != (labels > 0)[None]).mean(axis=1)
 
     def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
                   spacing_mm: tuple[float, float]) -> np.ndarray | None:
@@ -279,24 +282,57 @@ class ShapePriors:
                  for side_px in (np.percentile(self.sections[key][1], q, axis=0) / spacing
                                  for q in POINT_SEARCH_PERCENTILES)
                  for dr in POINT_SEARCH_SHIFTS for dc in POINT_SEARCH_SHIFTS]
-        scores = self._box_matches(key, boxes, slice_shape, spacing_mm, image)
+        scores, _ = self._box_matches(key, boxes, slice_shape, spacing_mm, image)
         best = int(np.argmax(scores))  # the first of equal scores, in the order above
         floor = max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION)
         return boxes[best] if scores[best] >= floor else None
+
+    def refined_box(self, name: str | None, axis: int, box: np.ndarray, slice_shape: tuple[int, int],
+                    spacing_mm: tuple[float, float], image: np.ndarray, points: np.ndarray,
+                    labels: np.ndarray) -> np.ndarray:
+        """``(4,)`` box a refinement of a session begun with a click takes the prior on, searched by the image and
+        the clicks: of ``box`` (the tight box of the answer and the positive clicks) and the boxes of
+        `POINT_SEARCH_PERCENTILES` sizes centred on its centre moved by `POINT_SEARCH_SHIFTS` of their side, the one
+        whose ``matched`` sections score best: correlation with the windowed ``image`` ``(H, W)`` less
+        ``click_penalty`` x the fraction of all the clicks ``points`` ``(K, 2)`` ``(r, c)`` / ``labels`` ``(K,)``
+        that box and section contradict (a positive click outside the box or the section, a negative one inside
+        the section). ``box`` itself without patches for that name, without clicks, or when the winner's
+        correlation is under `POINT_SEARCH_MIN_CORRELATION` (the answer's own extent is wrong where it missed part
+        of the structure or spilled over, and the clicks say where; docs/ADAPTATION.md)."""
+        box = np.asarray(box, np.float64)
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        if not self.searches_by_image(name, axis) or not len(points):
+            return box
+        key = (str(name), int(axis))
+        spacing = np.asarray(spacing_mm, np.float64)
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        boxes = [box] + [_centred_box((centre[0] + dr * side_px[0], centre[1] + dc * side_px[1]), side_px,
+                                      slice_shape)
+                         for side_px in (np.percentile(self.sections[key][1], q, axis=0) / spacing
+                                         for q in POINT_SEARCH_PERCENTILES)
+                         for dr in POINT_SEARCH_SHIFTS for dc in POINT_SEARCH_SHIFTS]
+        scores, correlations = self._box_matches(key, boxes, slice_shape, spacing_mm, image,
+                                                 (points, np.asarray(labels).reshape(-1)))
+        best = int(np.argmax(scores))  # the answer's own box wins ties
+        floor = max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION)
+        return boxes[best] if correlations[best] >= floor else box
 
     def searches_by_image(self, name: str | None, axis: int) -> bool:
         """Whether structure ``name``'s sections on ``axis`` carry their image patches (chosen by the image)."""
         return bool(name) and (str(name), int(axis)) in self.patches
 
     def _box_matches(self, key: tuple[str, int], boxes: list[np.ndarray], slice_shape: tuple[int, int],
-                     spacing_mm: tuple[float, float], image: np.ndarray) -> np.ndarray:
-        """``(len(boxes),)`` mean correlation of each box's image with its ``matched`` best-correlated ``candidates``
-        sections (as `prior` chooses them); -inf for a box outside the slice."""
-        scores = np.full(len(boxes), -np.inf)
+                     spacing_mm: tuple[float, float], image: np.ndarray,
+                     clicks: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per box ``(len(boxes),)``: the score and the mean correlation of its ``matched`` best-scoring
+        ``candidates`` sections (as `prior` chooses them); -inf for a box outside the slice. Each section scores its
+        correlation with the box's image, less ``click_penalty`` x the fraction of ``clicks`` (``(K, 2)`` ``(r,
+        c)`` points, ``(K,)`` labels; all of them, `_contradicted` with ``outside``) it contradicts, when given."""
+        scores, correlations = np.full(len(boxes), -np.inf), np.full(len(boxes), -np.inf)
         pixels = [_pixel_box(box, slice_shape) for box in boxes]
         inside = [n for n, p in enumerate(pixels) if p is not None]
         if not inside:
-            return scores
+            return scores, correlations
         queries = _unit_rows(image_patches(image, np.asarray([pixels[n] for n in inside]), self.patches[key].shape[-1]))
         unit = self._unit(key)
         groups: dict[tuple[int, int], list[int]] = {}  # boxes of one pixel size share their candidates
@@ -306,10 +342,18 @@ class ShapePriors:
         for rows in groups.values():
             candidates = self._by_size(key, pixels[inside[rows[0]]], spacing_mm)[:self.settings.candidates]
             correlation = unit[candidates] @ queries[rows].T  # (candidates, boxes)
+            score = correlation
+            if clicks is not None:
+                wrong = np.stack([self._contradicted(key, candidates, pixels[inside[r]], *clicks, outside=True)
+                                  for r in rows], axis=1)
+                score = correlation - self.settings.click_penalty * wrong
             matched = min(self.settings.matched, len(candidates))
-            top = -np.partition(-correlation, matched - 1, axis=0)[:matched]
-            scores[[inside[r] for r in rows]] = top.mean(axis=0)
-        return scores
+            top = np.argsort(-score, axis=0, kind="stable")[:matched]  # (matched, boxes)
+            columns = np.arange(len(rows))[None]
+            targets = [inside[r] for r in rows]
+            scores[targets] = score[top, columns].mean(axis=0)
+            correlations[targets] = correlation[top, columns].mean(axis=0)
+        return scores, correlations
 
     def _unit(self, key: tuple[str, int]) -> np.ndarray:
         """``key``'s patches as unit rows (`_unit_rows`), computed once."""

@@ -295,6 +295,71 @@ def test_a_lone_click_near_the_edge_finds_its_structure_by_the_image(monkeypatch
     assert seen[-1][0] == pytest.approx(typical) and seen[-1][1] is None
 
 
+def squares_looking_alike(shape=(40, 40)) -> tuple[ShapePriors, np.ndarray, np.ndarray]:
+    """Finished sections of a 16 x 16 structure ``sq`` at three places, each over an image that brightens down its
+    rows (0 around it), and a new slice's truth and image: the same look at (10, 12)."""
+
+    def scene(r0: int, c0: int) -> tuple[np.ndarray, np.ndarray]:
+        structure, image = np.zeros(shape, bool), np.zeros(shape, np.float32)
+        structure[r0:r0 + 16, c0:c0 + 16] = True
+        image[r0:r0 + 16, c0:c0 + 16] = 0.5 + 0.4 * np.arange(16)[:, None] / 15
+        return structure, image
+
+    labels, images = zip(*(scene(r, c) for r, c in ((4, 6), (12, 3), (20, 20))))
+    priors = ShapePriors.from_labels(
+        [(np.stack(labels, axis=2).astype(np.int16), {"sq": 1}, (1.0, 1.0, 1.0), np.stack(images, axis=2))])
+    return (priors, *scene(10, 12))
+
+
+def test_a_refinement_of_a_click_session_searches_its_box_by_image_and_clicks(monkeypatch, fresh_tiny_model) -> None:
+    """A session begun with a click whose answer spilled below the structure (tight box rows 10-33, a negative click
+    at row 30): the refinement's prior goes on the box around the answer whose image matches the finished sections
+    and that the clicks do not contradict (the structure's own box), not on the spilled tight box; without the
+    image, without patches or without clicks the tight box stays; a session with a box keeps its box."""
+    priors, truth, image = squares_looking_alike()
+    shape, spacing = (40, 40), (1.0, 1.0)
+    spilled = np.array([10.0, 12.0, 33.0, 27.0])
+    points, labels = np.array([[17.0, 19.0], [30.0, 19.0]]), np.array([1, 0])
+    found = priors.refined_box("sq", 2, spilled, shape, spacing, image, points, labels)
+    assert np.abs(found - [10, 12, 25, 27]).max() <= 1.0
+    plain = ShapePriors(priors.sections, priors.settings)  # stored without patches
+    for kept in (plain.refined_box("sq", 2, spilled, shape, spacing, image, points, labels),
+                 priors.refined_box("sq", 2, spilled, shape, spacing, image, np.zeros((0, 2)), np.zeros(0)),
+                 priors.refined_box("other", 2, spilled, shape, spacing, image, points, labels),
+                 priors.refined_box("sq", 2, spilled, shape, spacing, np.full(shape, 0.5, np.float32), points,
+                                    labels)):  # a flat slice looks like no finished section
+        np.testing.assert_array_equal(kept, spilled)
+    # a positive click below the structure contradicts every section in a box that leaves it out (half the clicks):
+    # the structure's box scores its correlation (1) less click_penalty x 0.5; the floor reads the correlation
+    below = (np.array([[17.0, 19.0], [31.0, 19.0]]), np.array([1, 1]))
+    own = [np.array([10.0, 12.0, 25.0, 27.0])]
+    for penalty in (0.3, 2.0):
+        scorer = ShapePriors(priors.sections, ShapePriorSettings(click_penalty=penalty), priors.patches)
+        score, correlation = scorer._box_matches(("sq", 2), own, shape, spacing, image, below)
+        assert score[0] == pytest.approx(1.0 - penalty * 0.5, abs=1e-5) and correlation[0] == pytest.approx(1.0)
+        assert scorer._box_matches(("sq", 2), own, shape, spacing, image, (points, labels))[0][0] == pytest.approx(1.0)
+
+    seen = []
+
+    def decode(self, embedding, geom, prompt, **_):
+        seen.append(prompt.box)
+        mask = box_mask_of(spilled.astype(int), (geom.height, geom.width))
+        return SliceResult(mask=mask, low_res_logits=torch.full((1, 1, 64, 64), 0.25), iou=0.9)
+
+    monkeypatch.setattr(Segmenter, "decode", decode)
+    fresh_tiny_model.shape_priors = priors
+    seg = Segmenter(fresh_tiny_model, EmbeddingCache(), click_fill=None)
+    geom = SliceGeometry(40, 40, fresh_tiny_model.input_size)
+    refinement = SlicePrompt(points=points, labels=labels, structure="sq", mask_logits=torch.zeros((1, 1, 64, 64)))
+    searched = seg.answer(torch.zeros(1), geom, refinement, image=image, prior_at=(2, spacing))
+    blind = seg.answer(torch.zeros(1), geom, refinement, image=None, prior_at=(2, spacing))
+    assert dice(searched.mask, truth) > 0.9 and dice(blind.mask, truth) < 0.85
+    boxed = seg.answer(torch.zeros(1), geom, SlicePrompt(box=spilled, points=points, labels=labels, structure="sq",
+                                                           mask_logits=torch.zeros((1, 1, 64, 64))),
+                       image=image, prior_at=(2, spacing))
+    assert dice(boxed.mask, box_mask_of(spilled.astype(int), shape)) > 0.9  # the annotator's box is the box
+
+
 def test_image_patches_scale_as_torch_scales_a_crop() -> None:
     """The batched patches (a lone click's search) sample as bilinear `interpolate` does, boxes larger and smaller
     than the patch alike (at most one grey level apart, float rounding)."""
