@@ -200,8 +200,8 @@ class ShapePriors:
         chosen, wrong = by_size[:self.settings.neighbours], None
         if points is not None and len(points) and self.settings.click_penalty > 0:
             pool = by_size[:self.settings.candidates]
-            wrong = self._contradicted(key, pool, pixels, np.asarray(points, np.float64).reshape(-1, 2),
-                                       np.asarray(labels).reshape(-1))
+            wrong = self._contradicted(key, pool, np.asarray([pixels]), np.asarray(points, np.float64).reshape(-1, 2),
+                                       np.asarray(labels).reshape(-1))[:, 0]
             chosen = pool[np.argsort(wrong, kind="stable")][:self.settings.neighbours]
         if image is not None and key in self.patches:
             matched, correlation = self._matched(key, by_size, image, pixels, wrong)
@@ -234,25 +234,25 @@ class ShapePriors:
         best = np.argsort(-score, kind="stable")[:self.settings.matched]
         return candidates[best], float(correlation[best].mean())
 
-    def _contradicted(self, key: tuple[str, int], indices: np.ndarray, pixels: tuple[int, int, int, int],
-                      points: np.ndarray, labels: np.ndarray, *, outside: bool = False) -> np.ndarray:
-        """``(len(indices),)`` for each of ``key``'s sections ``indices`` scaled onto the pixel box ``pixels``: the
-        fraction of the clicks ``points`` ``(K, 2)`` ``(r, c)`` inside the box that it contradicts (a positive click
-        outside the section, a negative one inside it); zeros when no click is inside the box. With ``outside``, the
-        fraction of all the clicks, a positive click outside the box contradicting every section."""
-        r0, c0, r1, c1 = pixels
+    def _contradicted(self, key: tuple[str, int], indices: np.ndarray, pixel_boxes: np.ndarray, points: np.ndarray,
+                      labels: np.ndarray, *, outside: bool = False) -> np.ndarray:
+        """``(len(indices), B)``: for each of ``key``'s sections ``indices`` scaled onto each of the pixel boxes
+        ``pixel_boxes`` ``(B, 4)`` ``(r0, c0, r1, c1)``, the fraction of the clicks ``points`` ``(K, 2)`` ``(r, c)``
+        inside the box that it contradicts (a positive click outside the section, a negative one inside it; 0 where
+        no click is inside the box). With ``outside``, the fraction of all the clicks, a positive click outside the
+        box contradicting every section."""
         shapes = self.sections[key][0][indices]
-        inside = (points[:, 0] > r0 - 0.5) & (points[:, 0] < r1 + 0.5) & (points[:, 1] > c0 - 0.5) & (
-            points[:, 1] < c1 + 0.5)
-        if not outside:
-            if not inside.any():
-                return np.zeros(len(shapes))
-            points, labels, inside = points[inside], labels[inside], inside[inside]
+        r0, c0, r1, c1 = (np.asarray(pixel_boxes, np.float64).reshape(-1, 4)[:, n, None] for n in range(4))  # (B, 1)
+        inside = (points[None, :, 0] > r0 - 0.5) & (points[None, :, 0] < r1 + 0.5) & (
+            points[None, :, 1] > c0 - 0.5) & (points[None, :, 1] < c1 + 0.5)  # (B, K)
         grid = shapes.shape[-1]
-        rows = np.clip(np.round((points[:, 0] - r0 + 0.5) * grid / (r1 - r0 + 1) - 0.5), 0, grid - 1).astype(int)
-        cols = np.clip(np.round((points[:, 1] - c0 + 0.5) * grid / (c1 - c0 + 1) - 0.5), 0, grid - 1).astype(int)
-        within = (shapes[:, rows, cols] >= 128) & inside[None]  # (N, K)
-        return (within != (labels > 0)[None]).mean(axis=1)
+        rows = np.clip(np.round((points[None, :, 0] - r0 + 0.5) * grid / (r1 - r0 + 1) - 0.5), 0, grid - 1).astype(int)
+        cols = np.clip(np.round((points[None, :, 1] - c0 + 0.5) * grid / (c1 - c0 + 1) - 0.5), 0, grid - 1).astype(int)
+        within = (shapes[:, rows, cols] >= 128) & inside[None]  # (N, B, K)
+        wrong = within != (labels > 0)[None, None]
+        if outside:
+            return wrong.mean(axis=2)
+        return (wrong & inside[None]).sum(axis=2) / np.maximum(inside.sum(axis=1), 1)[None]
 
     def point_box(self, name: str | None, axis: int, point: np.ndarray, slice_shape: tuple[int, int],
                   spacing_mm: tuple[float, float]) -> np.ndarray | None:
@@ -344,8 +344,8 @@ class ShapePriors:
             correlation = unit[candidates] @ queries[rows].T  # (candidates, boxes)
             score = correlation
             if clicks is not None:
-                wrong = np.stack([self._contradicted(key, candidates, pixels[inside[r]], *clicks, outside=True)
-                                  for r in rows], axis=1)
+                wrong = self._contradicted(key, candidates, np.asarray([pixels[inside[r]] for r in rows]), *clicks,
+                                           outside=True)
                 score = correlation - self.settings.click_penalty * wrong
             matched = min(self.settings.matched, len(candidates))
             top = np.argsort(-score, axis=0, kind="stable")[:matched]  # (matched, boxes)
