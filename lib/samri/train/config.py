@@ -61,7 +61,8 @@ class TrainSettings:
     alone; with ``shape_prior_patch`` > 0 each section keeps the image inside its box, and a prior averages the
     ``shape_prior_matched`` of the ``shape_prior_candidates`` closest in size that look most like the request's box
     (by size alone when their mean correlation is under ``shape_prior_min_correlation``); on an answer with clicks a
-    section's correlation is lowered by ``shape_prior_click_penalty`` x the fraction of the clicks it contradicts.
+    section's correlation is lowered by ``shape_prior_click_penalty`` x the fraction of the clicks it contradicts
+    (the same score chooses the box a click session's refinement takes the prior on).
     """
 
     lr: float = 1e-4
