@@ -1,8 +1,8 @@
 """Shape priors from finished studies: what a labelled structure looks like inside its box.
 
 Annotators label the same structures study after study. Every finished label holds, per structure name and per
-slice, a section of that structure; scaled to its own tight box, a section is a shape (``grid x grid`` in ``[0,
-1]``), stored with the windowed image inside that box (``patch x patch``). When an annotator draws a box for a
+slice, a section of that structure; scaled to its own tight box, a section is a shape (``grid x grid`` in
+``[0, 1]``), stored with the windowed image inside that box (``patch x patch``). When an annotator draws a box for a
 structure whose name has finished sections (Slicer sends the segment's name as ``label``), of the sections whose
 boxes are closest in size (in mm) those whose image correlates best with the new box's are averaged
 (`ShapePriors.prior`; by size alone when none looks like it), scaled back onto the new box, and added to the
