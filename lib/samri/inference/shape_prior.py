@@ -46,10 +46,14 @@ POINT_BOX_PERCENTILE = 40.0
 #: with the sections' image patches, a lone first click's box is searched instead: boxes of these percentiles of the
 #: sections' sizes ...
 POINT_SEARCH_PERCENTILES = (25.0, 40.0, 60.0)
-#: ... centred on the click moved by these fractions of the box's side along rows and columns; the box whose image
-#: correlates best with the sections' wins (chosen on the adaptation cohort's annotate studies; docs/ADAPTATION.md)
-POINT_SEARCH_SHIFTS = (-0.375, -0.25, -0.125, 0.0, 0.125, 0.25, 0.375)
-#: ... when its correlation reaches this (or ``min_correlation`` if higher): the best of 147 boxes correlates better
+#: ... centred on the click moved by these fractions of the box's side along rows and columns (steps of 1/16, one
+#: pixel of a 16-pixel patch); the box whose image correlates best with the sections' wins (chosen on the adaptation
+#: cohort's annotate studies: first answer 0.601 with steps of 1/8, 0.618 with these; docs/ADAPTATION.md)
+POINT_SEARCH_SHIFTS = tuple(n / 16 for n in range(-6, 7))
+#: a refinement's search moves its boxes by these fractions (steps of 1/8: on the annotate studies the finer steps
+#: gave what these give, at 2.6 times the cost)
+REFINE_SEARCH_SHIFTS = tuple(n / 8 for n in range(-3, 4))
+#: ... when its correlation reaches this (or ``min_correlation`` if higher): the best of 507 boxes correlates better
 #: than one box by chance, so the search asks more (on the annotate studies with the new study's contrast inverted,
 #: 0.5 let two thirds of the searches through and the first answer's Dice fell from 0.500 to 0.282; docs/ADAPTATION.md)
 POINT_SEARCH_MIN_CORRELATION = 0.7
@@ -276,14 +280,9 @@ class ShapePriors:
         if not self.searches_by_image(name, axis):
             return None
         key = (str(name), int(axis))
-        spacing = np.asarray(spacing_mm, np.float64)
-        boxes = [_centred_box((float(point[0]) + dr * side_px[0], float(point[1]) + dc * side_px[1]), side_px,
-                              slice_shape)
-                 for side_px in (np.percentile(self.sections[key][1], q, axis=0) / spacing
-                                 for q in POINT_SEARCH_PERCENTILES)
-                 for dr in POINT_SEARCH_SHIFTS for dc in POINT_SEARCH_SHIFTS]
+        boxes = self._search_boxes(key, point, slice_shape, spacing_mm, POINT_SEARCH_SHIFTS)
         scores, _ = self._box_matches(key, boxes, slice_shape, spacing_mm, image)
-        best = int(np.argmax(scores))  # the first of equal scores, in the order above
+        best = int(np.argmax(scores))  # the first of equal scores, in `_search_boxes`' order
         floor = max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION)
         return boxes[best] if scores[best] >= floor else None
 
@@ -292,7 +291,7 @@ class ShapePriors:
                     labels: np.ndarray) -> np.ndarray:
         """``(4,)`` box a refinement of a session begun with a click takes the prior on, searched by the image and
         the clicks: of ``box`` (the tight box of the answer and the positive clicks) and the boxes of
-        `POINT_SEARCH_PERCENTILES` sizes centred on its centre moved by `POINT_SEARCH_SHIFTS` of their side, the one
+        `POINT_SEARCH_PERCENTILES` sizes centred on its centre moved by `REFINE_SEARCH_SHIFTS` of their side, the one
         whose ``matched`` sections score best: correlation with the windowed ``image`` ``(H, W)`` less
         ``click_penalty`` x the fraction of all the clicks ``points`` ``(K, 2)`` ``(r, c)`` / ``labels`` ``(K,)``
         that box and section contradict (a positive click outside the box or the section, a negative one inside
@@ -304,55 +303,65 @@ class ShapePriors:
         if not self.searches_by_image(name, axis) or not len(points):
             return box
         key = (str(name), int(axis))
-        spacing = np.asarray(spacing_mm, np.float64)
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-        boxes = [box] + [_centred_box((centre[0] + dr * side_px[0], centre[1] + dc * side_px[1]), side_px,
-                                      slice_shape)
-                         for side_px in (np.percentile(self.sections[key][1], q, axis=0) / spacing
-                                         for q in POINT_SEARCH_PERCENTILES)
-                         for dr in POINT_SEARCH_SHIFTS for dc in POINT_SEARCH_SHIFTS]
+        boxes = np.concatenate([box[None], self._search_boxes(key, centre, slice_shape, spacing_mm,
+                                                                  REFINE_SEARCH_SHIFTS)])
         scores, correlations = self._box_matches(key, boxes, slice_shape, spacing_mm, image,
                                                  (points, np.asarray(labels).reshape(-1)))
         best = int(np.argmax(scores))  # the answer's own box wins ties
         floor = max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION)
         return boxes[best] if correlations[best] >= floor else box
 
+    def _search_boxes(self, key: tuple[str, int], centre: tuple[float, float] | np.ndarray,
+                      slice_shape: tuple[int, int], spacing_mm: tuple[float, float],
+                      shifts: tuple[float, ...]) -> np.ndarray:
+        """``(P * S * S, 4)`` boxes a search scores: per size of `POINT_SEARCH_PERCENTILES` of ``key``'s sections'
+        sizes (mm, per side), centred on ``centre`` ``(r, c)`` moved by each pair of the ``S`` ``shifts`` (fractions
+        of that side; rows outer), cut at the slice (`_centred_boxes`)."""
+        sides = np.percentile(self.sections[key][1], POINT_SEARCH_PERCENTILES, axis=0) / np.asarray(
+            spacing_mm, np.float64)  # (P, 2) pixels
+        shifts = np.asarray(shifts, np.float64)
+        moves = np.stack(np.meshgrid(shifts, shifts, indexing="ij"), axis=-1).reshape(-1, 2)  # (S * S, 2)
+        side = np.repeat(sides, len(moves), axis=0)
+        return _centred_boxes(np.asarray(centre, np.float64)[None] + np.tile(moves, (len(sides), 1)) * side, side,
+                              slice_shape)
+
     def searches_by_image(self, name: str | None, axis: int) -> bool:
         """Whether structure ``name``'s sections on ``axis`` carry their image patches (chosen by the image)."""
         return bool(name) and (str(name), int(axis)) in self.patches
 
-    def _box_matches(self, key: tuple[str, int], boxes: list[np.ndarray], slice_shape: tuple[int, int],
+    def _box_matches(self, key: tuple[str, int], boxes: np.ndarray, slice_shape: tuple[int, int],
                      spacing_mm: tuple[float, float], image: np.ndarray,
                      clicks: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per box ``(len(boxes),)``: the score and the mean correlation of its ``matched`` best-scoring
-        ``candidates`` sections (as `prior` chooses them); -inf for a box outside the slice. Each section scores its
-        correlation with the box's image, less ``click_penalty`` x the fraction of ``clicks`` (``(K, 2)`` ``(r,
-        c)`` points, ``(K,)`` labels; all of them, `_contradicted` with ``outside``) it contradicts, when given."""
+        """Per box of ``boxes`` ``(B, 4)``: the score and the mean correlation of its ``matched`` best-scoring
+        ``candidates`` sections (as `prior` chooses them), both ``(B,)``; -inf for a box outside the slice. Each
+        section scores its correlation with the box's image, less ``click_penalty`` x the fraction of ``clicks``
+        (``(K, 2)`` ``(r, c)`` points, ``(K,)`` labels; all of them, `_contradicted` with ``outside``) it
+        contradicts, when given."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores, correlations = np.full(len(boxes), -np.inf), np.full(len(boxes), -np.inf)
-        pixels = [_pixel_box(box, slice_shape) for box in boxes]
-        inside = [n for n, p in enumerate(pixels) if p is not None]
-        if not inside:
+        pixels, valid = _pixel_boxes(boxes, slice_shape)
+        inside = np.flatnonzero(valid)
+        if not len(inside):
             return scores, correlations
-        queries = _unit_rows(image_patches(image, np.asarray([pixels[n] for n in inside]), self.patches[key].shape[-1]))
+        pixels = pixels[inside]
+        queries = _unit_rows(image_patches(image, pixels, self.patches[key].shape[-1]))
         unit = self._unit(key)
-        groups: dict[tuple[int, int], list[int]] = {}  # boxes of one pixel size share their candidates
-        for row, n in enumerate(inside):
-            r0, c0, r1, c1 = pixels[n]
-            groups.setdefault((r1 - r0, c1 - c0), []).append(row)
-        for rows in groups.values():
-            candidates = self._by_size(key, pixels[inside[rows[0]]], spacing_mm)[:self.settings.candidates]
+        sizes = pixels[:, 2:] - pixels[:, :2]
+        _, first, group = np.unique(sizes, axis=0, return_index=True, return_inverse=True)
+        for g, one in enumerate(first):  # boxes of one pixel size share their candidates
+            rows = np.flatnonzero(group.reshape(-1) == g)
+            candidates = self._by_size(key, tuple(pixels[one]), spacing_mm)[:self.settings.candidates]
             correlation = unit[candidates] @ queries[rows].T  # (candidates, boxes)
             score = correlation
             if clicks is not None:
-                wrong = self._contradicted(key, candidates, np.asarray([pixels[inside[r]] for r in rows]), *clicks,
-                                           outside=True)
+                wrong = self._contradicted(key, candidates, pixels[rows], *clicks, outside=True)
                 score = correlation - self.settings.click_penalty * wrong
             matched = min(self.settings.matched, len(candidates))
             top = np.argsort(-score, axis=0, kind="stable")[:matched]  # (matched, boxes)
             columns = np.arange(len(rows))[None]
-            targets = [inside[r] for r in rows]
-            scores[targets] = score[top, columns].mean(axis=0)
-            correlations[targets] = correlation[top, columns].mean(axis=0)
+            scores[inside[rows]] = score[top, columns].mean(axis=0)
+            correlations[inside[rows]] = correlation[top, columns].mean(axis=0)
         return scores, correlations
 
     def _unit(self, key: tuple[str, int]) -> np.ndarray:
@@ -414,7 +423,7 @@ def image_patches(image: np.ndarray, boxes: np.ndarray, side: int) -> np.ndarray
     """``(N, side, side)`` uint8 patches of the ``(H, W)`` windowed ``image`` inside ``boxes`` ``(N, 4)`` (inclusive
     pixels, already inside the slice), each scaled bilinearly as ``torch.nn.functional.interpolate(...,
     mode="bilinear", align_corners=False)`` scales a crop (the same sample points and weights), all in one pass: a
-    lone click's search scores 147 boxes."""
+    lone click's search scores 507 boxes."""
     image = np.asarray(image, np.float32)
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
     r_lo, r_hi, r_w = _sample_points(boxes[:, 0], boxes[:, 2], side)
@@ -441,20 +450,34 @@ def _sample_points(first: np.ndarray, last: np.ndarray, side: int) -> tuple[np.n
 
 def _pixel_box(box: np.ndarray, slice_shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """``box`` rounded to whole pixels and cut at the slice's edges; None when nothing of it is left."""
+    pixels, valid = _pixel_boxes(np.asarray(box, np.float64)[None], slice_shape)
+    return tuple(int(v) for v in pixels[0]) if valid[0] else None
+
+
+def _pixel_boxes(boxes: np.ndarray, slice_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``boxes`` ``(B, 4)`` rounded to whole pixels (half to even) and cut at the slice's edges: ``(B, 4)`` int64
+    and ``(B,)`` whether anything of each is left."""
     h, w = slice_shape
-    r0, c0, r1, c1 = (int(round(float(v))) for v in box)
-    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h - 1), min(c1, w - 1)
-    return None if r1 < r0 or c1 < c0 else (r0, c0, r1, c1)
+    pixels = np.round(np.asarray(boxes, np.float64).reshape(-1, 4)).astype(np.int64)
+    pixels[:, :2] = np.maximum(pixels[:, :2], 0)
+    pixels[:, 2] = np.minimum(pixels[:, 2], h - 1)
+    pixels[:, 3] = np.minimum(pixels[:, 3], w - 1)
+    return pixels, (pixels[:, 2] >= pixels[:, 0]) & (pixels[:, 3] >= pixels[:, 1])
 
 
 def _centred_box(centre: tuple[float, float] | np.ndarray, side_px: np.ndarray, slice_shape: tuple[int, int]
                  ) -> np.ndarray:
     """``(4,)`` box of ``side_px`` (rows, columns; at least one pixel) centred on ``centre``, cut at the slice."""
-    half = np.maximum(np.asarray(side_px, np.float64) - 1, 0.0) / 2  # at least the pixel (sections of finer voxels)
-    h, w = slice_shape
-    r, c = float(centre[0]), float(centre[1])
-    return np.array([max(0.0, r - half[0]), max(0.0, c - half[1]), min(h - 1.0, r + half[0]),
-                     min(w - 1.0, c + half[1])])
+    return _centred_boxes(np.asarray(centre, np.float64)[None], np.asarray(side_px, np.float64)[None], slice_shape)[0]
+
+
+def _centred_boxes(centres: np.ndarray, sides_px: np.ndarray, slice_shape: tuple[int, int]) -> np.ndarray:
+    """``(B, 4)`` boxes of ``sides_px`` ``(B, 2)`` (rows, columns; at least one pixel) centred on ``centres``
+    ``(B, 2)`` ``(r, c)``, cut at the slice."""
+    half = np.maximum(np.asarray(sides_px, np.float64) - 1, 0.0) / 2  # at least the pixel (sections of finer voxels)
+    low = np.maximum(centres - half, 0.0)
+    high = np.minimum(centres + half, np.array([slice_shape[0] - 1.0, slice_shape[1] - 1.0]))
+    return np.concatenate([low, high], axis=1)
 
 
 def _unit_rows(patches: np.ndarray) -> np.ndarray:

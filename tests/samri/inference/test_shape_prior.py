@@ -12,7 +12,17 @@ from samri.geometry import SliceGeometry
 from samri.inference.embeddings import EmbeddingCache
 from samri.inference.prompts import SlicePrompt
 from samri.inference.segmenter import Segmenter, SliceResult, mask_box
-from samri.inference.shape_prior import PRIOR_CLIP, ShapePriors, ShapePriorSettings, fuse_prior, prior_logits
+from samri.inference.shape_prior import (
+    POINT_SEARCH_PERCENTILES,
+    POINT_SEARCH_SHIFTS,
+    PRIOR_CLIP,
+    REFINE_SEARCH_SHIFTS,
+    ShapePriors,
+    ShapePriorSettings,
+    _pixel_boxes,
+    fuse_prior,
+    prior_logits,
+)
 
 
 def triangle(h: int, w: int) -> np.ndarray:
@@ -309,6 +319,29 @@ def squares_looking_alike(shape=(40, 40)) -> tuple[ShapePriors, np.ndarray, np.n
     priors = ShapePriors.from_labels(
         [(np.stack(labels, axis=2).astype(np.int16), {"sq": 1}, (1.0, 1.0, 1.0), np.stack(images, axis=2))])
     return (priors, *scene(10, 12))
+
+
+def test_a_lone_click_search_moves_its_boxes_by_one_patch_pixel() -> None:
+    """The lone click's search steps its boxes by 1/16 of their side (a pixel of a 16-pixel patch): a click 3
+    pixels off the centre of a 16 x 16 structure finds the structure's own box exactly, where steps of 1/8 (2 pixels,
+    a refinement's) land a pixel off; the boxes come sizes outer, row shifts, then column shifts, cut at the slice."""
+    priors, truth, image = squares_looking_alike()
+    shape, spacing = (40, 40), (1.0, 1.0)
+    click = np.array([14.5, 16.5])  # the structure's centre is (17.5, 19.5)
+    found = priors.matched_point_box("sq", 2, click, shape, spacing, image)
+    np.testing.assert_array_equal(found, [10, 12, 25, 27])
+    fine = priors._box_matches(("sq", 2), found[None], shape, spacing, image)[0][0]
+    coarse = priors._search_boxes(("sq", 2), click, shape, spacing, REFINE_SEARCH_SHIFTS)
+    assert fine == pytest.approx(1.0) and priors._box_matches(("sq", 2), coarse, shape, spacing, image)[0].max() < 0.99
+    boxes = priors._search_boxes(("sq", 2), (2.0, 30.0), shape, spacing, POINT_SEARCH_SHIFTS)
+    steps = len(POINT_SEARCH_SHIFTS)
+    assert boxes.shape == (len(POINT_SEARCH_PERCENTILES) * steps * steps, 4)
+    np.testing.assert_allclose(boxes[steps * steps // 2], [0.0, 22.5, 9.5, 37.5])  # unmoved, cut at the top row
+    np.testing.assert_allclose(boxes[1] - boxes[0], [0.0, 1.0, 0.0, 1.0])  # the next column shift: one pixel right
+    pixels, valid = _pixel_boxes(np.array([[0.5, 1.5, 2.5, 3.5], [-5.0, 38.0, -1.0, 45.0], [3.4, 2.6, 50.0, 39.6]]),
+                                 shape)
+    np.testing.assert_array_equal(pixels[valid], [[0, 2, 2, 4], [3, 3, 39, 39]])  # halves to even, cut at the edges
+    np.testing.assert_array_equal(valid, [True, False, True])
 
 
 def test_a_refinement_of_a_click_session_searches_its_box_by_image_and_clicks(monkeypatch, fresh_tiny_model) -> None:
