@@ -50,8 +50,11 @@ POINT_SEARCH_PERCENTILES = (25.0, 40.0, 60.0)
 #: pixel of a 16-pixel patch); the box whose image correlates best with the sections' wins (chosen on the adaptation
 #: cohort's annotate studies: first answer 0.601 with steps of 1/8, 0.618 with these; docs/ADAPTATION.md)
 POINT_SEARCH_SHIFTS = tuple(n / 16 for n in range(-6, 7))
-#: a refinement's search moves its boxes by these fractions (steps of 1/8: on the annotate studies the finer steps
-#: gave what these give, at 2.6 times the cost)
+#: a refinement's search tries boxes of these percentiles of the sections' sizes, wider than the lone click's (on the
+#: annotate studies NoC@85 7.77 -> 7.64 over the lone click's three; docs/ADAPTATION.md) ...
+REFINE_SEARCH_PERCENTILES = (10.0, 25.0, 40.0, 60.0, 80.0)
+#: ... moved by these fractions of their side (steps of 1/8: there the finer steps gave what these give, at 2.6
+#: times the cost)
 REFINE_SEARCH_SHIFTS = tuple(n / 8 for n in range(-3, 4))
 #: ... when its correlation reaches this (or ``min_correlation`` if higher): the best of 507 boxes correlates better
 #: than one box by chance, so the search asks more (on the annotate studies with the new study's contrast inverted,
@@ -280,7 +283,8 @@ class ShapePriors:
         if not self.searches_by_image(name, axis):
             return None
         key = (str(name), int(axis))
-        boxes = self._search_boxes(key, point, slice_shape, spacing_mm, POINT_SEARCH_SHIFTS)
+        boxes = self._search_boxes(key, point, slice_shape, spacing_mm, POINT_SEARCH_PERCENTILES,
+                                   POINT_SEARCH_SHIFTS)
         scores, _ = self._box_matches(key, boxes, slice_shape, spacing_mm, image)
         best = int(np.argmax(scores))  # the first of equal scores, in `_search_boxes`' order
         floor = max(self.settings.min_correlation, POINT_SEARCH_MIN_CORRELATION)
@@ -291,7 +295,7 @@ class ShapePriors:
                     labels: np.ndarray) -> np.ndarray:
         """``(4,)`` box a refinement of a session begun with a click takes the prior on, searched by the image and
         the clicks: of ``box`` (the tight box of the answer and the positive clicks) and the boxes of
-        `POINT_SEARCH_PERCENTILES` sizes centred on its centre moved by `REFINE_SEARCH_SHIFTS` of their side, the one
+        `REFINE_SEARCH_PERCENTILES` sizes centred on its centre moved by `REFINE_SEARCH_SHIFTS` of their side, the one
         whose ``matched`` sections score best: correlation with the windowed ``image`` ``(H, W)`` less
         ``click_penalty`` x the fraction of all the clicks ``points`` ``(K, 2)`` ``(r, c)`` / ``labels`` ``(K,)``
         that box and section contradict (a positive click outside the box or the section, a negative one inside
@@ -305,7 +309,7 @@ class ShapePriors:
         key = (str(name), int(axis))
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         boxes = np.concatenate([box[None], self._search_boxes(key, centre, slice_shape, spacing_mm,
-                                                                  REFINE_SEARCH_SHIFTS)])
+                                                                  REFINE_SEARCH_PERCENTILES, REFINE_SEARCH_SHIFTS)])
         scores, correlations = self._box_matches(key, boxes, slice_shape, spacing_mm, image,
                                                  (points, np.asarray(labels).reshape(-1)))
         best = int(np.argmax(scores))  # the answer's own box wins ties
@@ -314,11 +318,11 @@ class ShapePriors:
 
     def _search_boxes(self, key: tuple[str, int], centre: tuple[float, float] | np.ndarray,
                       slice_shape: tuple[int, int], spacing_mm: tuple[float, float],
-                      shifts: tuple[float, ...]) -> np.ndarray:
-        """``(P * S * S, 4)`` boxes a search scores: per size of `POINT_SEARCH_PERCENTILES` of ``key``'s sections'
+                      percentiles: tuple[float, ...], shifts: tuple[float, ...]) -> np.ndarray:
+        """``(P * S * S, 4)`` boxes a search scores: per size of the ``P`` ``percentiles`` of ``key``'s sections'
         sizes (mm, per side), centred on ``centre`` ``(r, c)`` moved by each pair of the ``S`` ``shifts`` (fractions
         of that side; rows outer), cut at the slice (`_centred_boxes`)."""
-        sides = np.percentile(self.sections[key][1], POINT_SEARCH_PERCENTILES, axis=0) / np.asarray(
+        sides = np.percentile(self.sections[key][1], percentiles, axis=0) / np.asarray(
             spacing_mm, np.float64)  # (P, 2) pixels
         shifts = np.asarray(shifts, np.float64)
         moves = np.stack(np.meshgrid(shifts, shifts, indexing="ij"), axis=-1).reshape(-1, 2)  # (S * S, 2)

@@ -331,9 +331,10 @@ def test_a_lone_click_search_moves_its_boxes_by_one_patch_pixel() -> None:
     found = priors.matched_point_box("sq", 2, click, shape, spacing, image)
     np.testing.assert_array_equal(found, [10, 12, 25, 27])
     fine = priors._box_matches(("sq", 2), found[None], shape, spacing, image)[0][0]
-    coarse = priors._search_boxes(("sq", 2), click, shape, spacing, REFINE_SEARCH_SHIFTS)
+    coarse = priors._search_boxes(("sq", 2), click, shape, spacing, POINT_SEARCH_PERCENTILES, REFINE_SEARCH_SHIFTS)
     assert fine == pytest.approx(1.0) and priors._box_matches(("sq", 2), coarse, shape, spacing, image)[0].max() < 0.99
-    boxes = priors._search_boxes(("sq", 2), (2.0, 30.0), shape, spacing, POINT_SEARCH_SHIFTS)
+    boxes = priors._search_boxes(("sq", 2), (2.0, 30.0), shape, spacing, POINT_SEARCH_PERCENTILES,
+                                  POINT_SEARCH_SHIFTS)
     steps = len(POINT_SEARCH_SHIFTS)
     assert boxes.shape == (len(POINT_SEARCH_PERCENTILES) * steps * steps, 4)
     np.testing.assert_allclose(boxes[steps * steps // 2], [0.0, 22.5, 9.5, 37.5])  # unmoved, cut at the top row
